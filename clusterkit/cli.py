@@ -1,0 +1,97 @@
+"""Command-line entry point: argument parsing and the one top-level error handler.
+
+Each command lives in ``clusterkit/commands/<name>.py`` and exposes ``register(subparsers)``, which
+adds its parser and sets ``run(args) -> int``. Heavy imports (fabric, torch, textual) stay inside
+the commands so ``clusterkit --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from clusterkit import __version__
+from clusterkit.errors import ClusterkitError, ExitCode
+
+COMMAND_MODULES = (
+    "doctor",
+    "env",
+    "checks",
+    "bootstrap",
+    "config",
+    "estimate",
+    "launch",
+    "agent",
+)
+
+EPILOG = """exit codes:
+  0  clean: nothing at error severity
+  1  problems found (doctor errors, a failed bootstrap step, a config that will not run)
+  2  usage or input error (bad flag, hostfile, config); nothing was changed
+  3  clusterkit crashed (a bug); rerun with CLUSTERKIT_DEBUG=1 and report the traceback
+130  interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clusterkit",
+        description="Bare GPU machines to a working multi-node DeepSpeed cluster: "
+                    "bootstrap, doctor, monitor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clusterkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"clusterkit.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"clusterkit.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run clusterkit; returns the process exit code (see EPILOG)."""
+    debug = os.environ.get("CLUSTERKIT_DEBUG") == "1"
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error
+        code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+        return int(code)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return int(ExitCode.USAGE)
+    try:
+        return int(args.run(args))
+    except ClusterkitError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"clusterkit: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("clusterkit: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitCode.OK)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"clusterkit: internal error: {type(exc).__name__}: {exc} "
+              "(set CLUSTERKIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

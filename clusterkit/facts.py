@@ -1,0 +1,445 @@
+"""Plain, typed, timestamped facts about a node.
+
+Collectors fill these dataclasses and nothing else; checks read them and nothing else. A fact that
+could not be read is an ``Unavailable`` carrying the reason, never a missing key or ``None``.
+
+This module ships to cluster nodes inside the agent, so it is stdlib-only and keeps to Python 3.8
+syntax (annotations are strings thanks to ``from __future__ import annotations``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, TypeVar, Union
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A fact that could not be read, with the reason (``NVML not found``, ``timed out after 5s``)."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return "unavailable: " + self.reason
+
+
+T = TypeVar("T")
+#: A value, or the reason it could not be read.
+Maybe = Union[T, Unavailable]
+
+
+def known(value: Maybe[T]) -> TypeIs[T]:
+    """True when ``value`` was read (is not ``Unavailable``)."""
+    return not isinstance(value, Unavailable)
+
+
+# --------------------------------------------------------------------------------------------- host
+
+
+@dataclass
+class HostFacts:
+    """Identity of the node and the clock reading used for skew checks."""
+
+    hostname: str
+    fqdn: str
+    kernel: str
+    arch: str
+    os_name: Maybe[str]
+    agent_python: str
+    clock_unix: float
+    uptime_s: Maybe[float]
+
+
+@dataclass
+class NumaNodeFacts:
+    node_id: int
+    cpulist: str
+    mem_total_bytes: Maybe[int]
+
+
+@dataclass
+class ResourceLimit:
+    """One ``ulimit``; ``None`` means unlimited."""
+
+    name: str
+    soft: int | None
+    hard: int | None
+
+
+@dataclass
+class DiskFacts:
+    """Capacity of the filesystem holding ``path``; ``purpose`` says why we looked (``shm``, ``home``...)."""
+
+    purpose: str
+    path: str
+    mount_point: Maybe[str]
+    fstype: Maybe[str]
+    total_bytes: Maybe[int]
+    free_bytes: Maybe[int]
+
+
+@dataclass
+class SystemFacts:
+    cpu_model: Maybe[str]
+    logical_cpus: Maybe[int]
+    numa_nodes: Maybe[list[NumaNodeFacts]]
+    mem_total_bytes: Maybe[int]
+    mem_available_bytes: Maybe[int]
+    swap_total_bytes: Maybe[int]
+    shm: Maybe[DiskFacts]
+    limits: Maybe[list[ResourceLimit]]
+    disks: list[DiskFacts] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+
+
+@dataclass
+class EccFacts:
+    mode_enabled: Maybe[bool]
+    volatile_corrected: Maybe[int]
+    volatile_uncorrected: Maybe[int]
+    aggregate_corrected: Maybe[int]
+    aggregate_uncorrected: Maybe[int]
+
+
+@dataclass
+class RetiredPagesFacts:
+    """Page retirement (pre-Ampere). Ampere and later report ``Unavailable`` here and use row remapping."""
+
+    single_bit: Maybe[int]
+    double_bit: Maybe[int]
+    pending: Maybe[bool]
+
+
+@dataclass
+class RemappedRowsFacts:
+    """Row remapping (Ampere and later)."""
+
+    correctable: Maybe[int]
+    uncorrectable: Maybe[int]
+    pending: Maybe[bool]
+    failure: Maybe[bool]
+
+
+@dataclass
+class NvLinkFacts:
+    link: int
+    active: bool
+    version: Maybe[int]
+    remote_bus_id: Maybe[str]
+    crc_errors: Maybe[int]
+    replay_errors: Maybe[int]
+    recovery_errors: Maybe[int]
+
+
+@dataclass
+class GpuFacts:
+    """One GPU as NVML sees it. Clock-event reasons use NVML's names without prefix (``hw_slowdown``)."""
+
+    index: int
+    name: str
+    uuid: str
+    bus_id: str
+    compute_capability: Maybe[str]
+    memory_total_bytes: Maybe[int]
+    memory_used_bytes: Maybe[int]
+    utilization_gpu_pct: Maybe[int]
+    utilization_memory_pct: Maybe[int]
+    temperature_c: Maybe[int]
+    power_draw_w: Maybe[float]
+    power_limit_w: Maybe[float]
+    sm_clock_mhz: Maybe[int]
+    sm_clock_max_mhz: Maybe[int]
+    mem_clock_mhz: Maybe[int]
+    mem_clock_max_mhz: Maybe[int]
+    clock_event_reasons: Maybe[list[str]]
+    performance_state: Maybe[int]
+    persistence_mode: Maybe[bool]
+    compute_mode: Maybe[str]
+    mig_enabled: Maybe[bool]
+    pcie_gen_current: Maybe[int]
+    pcie_gen_max: Maybe[int]
+    pcie_width_current: Maybe[int]
+    pcie_width_max: Maybe[int]
+    pcie_replay_count: Maybe[int]
+    ecc: EccFacts
+    retired_pages: RetiredPagesFacts
+    remapped_rows: RemappedRowsFacts
+    nvlinks: Maybe[list[NvLinkFacts]]
+    numa_node: Maybe[int]
+    compute_processes: Maybe[int]
+
+
+@dataclass
+class TopologyFacts:
+    """``nvidia-smi topo -m`` and ``topo -p2p r|w|n``. Matrices are indexed like ``devices``."""
+
+    devices: list[str]
+    matrix: list[list[str]]
+    cpu_affinity: dict[str, str]
+    numa_affinity: dict[str, str]
+    nic_names: dict[str, str]
+    p2p_read: Maybe[list[list[str]]]
+    p2p_write: Maybe[list[list[str]]]
+    p2p_nvlink: Maybe[list[list[str]]]
+
+
+@dataclass
+class XidEvent:
+    """One ``NVRM: Xid`` line from the kernel log."""
+
+    bus_id: str
+    code: int
+    message: str
+    raw: str
+
+
+@dataclass
+class NvidiaFacts:
+    """Driver, GPUs, topology and XID events. ``gpus`` is ``Unavailable`` when NVML cannot be used."""
+
+    driver_version: Maybe[str]
+    cuda_driver_version: Maybe[str]
+    kernel_module: Maybe[str]
+    gpus: Maybe[list[GpuFacts]]
+    topology: Maybe[TopologyFacts]
+    xid_events: Maybe[list[XidEvent]]
+    device_files: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ network
+
+
+@dataclass
+class NicFacts:
+    """A network interface from sysfs. ``kind``: loopback, physical, bridge, virtual, ipoib."""
+
+    name: str
+    kind: str
+    operstate: str
+    mtu: Maybe[int]
+    speed_mbps: Maybe[int]
+    ipv4: list[str]
+    ipv6: list[str]
+    numa_node: Maybe[int]
+
+
+@dataclass
+class IbPortFacts:
+    """An RDMA port from ``/sys/class/infiniband``. ``state`` is e.g. ``ACTIVE``, ``DOWN``."""
+
+    device: str
+    port: int
+    state: str
+    phys_state: str
+    rate: str
+    rate_gbps: Maybe[float]
+    link_layer: str
+    netdevs: list[str]
+    numa_node: Maybe[int]
+
+
+@dataclass
+class NetworkFacts:
+    nics: Maybe[list[NicFacts]]
+    ib_ports: Maybe[list[IbPortFacts]]
+
+
+# --------------------------------------------------------------------------------------------- CUDA
+
+
+@dataclass
+class SharedLibFacts:
+    """A shared library the dynamic loader can resolve. ``source``: ``ldconfig`` or ``LD_LIBRARY_PATH``."""
+
+    soname: str
+    path: str
+    source: str
+
+
+@dataclass
+class CudaFacts:
+    libraries: Maybe[list[SharedLibFacts]]
+    nvcc_path: Maybe[str]
+    nvcc_version: Maybe[str]
+    cuda_home: Maybe[str]
+
+
+# ------------------------------------------------------------------------------------ Python / DS
+
+
+@dataclass
+class DsOpFacts:
+    """One DeepSpeed op as ``ds_report`` lists it, with the warnings that explain an incompatibility."""
+
+    name: str
+    installed: bool
+    compatible: bool
+    warnings: list[str]
+
+
+@dataclass
+class PythonEnvFacts:
+    """The training interpreter: the one DeepSpeed's launcher will run on this node.
+
+    ``torch_cuda`` is ``None`` for a CPU build of torch; ``Unavailable`` when torch cannot be imported.
+    """
+
+    interpreter: str
+    exists: bool
+    version: Maybe[str]
+    prefix: Maybe[str]
+    env_hash: Maybe[str]
+    torch_version: Maybe[str]
+    torch_cuda: Maybe[str | None]
+    torch_cuda_available: Maybe[bool]
+    torch_device_count: Maybe[int]
+    torch_arch_list: Maybe[list[str]]
+    nccl_version: Maybe[str]
+    cpp_ext_cuda_home: Maybe[str | None]
+    deepspeed_version: Maybe[str]
+    deepspeed_ops: Maybe[list[DsOpFacts]]
+    ninja_path: Maybe[str]
+
+
+# -------------------------------------------------------------------------------- SSH and launcher
+
+
+@dataclass
+class TextFileFacts:
+    """A small text file read verbatim (``.deepspeed_env``); ``lines`` keep their order and content."""
+
+    path: str
+    exists: bool
+    lines: Maybe[list[str]]
+    mode: Maybe[int]
+
+
+@dataclass
+class LauncherFacts:
+    """What DeepSpeed's pdsh launcher needs on this node, as a non-interactive shell sees it."""
+
+    pdsh_path: Maybe[str]
+    pdsh_rcmd_modules: Maybe[list[str]]
+    pdsh_default_rcmd: Maybe[str]
+    ssh_path: Maybe[str]
+    rsync_path: Maybe[str]
+    sshd_listening_ports: Maybe[list[int]]
+    ssh_dir_mode: Maybe[int]
+    authorized_keys_mode: Maybe[int]
+    deepspeed_env_files: list[TextFileFacts]
+    cwd: str
+
+
+# ---------------------------------------------------------------------------------------------- node
+
+
+@dataclass
+class NodeFacts:
+    """Everything one collection pass learnt about a node. Each section may be ``Unavailable``."""
+
+    schema_version: int
+    host: HostFacts
+    collected_at: float
+    system: Maybe[SystemFacts]
+    nvidia: Maybe[NvidiaFacts]
+    network: Maybe[NetworkFacts]
+    cuda: Maybe[CudaFacts]
+    python_env: Maybe[PythonEnvFacts]
+    launcher: Maybe[LauncherFacts]
+    env_vars: dict[str, str]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- codec
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn facts into JSON-ready data. ``Unavailable`` becomes ``{"unavailable": reason}``."""
+    if isinstance(value, Unavailable):
+        return {"unavailable": value.reason}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class FactsDecodeError(ValueError):
+    """Facts JSON that does not match the schema; the message names the path (``gpus[0].uuid``)."""
+
+
+def from_jsonable(cls: type[T], data: Any) -> T:
+    """Rebuild typed facts from :func:`to_jsonable` output, checking types on the way."""
+    return typing.cast(T, _decode(cls, data, cls.__name__))
+
+
+_UNION_TYPE = getattr(types, "UnionType", Union)  # `X | Y` annotations (3.10+)
+
+
+def _decode(tp: Any, data: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return data
+    if origin is Union or origin is _UNION_TYPE:
+        if isinstance(data, dict) and set(data) == {"unavailable"} and Unavailable in args:
+            return Unavailable(str(data["unavailable"]))
+        if data is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg in (Unavailable, type(None)):
+                continue
+            try:
+                return _decode(arg, data, path)
+            except FactsDecodeError as exc:
+                errors.append(str(exc))
+        raise FactsDecodeError(errors[0] if errors else f"{path}: unexpected {type(data).__name__}")
+    if origin in (list, List):
+        if not isinstance(data, list):
+            raise FactsDecodeError(f"{path}: expected a list, got {type(data).__name__}")
+        return [_decode(args[0], item, f"{path}[{i}]") for i, item in enumerate(data)]
+    if origin in (dict, Dict):
+        if not isinstance(data, dict):
+            raise FactsDecodeError(f"{path}: expected an object, got {type(data).__name__}")
+        return {str(k): _decode(args[1], v, f"{path}.{k}") for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise FactsDecodeError(f"{path}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                kwargs[f.name] = _decode(hints[f.name], data[f.name], f"{path}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise FactsDecodeError(f"{path}.{f.name}: missing")
+        return tp(**kwargs)  # type: ignore[operator]
+    if tp is float:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return float(data)
+        raise FactsDecodeError(f"{path}: expected a number, got {type(data).__name__}")
+    if tp in (int, str, bool):
+        if isinstance(data, tp) and not (tp is int and isinstance(data, bool)):
+            return data
+        raise FactsDecodeError(f"{path}: expected {tp.__name__}, got {type(data).__name__}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(data)
+        except ValueError as exc:
+            raise FactsDecodeError(f"{path}: {exc}") from None
+    raise FactsDecodeError(f"{path}: cannot decode type {tp!r}")
