@@ -253,6 +253,9 @@ class IbPortFacts:
 class NetworkFacts:
     nics: Maybe[list[NicFacts]]
     ib_ports: Maybe[list[IbPortFacts]]
+    #: Where the NICs' ipv4/ipv6 lists came from (``ip -j addr``, or the /proc fallback), or why they
+    #: could not be read at all: then empty lists mean "unknown", not "no address".
+    addresses_source: Maybe[str] = Unavailable("not recorded")
 
 
 # --------------------------------------------------------------------------------------------- CUDA
@@ -310,6 +313,9 @@ class PythonEnvFacts:
     deepspeed_version: Maybe[str]
     deepspeed_ops: Maybe[list[DsOpFacts]]
     ninja_path: Maybe[str]
+    #: ds_report's "general environment info" lines by name ("nvcc version",
+    #: "deepspeed wheel compiled w.", "shared memory (/dev/shm) size"; section warnings under "warnings").
+    deepspeed_info: Maybe[dict[str, str]] = field(default_factory=dict)
 
 
 # -------------------------------------------------------------------------------- SSH and launcher
