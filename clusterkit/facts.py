@@ -345,6 +345,8 @@ class LauncherFacts:
     authorized_keys_mode: Maybe[int]
     deepspeed_env_files: list[TextFileFacts]
     cwd: str
+    #: Whether ``cwd`` exists here: DeepSpeed's pdsh launcher runs ``cd <launch dir>`` on every node.
+    cwd_exists: Maybe[bool] = Unavailable("not collected")
 
 
 # ---------------------------------------------------------------------------------------------- node
@@ -365,6 +367,37 @@ class NodeFacts:
     launcher: Maybe[LauncherFacts]
     env_vars: dict[str, str]
     timings_s: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ cluster
+
+
+@dataclass
+class MasterProbe:
+    """Rank 0's rendezvous address as DeepSpeed picks it, and whether every node reaches it."""
+
+    host: str
+    #: First word of ``hostname -I`` on the first host: what DeepSpeed uses without --master_addr.
+    address: Maybe[str]
+    all_addresses: list[str]
+    port: int
+    port_free: Maybe[bool]
+    #: host -> "" when it connected to address:port, else the error.
+    reachable_from: dict[str, str]
+
+
+@dataclass
+class ClusterProbes:
+    """Cross-node measurements taken from the head; each part may be Unavailable."""
+
+    head: str
+    #: host -> node clock minus head clock, in seconds (RTT-corrected).
+    clock_offset_s: dict[str, Maybe[float]]
+    #: source host -> {destination host: "" when passwordless SSH works, else the error}.
+    ssh_mesh: dict[str, Maybe[dict[str, str]]]
+    master: Maybe[MasterProbe]
+    #: host -> fix command for hosts whose facts could not be collected.
+    unreachable_fixes: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- codec

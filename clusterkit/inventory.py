@@ -116,15 +116,14 @@ def _parse_filter(spec: str, flag: str) -> dict[str, list[int]]:
         if not name:
             raise UsageError(f"{flag} {spec!r}: missing host name in {part!r}")
         slots: list[int] = []
+        if sep and not slot_text:
+            raise UsageError(f"{flag} {spec!r}: no slots after ':' for {name}")
         if sep:
             for item in slot_text.split(","):
                 if not item.isdigit():
                     raise UsageError(f"{flag} {spec!r}: slot {item!r} on {name} is not a whole number")
                 slots.append(int(item))
-        merged = result.setdefault(name, [])
-        merged.extend(slots)
-        if sep and not slots:
-            raise UsageError(f"{flag} {spec!r}: no slots after ':' for {name}")
+        result.setdefault(name, []).extend(slots)
     return {name: sorted(set(slots)) for name, slots in result.items()}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from clusterkit.errors import UsageError
-from clusterkit.facts import Maybe, NodeFacts, Unavailable
+from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost
 
 CLUSTER_HOST = "cluster"
@@ -80,6 +80,8 @@ class NodeContext:
 
     host: str
     expected_gpus: int | None = None
+    #: True where jobs are launched from (this machine): pdsh and the master port matter there.
+    is_launch_node: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -89,7 +91,13 @@ class ClusterView:
 
     hosts: Sequence[ActiveHost]
     nodes: Mapping[str, Maybe[NodeFacts]]
+    probes: ClusterProbes | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def reachable(self) -> dict[str, NodeFacts]:
+        """Facts of the nodes that answered, in hostfile order."""
+        return {h.name: f for h in self.hosts
+                if not isinstance(f := self.nodes.get(h.name, Unavailable("missing")), Unavailable)}
 
 
 NodeCheckFn = Callable[[NodeFacts, NodeContext], Iterable[Problem]]
