@@ -1,0 +1,161 @@
+"""Renderers: present a :class:`DoctorReport` as a table, JSON or JUnit XML. They never judge.
+
+The JSON layout is a stable, documented schema (``docs/doctor-json.md``): add fields, never rename.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from clusterkit import __version__
+from clusterkit.checks.registry import CLUSTER_HOST, Finding, Outcome, Severity
+from clusterkit.facts import Maybe, NodeFacts, Unavailable, to_jsonable
+
+JSON_SCHEMA = "clusterkit.doctor/v1"
+
+
+@dataclass
+class DoctorReport:
+    """What one doctor run learnt: per-host facts (or why they are missing) and every finding."""
+
+    hosts: list[str]
+    facts: Mapping[str, Maybe[NodeFacts]]
+    findings: list[Finding]
+    hostfile: str | None = None
+    started_at: float = field(default_factory=time.time)
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> list[Finding]:
+        return [f for f in self.findings if f.outcome is Outcome.FAIL]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.is_error for f in self.findings)
+
+    def counts(self) -> dict[str, int]:
+        """Failures by severity plus passed/skipped totals."""
+        counts: Counter[str] = Counter()
+        for f in self.findings:
+            counts[f.severity.value if f.outcome is Outcome.FAIL else f.outcome.value] += 1
+        return {key: counts.get(key, 0) for key in ("error", "warning", "info", "pass", "skip")}
+
+
+def summary_line(report: DoctorReport) -> str:
+    c = report.counts()
+
+    def plural(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    return (f"{plural(c['error'], 'error')}, {plural(c['warning'], 'warning')}, {c['info']} info, "
+            f"{c['pass']} passed, {c['skip']} skipped on {plural(len(report.hosts), 'host')} "
+            f"in {report.duration_s:.1f}s")
+
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_TITLE = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO: "Info"}
+
+
+def render_table(report: DoctorReport, console: Console, show_passed: bool = False) -> None:
+    """Failures grouped by severity (errors first), each with where it is and the fix."""
+    many_hosts = len(report.hosts) > 1 or any(f.host == CLUSTER_HOST for f in report.findings)
+    unreachable = {h: f for h, f in report.facts.items() if isinstance(f, Unavailable)}
+    for host, reason in unreachable.items():
+        console.print(f"[bold red]{host}[/]: no facts ({reason.reason})")
+    for severity in Severity:
+        rows = sorted((f for f in report.failed if f.severity is severity),
+                      key=lambda f: (f.host != CLUSTER_HOST, f.host, f.check_id, f.where))
+        if not rows:
+            continue
+        table = Table(title=f"{_TITLE[severity]} ({len(rows)})", title_justify="left",
+                      title_style=_STYLE[severity], show_lines=True, expand=True)
+        if many_hosts:
+            table.add_column("host", no_wrap=True)
+        table.add_column("check", no_wrap=True, style=_STYLE[severity])
+        table.add_column("where")
+        table.add_column("problem", ratio=3)
+        table.add_column("fix", ratio=2, style="green")
+        for f in rows:
+            cells: list[str | Text] = [f.check_id, f.where, Text(f.message), Text(f.fix)]
+            table.add_row(*([f.host, *cells] if many_hosts else cells))
+        console.print(table)
+    if show_passed:
+        table = Table(title="Passed and skipped", title_justify="left", expand=True)
+        if many_hosts:
+            table.add_column("host", no_wrap=True)
+        table.add_column("check", no_wrap=True)
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("detail")
+        for f in sorted((f for f in report.findings if f.outcome is not Outcome.FAIL),
+                        key=lambda f: (f.host, f.outcome.value, f.check_id)):
+            cells = [f.check_id, f.outcome.value, f.message]
+            table.add_row(*([f.host, *cells] if many_hosts else cells))
+        console.print(table)
+    style = "bold red" if report.has_errors else ("yellow" if report.counts()["warning"] else "bold green")
+    console.print(Text(summary_line(report), style=style))
+
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    return {"check": f.check_id, "severity": f.severity.value, "outcome": f.outcome.value, "host": f.host,
+            "where": f.where, "message": f.message, "why": f.why, "fix": f.fix}
+
+
+def report_to_json(report: DoctorReport, include_facts: bool = True) -> dict[str, Any]:
+    """The documented JSON document (schema ``clusterkit.doctor/v1``)."""
+    doc: dict[str, Any] = {
+        "schema": JSON_SCHEMA,
+        "clusterkit_version": __version__,
+        "started_at": report.started_at,
+        "duration_s": round(report.duration_s, 3),
+        "hostfile": report.hostfile,
+        "hosts": report.hosts,
+        "summary": {**report.counts(), "ok": not report.has_errors},
+        "findings": [finding_to_json(f) for f in report.findings],
+    }
+    if include_facts:
+        doc["facts"] = {host: to_jsonable(facts) for host, facts in report.facts.items()}
+    return doc
+
+
+def render_json(report: DoctorReport, include_facts: bool = True) -> str:
+    return json.dumps(report_to_json(report, include_facts), indent=2, sort_keys=False)
+
+
+def render_junit(report: DoctorReport) -> str:
+    """JUnit XML: one testsuite per host, one testcase per finding.
+
+    Error-severity failures are ``<failure>``; warning and info failures pass with the message in
+    ``<system-out>`` (matching the exit code: only errors fail a run); skips are ``<skipped>``.
+    """
+    suites = ET.Element("testsuites", name="clusterkit doctor", time=f"{report.duration_s:.3f}")
+    by_host: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        by_host.setdefault(f.host, []).append(f)
+    for host, findings in by_host.items():
+        failures = sum(1 for f in findings if f.is_error)
+        skipped = sum(1 for f in findings if f.outcome is Outcome.SKIP)
+        suite = ET.SubElement(suites, "testsuite", name=host, tests=str(len(findings)),
+                              failures=str(failures), errors="0", skipped=str(skipped))
+        for f in findings:
+            name = f"{f.check_id} [{f.where}]" if f.where else f.check_id
+            case = ET.SubElement(suite, "testcase", classname=f"clusterkit.{host}", name=name)
+            if f.is_error:
+                failure = ET.SubElement(case, "failure", message=f.message, type=f.severity.value)
+                failure.text = f"{f.message}\nwhy: {f.why}\nfix: {f.fix}"
+            elif f.outcome is Outcome.SKIP:
+                ET.SubElement(case, "skipped", message=f.message)
+            elif f.outcome is Outcome.FAIL:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"{f.severity.value}: {f.message}\nfix: {f.fix}"
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
