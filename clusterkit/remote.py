@@ -1,0 +1,313 @@
+"""SSH fan-out: the one place clusterkit talks to nodes (Fabric over paramiko).
+
+- Every host runs in its own daemon thread under one deadline: a dead or frozen node becomes a
+  :class:`HostResult` with an error ("no answer within 30s"), the others are reported in full, and an
+  abandoned thread never keeps the process alive.
+- Host keys are checked against ``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``. Fabric
+  auto-adds unknown keys by default; we never do that silently: unknown keys are refused unless
+  ``trust_new_hosts`` is set, and each trusted key is appended to known_hosts and logged in
+  ``~/.clusterkit/trusted-host-keys.log``. A changed key is always refused, with the command to fix it.
+- Passwords live in memory only (``SshSettings.password``) and are never logged.
+- The agent (``clusterkit.agent`` + collectors + pynvml) is shipped as a zipapp to a private,
+  per-user cache directory on each node, keyed by its content hash.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import shlex
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from clusterkit.progress import NodeProgress
+
+if TYPE_CHECKING:
+    from fabric import Connection
+
+T = TypeVar("T")
+PACKAGE_DIR = Path(__file__).resolve().parent
+TRUST_LOG = Path("~/.clusterkit/trusted-host-keys.log")
+_trust_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How to reach nodes. Unset fields fall back to ``~/.ssh/config`` and ssh's defaults."""
+
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+    trust_new_hosts: bool = False
+    connect_timeout_s: float = 10.0
+
+
+@dataclass
+class HostResult(Generic[T]):
+    """One host's outcome: a value, or an error saying what went wrong and how to fix it."""
+
+    host: str
+    value: T | None = None
+    error: str | None = None
+    fix: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class RemoteError(Exception):
+    """A failure on one host that already carries a readable message and, if known, a fix."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+# --------------------------------------------------------------------------------------- host keys
+
+
+def _fingerprint(key: Any) -> str:
+    import base64
+
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_host_name(host: str, port: int | None) -> str:
+    """How OpenSSH names a host in known_hosts (``[host]:port`` for non-default ports)."""
+    return host if port in (None, 22) else f"[{host}]:{port}"
+
+
+def _make_trust_policy(settings: SshSettings) -> Any:
+    import paramiko
+
+    class TrustAndRecord(paramiko.MissingHostKeyPolicy):
+        """--trust-new-hosts: accept an unknown key, write it to known_hosts and log it."""
+
+        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+            record_trusted_key(hostname, key)
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return TrustAndRecord() if settings.trust_new_hosts else paramiko.RejectPolicy()
+
+
+def record_trusted_key(hostname: str, key: Any) -> None:
+    """Append ``key`` to ``~/.ssh/known_hosts`` (0600, in a 0700 dir) and log the decision."""
+    ssh_dir = Path("~/.ssh").expanduser()
+    with _trust_lock:
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        known_hosts = ssh_dir / "known_hosts"
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(line)
+        log = TRUST_LOG.expanduser()
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} trusted {hostname} {key.get_name()} "
+                    f"{_fingerprint(key)} (--trust-new-hosts)\n")
+
+
+# ------------------------------------------------------------------------------------ connections
+
+
+@contextmanager
+def connect(host: str, settings: SshSettings) -> Iterator[Connection]:
+    """An open Fabric connection with strict host-key checking; closed on exit."""
+    from fabric import Connection
+
+    timeout = max(1, math.ceil(settings.connect_timeout_s))
+    connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout,
+                                      "channel_timeout": timeout}
+    if settings.identity_file:
+        connect_kwargs["key_filename"] = [str(Path(settings.identity_file).expanduser())]
+    if settings.password is not None:
+        connect_kwargs["password"] = settings.password
+    conn = Connection(host, user=settings.user, port=settings.port, connect_timeout=timeout,
+                      connect_kwargs=connect_kwargs)
+    client = conn.client
+    for known_hosts in (Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")):
+        if known_hosts.is_file():
+            client.load_system_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(_make_trust_policy(settings))
+    try:
+        conn.open()
+        yield conn
+    finally:
+        conn.close()
+
+
+def explain(exc: BaseException, host: str, settings: SshSettings) -> RemoteError:
+    """Turn SSH/socket/invoke exceptions into one readable line plus the fix."""
+    import paramiko
+    from invoke.exceptions import CommandTimedOut, UnexpectedExit
+
+    port = settings.port or 22
+    if isinstance(exc, RemoteError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return RemoteError(
+            f"host key for {host} CHANGED (got {exc.key.get_name()} {_fingerprint(exc.key)}, known_hosts has "
+            f"{_fingerprint(exc.expected_key)}): the machine was reinstalled, or someone is in the middle",
+            fix=f"verify the new key out of band (on {host}: ssh-keygen -lf /etc/ssh/ssh_host_"
+                f"{exc.key.get_name().replace('ssh-', '')}_key.pub), then: ssh-keygen -R "
+                f"{shlex.quote(known_host_name(host, settings.port))} && rerun with --trust-new-hosts")
+    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+        return RemoteError(
+            f"host key of {host} is unknown (not in ~/.ssh/known_hosts)",
+            fix="check the fingerprints, then rerun with --trust-new-hosts (recorded in "
+                f"{TRUST_LOG}), or: ssh-keyscan -p {port} -H {shlex.quote(host)} >> ~/.ssh/known_hosts")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return RemoteError(f"authentication to {host} failed: no key or password was accepted",
+                           fix="run `clusterkit bootstrap HOSTFILE` (asks the password once and installs "
+                               "keys), or pass --user/--identity")
+    if isinstance(exc, socket.gaierror):
+        return RemoteError(f"cannot resolve hostname {host}: {exc.strerror}",
+                           fix=f"add {host} to DNS or /etc/hosts on this machine")
+    if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
+        return RemoteError(f"connection to {host} port {port} refused: sshd is not running there",
+                           fix=f"on {host}: sudo systemctl enable --now ssh (or sshd)")
+    if isinstance(exc, (TimeoutError, socket.timeout)) or (
+            isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower()):
+        return RemoteError(f"{host} did not answer within {settings.connect_timeout_s:g}s "
+                           "(down, frozen, or a firewall drops port {port})".replace("{port}", str(port)),
+                           fix=f"check that {host} is up: ping {host}; ssh -v {host} true")
+    if isinstance(exc, CommandTimedOut):
+        return RemoteError(f"command on {host} did not finish within {exc.timeout:g}s "
+                           f"({exc.result.command[:80]!r})")
+    if isinstance(exc, UnexpectedExit):
+        tail = (exc.result.stderr.strip() or exc.result.stdout.strip()).splitlines()[-3:]
+        return RemoteError(f"command on {host} exited {exc.result.exited}: {' | '.join(tail)}")
+    if isinstance(exc, OSError):
+        return RemoteError(f"network error talking to {host}: {exc.strerror or exc}")
+    return RemoteError(f"{type(exc).__name__} on {host}: {exc}")
+
+
+def fan_out(hosts: Sequence[str], task: Callable[[str], T], timeout_s: float,
+            progress: NodeProgress | None = None, settings: SshSettings | None = None
+            ) -> dict[str, HostResult[T]]:
+    """Run ``task(host)`` for every host in parallel; each gets ``timeout_s``, nobody waits longer.
+
+    Exceptions become per-host errors (see :func:`explain`). Results keep ``hosts`` order.
+    """
+    settings = settings or SshSettings()
+    results: dict[str, HostResult[T]] = {}
+    lock = threading.Lock()
+
+    def work(host: str) -> None:
+        started = time.monotonic()
+        try:
+            value = task(host)
+            result: HostResult[T] = HostResult(host, value=value, seconds=time.monotonic() - started)
+        except Exception as exc:  # every failure is a per-host value, never a crash of the run
+            err = explain(exc, host, settings)
+            result = HostResult(host, error=str(err), fix=err.fix, seconds=time.monotonic() - started)
+        with lock:
+            results.setdefault(host, result)
+        if progress:
+            progress.update(host, "ok" if result.ok else "failed", "" if result.ok else str(result.error))
+
+    threads = [threading.Thread(target=work, args=(h,), name=f"ssh:{h}", daemon=True) for h in hosts]
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        for host in hosts:
+            if host not in results:
+                results[host] = HostResult(host, error=f"{host} gave no answer within {timeout_s:g}s "
+                                                       "(frozen, overloaded, or a hung driver?)",
+                                           fix=f"check {host} by hand: ssh {host} uptime",
+                                           seconds=timeout_s)
+                if progress:
+                    progress.update(host, "timed out", f"no answer within {timeout_s:g}s")
+        return {h: results[h] for h in hosts}
+
+
+# ------------------------------------------------------------------------------------------- agent
+
+
+@functools.cache
+def agent_zipapp() -> bytes:
+    """The agent as a zipapp: clusterkit.agent, facts, collectors, and pynvml when installed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__main__.py", "from clusterkit.agent import main\nraise SystemExit(main())\n")
+        zf.writestr("clusterkit/__init__.py", (PACKAGE_DIR / "__init__.py").read_text())
+        for name in ("facts.py", "agent.py"):
+            zf.writestr(f"clusterkit/{name}", (PACKAGE_DIR / name).read_text())
+        for path in sorted((PACKAGE_DIR / "collect").glob("*.py")):
+            zf.writestr(f"clusterkit/collect/{path.name}", path.read_text())
+        try:
+            import pynvml
+
+            zf.writestr("pynvml.py", Path(pynvml.__file__).read_text())
+        except ImportError:
+            pass
+    return buffer.getvalue()
+
+
+def agent_digest() -> str:
+    return hashlib.sha256(agent_zipapp()).hexdigest()[:16]
+
+
+def ship_agent(conn: Connection, timeout_s: float) -> str:
+    """Put the agent in ``$TMPDIR/clusterkit-<uid>/`` on the node (once per version); return its path."""
+    digest = agent_digest()
+    probe = conn.run(
+        'd="${TMPDIR:-/tmp}/clusterkit-$(id -u)"; mkdir -p -m 700 "$d" || exit 3; '
+        '[ -O "$d" ] || { echo "$d is not owned by $(id -un)" >&2; exit 4; }; '
+        f'f="$d/agent-{digest}.pyz"; if [ -s "$f" ]; then echo "present $f"; else echo "missing $f"; fi',
+        hide=True, warn=True, timeout=timeout_s)
+    if probe.exited != 0 or not probe.stdout.strip():
+        why = probe.stderr.strip() or probe.stdout.strip()
+        raise RemoteError(f"cannot prepare the agent directory: {why}")
+    state, path = str(probe.stdout).split()[-2:]
+    if state == "missing":
+        conn.put(io.BytesIO(agent_zipapp()), remote=f"{path}.tmp")
+        conn.run(f"chmod 600 {shlex.quote(path)}.tmp && mv -f {shlex.quote(path)}.tmp {shlex.quote(path)}",
+                 hide=True, timeout=timeout_s)
+    return path
+
+
+def parse_agent_output(stdout: str, host: str) -> Any:
+    """Find the agent's result line; a shell that prints banners cannot break this."""
+    from clusterkit.agent import RESULT_MARKER
+
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if not lines:
+        tail = " | ".join(stdout.strip().splitlines()[-3:]) or "no output"
+        raise RemoteError(f"the agent on {host} printed no result ({tail})")
+    payload = json.loads(lines[-1][len(RESULT_MARKER):])
+    if "error" in payload:
+        raise RemoteError(f"the agent on {host} failed: {payload['error']}")
+    return payload["result"]
+
+
+def run_agent(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> Any:
+    """Ship the agent if needed, run ``agent ARGS`` with the node's python3, return its result."""
+    path = ship_agent(conn, min(timeout_s, 15.0))
+    fallback = f" || command -v {shlex.quote(python)}" if python else ""
+    command = (f'PY="$(command -v python3{fallback})"; '
+               '[ -n "$PY" ] || { echo "no python3 on PATH" >&2; exit 127; }; '
+               f'exec "$PY" {shlex.quote(path)} {" ".join(shlex.quote(a) for a in args)}')
+    result = conn.run(command, hide=True, warn=True, timeout=timeout_s)
+    if result.exited == 127 and "no python3" in result.stderr:
+        raise RemoteError(f"{conn.host} has no python3 on the non-interactive PATH",
+                          fix=f"install python3 on {conn.host} (the agent needs only the standard library)")
+    return parse_agent_output(result.stdout, conn.host)
