@@ -6,7 +6,7 @@ import importlib
 
 from clusterkit.checks.registry import REGISTRY, CheckSpec
 
-CHECK_MODULES = ("gpu", "system", "software", "network", "launcher", "cluster")
+CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster")
 
 
 def load_checks() -> dict[str, CheckSpec]:

@@ -1,0 +1,276 @@
+"""Cluster-wide checks: what only shows when nodes are compared, or probed from each other."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from clusterkit.checks.registry import ClusterView, NotApplicable, Problem, Severity, cluster_check
+from clusterkit.dsenv import effective_values, parse_deepspeed_env
+from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.nccl import select_interfaces
+
+
+@cluster_check("node-unreachable", Severity.ERROR, tags=("ssh", "cluster"),
+               why="a node the launcher cannot reach makes the whole job fail at start",
+               fix="check the node is up and sshd runs there; then `clusterkit bootstrap HOSTFILE`")
+def node_unreachable(view: ClusterView) -> Iterator[Problem]:
+    """Every node in the hostfile answered and returned its facts."""
+    fixes = view.probes.unreachable_fixes if view.probes else {}
+    for host in view.hosts:
+        facts = view.nodes.get(host.name, Unavailable("not collected"))
+        if isinstance(facts, Unavailable):
+            yield Problem(facts.reason, where=host.name, fix=fixes.get(host.name), host=host.name)
+
+
+def _spread(view: ClusterView, read: Callable[[NodeFacts], object]) -> dict[str, list[str]]:
+    """value -> hosts holding it, over reachable nodes where the value could be read."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, facts in view.reachable().items():
+        value = read(facts)
+        if not isinstance(value, Unavailable):
+            groups[str(value)].append(name)
+    return groups
+
+
+def _differences(view: ClusterView, what: str, read: Callable[[NodeFacts], object]) -> Iterator[Problem]:
+    """A problem on each node outside the most common value of ``read``."""
+    groups = _spread(view, read)
+    if len(groups) < 2:
+        return
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    majority_value = ranked[0][0]
+    summary = "; ".join(f"{value} on {', '.join(hosts)}" for value, hosts in ranked)
+    for _, hosts in ranked[1:]:
+        for host in hosts:
+            yield Problem(f"{what} differs across nodes: {summary}", where=host,
+                          fix=f"make {host} match the others ({what} {majority_value})", host=host)
+
+
+def _python_env(field: str) -> Callable[[NodeFacts], object]:
+    def read(facts: NodeFacts) -> object:
+        env = facts.python_env
+        return env if isinstance(env, Unavailable) else getattr(env, field)
+    return read
+
+
+def _driver(facts: NodeFacts) -> object:
+    return facts.nvidia if isinstance(facts.nvidia, Unavailable) else facts.nvidia.driver_version
+
+
+def _gpu_models(facts: NodeFacts) -> object:
+    if isinstance(facts.nvidia, Unavailable):
+        return facts.nvidia
+    gpus = facts.nvidia.gpus
+    return gpus if isinstance(gpus, Unavailable) else ", ".join(sorted({g.name for g in gpus}))
+
+
+_SOFTWARE = {"python": "version", "torch": "torch_version", "torch CUDA": "torch_cuda",
+             "NCCL": "nccl_version", "DeepSpeed": "deepspeed_version"}
+
+
+@cluster_check("software-versions-differ", Severity.ERROR, tags=("python", "torch", "deepspeed", "cluster"),
+               why="ranks built from different torch/DeepSpeed/NCCL versions fail with config validation "
+                   "errors, op mismatches or hung collectives",
+               fix="install one env everywhere: conda-pack it on one node and unpack at the same path")
+def software_versions_differ(view: ClusterView) -> Iterator[Problem]:
+    """Python, torch (and its CUDA), NCCL and DeepSpeed are the same version on every node."""
+    for what, field in _SOFTWARE.items():
+        yield from _differences(view, what, _python_env(field))
+
+
+@cluster_check("env-hash-differs", Severity.WARNING, tags=("python", "cluster"),
+               why="the same versions of the big packages can hide a different dependency (e.g. a "
+                   "transformers or triton version) that changes behaviour on one node",
+               fix="broadcast one packed env to every node instead of installing per node")
+def env_hash_differs(view: ClusterView) -> Iterator[Problem]:
+    """The training env's installed packages (name==version hash) are identical on every node."""
+    yield from _differences(view, "installed-package hash", _python_env("env_hash"))
+
+
+@cluster_check("driver-versions-differ", Severity.WARNING, tags=("gpu", "driver", "cluster"),
+               why="mixed drivers support different CUDA versions and NCCL features, and mixed GPU models "
+                   "run every step at the pace of the slowest",
+               fix="install the same NVIDIA driver (and GPU model) on every node")
+def driver_versions_differ(view: ClusterView) -> Iterator[Problem]:
+    """The NVIDIA driver and the GPU model are the same on every node."""
+    yield from _differences(view, "NVIDIA driver", _driver)
+    yield from _differences(view, "GPU model", _gpu_models)
+
+
+@cluster_check("interpreter-missing", Severity.ERROR, tags=("python", "launcher", "cluster"),
+               why="DeepSpeed's pdsh launcher runs the launching node's interpreter path on every node: "
+                   "`bash: /env/bin/python: No such file or directory`",
+               fix="put the env at the same absolute path on every node (conda-pack, unpack, conda-unpack)")
+def interpreter_missing(view: ClusterView) -> Iterator[Problem]:
+    """The training interpreter exists at the same path on every node."""
+    for name, facts in view.reachable().items():
+        env = facts.python_env
+        if not isinstance(env, Unavailable) and not env.exists:
+            yield Problem(f"interpreter {env.interpreter} does not exist on {name}", where=name,
+                          fix=f"create the env at {env.interpreter} on {name} (same path as on the head)",
+                          host=name)
+
+
+@cluster_check("code-path-missing", Severity.ERROR, tags=("launcher", "cluster"),
+               why="pdsh runs `cd <launch directory>` on every node first: "
+                   "`bash: line 0: cd: /x: No such file or directory`",
+               fix="sync the code to the same path on every node (`clusterkit bootstrap --sync DIR`) or "
+                   "launch from a shared filesystem")
+def code_path_missing(view: ClusterView) -> Iterator[Problem]:
+    """The directory jobs are launched from exists on every node."""
+    for name, facts in view.reachable().items():
+        launcher = facts.launcher
+        if not isinstance(launcher, Unavailable) and launcher.cwd_exists is False:
+            yield Problem(f"launch directory {launcher.cwd} does not exist on {name}", where=name, host=name)
+
+
+@cluster_check("clock-skew", Severity.WARNING, tags=("time", "cluster"),
+               why="skewed clocks scramble logs and timeouts, and break Kerberos/NFS and TLS",
+               fix="run chrony or systemd-timesyncd on every node")
+def clock_skew(view: ClusterView) -> Iterator[Problem]:
+    """Node clocks agree with the head's within a second."""
+    if view.probes is None:
+        raise NotApplicable("no cluster probes")
+    limit = view.thresholds.clock_skew_warn_s
+    for host, offset in view.probes.clock_offset_s.items():
+        if not isinstance(offset, Unavailable) and abs(offset) > limit:
+            yield Problem(f"clock on {host} is {offset:+.2f}s off the head's", where=host, host=host)
+
+
+@cluster_check("ssh-mesh-broken", Severity.ERROR, tags=("ssh", "cluster"),
+               why="DeepSpeed's launcher and pdsh need passwordless SSH with known host keys between "
+                   "nodes, including each node to itself",
+               fix="run `clusterkit bootstrap HOSTFILE` (all-to-all keys and known_hosts)")
+def ssh_mesh_broken(view: ClusterView) -> Iterator[Problem]:
+    """Every node can SSH to every node (by hostfile name) without a password or a prompt."""
+    if view.probes is None or not view.probes.ssh_mesh:
+        raise NotApplicable("SSH mesh was not probed")
+    for source, row in view.probes.ssh_mesh.items():
+        if isinstance(row, Unavailable):
+            yield Problem(f"could not test SSH from {source}: {row.reason}", where=source, host=source)
+            continue
+        for target, error in row.items():
+            if error:
+                yield Problem(f"ssh {source} -> {target} fails: {error}", where=f"{source} -> {target}",
+                              host=source)
+
+
+@cluster_check("master-unreachable", Severity.ERROR, tags=("network", "rendezvous", "cluster"),
+               why="every rank connects to MASTER_ADDR:MASTER_PORT first; one node that cannot ends in "
+                   "a rendezvous timeout after minutes",
+               fix="pass --master_addr with an address all nodes route to, or open the port in the firewall")
+def master_unreachable(view: ClusterView) -> Iterator[Problem]:
+    """The rendezvous address DeepSpeed picks is reachable on the master port from every node."""
+    if view.probes is None:
+        raise NotApplicable("no cluster probes")
+    master = view.probes.master
+    if isinstance(master, Unavailable):
+        raise NotApplicable(f"master not probed: {master.reason}")
+    if master.port_free is False:
+        yield Problem(f"port {master.port} is already in use on {master.host}", where=master.host,
+                      fix=f"on {master.host}: ss -ltnp 'sport = :{master.port}' to see who holds it; "
+                          "stop it or pass --master_port", host=master.host)
+        return
+    for host, error in master.reachable_from.items():
+        if error:
+            yield Problem(f"{host} cannot reach {master.address}:{master.port} on {master.host}: {error}",
+                          where=f"{host} -> {master.address}:{master.port}", host=host)
+
+
+@cluster_check("master-address-suspicious", Severity.WARNING, tags=("network", "rendezvous", "cluster"),
+               why="without --master_addr DeepSpeed takes the first word of `hostname -I` on the first "
+                   "host, which can be a docker or bridge address other nodes cannot route to",
+               fix="pass --master_addr explicitly (clusterkit launch does)")
+def master_address_suspicious(view: ClusterView) -> Iterator[Problem]:
+    """The address DeepSpeed would pick as MASTER_ADDR belongs to a real, routable interface."""
+    if view.probes is None or isinstance(view.probes.master, Unavailable):
+        raise NotApplicable("master not probed")
+    master = view.probes.master
+    first = view.reachable().get(master.host)
+    if first is None or isinstance(first.network, Unavailable) or isinstance(first.network.nics, Unavailable):
+        raise NotApplicable("first host's interfaces unknown")
+    for nic in first.network.nics:
+        if any(addr.split("/")[0] == master.address for addr in nic.ipv4):
+            if nic.kind in ("bridge", "virtual") or nic.name.startswith(("docker", "virbr", "br-")):
+                yield Problem(f"DeepSpeed would use {master.address} ({nic.name}, a {nic.kind} interface) "
+                              f"as MASTER_ADDR", where=master.host, host=master.host)
+            return
+
+
+def _launch_env(facts: NodeFacts) -> dict[str, str]:
+    """What DeepSpeed on this node exports to all ranks: its env, then ~/.deepspeed_env, then ./."""
+    values: dict[str, str] = {k: v for k, v in facts.env_vars.items() if k.startswith("NCCL_")}
+    if not isinstance(facts.launcher, Unavailable):
+        for file in facts.launcher.deepspeed_env_files:
+            if file.exists and not isinstance(file.lines, Unavailable):
+                entries, _ = parse_deepspeed_env(file.lines, file.path)
+                values.update(effective_values(entries))
+    return values
+
+
+@cluster_check("nccl-socket-ifname-unmatched", Severity.ERROR, tags=("nccl", "network", "cluster"),
+               why="the launch node exports NCCL_SOCKET_IFNAME to every rank; a node where it matches no "
+                   "interface with an address fails with `NCCL error: unhandled system error`",
+               fix="set NCCL_SOCKET_IFNAME in .deepspeed_env to an interface every node has "
+                   "(`clusterkit bootstrap` picks one)")
+def nccl_socket_ifname_unmatched(view: ClusterView) -> Iterator[Problem]:
+    """The NCCL_SOCKET_IFNAME the launch node exports selects an addressed interface on every node."""
+    head = view.reachable().get(view.probes.head) if view.probes else None
+    if head is None:
+        raise NotApplicable("the launch node is not among the reachable hosts")
+    spec = _launch_env(head).get("NCCL_SOCKET_IFNAME")
+    if not spec:
+        raise NotApplicable("NCCL_SOCKET_IFNAME is not set on the launch node")
+    for name, facts in view.reachable().items():
+        if isinstance(facts.network, Unavailable) or isinstance(facts.network.nics, Unavailable):
+            continue
+        usable = [n.name for n in facts.network.nics if n.ipv4 and n.operstate in ("up", "unknown")]
+        if not select_interfaces(spec, usable):
+            yield Problem(f"NCCL_SOCKET_IFNAME={spec} (exported from the launch node) matches no "
+                          f"addressed interface on {name}; it has {', '.join(usable) or 'none'}",
+                          where=name, host=name)
+
+
+@cluster_check("dsenv-inconsistent", Severity.WARNING, tags=("deepspeed", "env", "cluster"),
+               why="only the launching node's .deepspeed_env counts, so a launch from another node "
+                   "silently runs with other settings",
+               fix="write the same ~/.deepspeed_env on every node (`clusterkit bootstrap` does)")
+def dsenv_inconsistent(view: ClusterView) -> Iterator[Problem]:
+    """The ~/.deepspeed_env file says the same on every node."""
+    def home_file(facts: NodeFacts) -> object:
+        if isinstance(facts.launcher, Unavailable) or not facts.launcher.deepspeed_env_files:
+            return Unavailable("unknown")
+        file = facts.launcher.deepspeed_env_files[0]
+        if not file.exists:
+            return "(no file)"
+        if isinstance(file.lines, Unavailable):
+            return file.lines
+        entries, _ = parse_deepspeed_env(file.lines, file.path)
+        return " ".join(f"{k}={v}" for k, v in sorted(effective_values(entries).items())) or "(empty)"
+
+    groups = _spread(view, home_file)
+    if len(groups) > 1:
+        ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        for value, hosts in ranked[1:]:
+            for host in hosts:
+                yield Problem(f"~/.deepspeed_env on {host} differs from {', '.join(ranked[0][1])}: "
+                              f"{value[:200]}", where=host, host=host)
+
+
+@cluster_check("ib-inconsistent", Severity.WARNING, tags=("infiniband", "nccl", "cluster"),
+               why="when some nodes have active InfiniBand and others not, NCCL falls back to TCP "
+                   "sockets everywhere or hangs during init",
+               fix="bring the IB ports up everywhere, or set NCCL_IB_DISABLE=1 in .deepspeed_env")
+def ib_inconsistent(view: ClusterView) -> Iterator[Problem]:
+    """Either every node has an active InfiniBand/RoCE port, or none does."""
+    def active_ports(facts: NodeFacts) -> object:
+        if isinstance(facts.network, Unavailable) or isinstance(facts.network.ib_ports, Unavailable):
+            return Unavailable("unknown")
+        return sum(1 for p in facts.network.ib_ports if p.state == "ACTIVE") > 0
+
+    groups = _spread(view, active_ports)
+    if set(groups) == {"True", "False"}:
+        for host in groups["False"]:
+            yield Problem(f"{host} has no active RDMA port while {', '.join(groups['True'])} do",
+                          where=host, host=host)
