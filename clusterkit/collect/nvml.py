@@ -193,7 +193,7 @@ def _map(value: Maybe[T], convert: Callable[[T], Any]) -> Maybe[Any]:
         return value
     try:
         return convert(value)
-    except (TypeError, ValueError, IndexError, KeyError) as exc:
+    except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as exc:
         return Unavailable(f"unexpected NVML value {value!r}: {describe_exception(exc)}")
 
 

@@ -45,7 +45,7 @@ def parse_xid_events(text: str) -> list[XidEvent]:
     return events[-MAX_EVENTS:]
 
 
-def read_kernel_log(timeout_s: float) -> Maybe[str]:
+def read_kernel_log(timeout_s: float, kmsg_path: str = "/dev/kmsg") -> Maybe[str]:
     """The kernel ring buffer as text, from the first source that can be read."""
     problems: list[str] = []
     dmesg = run_command(["dmesg"], timeout_s)
@@ -55,7 +55,7 @@ def read_kernel_log(timeout_s: float) -> Maybe[str]:
         return dmesg.stdout
     else:
         problems.append("dmesg: " + (dmesg.tail(1) or f"exit status {dmesg.returncode}"))
-    kmsg = read_dev_kmsg(timeout_s)
+    kmsg = read_dev_kmsg(timeout_s, kmsg_path)
     if not isinstance(kmsg, Unavailable):
         return kmsg
     problems.append(kmsg.reason)
