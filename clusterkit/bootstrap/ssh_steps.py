@@ -1,0 +1,358 @@
+"""Bootstrap steps that build all-to-all passwordless SSH: reachability, host keys, user keys,
+authorized_keys, known_hosts, and the mesh verification."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from clusterkit.bootstrap.context import (
+    CHANGED,
+    FAILED,
+    OK,
+    WOULD_CHANGE,
+    AbortBootstrap,
+    BootstrapContext,
+    NodeOutcome,
+    StepReport,
+)
+from clusterkit.bootstrap.files import ensure_ssh_dir, read_home_file, write_home_file
+from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.remote import (
+    RemoteError,
+    connect,
+    known_host_name,
+    record_trusted_key,
+    run_agent,
+)
+
+
+def _ssh_target(host: str, ctx: BootstrapContext) -> tuple[str, int]:
+    """Hostname and port after ~/.ssh/config, as Fabric will use them."""
+    from fabric import Connection
+
+    conn = Connection(host, user=ctx.settings.user, port=ctx.settings.port)
+    return conn.host, int(conn.port)
+
+
+def reachability(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """TCP to the SSH port and an SSH banner, on every node and on the head's localhost."""
+    def probe(host: str) -> NodeOutcome:
+        target, port = ("127.0.0.1", ctx.settings.port or 22) if host == "localhost (head)" \
+            else _ssh_target(host, ctx)
+        try:
+            address = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)[0][4][0]
+        except socket.gaierror as exc:
+            return NodeOutcome(FAILED, error=f"cannot resolve {target}: {exc.strerror}",
+                               fix=f"add {target} to DNS or /etc/hosts")
+        if host != "localhost (head)":
+            ctx.addresses[host] = str(address)
+        try:
+            with socket.create_connection((target, port), timeout=min(spec.timeout_s, 10)) as sock:
+                sock.settimeout(min(spec.timeout_s, 10))
+                banner = sock.recv(256).decode("latin-1").strip()
+        except ConnectionRefusedError:
+            where = "this machine" if host == "localhost (head)" else host
+            return NodeOutcome(FAILED, error=f"nothing listens on {target}:{port}: sshd is not running",
+                               fix=f"on {where}: sudo systemctl enable --now ssh   (Debian/Ubuntu; `sshd` "
+                                   "on RHEL)")
+        except OSError as exc:
+            return NodeOutcome(FAILED, error=f"no SSH answer from {target}:{port}: {exc.strerror or exc}",
+                               fix=f"check that {target} is up and port {port} is open")
+        if not banner.startswith("SSH-"):
+            return NodeOutcome(FAILED, error=f"{target}:{port} answers but is not sshd ({banner[:40]!r})")
+        return NodeOutcome(OK, [f"{banner.split()[0]} on {address}:{port}"])
+
+    report = ctx.per_node(spec, probe, [*ctx.live, "localhost (head)"])
+    head = report.outcomes.pop("localhost (head)", None)
+    if head is not None and head.status == FAILED:
+        report.note = (f"the head's own localhost: {head.error}. DeepSpeed's pdsh launcher logs into the "
+                       f"launching node too. Fix: {head.fix}")
+    return report
+
+
+def _fingerprint(key_type: str, b64: str) -> str:
+    digest = hashlib.sha256(base64.b64decode(b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def host_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """Verify each node's host key against known_hosts; trust new ones only with --trust-new-hosts."""
+    import paramiko
+
+    known = paramiko.HostKeys()
+    for path in (Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")):
+        if path.is_file():
+            known.load(str(path))
+    changed: list[str] = []
+
+    def probe(host: str) -> NodeOutcome:
+        target, port = _ssh_target(host, ctx)
+        name = known_host_name(target, port)
+        entry = known.lookup(name)
+        sock = socket.create_connection((target, port), timeout=ctx.settings.connect_timeout_s)
+        transport = paramiko.Transport(sock)
+        try:
+            if entry is not None:  # like OpenSSH: ask for the key type we already know first
+                options = transport.get_security_options()
+                options.key_types = [t for t in options.key_types if t in entry] + \
+                                    [t for t in options.key_types if t not in entry]
+            transport.start_client(timeout=ctx.settings.connect_timeout_s)
+            key = transport.get_remote_server_key()
+        finally:
+            transport.close()
+        ctx.host_keys[host] = (key.get_name(), key.get_base64())
+        fingerprint = _fingerprint(key.get_name(), key.get_base64())
+        if entry is not None and key.get_name() in entry:
+            if entry[key.get_name()] == key:
+                return NodeOutcome(OK, [f"{key.get_name()} {fingerprint} known"])
+            changed.append(host)
+            return NodeOutcome(FAILED, error=f"host key of {host} CHANGED: now {fingerprint}",
+                               fix=f"verify on {host}: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub; then "
+                                   f"ssh-keygen -R {shlex.quote(name)} and rerun with --trust-new-hosts")
+        if ctx.dry_run:
+            verdict = WOULD_CHANGE if ctx.settings.trust_new_hosts else FAILED
+            return NodeOutcome(verdict, [f"would trust {key.get_name()} {fingerprint}"],
+                               error=None if ctx.settings.trust_new_hosts else "unknown host key")
+        if not ctx.settings.trust_new_hosts:
+            return NodeOutcome(FAILED, error=f"host key of {host} is not in ~/.ssh/known_hosts "
+                                             f"({key.get_name()} {fingerprint})",
+                               fix="compare the fingerprint with the node's console (ssh-keygen -lf "
+                                   "/etc/ssh/ssh_host_ed25519_key.pub), then rerun with --trust-new-hosts")
+        record_trusted_key(name, key)
+        return NodeOutcome(CHANGED, [f"trusted {key.get_name()} {fingerprint} (logged)"])
+
+    report = ctx.per_node(spec, probe)
+    if changed:
+        first = report.outcomes[changed[0]]
+        raise AbortBootstrap(f"host key changed on {', '.join(changed)}; refusing to go on: a changed key "
+                             "means a reinstalled node or someone in the middle", first.fix or "")
+    return report
+
+
+def _public_key_path(ctx: BootstrapContext) -> Path:
+    if ctx.settings.identity_file:
+        return Path(ctx.settings.identity_file + ".pub").expanduser()
+    return Path("~/.ssh/id_ed25519.pub").expanduser()
+
+
+def head_key(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """The head has a key pair (ed25519 unless --identity names another)."""
+    report = StepReport(spec)
+    public = _public_key_path(ctx)
+    private = public.with_suffix("")
+    actions: list[str] = []
+    if not private.exists():
+        if ctx.dry_run:
+            report.outcomes["head"] = NodeOutcome(WOULD_CHANGE, [f"would create {private} (ed25519)"])
+            ctx.head_public_key = "<new key>"
+            return report
+        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        f"clusterkit@{socket.gethostname()}", "-f", str(private)], check=True, timeout=30)
+        actions.append(f"created {private}")
+    elif not public.exists():
+        if not ctx.dry_run:
+            out = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], check=True, capture_output=True,
+                                 text=True, timeout=30)
+            public.write_text(out.stdout)
+        actions.append(f"wrote {public} from the private key")
+    if private.exists() and private.stat().st_mode & 0o077:
+        if not ctx.dry_run:
+            private.chmod(0o600)
+        actions.append(f"set {private} to 0600")
+    ctx.head_public_key = public.read_text().strip() if public.exists() else "<new key>"
+    status = OK if not actions else (WOULD_CHANGE if ctx.dry_run else CHANGED)
+    report.outcomes["head"] = NodeOutcome(status, actions or [f"{public.name} present"])
+    return report
+
+
+def _key_body(line: str) -> str:
+    """The 'type base64' part of an authorized_keys line (options and comment stripped)."""
+    parts = line.split()
+    for i, part in enumerate(parts):
+        if part.startswith(("ssh-", "ecdsa-", "sk-")) and i + 1 < len(parts):
+            return f"{part} {parts[i + 1]}"
+    return line.strip()
+
+
+def add_authorized_keys(conn: Any, keys: list[str], dry_run: bool) -> list[str]:
+    """Append the missing ``keys`` to ~/.ssh/authorized_keys (backup first); return actions."""
+    actions = [] if dry_run else ensure_ssh_dir(conn)
+    current = read_home_file(conn, ".ssh/authorized_keys") or ""
+    present = {_key_body(line) for line in current.splitlines() if line.strip() and not line.startswith("#")}
+    missing = [k for k in dict.fromkeys(keys) if _key_body(k) not in present]
+    if not missing:
+        return actions
+    comments = ", ".join(k.split()[2] if len(k.split()) > 2 else k.split()[0] for k in missing)
+    if dry_run:
+        return [f"would add {len(missing)} key(s) to ~/.ssh/authorized_keys ({comments})"]
+    text = current + ("" if not current or current.endswith("\n") else "\n") + "\n".join(missing) + "\n"
+    backup = write_home_file(conn, ".ssh/authorized_keys", text, 0o600)
+    return [*actions, f"added {len(missing)} key(s) ({comments})" + (f", backup {backup}" if backup else "")]
+
+
+def authorize_head(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """The head's key logs into every node; nodes that refuse it get it via one password prompt."""
+    import paramiko
+
+    keyless = replace(ctx.settings, password=None)
+    needs_password: list[str] = []
+
+    def try_key(host: str) -> NodeOutcome:
+        try:
+            with connect(host, keyless):
+                return NodeOutcome(OK, ["key accepted"])
+        except paramiko.AuthenticationException:
+            needs_password.append(host)
+            return NodeOutcome(WOULD_CHANGE, ["needs the password once"])
+
+    report = ctx.per_node(spec, try_key)
+    if not needs_password:
+        return report
+    if ctx.dry_run:
+        for host in needs_password:
+            report.outcomes[host] = NodeOutcome(WOULD_CHANGE, ["would log in with the password and add the "
+                                                               "head's key to ~/.ssh/authorized_keys"])
+        return report
+    ctx.ensure_password()
+
+    def push(host: str) -> NodeOutcome:
+        with connect(host, ctx.settings) as conn:
+            return NodeOutcome(CHANGED, add_authorized_keys(conn, [ctx.head_public_key], dry_run=False))
+
+    report.outcomes.update(ctx.per_node(spec, push, needs_password).outcomes)
+    return report
+
+
+_NODE_KEY = (
+    'umask 077; k="$HOME/.ssh/id_ed25519"; made=0; '
+    'if [ ! -f "$k" ]; then {create} fi; '
+    'if [ ! -f "$k.pub" ] && [ -f "$k" ]; then ssh-keygen -y -f "$k" > "$k.pub"; fi; '
+    'echo "made=$made"; cat "$k.pub" 2>/dev/null || true'
+)
+
+
+def node_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """Every node has its own ed25519 key pair (private keys never leave their node)."""
+    def ensure(host: str) -> NodeOutcome:
+        with connect(host, ctx.settings) as conn:
+            create = ('made=1; ' if ctx.dry_run else
+                      'mkdir -p -m 700 "$HOME/.ssh" && ssh-keygen -q -t ed25519 -N "" '
+                      '-C "clusterkit@$(hostname)" -f "$k" && made=1; ')
+            out = conn.run(_NODE_KEY.format(create=create), hide=True, timeout=spec.timeout_s)
+            lines = out.stdout.strip().splitlines()
+            made = lines[0] == "made=1"
+            public = next((ln for ln in lines[1:] if ln.startswith("ssh-")), "")
+            if public:
+                ctx.node_public_keys[host] = public
+            if made:
+                status = WOULD_CHANGE if ctx.dry_run else CHANGED
+                return NodeOutcome(status, ["would create ~/.ssh/id_ed25519" if ctx.dry_run
+                                            else "created ~/.ssh/id_ed25519"])
+            return NodeOutcome(OK, ["~/.ssh/id_ed25519 present"])
+
+    return ctx.per_node(spec, ensure)
+
+
+def authorize_all(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """Every node's key (and the head's) is in every node's authorized_keys."""
+    keys = [k for k in [ctx.head_public_key, *ctx.node_public_keys.values()] if k.startswith("ssh-")]
+
+    def ensure(host: str) -> NodeOutcome:
+        with connect(host, ctx.settings) as conn:
+            actions = add_authorized_keys(conn, keys, ctx.dry_run)
+        if not actions:
+            return NodeOutcome(OK, [f"all {len(set(keys))} keys present"])
+        return NodeOutcome(WOULD_CHANGE if ctx.dry_run else CHANGED, actions)
+
+    report = ctx.per_node(spec, ensure)
+    missing = [h for h in ctx.live if h not in ctx.node_public_keys and not ctx.dry_run]
+    if missing:
+        report.note = f"no key known yet for {', '.join(missing)} (their node-keys step failed)"
+    return report
+
+
+def _wanted_known_hosts(ctx: BootstrapContext, host: str) -> list[tuple[list[str], str]]:
+    """(names, 'type base64') each node must know; plus its own key under localhost."""
+    wanted = []
+    for other, (key_type, b64) in ctx.host_keys.items():
+        names = [other] + ([ctx.addresses[other]] if ctx.addresses.get(other) not in (None, other) else [])
+        if other == host:
+            names += ["localhost", "127.0.0.1"]
+        wanted.append((names, f"{key_type} {b64}"))
+    return wanted
+
+
+def known_hosts(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """Every node's known_hosts knows every node's (verified) host key, by name and address."""
+    import paramiko
+
+    def ensure(host: str) -> NodeOutcome:
+        with connect(host, ctx.settings) as conn:
+            current = read_home_file(conn, ".ssh/known_hosts") or ""
+            parsed = paramiko.HostKeys()
+            for line in current.splitlines():
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                if entry is not None:
+                    for name in entry.hostnames:
+                        parsed.add(name, entry.key.get_name(), entry.key)
+            add: list[str] = []
+            conflicts: list[str] = []
+            for names, key in _wanted_known_hosts(ctx, host):
+                key_type, b64 = key.split()
+                missing = []
+                for name in names:
+                    have = parsed.lookup(name)
+                    if have is None or key_type not in have:
+                        missing.append(name)
+                    elif have[key_type].get_base64() != b64 and name not in ("localhost", "127.0.0.1"):
+                        conflicts.append(name)
+                if missing:
+                    add.append(f"{','.join(missing)} {key}")
+            if conflicts:
+                return NodeOutcome(FAILED, error=f"~/.ssh/known_hosts on {host} holds a different key for "
+                                                 f"{', '.join(conflicts)}",
+                                   fix=f"on {host}: " + "; ".join(f"ssh-keygen -R {shlex.quote(n)}"
+                                                                 for n in conflicts) + "; then rerun")
+            if not add:
+                return NodeOutcome(OK, [f"{len(ctx.host_keys)} host keys known"])
+            if ctx.dry_run:
+                return NodeOutcome(WOULD_CHANGE, [f"would add {len(add)} known_hosts line(s)"])
+            ensure_ssh_dir(conn)
+            text = current + ("" if not current or current.endswith("\n") else "\n") + "\n".join(add) + "\n"
+            backup = write_home_file(conn, ".ssh/known_hosts", text, 0o600)
+            return NodeOutcome(CHANGED, [f"added {len(add)} known_hosts line(s)"
+                                         + (f", backup {backup}" if backup else "")])
+
+    return ctx.per_node(spec, ensure)
+
+
+def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
+    """Verify `ssh -o BatchMode=yes` from every node to every node by hostfile name."""
+    names = ctx.names
+
+    def verify(host: str) -> NodeOutcome:
+        if ctx.dry_run and ctx.node_public_keys.keys() != set(ctx.live):
+            return NodeOutcome(WOULD_CHANGE, ["would verify after keys are in place"])
+        with connect(host, ctx.settings) as conn:
+            args = ["ssh-mesh", "--hosts", ",".join(names), "--timeout", "10"]
+            if ctx.settings.port:
+                args += ["--port", str(ctx.settings.port)]
+            rows = run_agent(conn, args, timeout_s=spec.timeout_s - 5)
+        broken = [f"{host} -> {r['host']}: {r.get('error') or 'exit ' + str(r.get('rc'))}"
+                  for r in rows if not r["ok"]]
+        if broken:
+            if ctx.dry_run:
+                return NodeOutcome(WOULD_CHANGE, [f"{len(broken)} route(s) not working yet"])
+            raise RemoteError("; ".join(broken), fix="rerun `clusterkit bootstrap`; if it persists: "
+                                                     f"ssh -v from {host}")
+        return NodeOutcome(OK, [f"reaches all {len(rows)} nodes"])
+
+    return ctx.per_node(spec, verify)

@@ -1,0 +1,69 @@
+"""``clusterkit bootstrap HOSTFILE``: all-to-all passwordless SSH, pdsh, code and .deepspeed_env.
+
+The steps and their order come from ``playbooks/bootstrap.yaml``; see :mod:`clusterkit.bootstrap`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.errors import ExitCode, UsageError
+from clusterkit.inventory import load_hostfile, select_hosts
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bootstrap",
+        help="set up passwordless SSH between all nodes, pdsh, code and .deepspeed_env",
+        description="Take the nodes of HOSTFILE to a state where `deepspeed --hostfile HOSTFILE` works: keys "
+                    "and known_hosts, all-to-all passwordless SSH, pdsh, code synced to the same path, and a "
+                    "correct ~/.deepspeed_env. Every step checks first and only applies what is missing, so "
+                    "reruns are safe and resume after a failure.",
+    )
+    parser.add_argument("hostfile", help="DeepSpeed hostfile (HOST slots=N per line)")
+    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed-style subset of the hostfile")
+    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="connect and check, print every action, change nothing")
+    parser.add_argument("--python", metavar="PATH",
+                        help=f"training interpreter (its bin/ goes first in PATH; default: {sys.executable})")
+    parser.add_argument("--sync", metavar="DIR", type=Path,
+                        help="mirror DIR to the same absolute path on every node (skipped on a shared FS)")
+    parser.add_argument("--install-packages", action="store_true",
+                        help="install missing pdsh with the OS package manager (root or passwordless sudo)")
+    parser.add_argument("--playbook", metavar="FILE", help="another playbook (default: playbooks/bootstrap.yaml)")
+    add_ssh_arguments(parser, password=True)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clusterkit.bootstrap.context import BootstrapContext
+    from clusterkit.bootstrap.playbook import load_playbook
+    from clusterkit.bootstrap.runner import STEPS, run_playbook, succeeded, summary_table
+
+    hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
+    steps = load_playbook(args.playbook, set(STEPS))
+    if args.sync is not None and not args.sync.is_dir():
+        raise UsageError(f"--sync {args.sync}: not a directory on this machine")
+    console = Console(stderr=True)
+    ctx = BootstrapContext(hosts=hosts, settings=ssh_settings(args), python=args.python or sys.executable,
+                           console=console, dry_run=args.dry_run, install_packages=args.install_packages,
+                           sync_dir=args.sync)
+    reports = run_playbook(ctx, steps)
+    Console().print(summary_table(ctx, reports))
+    if not succeeded(reports):
+        Console().print("[bold red]bootstrap did not finish on every node[/]: fix what is listed above and "
+                        "rerun (finished steps are skipped).")
+        return int(ExitCode.PROBLEMS)
+    if args.dry_run:
+        Console().print("[yellow]dry run[/]: nothing was changed.")
+    else:
+        Console().print(f"[bold green]ready[/]: `clusterkit doctor {args.hostfile}` to verify, then "
+                        f"`deepspeed --hostfile {args.hostfile} train.py`.")
+    return int(ExitCode.OK)
