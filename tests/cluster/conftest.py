@@ -1,0 +1,69 @@
+"""Fixtures for tests on the namespace cluster; every test under tests/cluster is marked ``cluster``.
+
+- ``cluster``: 3 nodes shared by a test module (for tests that do not break nodes for good);
+- ``clean_cluster``: that cluster healed (thawed, booted, unshaped, default sshd) with empty homes;
+- ``cluster_python``: the module cluster with a training env at /opt/ckenv; its interpreter path;
+- ``start_cluster``: a factory for a private cluster, stopped after the test (for kill/freeze tests).
+
+Where no cluster can run (not root, no network namespaces, no sshd) the tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import Cluster
+from tests.cluster.system import ClusterUnavailable
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+def launch_or_skip(n: int, name_prefix: str = "node") -> Cluster:
+    """Start a cluster, or skip the test with the reason this machine cannot run one."""
+    try:
+        return Cluster.launch(n, name_prefix)
+    except ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    started = launch_or_skip(3)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def clean_cluster(cluster: Cluster) -> Cluster:
+    cluster.heal()
+    cluster.reset_homes()
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_python(cluster: Cluster) -> str:
+    return cluster.install_python_env()
+
+
+@pytest.fixture
+def start_cluster() -> Iterator[Callable[..., Cluster]]:
+    started: list[Cluster] = []
+
+    def start(n: int = 2, name_prefix: str = "node") -> Cluster:
+        started.append(launch_or_skip(n, name_prefix))
+        return started[-1]
+
+    yield start
+    for each in reversed(started):
+        each.stop()

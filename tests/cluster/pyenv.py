@@ -1,0 +1,158 @@
+"""A training Python env on every node without copying a gigabyte per node.
+
+The env is a real venv at the same absolute path on each node (``/opt/ckenv`` by default, inside the
+node's private /opt) whose ``site-packages`` holds a ``.pth`` line naming the shared venv's
+site-packages: torch and deepspeed import from the shared venv, while anything put into the node's
+own site-packages (a planted torch) shadows them on that node only. clusterkit itself is not importable
+from it: the editable install's ``.pth`` in the shared venv is not processed through a path line, just
+as a real node does not have clusterkit preinstalled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.cluster.system import ClusterError
+
+if TYPE_CHECKING:
+    from tests.cluster.harness import Cluster, Node
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ENV = "/opt/ckenv"
+SHIMMED_SCRIPTS = ("deepspeed", "ds_report", "torchrun")
+PTH_NAME = "clusterkit-test-shared-venv.pth"
+
+
+def shared_venv() -> Path:
+    """The venv the tests run from (or the repo's .venv when they do not run from one)."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix)
+    return REPO_ROOT / ".venv"
+
+
+def _venv_config(venv: Path) -> dict[str, str]:
+    config = {}
+    for line in (venv / "pyvenv.cfg").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip()
+    return config
+
+
+def python_version(venv: Path) -> str:
+    """``X.Y`` of the venv's interpreter."""
+    return ".".join(_venv_config(venv)["version"].split(".")[:2])
+
+
+def base_interpreter(venv: Path) -> str:
+    """The interpreter the venv was made from (node envs are made from the same one)."""
+    config = _venv_config(venv)
+    if "executable" in config:
+        return config["executable"]
+    return f"{config['home']}/python{python_version(venv)}"
+
+
+def site_packages(prefix: Path | str, version: str) -> Path:
+    return Path(prefix) / "lib" / f"python{version}" / "site-packages"
+
+
+def root_dirs_nodes_need() -> list[str]:
+    """Top-level entries of /root (e.g. ``/root/.pyenv``) holding the interpreter, the venv or the repo.
+
+    Nodes get a private /root; these entries are bind-mounted into it so the test user can run the
+    shared interpreter, as on an image where it is installed for everyone.
+    """
+    needed = set()
+    venv = shared_venv()
+    for path in (os.path.realpath(base_interpreter(venv)), os.path.realpath(venv), str(REPO_ROOT)):
+        parts = Path(path).parts
+        if len(parts) > 2 and parts[1] == "root":
+            needed.add(f"/root/{parts[2]}")
+    return sorted(needed)
+
+
+def install(cluster: Cluster, path: str = DEFAULT_ENV) -> str:
+    """Make the env on the first node, copy it to the others; return its interpreter path."""
+    venv = shared_venv()
+    version = python_version(venv)
+    first = cluster.nodes[0]
+    first.run(f"rm -rf {path} && {base_interpreter(venv)} -m venv --without-pip {path}", user="root",
+              timeout=120, check=True)
+    env_on_host = first.host_path(path)
+    pth = site_packages(env_on_host, version) / PTH_NAME
+    pth.write_text(f"{site_packages(venv, version)}\n")
+    for script in SHIMMED_SCRIPTS:
+        source = venv / "bin" / script
+        if source.exists():
+            body = source.read_text().split("\n", 1)[1]
+            shim = env_on_host / "bin" / script
+            shim.write_text(f"#!{path}/bin/python\n{body}")
+            shim.chmod(0o755)
+    if (venv / "bin" / "ninja").exists():
+        (env_on_host / "bin" / "ninja").symlink_to(venv / "bin" / "ninja")
+    for node in cluster.nodes[1:]:
+        target = node.host_path(path)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(env_on_host, target, symlinks=True)
+    first.run(f"{path}/bin/python -c 'import sys; assert sys.prefix == \"{path}\", sys.prefix'",
+              timeout=60, check=True)
+    return f"{path}/bin/python"
+
+
+def _env_site_packages(node: Node, path: str) -> Path:
+    env_site = site_packages(node.host_path(path), python_version(shared_venv()))
+    if not env_site.is_dir():
+        raise ClusterError(f"no Python env at {path} on {node.name}: call cluster.install_python_env()")
+    return env_site
+
+
+def plant_torch_version(node: Node, version: str, path: str = DEFAULT_ENV) -> None:
+    """Shadow torch in the node's env with a hard-linked copy that reports ``version``.
+
+    Files are hard links into the shared venv, so the changed ones are replaced (unlinked and
+    written anew), never written in place.
+    """
+    venv = shared_venv()
+    shared_site = site_packages(venv, python_version(venv))
+    env_site = _env_site_packages(node, path)
+    remove_planted_torch(node, path)
+    shadow = env_site / "torch"
+    done = subprocess.run(["cp", "-al", str(shared_site / "torch"), str(shadow)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:  # another filesystem: symlinked files keep the package importable
+        shutil.rmtree(shadow, ignore_errors=True)
+        subprocess.run(["cp", "-as", str(shared_site / "torch"), str(shadow)], check=True)
+    version_py = shadow / "version.py"
+    text = re.sub(r"^__version__ = .*$", f"__version__ = {version!r}", version_py.read_text(),
+                  flags=re.MULTILINE)
+    version_py.unlink()
+    version_py.write_text(text)
+    for cached in (shadow / "__pycache__").glob("version.*.pyc"):
+        cached.unlink()
+    for dist_info in shared_site.glob("torch-*.dist-info"):
+        planted = env_site / f"torch-{version}.dist-info"
+        shutil.copytree(dist_info, planted)
+        metadata = planted / "METADATA"
+        metadata.write_text(re.sub(r"^Version: .*$", f"Version: {version}", metadata.read_text(),
+                                   count=1, flags=re.MULTILINE))
+        break
+
+
+def remove_planted_torch(node: Node, path: str = DEFAULT_ENV) -> None:
+    """Undo plant_torch_version on this node."""
+    env_site = _env_site_packages(node, path)
+    shutil.rmtree(env_site / "torch", ignore_errors=True)
+    for planted in env_site.glob("torch-*.dist-info"):
+        shutil.rmtree(planted, ignore_errors=True)
+
+
+def remove(node: Node, path: str = DEFAULT_ENV) -> None:
+    """Delete the env on this node only (the interpreter path then no longer exists there)."""
+    shutil.rmtree(node.host_path(path), ignore_errors=True)
