@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Generic, Protocol, TypeVar
 
@@ -76,8 +77,12 @@ class LiveWorld:
             return []
 
     def sysfs_numa_node(self, bus_id: str) -> Maybe[int]:
-        # sysfs names devices with a 4-digit domain and lowercase hex: 0000:3b:00.0
-        name = bus_id[4:].lower() if len(bus_id) == 16 else bus_id.lower()
+        # sysfs names devices with an (at least) 4-digit domain in lowercase hex: 0000:3b:00.0
+        domain, _, rest = bus_id.partition(":")
+        try:
+            name = f"{int(domain, 16):04x}:{rest.lower()}"
+        except ValueError:
+            return Unavailable(f"not a PCI bus id: {bus_id!r}")
         path = Path("/sys/bus/pci/devices") / name / "numa_node"
         try:
             node = int(path.read_text(encoding="ascii").strip())
@@ -140,6 +145,10 @@ def smi_timeout_s(options: CollectOptions) -> float:
     return max(3.0 * options.nvml_timeout_s, 10.0)
 
 
+#: Deadline for each way of reading the kernel log (dmesg, /dev/kmsg, journalctl).
+KERNEL_LOG_TIMEOUT_S = 5.0
+
+
 def world_for_environment() -> GpuWorld:
     """The recording named by ``CLUSTERKIT_NVML_REPLAY``, else this machine."""
     replay = os.environ.get(REPLAY_ENV, "").strip()
@@ -147,25 +156,33 @@ def world_for_environment() -> GpuWorld:
 
 
 def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> NvidiaFacts:
-    """Everything NVIDIA about this node. Never raises; a hung driver costs one NVML deadline."""
+    """Everything NVIDIA about this node. Never raises; a hung driver costs one NVML deadline.
+
+    Finishes within ``options.section_timeout_s``: what is not done by then is ``Unavailable``.
+    """
     world = world or world_for_environment()
-    smi_s = smi_timeout_s(options)
+    budget_end = time.monotonic() + max(options.section_timeout_s - 1.0, 1.0)
+
+    def left(wanted_s: float) -> float:
+        return max(0.1, min(wanted_s, budget_end - time.monotonic()))
+
+    smi_s = left(smi_timeout_s(options))
     topology_job: _Background[TopologyFacts] = _Background(
         "nvidia-smi topo", lambda: collect_topology(world, smi_s))
     xid_job: _Background[list[XidEvent]] = _Background(
-        "kernel log", lambda: _xid_events(world, smi_s))
+        "kernel log", lambda: _xid_events(world, left(KERNEL_LOG_TIMEOUT_S)))
 
     kernel_module = _map(world.proc_driver_version(), parse_proc_driver_version)
     reading = read_nvml(world.nvml(), options.nvml_timeout_s)
     driver, cuda, gpus = reading.driver_version, reading.cuda_driver_version, reading.gpus
     if reading.init_failed and reading.hung is None:
-        query = _map(world.nvidia_smi(["-q", "-x"], smi_s), parse_smi_query_xml)
+        query = _map(world.nvidia_smi(["-q", "-x"], left(smi_s)), parse_smi_query_xml)
         if isinstance(query, Unavailable):
             gpus = Unavailable(f"{_text(gpus)}; fallback nvidia-smi -q -x: {query.reason}")
         else:
             driver, cuda = query.driver_version, query.cuda_version
-            gpus = _with_compute_capability(query, world, smi_s)
-    if isinstance(gpus, list) and not isinstance(world, ReplayWorld):
+            gpus = _with_compute_capability(query, world, left(smi_s))
+    if isinstance(gpus, list):
         gpus = [_with_sysfs_numa(gpu, world) for gpu in gpus]
     if isinstance(driver, Unavailable) and isinstance(kernel_module, KernelModule):
         driver = kernel_module.version
@@ -174,14 +191,18 @@ def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> Nv
         cuda_driver_version=cuda,
         kernel_module=_map(kernel_module, lambda module: module.description),
         gpus=gpus,
-        topology=topology_job.result(4 * smi_s + 1.0),
-        xid_events=xid_job.result(3 * smi_s + 1.0),
+        topology=topology_job.result(left(smi_s + 1.0)),
+        xid_events=xid_job.result(left(3 * KERNEL_LOG_TIMEOUT_S + 1.0)),
         device_files=world.device_files(),
     )
 
 
 def collect_topology(world: GpuWorld, timeout_s: float) -> Maybe[TopologyFacts]:
-    """``topo -m`` and the three p2p matrices, run side by side."""
+    """``topo -m`` and the three p2p matrices, run side by side.
+
+    The p2p matrices cover the GPUs only: they are indexed like the ``GPU*`` entries at the head
+    of ``devices`` (``topo -m`` lists GPUs before NICs).
+    """
     p2p_jobs = {mode: _Background(f"nvidia-smi topo -p2p {mode}",
                                   _p2p_reader(world, mode, timeout_s)) for mode in "rwn"}
     topology = _map(world.nvidia_smi(["topo", "-m"], timeout_s), parse_topo_matrix)

@@ -259,6 +259,23 @@ def test_nvml_that_hangs_at_init_does_not_also_wait_on_nvidia_smi_q() -> None:
     assert ["-q", "-x"] not in world.smi_calls
 
 
+class SlowNvidiaSmi(ReplayWorld):
+    """An nvidia-smi that takes longer than the whole section may."""
+
+    def nvidia_smi(self, args: list[str], timeout_s: float) -> Maybe[str]:
+        time.sleep(3.0)
+        return super().nvidia_smi(args, timeout_s)
+
+
+def test_the_section_deadline_bounds_slow_nvidia_smi_and_keeps_the_nvml_facts() -> None:
+    started = time.monotonic()
+    facts = collect_nvidia(CollectOptions(section_timeout_s=2.0, nvml_timeout_s=1.0),
+                           SlowNvidiaSmi(str(NVLINK8)))
+    assert time.monotonic() - started < 2.0
+    assert "did not finish" in reason(facts.topology)
+    assert len(gpu_list(facts)) == 8
+
+
 # --------------------------------------------------------------------- no NVML: fall back, or say why
 
 
@@ -297,6 +314,17 @@ def test_this_machine_without_nvml_answers_quickly_with_reasons(monkeypatch: pyt
     assert isinstance(facts.topology, Unavailable)
     assert isinstance(facts.kernel_module, Unavailable)
     assert facts.device_files == []
+
+
+def test_numa_node_of_a_pci_device_is_read_from_sysfs() -> None:
+    devices = sorted(Path("/sys/bus/pci/devices").glob("*:*:*.*"))
+    if not devices:
+        pytest.skip("no PCI devices in sysfs here")
+    domain, bus, rest = devices[0].name.split(":")
+    nvml_form = f"{int(domain, 16):08X}:{bus.upper()}:{rest.upper()}"
+    node = LiveWorld().sysfs_numa_node(nvml_form)
+    assert isinstance(node, int) or "numa_node" in reason(node)
+    assert "No such file" in reason(LiveWorld().sysfs_numa_node("0000FFFF:FF:1F.7"))
 
 
 # -------------------------------------------------------------------- CLUSTERKIT_NVML_REPLAY
