@@ -1,0 +1,94 @@
+"""The shipped agent runs from its zipapp on a bare python3 (3.8 too) and prints one framed result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clusterkit.agent import RESULT_MARKER
+from clusterkit.facts import NodeFacts, from_jsonable
+from clusterkit.remote import RemoteError, agent_zipapp, parse_agent_output
+
+PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python")
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("agent") / "agent.pyz"
+    path.write_bytes(agent_zipapp())
+    return path
+
+
+def run_agent_locally(python: str, zipapp: Path, *args: str) -> str:
+    proc = subprocess.run([python, str(zipapp), *args], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def interpreters() -> list[str]:
+    found = ["/usr/bin/python3"]
+    if PYTHON38.exists():
+        found.append(str(PYTHON38))
+    return found
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_agent_collects_facts_with_a_bare_system_python(python: str, zipapp: Path) -> None:
+    out = run_agent_locally(python, zipapp, "collect", "--python", sys.executable, "--timeout", "60")
+    facts = from_jsonable(NodeFacts, parse_agent_output(out, "local"))
+    assert facts.host.agent_python.startswith(subprocess.check_output(
+        [python, "-c", "import platform; print(platform.python_version())"], text=True).strip())
+
+
+def test_agent_zipapp_carries_pynvml_so_nodes_need_no_install(zipapp: Path) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(zipapp).namelist()
+    assert "pynvml.py" in names
+    assert "clusterkit/collect/pyprobe.py" in names
+    assert not any(name.startswith("clusterkit/commands") for name in names)
+
+
+def test_result_line_is_found_among_login_banner_noise() -> None:
+    noise = "Welcome to node7!\nyour quota: 90%\n"
+    line = RESULT_MARKER + json.dumps({"protocol": 1, "result": {"x": 1}})
+    assert parse_agent_output(noise + line + "\n", "node7") == {"x": 1}
+
+
+def test_missing_result_line_is_a_remote_error_with_the_output_tail() -> None:
+    with pytest.raises(RemoteError, match="printed no result.*bash: python3: command not found"):
+        parse_agent_output("bash: python3: command not found\n", "node7")
+
+
+def test_agent_error_is_reported_with_its_reason() -> None:
+    line = RESULT_MARKER + json.dumps({"protocol": 1, "error": "OSError: boom"})
+    with pytest.raises(RemoteError, match="agent on node7 failed: OSError: boom"):
+        parse_agent_output(line, "node7")
+
+
+def test_listen_reports_a_busy_port(zipapp: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = run_agent_locally("/usr/bin/python3", zipapp, "listen", "--port", str(port), "--seconds", "1")
+    assert parse_agent_output(out, "local")["free"] is False
+
+
+def test_connect_reaches_a_listener(zipapp: Path) -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        out = run_agent_locally("/usr/bin/python3", zipapp, "connect", "--host", "127.0.0.1", "--port",
+                                str(port), "--timeout", "3")
+    assert parse_agent_output(out, "local")["ok"] is True

@@ -1,0 +1,70 @@
+"""Renderers present findings faithfully: table grouped by severity, stable JSON, valid JUnit."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from rich.console import Console
+
+from clusterkit.checks.registry import Finding, Outcome, Severity
+from clusterkit.facts import Unavailable
+from clusterkit.report import JSON_SCHEMA, DoctorReport, render_json, render_junit, render_table, summary_line
+
+
+def finding(check: str, severity: Severity, outcome: Outcome, host: str = "node1", where: str = "",
+            message: str = "msg") -> Finding:
+    return Finding(check, severity, outcome, host, where, message, "why it matters", "the fix")
+
+
+REPORT = DoctorReport(
+    hosts=["node1", "node2"],
+    facts={"node1": Unavailable("stub"), "node2": Unavailable("no answer within 30s")},
+    findings=[
+        finding("pcie-link-degraded", Severity.WARNING, Outcome.FAIL, where="GPU 0", message="Gen3 x8"),
+        finding("row-remap-pending", Severity.ERROR, Outcome.FAIL, where="GPU 3", message="reset needed"),
+        finding("ecc-disabled", Severity.WARNING, Outcome.PASS),
+        finding("nvlink-link-down", Severity.ERROR, Outcome.SKIP, message="no NVLink"),
+        finding("bf16-unsupported", Severity.INFO, Outcome.FAIL, host="node2", message="V100"),
+    ],
+    duration_s=1.234,
+)
+
+
+def test_counts_split_failures_by_severity_and_count_passes_and_skips() -> None:
+    assert REPORT.counts() == {"error": 1, "warning": 1, "info": 1, "pass": 1, "skip": 1}
+    assert REPORT.has_errors
+    assert summary_line(REPORT) == "1 error, 1 warning, 1 info, 1 passed, 1 skipped on 2 hosts in 1.2s"
+
+
+def test_table_lists_errors_before_warnings_with_where_and_fix() -> None:
+    console = Console(record=True, width=160)
+    render_table(REPORT, console)
+    text = console.export_text()
+    assert text.index("Errors (1)") < text.index("Warnings (1)") < text.index("Info (1)")
+    assert "row-remap-pending" in text and "GPU 3" in text and "the fix" in text
+    assert "node2: no facts (no answer within 30s)" in text
+    assert "ecc-disabled" not in text  # passed checks only with --show-passed
+
+
+def test_json_follows_the_documented_schema() -> None:
+    doc = json.loads(render_json(REPORT))
+    assert doc["schema"] == JSON_SCHEMA
+    assert set(doc) >= {"clusterkit_version", "started_at", "duration_s", "hostfile", "hosts", "summary",
+                        "findings", "facts"}
+    assert doc["summary"]["ok"] is False
+    first = doc["findings"][0]
+    assert set(first) == {"check", "severity", "outcome", "host", "where", "message", "why", "fix"}
+    assert doc["facts"]["node2"] == {"unavailable": "no answer within 30s"}
+    assert "facts" not in json.loads(render_json(REPORT, include_facts=False))
+
+
+def test_junit_fails_only_error_findings_and_marks_skips() -> None:
+    root = ET.fromstring(render_junit(REPORT))
+    cases = {case.get("name"): case for case in root.iter("testcase")}
+    assert cases["row-remap-pending [GPU 3]"].find("failure") is not None
+    assert cases["pcie-link-degraded [GPU 0]"].find("failure") is None
+    assert cases["pcie-link-degraded [GPU 0]"].find("system-out") is not None
+    assert cases["nvlink-link-down"].find("skipped") is not None
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert suites["node1"].get("failures") == "1"
