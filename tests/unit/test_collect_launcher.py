@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,9 +111,16 @@ def test_env_file_paths_are_where_deepspeeds_runner_looks() -> None:
 
 
 def test_the_installed_runner_still_reads_those_paths() -> None:
-    runner = pytest.importorskip("deepspeed.launcher.runner")
-    assert os.getenv("DS_ENV_FILE", ".deepspeed_env") == runner.DEEPSPEED_ENVIRONMENT_NAME
-    assert [str(Path("~").expanduser()), "."] == runner.DEEPSPEED_ENVIRONMENT_PATHS
+    # Read the source rather than import it: importing the runner imports torch (~2 s).
+    spec = importlib.util.find_spec("deepspeed")
+    if spec is None or spec.origin is None:
+        pytest.skip("deepspeed is not installed here")
+    source = (Path(spec.origin).parent / "launcher" / "runner.py").read_text()
+    assert re.search(r"""DEEPSPEED_ENVIRONMENT_NAME = os\.getenv\(["']DS_ENV_FILE["'], ["']\.deepspeed_env["']\)""",
+                     source)
+    assert re.search(r"""DEEPSPEED_ENVIRONMENT_PATHS = \[os\.path\.expanduser\(["']~["']\), ["']\.["']\]""",
+                     source)
+    assert "var.split('=', maxsplit=1)" in source  # why lines must be kept raw: checks lint them
 
 
 def test_env_file_lines_are_kept_raw_as_readlines_gives_them(tmp_path: Path) -> None:
