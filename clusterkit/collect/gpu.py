@@ -173,7 +173,7 @@ def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> Nv
         "kernel log", lambda: _xid_events(world, left(KERNEL_LOG_TIMEOUT_S)))
 
     kernel_module = _map(world.proc_driver_version(), parse_proc_driver_version)
-    reading = read_nvml(world.nvml(), options.nvml_timeout_s)
+    reading = read_nvml(world.nvml(), options.nvml_timeout_s, pass_deadline=budget_end)
     driver, cuda, gpus = reading.driver_version, reading.cuda_driver_version, reading.gpus
     if reading.init_failed and reading.hung is None:
         query = _map(world.nvidia_smi(["-q", "-x"], left(smi_s)), parse_smi_query_xml)

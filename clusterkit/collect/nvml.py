@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -160,16 +161,30 @@ def nvml_error_text(exc: BaseException) -> str:
     return describe_exception(exc)
 
 
-class NvmlSession:
-    """Runs NVML calls one at a time behind a deadline; after one hangs, answers without calling."""
+_OUT_OF_TIME = "not read: the NVML pass ran out of time (slow driver?)"
 
-    def __init__(self, timeout_s: float) -> None:
+
+class NvmlSession:
+    """Runs NVML calls one at a time behind a deadline; after one hangs, answers without calling.
+
+    ``pass_deadline`` (a ``time.monotonic()`` value) bounds the whole pass: calls after it are not made.
+    """
+
+    def __init__(self, timeout_s: float, pass_deadline: float | None = None) -> None:
         self.timeout_s = timeout_s
+        self.pass_deadline = pass_deadline
         self.hung: str | None = None
 
     def call(self, what: str, func: Callable[[], T]) -> Maybe[T]:
         if self.hung is not None:
             return Unavailable(self.hung)
+        timeout_s = self.timeout_s
+        if self.pass_deadline is not None:
+            left_s = self.pass_deadline - time.monotonic()
+            if left_s <= 0:
+                self.hung = _OUT_OF_TIME
+                return Unavailable(self.hung)
+            timeout_s = min(timeout_s, left_s)
 
         def guarded() -> tuple[bool, object]:
             try:
@@ -177,8 +192,11 @@ class NvmlSession:
             except BaseException as exc:
                 return False, nvml_error_text(exc)
 
-        outcome = call_with_deadline(guarded, self.timeout_s, what)
+        outcome = call_with_deadline(guarded, timeout_s, what)
         if isinstance(outcome, Unavailable):
+            if timeout_s < self.timeout_s:  # cut short by the pass deadline, not by a hang
+                self.hung = _OUT_OF_TIME
+                return Unavailable(f"{what}: {_OUT_OF_TIME}")
             self.hung = f"not read: NVML stopped answering ({outcome.reason})"
             return outcome
         ok, value = outcome
@@ -204,9 +222,12 @@ def _text(value: Maybe[str]) -> str:
 # -------------------------------------------------------------------------------------------- reads
 
 
-def read_nvml(api: NvmlApi, timeout_s: float) -> NvmlReading:
-    """Read driver, CUDA driver version and every GPU. Never raises; never waits past a hang."""
-    session = NvmlSession(timeout_s)
+def read_nvml(api: NvmlApi, timeout_s: float, pass_deadline: float | None = None) -> NvmlReading:
+    """Read driver, CUDA driver version and every GPU. Never raises; never waits past a hang.
+
+    ``timeout_s`` bounds each call; ``pass_deadline`` (``time.monotonic()``) the whole pass.
+    """
+    session = NvmlSession(timeout_s, pass_deadline)
     started = session.call("nvmlInit", api.init)
     if isinstance(started, Unavailable):
         reason = started.reason
@@ -219,10 +240,7 @@ def read_nvml(api: NvmlApi, timeout_s: float) -> NvmlReading:
                 format_cuda_driver_version)
     count = session.call("nvmlDeviceGetCount", api.device_count)
     gpus: Maybe[list[GpuFacts]]
-    if isinstance(count, Unavailable):
-        gpus = count
-    else:
-        gpus = [read_gpu(session, api, index) for index in range(count)]
+    gpus = count if isinstance(count, Unavailable) else [read_gpu(session, api, index) for index in range(count)]
     if session.hung is None:
         session.call("nvmlShutdown", api.shutdown)
     return NvmlReading(driver, cuda, gpus, hung=session.hung)

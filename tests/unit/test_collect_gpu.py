@@ -259,6 +259,24 @@ def test_nvml_that_hangs_at_init_does_not_also_wait_on_nvidia_smi_q() -> None:
     assert ["-q", "-x"] not in world.smi_calls
 
 
+class SlowButAnswering(ReplayNvml):
+    """A driver that answers every call, slowly: no single call times out."""
+
+    def temperature_c(self, index: int) -> int:
+        time.sleep(0.3)
+        return super().temperature_c(index)
+
+
+def test_a_slow_driver_cannot_stretch_the_pass_beyond_the_section_deadline() -> None:
+    started = time.monotonic()
+    facts = collect_nvidia(CollectOptions(section_timeout_s=2.0, nvml_timeout_s=1.0),
+                           WorldWithNvml(NVLINK8, SlowButAnswering(str(NVLINK8))))
+    assert time.monotonic() - started < 2.0
+    gpus = gpu_list(facts)
+    assert gpus[0].temperature_c == 33
+    assert "NVML pass ran out of time" in reason(gpus[-1].temperature_c)
+
+
 class SlowNvidiaSmi(ReplayWorld):
     """An nvidia-smi that takes longer than the whole section may."""
 
