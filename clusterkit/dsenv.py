@@ -26,7 +26,7 @@ _SHELL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNQUOTED_BREAKERS = re.compile(r"[\s;&|<>()`*?\[\]\"'\\#~]")
 #: pdsh rewrites these in the remote command before any shell sees it.
 _PDSH_SUBSTITUTIONS = re.compile(r"%[hnu%]")
-_PATH_KEEPERS = ("$PATH", "${PATH}", "/usr/bin", "/bin")
+_PATH_KEEPERS = ("$PATH", "${PATH}", "/usr/bin", "/bin", "/usr/local/bin")
 #: The file name DeepSpeed looks for (``$DS_ENV_FILE`` overrides it) in ``~`` and then the cwd.
 DEEPSPEED_ENV_NAME = ".deepspeed_env"
 
@@ -185,7 +185,7 @@ def _check_value(key: str, value: str, number: int, quotes_values: bool, problem
                 f"{key}'s value contains %h, %n, %u or %%: pdsh replaces them (host, node rank, user, %) "
                 "in the remote command before the shell sees them",
                 f"avoid '%' sequences on line {number}, or rely on them knowingly", False)
-    if key == "PATH" and not any(keeper in value for keeper in _PATH_KEEPERS):
+    if key == "PATH" and not any(part in _PATH_KEEPERS for part in value.split(":")):
         problem(number, "path-replaced",
                 "PATH replaces the remote PATH entirely (no $PATH, /usr/bin or /bin): gcc, ninja and "
                 "other tools may not be found on the nodes", f"append the old PATH: PATH={value}:$PATH",

@@ -1,0 +1,201 @@
+""".deepspeed_env: DeepSpeed's exact reading of the file, every problem with its line, merge and render."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clusterkit.dsenv import (
+    DsEnvEntry,
+    effective_values,
+    merge_deepspeed_env,
+    parse_deepspeed_env,
+    pdsh_export_prefix,
+    render_deepspeed_env,
+)
+
+PATH = "/root/.deepspeed_env"
+
+
+def problems_of(*lines: str, quotes_values: bool = True) -> list[tuple[int, str, bool]]:
+    _, problems = parse_deepspeed_env(list(lines), PATH, quotes_values=quotes_values)
+    return [(p.line, p.code, p.breaks_launch) for p in problems]
+
+
+# ----------------------------------------------------------------------------------------- problems
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    (["A=1", "", "B=2"], [(2, "blank-line", True)]),
+    (["A=1", "   "], [(2, "blank-line", True)]),
+    (["# cluster settings", "A=1"], [(1, "comment-line", True)]),
+    (["A=1", "NCCL_DEBUG"], [(2, "missing-equals", True)]),
+    (["# NCCL_DEBUG=INFO"], [(1, "commented-entry", True)]),
+    (["=value"], [(1, "empty-key", True)]),
+    (["1ST=x", "MY-VAR=x", "A B=x"], [(1, "invalid-key", True), (2, "invalid-key", True), (3, "invalid-key", True)]),
+    (['NAME="a b"'], [(1, "quoted-value", True)]),
+    (['NAME="ab"'], [(1, "quoted-value", False)]),
+    (["NAME='ab'"], [(1, "quoted-value", True)]),
+    (['NAME=a"b'], [(1, "double-quote-in-value", True)]),
+    (["DIR=C:\\dir\\"], [(1, "trailing-backslash", True)]),
+    (["A = 1"], [(1, "whitespace", False)]),
+    (["A=1   "], [(1, "whitespace", False)]),
+    (["A=1\r"], [(1, "carriage-return", False)]),
+    (["A=1", "B=2", "A=3"], [(3, "duplicate-key", False)]),
+    (["STAMP=$(date +%s)"], [(1, "command-substitution", False)]),
+    (["STAMP=`date`"], [(1, "command-substitution", False)]),
+    (["NCCL_DEBUG_FILE=/tmp/nccl.%h.%p"], [(1, "pdsh-substitution", False)]),
+    (["PATH=/opt/venv/bin"], [(1, "path-replaced", False)]),
+])
+def test_each_problem_is_reported_on_its_line(lines: list[str], expected: list[tuple[int, str, bool]]) -> None:
+    assert problems_of(*lines) == expected
+
+
+def test_a_clean_file_has_no_problems_and_exports_every_line() -> None:
+    lines = ["PATH=/opt/venv/bin:$PATH\n", "LD_LIBRARY_PATH=/usr/local/cuda/lib64\n", "NCCL_SOCKET_IFNAME=^docker,lo\n",
+             "PYTHONPATH=/work/src:/work/lib\n", "EXTRA_ARGS=--foo bar (baz); qux\n", "EMPTY=\n"]
+    entries, problems = parse_deepspeed_env(lines, PATH)
+    assert problems == []
+    assert [(e.key, e.value, e.line) for e in entries] == [
+        ("PATH", "/opt/venv/bin:$PATH", 1), ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64", 2),
+        ("NCCL_SOCKET_IFNAME", "^docker,lo", 3), ("PYTHONPATH", "/work/src:/work/lib", 4),
+        ("EXTRA_ARGS", "--foo bar (baz); qux", 5), ("EMPTY", "", 6)]
+
+
+def test_problem_messages_name_the_crash_and_the_place() -> None:
+    _, problems = parse_deepspeed_env(["A=1", ""], PATH)
+    assert problems[0].where == "/root/.deepspeed_env:2"
+    assert "ValueError: not enough values to unpack (expected 2, got 1)" in problems[0].message
+    assert problems[0].fix == "delete line 2"
+
+
+def test_a_commented_entry_says_the_remote_command_is_commented_out() -> None:
+    _, problems = parse_deepspeed_env(["# NCCL_DEBUG=INFO"], PATH)
+    assert "every node starts nothing and exits 0" in problems[0].message
+
+
+def test_only_the_value_after_the_first_equals_sign_counts() -> None:
+    entries, problems = parse_deepspeed_env(["OPTS=--a=1 --b=2"], PATH)
+    assert problems == [] and entries == [DsEnvEntry("OPTS", "--a=1 --b=2", 1)]
+
+
+def test_old_deepspeed_without_quoting_breaks_on_spaces_but_accepts_quotes() -> None:
+    assert problems_of('NAME="a b"', quotes_values=False) == []
+    assert problems_of("NAME=a b", quotes_values=False) == [(1, "unquoted-special", True)]
+    assert problems_of("NAME=a(b)", quotes_values=False) == [(1, "unquoted-special", True)]
+    assert problems_of("PATH=/x/bin:$PATH", quotes_values=False) == []
+
+
+def test_lines_with_or_without_newlines_read_the_same() -> None:
+    assert parse_deepspeed_env(["A=1\n", "B=2\n"], PATH) == parse_deepspeed_env(["A=1", "B=2"], PATH)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=40), max_size=12))
+def test_random_text_never_crashes_the_parser(lines: list[str]) -> None:
+    entries, problems = parse_deepspeed_env(lines, PATH)
+    assert all(1 <= p.line <= len(lines) for p in problems)
+    assert all(1 <= e.line <= len(lines) for e in entries)
+    crashing = any("=" not in line for line in lines)
+    assert crashing == any(p.code in ("blank-line", "comment-line", "missing-equals") for p in problems)
+
+
+@settings(max_examples=200)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400))
+def test_random_file_contents_never_crash_the_parser(text: str) -> None:
+    parse_deepspeed_env(text.split("\n"), PATH)
+    parse_deepspeed_env(text.splitlines(keepends=True), PATH, quotes_values=False)
+
+
+# ----------------------------------------------------------------------- against DeepSpeed itself
+
+KEY = st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True)  # not bash's own "_"
+VALUE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(KEY, VALUE), max_size=8))
+def test_exports_match_deepspeeds_own_add_export(pairs: list[tuple[str, str]]) -> None:
+    multinode_runner = pytest.importorskip("deepspeed.launcher.multinode_runner")
+
+    class Runner:
+        exports: dict[str, str]
+
+    runner = Runner()
+    runner.exports = {}
+    lines = [f"{key}={value}" for key, value in pairs]
+    for line in lines:  # deepspeed/launcher/runner.py, verbatim
+        key, val = line.split("=", maxsplit=1)
+        multinode_runner.MultiNodeRunner.add_export(runner, key, val)
+    entries, _ = parse_deepspeed_env(lines, PATH)
+    expected = "".join(f"export {key}={val}; " for key, val in runner.exports.items())
+    assert pdsh_export_prefix(entries) == expected
+
+
+SAFE_VALUE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"$`\\'),
+                     max_size=24).map(str.strip)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(KEY, SAFE_VALUE, min_size=1, max_size=5))
+def test_rendered_files_reach_a_remote_shell_unchanged(values: dict[str, str]) -> None:
+    text = render_deepspeed_env(DsEnvEntry(k, v) for k, v in values.items())
+    entries, problems = parse_deepspeed_env(text.splitlines(), PATH)
+    assert not [p for p in problems if p.breaks_launch]
+    script = pdsh_export_prefix(entries) + " ".join(f'printf "%s\\0" "${{{key}}}";' for key in values)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, env={}, check=True).stdout
+    assert out.decode().split("\0")[:-1] == list(values.values())
+
+
+def test_a_quoted_value_with_a_space_really_is_cut_by_the_shell() -> None:
+    entries, problems = parse_deepspeed_env(['NAME="a b"'], PATH)
+    assert problems[0].breaks_launch
+    out = subprocess.run(["bash", "-c", pdsh_export_prefix(entries) + 'printf "%s" "$NAME"'],
+                         capture_output=True, env={}, check=False).stdout
+    assert out == b"a"
+
+
+# ----------------------------------------------------------------------------------- merge, render
+
+
+def test_merge_overrides_in_place_appends_new_keys_and_reports_changes() -> None:
+    existing, _ = parse_deepspeed_env(["A=1", "PATH=/x:$PATH", "B=2"], PATH)
+    merged, changed = merge_deepspeed_env(existing, {"PATH": "/opt/venv/bin:$PATH", "NCCL_SOCKET_IFNAME": "eth0",
+                                                     "A": "1"})
+    assert [(e.key, e.value, e.line) for e in merged] == [
+        ("A", "1", 1), ("PATH", "/opt/venv/bin:$PATH", 2), ("B", "2", 3), ("NCCL_SOCKET_IFNAME", "eth0", 4)]
+    assert changed == ["PATH", "NCCL_SOCKET_IFNAME"]
+
+
+def test_merging_the_same_updates_again_changes_nothing() -> None:
+    updates = {"PATH": "/opt/venv/bin:$PATH", "CUDA_HOME": "/usr/local/cuda"}
+    first, _ = merge_deepspeed_env([], updates)
+    reread, _ = parse_deepspeed_env(render_deepspeed_env(first).splitlines(), PATH)
+    second, changed = merge_deepspeed_env(reread, updates)
+    assert changed == [] and second == first
+
+
+def test_merge_collapses_duplicates_like_deepspeed() -> None:
+    existing, _ = parse_deepspeed_env(["A=1", "B=2", "A=3"], PATH)
+    merged, changed = merge_deepspeed_env(existing, {})
+    assert [(e.key, e.value) for e in merged] == [("A", "3"), ("B", "2")]
+    assert changed == [] and effective_values(merged) == effective_values(existing)
+
+
+def test_render_writes_plain_key_value_lines() -> None:
+    text = render_deepspeed_env([DsEnvEntry("PATH", "/opt/venv/bin:$PATH"), DsEnvEntry("EMPTY", "")])
+    assert text == "PATH=/opt/venv/bin:$PATH\nEMPTY=\n"
+
+
+@pytest.mark.parametrize("entry", [
+    DsEnvEntry("MY-VAR", "x"), DsEnvEntry("A", 'say "hi"'), DsEnvEntry("A", "two\nlines"),
+    DsEnvEntry("A", " padded "), DsEnvEntry("A", "ends\\"),
+])
+def test_render_refuses_entries_deepspeed_would_mangle(entry: DsEnvEntry) -> None:
+    with pytest.raises(ValueError):
+        render_deepspeed_env([entry])
