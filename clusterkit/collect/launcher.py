@@ -102,8 +102,8 @@ def read_sshd_ports(proc_root: str = "/proc",
                     sshd_config_path: str = "/etc/ssh/sshd_config") -> Maybe[list[int]]:
     """TCP ports sshd listens on in this network namespace ([] when no sshd runs).
 
-    Sockets are matched to sshd processes through ``/proc/<pid>/fd``. Without the right to read
-    sshd's fds (not root), the ports sshd_config names that something listens on are reported.
+    Sockets are matched to sshd processes through ``/proc/<pid>/fd``. Where some sshd's fds cannot be
+    read (the agent is not root), the ports sshd_config names that something listens on are added.
     """
     root = Path(proc_root)
     listening: dict[int, int] = {}
@@ -125,14 +125,43 @@ def read_sshd_ports(proc_root: str = "/proc",
         except OSError as exc:
             unreadable.append(f"{pid_dir.name} ({exc.strerror or exc})")
     ports = {listening[inode] for inode in inodes if inode in listening}
-    if pids and unreadable and not ports:
-        try:
-            with open(sshd_config_path, encoding="utf-8", errors="replace") as f:
-                configured = configured_sshd_ports(f.read())
-        except OSError:
-            configured = [22]
-        return sorted({port for port in listening.values() if port in configured})
+    if unreadable:
+        configured = set()
+        for pid_dir in pids:
+            configured |= _ports_from_sshd_cmdline(pid_dir, sshd_config_path)
+        ports |= {port for port in listening.values() if port in configured}
     return sorted(ports)
+
+
+def _ports_from_sshd_cmdline(pid_dir: Path, default_config: str) -> set[int]:
+    """Ports an sshd was told to use: ``-p N`` / ``-o Port=N`` on its command line, else its config.
+
+    The command line is world-readable even where the fds are not; a listener rewrites it to
+    ``sshd: /usr/sbin/sshd -f cfg [listener] ...``, which still carries the options.
+    """
+    try:
+        with open(pid_dir / "cmdline", "rb") as f:
+            words = f.read().decode("utf-8", "replace").replace("\0", " ").split()
+    except OSError:
+        words = []
+    ports: set[int] = set()
+    config = default_config
+    for option, value in zip(words, words[1:]):
+        if option == "-p" and value.isdigit():
+            ports.add(int(value))
+        elif option == "-o" and value.lower().startswith("port="):
+            port = value.split("=", 1)[1]
+            if port.isdigit():
+                ports.add(int(port))
+        elif option == "-f":
+            config = value if value.startswith("/") else str(pid_dir / "cwd" / value)
+    if ports:
+        return ports
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            return set(configured_sshd_ports(f.read()))
+    except OSError:
+        return {22}
 
 
 def _mode(path: Path) -> Maybe[int]:

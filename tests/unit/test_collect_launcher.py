@@ -80,6 +80,26 @@ def test_unreadable_proc_net_is_a_reason(tmp_path: Path) -> None:
     assert isinstance(ports, Unavailable) and "tcp6" in ports.reason
 
 
+def _proc_without_readable_sshd_fds(tmp_path: Path) -> Path:
+    """The synthetic /proc as a non-root agent sees it: sshd's fd directories cannot be listed."""
+    proc = tmp_path / "proc"
+    shutil.copytree(PROC, proc, symlinks=True)
+    for pid in ("1234", "1300"):
+        shutil.rmtree(proc / pid / "fd")
+        (proc / pid / "fd").write_text("")  # listing it now fails, as EACCES would
+    return proc
+
+
+def test_without_sshd_fds_the_ports_its_command_line_and_config_name_are_used(tmp_path: Path) -> None:
+    proc = _proc_without_readable_sshd_fds(tmp_path)
+    config = tmp_path / "sshd_config"
+    config.write_text("Include /etc/ssh/sshd_config.d/*.conf\n#Port 22\n")
+    # pid 1234 has no -p: its config says 22 (the default); pid 1300 runs with -p 2222.
+    assert read_sshd_ports(str(proc), sshd_config_path=str(config)) == [22, 2222]
+    config.write_text("Port 2200\n")  # nothing listens on 2200; 22 is then not sshd's
+    assert read_sshd_ports(str(proc), sshd_config_path=str(config)) == [2222]
+
+
 def test_sshd_config_ports_default_to_22() -> None:
     assert configured_sshd_ports("#Port 22\nPasswordAuthentication no\n") == [22]
     assert configured_sshd_ports("Port 2222\nport 22 # both\n") == [2222, 22]
