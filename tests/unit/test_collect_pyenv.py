@@ -9,6 +9,7 @@ import re
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_library_output_does_not_reach_the_probes_stdout() -> None:
     [line] = result.stdout.splitlines()
     assert line.startswith(PROBE_MARKER)
     assert known(parse_probe_output(result.stdout))
+
+
+def test_the_probe_source_is_found_inside_a_zipapp_as_the_agent_ships(tmp_path: Path) -> None:
+    package = Path(__file__).resolve().parents[2] / "clusterkit"
+    archive = tmp_path / "agent.pyz"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in [package / "__init__.py", package / "facts.py", *sorted((package / "collect").glob("*.py"))]:
+            zf.write(path, str(path.relative_to(package.parent)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from clusterkit.collect import pyenv; "
+            "print(pyenv.__file__); print(pyenv.probe_source() == open(sys.argv[2]).read())")
+    result = subprocess.run([sys.executable, "-c", code, str(archive), str(package / "collect" / "pyprobe.py")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == [str(archive / "clusterkit" / "collect" / "pyenv.py"), "True"]
 
 
 def test_probe_output_of_the_wrong_type_becomes_unavailable() -> None:
