@@ -11,6 +11,7 @@ import posixpath
 import re
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,26 @@ def disk_facts(purpose: str, path: str, mounts: Maybe[list[MountEntry]],
                      total_bytes=total, free_bytes=free)
 
 
+def measure_disks(targets: list[tuple[str, str]], mounts: Maybe[list[MountEntry]],
+                  timeout_s: float = 2.0) -> list[DiskFacts]:
+    """:func:`disk_facts` for every (purpose, path) at once: several dirs on one dead NFS server cost
+    one deadline, not one each."""
+    results: list[DiskFacts | None] = [None] * len(targets)
+
+    def measure(index: int, purpose: str, path: str) -> None:
+        results[index] = disk_facts(purpose, path, mounts, timeout_s)
+
+    threads = [threading.Thread(target=measure, args=(i, purpose, path), name="disk:" + purpose, daemon=True)
+               for i, (purpose, path) in enumerate(targets)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s + 1.0)
+    late = Unavailable(f"not measured within {timeout_s + 1.0:g}s")
+    return [result if result is not None else DiskFacts(purpose, path, late, late, late, late)
+            for result, (purpose, path) in zip(results, targets)]
+
+
 def disk_targets(cwd: str, environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
     """(purpose, path) for every directory a DeepSpeed job writes to, resolved like the tools do.
 
@@ -291,9 +312,8 @@ def collect_system(options: CollectOptions, proc_root: str = "/proc", sysfs_root
         cpu_model, processors = parse_cpuinfo(cpuinfo)
     else:
         cpu_model = processors = cpuinfo
-    logical_cpus: Maybe[int] = processors
-    if not known(processors) and os.cpu_count():
-        logical_cpus = os.cpu_count() or processors
+    cpu_count = os.cpu_count()
+    logical_cpus: Maybe[int] = processors if known(processors) or cpu_count is None else cpu_count
 
     meminfo_text = _read_text(Path(proc_root, "meminfo"))
     meminfo = parse_meminfo(meminfo_text) if known(meminfo_text) else {}
@@ -305,8 +325,9 @@ def collect_system(options: CollectOptions, proc_root: str = "/proc", sysfs_root
 
     mounts_text = _read_text(Path(proc_root, "self/mounts"))
     mounts: Maybe[list[MountEntry]] = parse_mounts(mounts_text) if known(mounts_text) else mounts_text
-    shm: Maybe[DiskFacts] = (disk_facts("shm", shm_path, mounts, disk_timeout_s) if Path(shm_path).exists()
-                             else Unavailable(f"{shm_path} does not exist"))
+    targets = [("shm", shm_path), *disk_targets(options.cwd, env, home)]
+    disks = measure_disks(targets, mounts, disk_timeout_s)
+    shm: Maybe[DiskFacts] = disks[0] if Path(shm_path).exists() else Unavailable(f"{shm_path} does not exist")
     return SystemFacts(
         cpu_model=cpu_model,
         logical_cpus=logical_cpus,
@@ -316,6 +337,5 @@ def collect_system(options: CollectOptions, proc_root: str = "/proc", sysfs_root
         swap_total_bytes=memory("SwapTotal"),
         shm=shm,
         limits=read_limits(),
-        disks=[disk_facts(purpose, path, mounts, disk_timeout_s)
-               for purpose, path in disk_targets(options.cwd, env, home)],
+        disks=disks[1:],
     )

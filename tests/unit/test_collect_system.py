@@ -18,6 +18,7 @@ from clusterkit.collect.system import (
     disk_facts,
     disk_targets,
     find_mount,
+    measure_disks,
     parse_cpuinfo,
     parse_meminfo,
     parse_mounts,
@@ -170,6 +171,22 @@ def test_a_hung_filesystem_is_reported_with_its_mount_instead_of_waited_on(
     assert isinstance(facts.total_bytes, Unavailable)
     assert "did not answer within 0.2s" in facts.total_bytes.reason
     assert (facts.mount_point, facts.fstype) == ("/home", "nfs4")
+
+
+def test_several_dirs_on_a_hung_filesystem_cost_one_deadline_not_one_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def hung_statvfs(path: str) -> os.statvfs_result:
+        time.sleep(3)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(system.os, "statvfs", hung_statvfs)
+    targets = disk_targets("/home/alice/project", {}, "/home/alice")
+    started = time.monotonic()
+    disks = measure_disks(targets, parse_mounts((PROC / "self" / "mounts").read_text()), timeout_s=0.3)
+    assert time.monotonic() - started < 1.2
+    assert [d.purpose for d in disks] == [purpose for purpose, _ in targets]
+    assert all(isinstance(d.total_bytes, Unavailable) for d in disks)
+    assert {d.purpose: d.fstype for d in disks}["triton_cache"] == "nfs4"
 
 
 def test_disk_targets_follow_torch_and_triton_defaults() -> None:
