@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from clusterkit import __version__
@@ -64,43 +63,47 @@ def summary_line(report: DoctorReport) -> str:
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _TITLE = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO: "Info"}
+_MARK = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
 
 
 def render_table(report: DoctorReport, console: Console, show_passed: bool = False) -> None:
-    """Failures grouped by severity (errors first), each with where it is and the fix."""
+    """Failures grouped by severity (errors first): what, where, and the fix, never truncated.
+
+    Each finding is a short block rather than a table row, so a fix command stays whole and
+    copy-pastable at any terminal width.
+    """
     many_hosts = len(report.hosts) > 1 or any(f.host == CLUSTER_HOST for f in report.findings)
-    unreachable = {h: f for h, f in report.facts.items() if isinstance(f, Unavailable)}
-    for host, reason in unreachable.items():
-        console.print(f"[bold red]{host}[/]: no facts ({reason.reason})")
+    for host, facts in report.facts.items():
+        if isinstance(facts, Unavailable):
+            console.print(Text.assemble((f"{host}", "bold red"), f": no facts ({facts.reason})"))
     for severity in Severity:
         rows = sorted((f for f in report.failed if f.severity is severity),
                       key=lambda f: (f.host != CLUSTER_HOST, f.host, f.check_id, f.where))
         if not rows:
             continue
-        table = Table(title=f"{_TITLE[severity]} ({len(rows)})", title_justify="left",
-                      title_style=_STYLE[severity], show_lines=True, expand=True)
-        if many_hosts:
-            table.add_column("host", no_wrap=True)
-        table.add_column("check", no_wrap=True, style=_STYLE[severity])
-        table.add_column("where")
-        table.add_column("problem", ratio=3)
-        table.add_column("fix", ratio=2, style="green")
+        console.print(Text(f"{_TITLE[severity]} ({len(rows)})", style=_STYLE[severity] + " underline"))
         for f in rows:
-            cells: list[str | Text] = [f.check_id, f.where, Text(f.message), Text(f.fix)]
-            table.add_row(*([f.host, *cells] if many_hosts else cells))
-        console.print(table)
+            head = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
+            if many_hosts:
+                head.append(f"[{f.host}] ", style="bold")
+            head.append(f.check_id, style=_STYLE[severity])
+            if f.where:
+                head.append(f"  {f.where}", style="dim")
+            console.print(head, soft_wrap=True)
+            console.print(Text(f"   {f.message}"), soft_wrap=True)
+            console.print(Text(f"   fix: {f.fix}", style="green"), soft_wrap=True)
+        console.print()
     if show_passed:
-        table = Table(title="Passed and skipped", title_justify="left", expand=True)
-        if many_hosts:
-            table.add_column("host", no_wrap=True)
-        table.add_column("check", no_wrap=True)
-        table.add_column("outcome", no_wrap=True)
-        table.add_column("detail")
+        console.print(Text("Passed and skipped", style="underline"))
         for f in sorted((f for f in report.findings if f.outcome is not Outcome.FAIL),
                         key=lambda f: (f.host, f.outcome.value, f.check_id)):
-            cells = [f.check_id, f.outcome.value, f.message]
-            table.add_row(*([f.host, *cells] if many_hosts else cells))
-        console.print(table)
+            mark, style = ("✓", "green") if f.outcome is Outcome.PASS else ("-", "dim")
+            line = Text(f" {mark} ", style=style)
+            if many_hosts:
+                line.append(f"[{f.host}] ", style="bold")
+            line.append(f"{f.check_id}: {f.message}", style="" if f.outcome is Outcome.PASS else "dim")
+            console.print(line, soft_wrap=True)
+        console.print()
     style = "bold red" if report.has_errors else ("yellow" if report.counts()["warning"] else "bold green")
     console.print(Text(summary_line(report), style=style))
 
