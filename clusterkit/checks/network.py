@@ -268,6 +268,8 @@ def check_nvlink_errors(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]
                 "nvidia-smi topo -p2p r shows the matrix")
 def check_p2p(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """GPUs of a multi-GPU node can reach each other peer-to-peer."""
+    if len(node_gpus(facts)) < 2:
+        raise NotApplicable("fewer than two GPUs")
     nvidia = require(facts.nvidia, "NVIDIA facts")
     topology = require(nvidia.topology, "GPU topology")
     matrix = topology.p2p_read if known(topology.p2p_read) else require(topology.p2p_write, "P2P matrix")
