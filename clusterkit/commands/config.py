@@ -1,0 +1,225 @@
+"""``clusterkit config check DS_CONFIG [-- TRAINER ARGS]``: will this DeepSpeed config run here?
+
+Reads the JSON (errors at ``file:line:col``), works out the world size from the hostfile or
+``--world-size``, simulates the HF Trainer's ``"auto"`` fill-in from the trainer arguments after ``--``,
+runs DeepSpeed's own config parser and clusterkit's rules, and prints the findings. Exit 1 when any
+finding is an error, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from clusterkit.errors import ExitCode, UsageError
+
+
+class _TrailingArgsParser(argparse.ArgumentParser):
+    """Keeps everything after the first ``--`` verbatim in ``trainer_args`` (the training command).
+
+    argparse alone cannot: a ``nargs="*"`` positional is satisfied early and the rest is rejected.
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        tail: list[str] = []
+        if "--" in argv:
+            cut = argv.index("--")
+            argv, tail = argv[:cut], argv[cut + 1:]
+        parsed, extras = super().parse_known_args(argv, namespace)
+        parsed.trainer_args = tail
+        return parsed, extras
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "config", help="check a DeepSpeed config against the cluster and the launch arguments",
+        description="DeepSpeed config tools.")
+    parser.set_defaults(run=lambda _args: _print_help(parser))
+    commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND",
+                                     parser_class=_TrailingArgsParser)
+    check = commands.add_parser(
+        "check", help="find what in a DeepSpeed config will fail on this cluster, and how to fix it",
+        description="Check a DeepSpeed config JSON: syntax (file:line:col), keys against the installed "
+                    "DeepSpeed, batch arithmetic against the world size, what \"auto\" becomes under the "
+                    "HF Trainer (give its arguments after '--'), precision, ZeRO offload and checkpoint "
+                    "settings. Exit 1 if anything will fail, 2 on bad input.",
+        epilog="example: clusterkit config check ds_config.json --hostfile hostfile -- train.py "
+               "--per_device_train_batch_size 4 --gradient_accumulation_steps 8 --bf16")
+    check.add_argument("ds_config", metavar="DS_CONFIG", help="DeepSpeed config JSON file")
+    where = check.add_mutually_exclusive_group()
+    where.add_argument("--hostfile", metavar="H", help="DeepSpeed hostfile: world size = sum of active slots")
+    where.add_argument("--world-size", type=int, metavar="N", help="number of ranks (GPUs) in the job")
+    check.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed --include filter")
+    check.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude filter")
+    check.add_argument("--tp", type=int, default=1, metavar="N", help="tensor-parallel size (divides the "
+                       "world into data-parallel groups)")
+    check.add_argument("--pp", type=int, default=1, metavar="N", help="pipeline-parallel size")
+    check.add_argument("--runner", choices=["hf-trainer", "accelerate", "deepspeed", "unknown"],
+                       help="who hands the config to DeepSpeed (default: hf-trainer when arguments follow "
+                            "'--', else unknown)")
+    check.add_argument("--facts", metavar="FILE", help="doctor JSON (or one node's facts) for GPU compute "
+                       "capability and libaio; default: this machine")
+    check.add_argument("--shared-fs", choices=["yes", "no", "unknown"], default="unknown",
+                       help="whether the nodes share the output filesystem (default: unknown)")
+    check.add_argument("--hf-config", metavar="CONFIG_JSON",
+                       help="the model's HF config.json, to fill hidden_size-based \"auto\" values")
+    check.add_argument("--json", action="store_true", help="print a JSON report")
+    check.add_argument("--show-passed", action="store_true", help="also list passed and skipped rules")
+    check.set_defaults(run=run_check)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return int(ExitCode.USAGE)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from clusterkit.dsconfig.check import check_config
+    from clusterkit.dsconfig.load import load_ds_config
+    from clusterkit.dsconfig.rules import Runner, SharedFs
+    from clusterkit.dsconfig.topology import (
+        Parallelism,
+        topology_from_counts,
+        topology_from_hostfile,
+    )
+
+    if (args.include or args.exclude) and not args.hostfile:
+        raise UsageError("--include/--exclude need --hostfile")
+    if args.tp < 1 or args.pp < 1:
+        raise UsageError("--tp and --pp must be at least 1")
+    config = load_ds_config(args.ds_config)
+    topology = None
+    if args.hostfile:
+        topology = topology_from_hostfile(args.hostfile, args.include, args.exclude)
+    elif args.world_size is not None:
+        topology = topology_from_counts(world_size=args.world_size)
+    hidden_size = None
+    if args.hf_config:
+        from clusterkit.dsconfig.hf_model import load_hf_config
+
+        hidden_size = load_hf_config(args.hf_config).hidden_size
+    report = check_config(
+        config, topology=topology, parallel=Parallelism(args.tp, args.pp), trainer_argv=args.trainer_args,
+        runner=Runner(args.runner) if args.runner else None, resources=_resources(args.facts),
+        shared_fs=SharedFs(args.shared_fs), hidden_size=hidden_size)
+    if args.json:
+        print(json.dumps(report_to_json(report), indent=2, default=str))
+    elif sys.stdout.isatty():
+        render_rich(report, args.show_passed)
+    else:
+        print(render_plain(report, args.show_passed), end="")
+    return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
+
+
+def _resources(facts_path: str | None) -> Any:
+    from clusterkit.dsconfig.resources import load_facts_file, local_resources, resources_from_facts
+
+    if facts_path:
+        return resources_from_facts(load_facts_file(facts_path), f"--facts {facts_path}")
+    return local_resources()
+
+
+# ---------------------------------------------------------------------------------------- rendering
+
+
+def _header(report: Any) -> list[str]:
+    where = report.topology.describe() if report.topology else "world size unknown (no --hostfile/--world-size)"
+    lines = [f"{report.config.path}: DeepSpeed {report.deepspeed_version}, runner {report.runner.value}, "
+             f"{where}"]
+    lines += [f"  {line}" for line in report.summary.lines()]
+    return lines
+
+
+def _counts_line(report: Any) -> str:
+    c = report.counts()
+    return (f"{c['error']} error{'s' * (c['error'] != 1)}, {c['warning']} warning{'s' * (c['warning'] != 1)}, "
+            f"{c['info']} info, {c['pass']} passed, {c['skip']} skipped")
+
+
+def render_plain(report: Any, show_passed: bool = False) -> str:
+    """Findings as plain lines (for pipes and logs): ``severity rule where: message`` then the fix."""
+    from clusterkit.checks.registry import CLUSTER_HOST, Outcome, Severity
+    from clusterkit.dsconfig.rules import CONFIG_HOST
+
+    out = _header(report)
+    for severity in Severity:
+        for f in (f for f in report.findings if f.outcome is Outcome.FAIL and f.severity is severity):
+            host = f" [{f.host}]" if f.host not in (CONFIG_HOST, CLUSTER_HOST) else ""
+            out.append(f"{severity.value:7} {f.check_id}{host} {f.where}: {f.message}")
+            if severity is not Severity.INFO:
+                out.append(f"        fix: {f.fix}")
+    if show_passed:
+        for f in report.findings:
+            if f.outcome is not Outcome.FAIL:
+                out.append(f"{f.outcome.value:7} {f.check_id}: {f.message}")
+    out.append(_counts_line(report))
+    return "\n".join(out) + "\n"
+
+
+def render_rich(report: Any, show_passed: bool = False) -> None:
+    """Findings as rich tables grouped by severity, errors first."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from clusterkit.checks.registry import Outcome, Severity
+    from clusterkit.dsconfig.rules import CONFIG_HOST
+
+    console = Console()
+    header = _header(report)
+    console.print(Text(header[0], style="bold"))
+    for line in header[1:]:
+        console.print(Text(line))
+    styles = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+    for severity in Severity:
+        rows = [f for f in report.findings if f.outcome is Outcome.FAIL and f.severity is severity]
+        if not rows:
+            continue
+        table = Table(title=f"{severity.value} ({len(rows)})", title_justify="left",
+                      title_style=styles[severity], show_lines=True, expand=True)
+        table.add_column("rule", no_wrap=True, style=styles[severity])
+        table.add_column("where")
+        table.add_column("problem", ratio=3)
+        table.add_column("fix", ratio=2, style="green")
+        for f in rows:
+            where = f.where if f.host == CONFIG_HOST else f"{f.host} {f.where}"
+            table.add_row(f.check_id, where, Text(f.message), Text(f.fix))
+        console.print(table)
+    if show_passed:
+        table = Table(title="passed and skipped", title_justify="left", expand=True)
+        table.add_column("rule", no_wrap=True)
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("detail")
+        for f in report.findings:
+            if f.outcome is not Outcome.FAIL:
+                table.add_row(f.check_id, f.outcome.value, Text(f.message))
+        console.print(table)
+    style = "bold red" if report.has_errors else "yellow" if report.counts()["warning"] else "bold green"
+    console.print(Text(_counts_line(report), style=style))
+
+
+def report_to_json(report: Any) -> dict[str, Any]:
+    """The ``clusterkit.config-check/v1`` document."""
+    from clusterkit.report import finding_to_json
+
+    topology = report.topology
+    return {
+        "schema": "clusterkit.config-check/v1",
+        "config": report.config.path,
+        "deepspeed_version": report.deepspeed_version,
+        "runner": report.runner.value,
+        "topology": None if topology is None else {
+            "source": topology.source, "hosts": list(topology.hosts),
+            "gpus_per_host": list(topology.gpus_per_host), "world_size": topology.world_size},
+        "resources": report.resources_source,
+        "summary": {**report.counts(), "ok": not report.has_errors},
+        "config_summary": dataclasses.asdict(report.summary),
+        "effective_config": report.effective,
+        "findings": [finding_to_json(f) for f in report.findings],
+    }
