@@ -1,16 +1,17 @@
 """GPU health checks over NVML facts: presence, PCIe, ECC and row remapping, clocks, temperature, modes.
 
 Severities follow NVIDIA's GPU health guidance: an uncorrectable volatile ECC error means drain the
-node, pending row remapping means reset the GPU, a remapping failure means RMA. NVLink and P2P
-checks live with the other interconnects in :mod:`clusterkit.checks.network`.
+node, pending row remapping means reset the GPU, a remapping failure means RMA; XID codes carry
+their catalog meaning. NVLink and P2P checks live with the other interconnects in
+:mod:`clusterkit.checks.network`. The helpers at the top are shared by the other check modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
-from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts, known
+from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts, Unavailable, known
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -78,6 +79,20 @@ def node_gpus(facts: NodeFacts) -> list[GpuFacts]:
     if not gpus:
         raise NotApplicable("no NVIDIA GPUs on this node")
     return gpus
+
+
+def readable_gpus(facts: NodeFacts, what: str, read: Callable[[GpuFacts], object]) -> list[GpuFacts]:
+    """GPUs for which ``read(gpu)`` was read; skip the check when no GPU has it.
+
+    Called before a check yields anything: a check must never skip after finding a problem, or the
+    runner drops what it found.
+    """
+    gpus = node_gpus(facts)
+    readable = [gpu for gpu in gpus if not isinstance(read(gpu), Unavailable)]
+    if not readable:
+        first = read(gpus[0])
+        raise NotApplicable(f"{what} unavailable: {first.reason if isinstance(first, Unavailable) else first}")
+    return readable
 
 
 def under_load(gpu: GpuFacts) -> bool:
@@ -177,10 +192,9 @@ def check_gpu_count_above_slots(facts: NodeFacts, ctx: NodeContext) -> Iterator[
             fix="reseat the GPU or its riser, check the slot's wiring; nvidia-smi -q -d PCIE shows the link")
 def check_pcie_width(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """Every GPU's PCIe link runs at its full width."""
-    for gpu in node_gpus(facts):
-        width = require(gpu.pcie_width_current, "PCIe link width")
-        width_max = require(gpu.pcie_width_max, "max PCIe link width")
-        if width < width_max:
+    for gpu in readable_gpus(facts, "PCIe link width", lambda g: g.pcie_width_current):
+        width, width_max = gpu.pcie_width_current, gpu.pcie_width_max
+        if known(width) and known(width_max) and width < width_max:
             gen = f"Gen{gpu.pcie_gen_current} " if known(gpu.pcie_gen_current) else ""
             yield Problem(f"GPU {gpu.index} PCIe link runs {gen}x{width}, max x{width_max}",
                           where=gpu_where(gpu))
@@ -194,20 +208,25 @@ def check_pcie_width(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
 def check_pcie_gen(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """Busy GPUs run their PCIe link at the highest generation both ends support."""
     idle_low: list[str] = []
-    for gpu in node_gpus(facts):
-        gen = require(gpu.pcie_gen_current, "PCIe link generation")
-        gen_max = require(gpu.pcie_gen_max, "max PCIe link generation")
-        if gen >= gen_max:
+    problems: list[Problem] = []
+    for gpu in readable_gpus(facts, "PCIe link generation", lambda g: g.pcie_gen_current):
+        gen, gen_max = gpu.pcie_gen_current, gpu.pcie_gen_max
+        if not known(gen) or not known(gen_max) or gen >= gen_max:
             continue
         if not under_load(gpu):
             idle_low.append(f"GPU {gpu.index} idles at Gen{gen} (max Gen{gen_max})")
             continue
         width = f" x{gpu.pcie_width_current}" if known(gpu.pcie_width_current) else ""
         max_width = f" x{gpu.pcie_width_max}" if known(gpu.pcie_width_max) else ""
-        yield Problem(f"GPU {gpu.index} PCIe link runs Gen{gen}{width} under load, max Gen{gen_max}"
-                      f"{max_width}", where=gpu_where(gpu))
-    if idle_low:
+        problems.append(Problem(f"GPU {gpu.index} PCIe link runs Gen{gen}{width} under load, max "
+                                f"Gen{gen_max}{max_width}", where=gpu_where(gpu)))
+    if idle_low and not problems:
         raise NotApplicable("; ".join(idle_low) + ": power saving; the generation is judged under load")
+    yield from problems
+
+
+#: PCIe replays since driver load worth a warning (NVML only gives the running total).
+PCIE_REPLAY_WARN = 100
 
 
 @node_check("pcie-replay-errors", Severity.WARNING, tags=("gpu", "pcie"),
@@ -222,9 +241,6 @@ def check_pcie_replays(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
             yield Problem(f"GPU {gpu.index} counted {replays} PCIe replays since the driver loaded "
                           f"(warning at {PCIE_REPLAY_WARN})", where=gpu_where(gpu))
 
-
-#: PCIe replays since driver load worth a warning (NVML only gives the running total).
-PCIE_REPLAY_WARN = 100
 
 
 # ----------------------------------------------------------------------------------- ECC, remapping
@@ -364,8 +380,8 @@ def _clocks(gpu: GpuFacts) -> str:
             fix="check cooling and power; nvidia-smi -q -d PERFORMANCE lists the active reasons")
 def check_hw_slowdown(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """No GPU is slowed down by hardware (thermal, power brake)."""
-    for gpu in node_gpus(facts):
-        reasons = require(gpu.clock_event_reasons, "clock-event reasons")
+    for gpu in readable_gpus(facts, "clock-event reasons", lambda g: g.clock_event_reasons):
+        reasons = gpu.clock_event_reasons if known(gpu.clock_event_reasons) else []
         for reason in reasons:
             if reason in HW_SLOWDOWN_REASONS:
                 meaning, fix = HW_SLOWDOWN_REASONS[reason]
@@ -378,8 +394,8 @@ def check_hw_slowdown(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
             fix="improve cooling; check the power limit with nvidia-smi -q -d POWER")
 def check_sw_throttle(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """No GPU is held back by software thermal slowdown, or by its power cap while busy."""
-    for gpu in node_gpus(facts):
-        reasons = require(gpu.clock_event_reasons, "clock-event reasons")
+    for gpu in readable_gpus(facts, "clock-event reasons", lambda g: g.clock_event_reasons):
+        reasons = gpu.clock_event_reasons if known(gpu.clock_event_reasons) else []
         if "sw_thermal_slowdown" in reasons:
             temp = f" at {gpu.temperature_c} C" if known(gpu.temperature_c) else ""
             yield Problem(f"GPU {gpu.index} is slowed by the driver for heat{temp}{_clocks(gpu)}",
@@ -471,9 +487,9 @@ def check_compute_mode(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
 def check_bf16(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """GPUs support bf16 (compute capability 8.0 or later)."""
     old: dict[str, list[int]] = {}
-    for gpu in node_gpus(facts):
-        capability = require(gpu.compute_capability, "compute capability")
-        if _capability(capability) < (8, 0):
+    for gpu in readable_gpus(facts, "compute capability", lambda g: g.compute_capability):
+        capability = gpu.compute_capability
+        if known(capability) and _capability(capability) < (8, 0):
             old.setdefault(f"{gpu.name} (compute capability {capability})", []).append(gpu.index)
     for model, indices in old.items():
         yield Problem(f"{gpu_list(indices)}: {model} cannot run bf16", where=gpu_list(indices))

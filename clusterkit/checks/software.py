@@ -11,7 +11,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 
-from clusterkit.checks.gpu import cpu_only_run, gpus_present, node_gpus
+from clusterkit.checks.gpu import cpu_only_run, gpus_present, node_gpus, readable_gpus
 from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
 from clusterkit.facts import NodeFacts, PythonEnvFacts, SharedLibFacts, known
 
@@ -156,9 +156,9 @@ def check_torch_arch(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     arch_list = require(env.torch_arch_list, "torch.cuda.get_arch_list()")
     if not arch_list:
         raise NotApplicable("torch reported an empty arch list (CUDA not initialised)")
-    for gpu in node_gpus(facts):
-        capability = require(gpu.compute_capability, "compute capability")
-        parsed = major_minor(capability)
+    for gpu in readable_gpus(facts, "compute capability", lambda g: g.compute_capability):
+        capability = gpu.compute_capability
+        parsed = major_minor(capability) if known(capability) else None
         if parsed and not any(_arch_runs(arch, parsed) for arch in arch_list):
             yield Problem(f"torch has no kernels for GPU {gpu.index} ({gpu.name}, "
                           f"sm_{parsed[0]}{parsed[1]}); it was built for {' '.join(arch_list)}",

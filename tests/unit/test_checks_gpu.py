@@ -79,6 +79,9 @@ CASES: list[CheckCase] = [
          "GPU 2 PCIe link runs Gen3 x16 under load, max Gen5 x16", where="GPU 2 (0000:3a:00.0)"),
     fail("pcie-gen-degraded", "gen3-in-p0-not-idle",
          lambda: with_gpu(healthy_gpu_node(), 0, pcie_gen_current=3, clock_event_reasons=[]), "Gen3"),
+    fail("pcie-gen-degraded", "loaded-and-idle", lambda: with_gpu(
+        with_gpu(healthy_gpu_node(), 1, pcie_gen_current=1, performance_state=8), 2, pcie_gen_current=3,
+        utilization_gpu_pct=90, clock_event_reasons=[]), "GPU 2 PCIe link runs Gen3", count=1),
     passes("pcie-gen-degraded", "gen5", healthy_gpu_node),
     skips("pcie-gen-degraded", "idle-power-saving",
           lambda: with_gpu(healthy_gpu_node(), 1, pcie_gen_current=1, performance_state=8),
@@ -203,3 +206,17 @@ def test_nvml_facts_read_on_the_real_h100_give_only_the_known_findings() -> None
 def test_cpu_only_nodes_skip_gpu_checks_saying_it_is_a_cpu_run() -> None:
     findings = run_check("pcie-width-degraded", cpu_only_node())
     assert findings[0].message == "no NVIDIA GPU and torch is a CPU build"
+
+
+def test_a_gpu_with_unreadable_facts_does_not_hide_another_gpus_problem() -> None:
+    unread = Unavailable("NVMLError_Unknown: Unknown Error")
+    facts = with_gpu(with_gpu(healthy_gpu_node(), 0, pcie_width_current=unread), 5, pcie_width_current=4)
+    findings = run_check("pcie-width-degraded", facts)
+    assert [(f.outcome.value, f.message) for f in findings] == [("fail", "GPU 5 PCIe link runs Gen5 x4, max x16")]
+
+
+def test_a_check_skips_with_the_reason_when_no_gpu_has_the_fact() -> None:
+    facts = with_all_gpus(healthy_gpu_node(), clock_event_reasons=Unavailable("NVMLError_NotSupported: Not Supported"))
+    findings = run_check("gpu-hw-slowdown", facts)
+    assert [(f.outcome.value, f.message) for f in findings] == [
+        ("skip", "clock-event reasons unavailable: NVMLError_NotSupported: Not Supported")]
