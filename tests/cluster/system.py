@@ -98,7 +98,11 @@ def check_host() -> None:
 
 
 def ensure_user(name: str, password: str) -> tuple[int, int]:
-    """Create the test user once (no home on the host: each node mounts its own) and set its password."""
+    """Create the test user once (no home on the host: each node mounts its own); set its password.
+
+    The account lives in the shared /etc/passwd and /etc/shadow. A private /etc/shadow per node
+    would not hold: replacing the host's file (as chpasswd and useradd do) detaches such mounts.
+    """
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -444,6 +444,7 @@ def test_leftovers_of_a_crashed_run_are_removed_when_a_cluster_starts(
 
 def test_without_root_the_cluster_is_unavailable_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(system, "_host_checked", None)
-    monkeypatch.setattr(system.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(ClusterUnavailable, match="namespace cluster needs root: running as uid 1000"):
         Cluster.launch(1)
+
