@@ -186,10 +186,12 @@ def _run_one(spec: CheckSpec, host: str, call: Callable[[], Iterable[Problem]]) 
         return Finding(spec.id, spec.severity, outcome, on_host or host, where, message, spec.why,
                        fix if fix is not None else spec.fix)
 
+    problems: list[Problem] = []
     try:
-        problems = list(call())
+        problems.extend(call())
     except NotApplicable as exc:
-        return [finding(Outcome.SKIP, str(exc))]
+        if not problems:  # problems found before the check ran out of facts still stand
+            return [finding(Outcome.SKIP, str(exc))]
     except Exception as exc:
         tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return [Finding(INTERNAL_ERROR_ID, Severity.ERROR, Outcome.FAIL, host, spec.id,

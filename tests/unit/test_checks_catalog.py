@@ -170,3 +170,26 @@ def test_every_skip_says_why() -> None:
         for finding in node_findings(facts):
             if finding.outcome is Outcome.SKIP:
                 assert finding.message.strip(), finding.check_id
+
+
+def test_problems_found_before_a_check_gives_up_are_kept() -> None:
+    from collections.abc import Iterator
+
+    from clusterkit.checks.registry import (
+        CheckSpec,
+        NodeContext,
+        NotApplicable,
+        Outcome,
+        Problem,
+        Severity,
+        run_node_checks,
+    )
+    from tests.factories import healthy_gpu_node
+
+    def half(facts: object, ctx: object) -> Iterator[Problem]:
+        yield Problem("GPU 0 is bad", where="GPU 0")
+        raise NotApplicable("GPU 1 unreadable")
+
+    spec = CheckSpec("half-check", Severity.ERROR, (), "summary", "why", "fix", "node", half)
+    findings = run_node_checks([spec], healthy_gpu_node(), NodeContext(host="n"))
+    assert [(f.outcome, f.message) for f in findings] == [(Outcome.FAIL, "GPU 0 is bad")]
