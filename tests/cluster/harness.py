@@ -122,9 +122,13 @@ class Cluster:
         path.write_text(self.hostfile_text(slots))
         return path
 
-    def install_python_env(self, path: str = pyenv.DEFAULT_ENV) -> str:
-        """A venv at ``path`` on every node importing torch/deepspeed from the shared venv; its python."""
-        return pyenv.install(self, path)
+    def install_python_env(self, path: str = pyenv.DEFAULT_ENV, *, prebuilt_ops: bool = False) -> str:
+        """A venv at ``path`` on every node importing torch/deepspeed from the shared venv; its python.
+
+        ``prebuilt_ops``: DeepSpeed's CPU comm op ready in ``{path}/torch_extensions`` on every node,
+        so a DeepSpeed launch does not JIT-build it per node (built once per machine, then cached).
+        """
+        return pyenv.install(self, path, prebuilt_ops)
 
     def reset_homes(self) -> None:
         """Kill the test user's processes and empty its home and /tmp on every running node."""

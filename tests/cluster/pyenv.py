@@ -27,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = "/opt/ckenv"
 SHIMMED_SCRIPTS = ("deepspeed", "ds_report", "torchrun")
 PTH_NAME = "clusterkit-test-shared-venv.pth"
+PREBUILT_OPS = ("ShareMemCommBuilder",)  # what deepspeed.comm builds on CPU for every process group
+PREBUILT_OPS_CACHE = Path("/var/cache/clusterkit-tests/torch-extensions")
+PREBUILT_OPS_PTH = "clusterkit-test-torch-extensions.pth"
 
 
 def shared_venv() -> Path:
@@ -77,8 +80,11 @@ def root_dirs_nodes_need() -> list[str]:
     return sorted(needed)
 
 
-def install(cluster: Cluster, path: str = DEFAULT_ENV) -> str:
-    """Make the env on the first node, copy it to the others; return its interpreter path."""
+def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = False) -> str:
+    """Make the env on the first node, copy it to the others; return its interpreter path.
+
+    ``prebuilt_ops`` also gives every node DeepSpeed's JIT-built CPU ops (see _install_prebuilt_ops).
+    """
     venv = shared_venv()
     version = python_version(venv)
     first = cluster.nodes[0]
@@ -103,7 +109,51 @@ def install(cluster: Cluster, path: str = DEFAULT_ENV) -> str:
         shutil.copytree(env_on_host, target, symlinks=True)
     first.run(f"{path}/bin/python -c 'import sys; assert sys.prefix == \"{path}\", sys.prefix'",
               timeout=60, check=True)
+    if prebuilt_ops:
+        _install_prebuilt_ops(cluster, path)
     return f"{path}/bin/python"
+
+
+def _dist_version(site: Path, name: str) -> str:
+    found = sorted(site.glob(f"{name}-*.dist-info"))
+    return found[0].name[len(name) + 1:-len(".dist-info")] if found else "none"
+
+
+def _install_prebuilt_ops(cluster: Cluster, path: str) -> None:
+    """Put DeepSpeed's JIT-built CPU ops into ``{path}/torch_extensions`` on every node.
+
+    DeepSpeed builds its shared-memory comm op with ninja in every process group on CPU (half a
+    minute per node on two cores, and again after each reset of the homes where it caches it). The
+    op is built once per machine inside a node, at the same in-node path, kept under
+    PREBUILT_OPS_CACHE and copied to each node; a ``.pth`` line points the env's TORCH_EXTENSIONS_DIR
+    at it, as on a node where the ops were built before.
+    """
+    venv = shared_venv()
+    version = python_version(venv)
+    shared_site = site_packages(venv, version)
+    key = (f"torch-{_dist_version(shared_site, 'torch')}-deepspeed-{_dist_version(shared_site, 'deepspeed')}"
+           f"-py{version}{path.replace('/', '_')}")
+    cache = PREBUILT_OPS_CACHE / key
+    extensions = f"{path}/torch_extensions"
+    user = cluster.user
+    for node in cluster.nodes:
+        (site_packages(node.host_path(path), version) / PREBUILT_OPS_PTH).write_text(
+            f"import os; os.environ.setdefault('TORCH_EXTENSIONS_DIR', {extensions!r})\n")
+    if not cache.exists():
+        first = cluster.nodes[0]
+        first.run(f"mkdir -p {extensions} && chown {user}: {extensions}", user="root", check=True)
+        builders = "; ".join(f"B.{name}().load()" for name in PREBUILT_OPS)
+        first.run(f"{path}/bin/python -c 'import deepspeed.ops.op_builder.cpu as B; {builders}'",
+                  timeout=600, check=True)
+        building = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(first.host_path(extensions), building)
+        building.rename(cache)
+    for node in cluster.nodes:
+        target = node.host_path(extensions)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(cache, target)
+        node.run(f"chown -R {user}: {extensions}", user="root", check=True)
 
 
 def _env_site_packages(node: Node, path: str) -> Path:

@@ -304,6 +304,7 @@ def test_the_training_env_imports_torch_and_deepspeed_and_has_the_launcher(
     assert words[-1] == "#!/opt/ckenv/bin/python"
 
 
+@pytest.mark.slow
 def test_plant_torch_version_changes_torch_on_that_node_only(clean_cluster: Cluster,
                                                              cluster_python: str) -> None:
     node1, node2, _ = clean_cluster.nodes
@@ -448,3 +449,33 @@ def test_without_root_the_cluster_is_unavailable_with_the_reason(monkeypatch: py
     with pytest.raises(ClusterUnavailable, match="namespace cluster needs root: running as uid 1000"):
         Cluster.launch(1)
 
+
+
+ALL_REDUCE_SCRIPT = """
+import socket, torch, deepspeed, torch.distributed as dist
+deepspeed.init_distributed(dist_backend="gloo")
+total = torch.ones(1) * (dist.get_rank() + 1)
+dist.all_reduce(total)
+print(f"rank {dist.get_rank()} of {dist.get_world_size()} on {socket.gethostname()}: sum {total.item()}")
+dist.barrier()
+dist.destroy_process_group()  # exiting with gloo threads alive can abort ("terminate called ...")
+"""
+
+
+@pytest.mark.slow
+def test_deepspeeds_pdsh_launcher_runs_an_all_reduce_across_the_nodes(clean_cluster: Cluster) -> None:
+    python = clean_cluster.install_python_env(prebuilt_ops=True)
+    node1 = clean_cluster.nodes[0]
+    node1.run("mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519", check=True)
+    public_key = node1.read_file("/home/ckuser/.ssh/id_ed25519.pub")
+    for node in clean_cluster.nodes:
+        node.put_file("/home/ckuser/.ssh/authorized_keys", public_key, mode=0o600)
+        node.put_file("/home/ckuser/all_reduce.py", ALL_REDUCE_SCRIPT)
+    node1.put_file("/home/ckuser/.ssh/config", "Host *\n  StrictHostKeyChecking accept-new\n", mode=0o600)
+    node1.put_file("/home/ckuser/hostfile", clean_cluster.hostfile_text())
+    rc, out, err = node1.run(f"PATH={python.rsplit('/', 1)[0]}:$PATH deepspeed --hostfile ~/hostfile "
+                             "--launcher pdsh --master_addr node1 all_reduce.py", timeout=240)
+    assert rc == 0, err[-3000:]
+    results = sorted(line.split(": ", 1)[1] for line in out.splitlines() if " sum " in line)
+    assert results == [f"rank {i} of 3 on node{i + 1}: sum 6.0" for i in range(3)]
+    assert "built successfully" in out and "Building extension" not in out + err
