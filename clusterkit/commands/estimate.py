@@ -154,13 +154,14 @@ def render_text(plan: Any, context: dict[str, Any], color: bool = False) -> str:
              f"({gib(cap.usable_gpu_bytes)} usable after {cap.gpu_headroom:.0%} headroom); "
              f"MemAvailable: " + ", ".join(f"{h} {gib(m)}" for h, m in cap.node_mem_available.items())
              + f" ({context['resources']})", ""]
-    header = f"{'strategy':<52} {'per GPU':>11} {'CPU/node':>11} {'NVMe/node':>11}  fits  formula"
+    width = max(len(v.estimate.strategy.label) for v in plan.verdicts)
+    header = f"{'strategy':<{width}} {'per GPU':>11} {'CPU/node':>11} {'NVMe/node':>11}  fits  formula"
     lines += [header, "-" * len(header)]
     for v in plan.verdicts:
         e = v.estimate
         fits = {True: "yes", False: "no", None: "?"}[v.fits]
         mark = " <-" if v is plan.recommended else ""
-        lines.append(f"{e.strategy.label:<52} {gib(e.gpu_bytes):>11} {gib(e.cpu_bytes):>11} "
+        lines.append(f"{e.strategy.label:<{width}} {gib(e.gpu_bytes):>11} {gib(e.cpu_bytes):>11} "
                      f"{gib(e.nvme_bytes) if e.nvme_bytes else '-':>11}  {fits:<4}  {e.strategy.formula}{mark}")
     lines.append("")
     if plan.recommended is not None:

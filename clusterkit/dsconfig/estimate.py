@@ -86,9 +86,8 @@ class Strategy:
             parts.append(f"offload_optimizer={self.offload_optimizer}")
         if self.offload_param != "none":
             parts.append(f"offload_param={self.offload_param}")
-        if self.zero_init is False:
-            parts.append("without zero.Init")
-        return " + ".join(parts)
+        label = " + ".join(parts)
+        return label + " (no zero.Init)" if self.zero_init is False else label
 
 
 #: Cheapest (fastest) first, as DeepSpeed's and HF's docs tell users to try them. The ZeRO-3 rows
@@ -225,12 +224,17 @@ def plan_memory(total_params: int, largest_layer_params: int, num_nodes: int, nu
                                   buffer_factor), capacity)
     best = recommend(verdicts)
     warnings: list[str] = []
-    for v in verdicts:
-        s, e = v.estimate.strategy, v.estimate
-        if s.offload_optimizer == "cpu" and v.gpu_fits is not False and v.cpu_short_hosts:
-            free = ", ".join(f"{h} {gib(capacity.node_mem_available.get(h))}" for h in v.cpu_short_hosts)
-            warnings.append(f"{s.label} needs {gib(e.cpu_bytes)} of CPU RAM per node but MemAvailable is {free}:"
-                            " the kernel's OOM killer would end the job with return code -9 and no traceback")
+    short = [v for v in verdicts if v.estimate.strategy.offload_optimizer == "cpu" and v.gpu_fits is not False
+             and v.cpu_short_hosts]
+    if short:
+        hosts = sorted({h for v in short for h in v.cpu_short_hosts})
+        free = ", ".join(f"{h} {gib(capacity.node_mem_available.get(h))}" for h in hosts)
+        needs = "; ".join(f"{v.estimate.strategy.label} needs {gib(v.estimate.cpu_bytes)}" for v in short)
+        warnings.append(f"CPU offload exceeds the free RAM (MemAvailable) of {free}: {needs} per node; the "
+                        "kernel's OOM killer would end the job with return code -9 and no traceback")
+    if best is not None and best.estimate.nvme_bytes:
+        warnings.append(f"NVMe offload needs about {gib(best.estimate.nvme_bytes)} free under nvme_path on "
+                        "every node, plus libaio (see `clusterkit config check`)")
     if best is None:
         best = next((v for v in verdicts if v.gpu_fits is True and v.cpu_fits is None), None)
         if best is not None:

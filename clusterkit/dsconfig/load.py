@@ -151,6 +151,8 @@ def _explain(text: str, exc: json.JSONDecodeError) -> tuple[str, int]:
         return "comment; JSON has no comments (move the note to a key like \"_comment\" or delete it)", pos
     if here == "'":
         return "single-quoted string; JSON strings and keys need double quotes", pos
+    if not here and not exc.msg.startswith("Unterminated string"):
+        return f"file ends early ({exc.msg.lower()}); a '}}' or ']' is probably missing", pos
     if exc.msg.startswith("Expecting ',' delimiter"):
         return "missing ',' between two members or items", before + 1
     if exc.msg.startswith("Extra data"):
@@ -168,8 +170,6 @@ def _explain(text: str, exc: json.JSONDecodeError) -> tuple[str, int]:
         return "string is never closed (missing '\"')", pos
     if exc.msg.startswith("Invalid control character"):
         return "raw line break or tab inside a string; write \\n or \\t", pos
-    if not here:
-        return f"file ends early ({exc.msg.lower()}); a '}}' or ']' is probably missing", pos
     return f"invalid JSON: {exc.msg}", pos
 
 
