@@ -163,9 +163,9 @@ def render_plain(report: Any, show_passed: bool = False) -> str:
 
 
 def render_rich(report: Any, show_passed: bool = False) -> None:
-    """Findings as rich tables grouped by severity, errors first."""
+    """Findings grouped by severity, errors first; one short block each (as the doctor prints them),
+    so a fix stays whole at any terminal width."""
     from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
     from clusterkit.checks.registry import Outcome, Severity
@@ -173,33 +173,35 @@ def render_rich(report: Any, show_passed: bool = False) -> None:
 
     console = Console()
     header = _header(report)
-    console.print(Text(header[0], style="bold"))
+    console.print(Text(header[0], style="bold"), soft_wrap=True)
     for line in header[1:]:
-        console.print(Text(line))
+        console.print(Text(line), soft_wrap=True)
+    console.print()
     styles = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+    marks = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
     for severity in Severity:
         rows = [f for f in report.findings if f.outcome is Outcome.FAIL and f.severity is severity]
         if not rows:
             continue
-        table = Table(title=f"{severity.value} ({len(rows)})", title_justify="left",
-                      title_style=styles[severity], show_lines=True, expand=True)
-        table.add_column("rule", no_wrap=True, style=styles[severity])
-        table.add_column("where")
-        table.add_column("problem", ratio=3)
-        table.add_column("fix", ratio=2, style="green")
+        console.print(Text(f"{severity.value} ({len(rows)})", style=styles[severity] + " underline"))
         for f in rows:
-            where = f.where if f.host == CONFIG_HOST else f"{f.host} {f.where}"
-            table.add_row(f.check_id, where, Text(f.message), Text(f.fix))
-        console.print(table)
+            head = Text(f" {marks[severity]} ", style=styles[severity])
+            if f.host != CONFIG_HOST:
+                head.append(f"[{f.host}] ", style="bold")
+            head.append(f.check_id, style=styles[severity])
+            head.append(f"  {f.where}", style="dim")
+            console.print(head, soft_wrap=True)
+            console.print(Text(f"   {f.message}"), soft_wrap=True)
+            if severity is not Severity.INFO:
+                console.print(Text(f"   fix: {f.fix}", style="green"), soft_wrap=True)
+        console.print()
     if show_passed:
-        table = Table(title="passed and skipped", title_justify="left", expand=True)
-        table.add_column("rule", no_wrap=True)
-        table.add_column("outcome", no_wrap=True)
-        table.add_column("detail")
+        console.print(Text("passed and skipped", style="underline"))
         for f in report.findings:
             if f.outcome is not Outcome.FAIL:
-                table.add_row(f.check_id, f.outcome.value, Text(f.message))
-        console.print(table)
+                mark, style = ("✓", "green") if f.outcome is Outcome.PASS else ("-", "dim")
+                console.print(Text(f" {mark} {f.check_id}: {f.message}", style=style), soft_wrap=True)
+        console.print()
     style = "bold red" if report.has_errors else "yellow" if report.counts()["warning"] else "bold green"
     console.print(Text(_counts_line(report), style=style))
 
