@@ -335,10 +335,13 @@ def _top_level_keys(module: ModuleType) -> frozenset[str]:
     trace = _Trace()
     config = module.DeepSpeedConfig.__new__(module.DeepSpeedConfig)
     config.world_size, config.global_rank = 1, 0
+    config._param_dict = _TracedDict({}, (), trace)
     with contextlib.suppress(Exception), _captured_deepspeed_log():
-        config._initialize_params(_TracedDict({}, (), trace))
+        config._initialize_params(config._param_dict)
+        config.train_micro_batch_size_per_gpu = config.gradient_accumulation_steps = 1
+        config._do_warning_check()  # reads vocabulary_size
     removed = set(getattr(module, "_REMOVED_TOP_LEVEL_CONFIG_KEYS", {}))
-    return frozenset(trace.reads.get((), set()) | set(KEYS_READ_ELSEWHERE) | {"vocabulary_size"}) - removed
+    return frozenset(trace.reads.get((), set()) | set(KEYS_READ_ELSEWHERE)) - removed
 
 
 @functools.lru_cache(maxsize=1)
@@ -378,7 +381,7 @@ def judge_with_deepspeed(data: dict[str, Any]) -> Maybe[DeepSpeedVerdict]:
             from pydantic import ValidationError
 
             if isinstance(exc, ValidationError):
-                base = _validation_base(trace, exc)
+                base = _validation_base(trace)
                 found = _validation_issues(exc, base, models)
                 issues += found
                 deleted = [_delete(work, issue.path) for issue in found]
@@ -400,9 +403,8 @@ def judge_with_deepspeed(data: dict[str, Any]) -> Maybe[DeepSpeedVerdict]:
                             top_keys)
 
 
-def _validation_base(trace: _Trace, exc: Any) -> KeyPath:
+def _validation_base(trace: _Trace) -> KeyPath:
     """The dict a failing model was built from: the last dict handed over whole during the parse."""
-    del exc
     last = trace.last
     while last and last not in trace.whole:
         last = last[:-1]
@@ -428,7 +430,7 @@ def _ignored(data: dict[str, Any], trace: _Trace, config: object, top_keys: froz
              ) -> list[ParseIssue]:
     """Keys present in ``data`` that a complete parse never read, under dicts DeepSpeed is done with."""
     issues: list[ParseIssue] = []
-    read_top = trace.reads.get((), set()) | set(KEYS_READ_ELSEWHERE) | {"vocabulary_size"}
+    read_top = trace.reads.get((), set()) | set(KEYS_READ_ELSEWHERE)
     for key in data:
         if key not in read_top:
             known = key in top_keys
