@@ -1,0 +1,67 @@
+"""A few ZeRO training steps on a tiny model, started by DeepSpeed's own launcher.
+
+``deepspeed --num_gpus 1 scripts/gpu/zero_smoke.py --steps 2`` proves that the DeepSpeed clusterkit
+checks for can initialise its distributed backend, partition optimizer state and step on this node.
+It uses torch's AdamW so no DeepSpeed op has to be JIT-compiled (that takes minutes); bf16 on CUDA.
+Prints ``ZERO SMOKE OK`` last on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")),
+                        help="set by the DeepSpeed launcher")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--stage", type=int, default=2, choices=(1, 2, 3))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    accelerator = get_accelerator()
+    on_gpu = accelerator.device_name() == "cuda"
+    deepspeed.init_distributed()
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": args.stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": on_gpu},
+        "steps_per_print": 1,
+    }
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    dtype = next(engine.module.parameters()).dtype
+    print(f"zero smoke: accelerator {accelerator.device_name()}, device {engine.device}, dtype {dtype}, "
+          f"stage {args.stage}, world size {engine.world_size}", flush=True)
+    losses = []
+    for step in range(1, args.steps + 1):
+        started = time.perf_counter()
+        inputs = torch.randn(8, 256, device=engine.device).to(dtype)
+        loss = engine(inputs).float().pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        print(f"zero smoke: step {step} loss {losses[-1]:.5f} ({time.perf_counter() - started:.3f} s)", flush=True)
+    if not all(torch.isfinite(torch.tensor(losses))):
+        raise SystemExit(f"zero smoke: non-finite loss {losses}")
+    if on_gpu:
+        print(f"zero smoke: peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB", flush=True)
+    print("ZERO SMOKE OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()
