@@ -70,6 +70,8 @@ def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
 def cmd_listen(args: argparse.Namespace) -> Any:
     """Hold ``port`` open for ``seconds`` and count connections: is the master port usable?"""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As torch's TCPStore does: a port left in TIME_WAIT by the last job is free for the next one.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("0.0.0.0", args.port))
     except OSError as exc:

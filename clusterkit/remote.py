@@ -52,6 +52,8 @@ class SshSettings:
     password: str | None = field(default=None, repr=False)
     trust_new_hosts: bool = False
     connect_timeout_s: float = 10.0
+    #: False for dry runs: trusted keys are accepted for this run only, nothing is written.
+    record_trust: bool = True
 
 
 @dataclass
@@ -99,7 +101,8 @@ def _make_trust_policy(settings: SshSettings) -> Any:
         """--trust-new-hosts: accept an unknown key, write it to known_hosts and log it."""
 
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-            record_trusted_key(hostname, key)
+            if settings.record_trust:
+                record_trusted_key(hostname, key)
             client.get_host_keys().add(hostname, key.get_name(), key)
 
     return TrustAndRecord() if settings.trust_new_hosts else paramiko.RejectPolicy()

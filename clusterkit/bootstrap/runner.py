@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rich.table import Table
 from rich.text import Text
 
 from clusterkit.bootstrap import cluster_steps, ssh_steps
@@ -81,23 +80,26 @@ def _print_step(ctx: BootstrapContext, report: StepReport) -> None:
         ctx.console.print(Text(f"  {report.note}", style=style))
 
 
-def summary_table(ctx: BootstrapContext, reports: list[StepReport]) -> Table:
-    """Nodes x steps grid of outcomes."""
-    table = Table(title="bootstrap" + (" (dry run: nothing was changed)" if ctx.dry_run else ""),
-                  title_justify="left")
-    table.add_column("node", no_wrap=True)
-    shown = [r for r in reports if r.outcomes]
-    for report in shown:
-        table.add_column(report.step.id, no_wrap=True)
-    rows = list(dict.fromkeys(["head", *ctx.names]))
-    for host in rows:
-        cells = []
-        for report in shown:
+def summary_table(ctx: BootstrapContext, reports: list[StepReport]) -> Text:
+    """One line per node: which steps were ok, changed, would change, failed or skipped."""
+    title = "bootstrap summary" + (" (dry run: nothing was changed)" if ctx.dry_run else "")
+    text = Text(title + "\n", style="bold")
+    for host in dict.fromkeys(["head", *ctx.names]):
+        by_status: dict[str, list[str]] = {}
+        for report in reports:
             outcome = report.outcomes.get(host)
-            cells.append(Text(outcome.status, style=_STYLE.get(outcome.status, "")) if outcome else Text("-"))
-        if any(c.plain != "-" for c in cells):
-            table.add_row(host, *cells)
-    return table
+            if outcome is not None:
+                by_status.setdefault(outcome.status, []).append(report.step.id)
+        if not by_status:
+            continue
+        text.append(f"  {host}: ", style="bold")
+        parts = [(status, steps) for status, steps in by_status.items()]
+        for i, (status, steps) in enumerate(sorted(parts, key=lambda p: list(_STYLE).index(p[0]))):
+            text.append("; " if i else "")
+            text.append(status, style=_STYLE.get(status, ""))
+            text.append(f" {', '.join(steps)}" if status != "ok" else f" ({len(steps)} steps)")
+        text.append("\n")
+    return text
 
 
 def succeeded(reports: list[StepReport]) -> bool:

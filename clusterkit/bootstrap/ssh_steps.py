@@ -209,7 +209,9 @@ def authorize_head(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         try:
             with connect(host, keyless):
                 return NodeOutcome(OK, ["key accepted"])
-        except paramiko.AuthenticationException:
+        except paramiko.SSHException as exc:  # AuthenticationException, or no key to offer at all
+            if not isinstance(exc, paramiko.AuthenticationException) and "authentication" not in str(exc):
+                raise
             needs_password.append(host)
             return NodeOutcome(WOULD_CHANGE, ["needs the password once"])
 
@@ -217,6 +219,9 @@ def authorize_head(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     if not needs_password:
         return report
     if ctx.dry_run:
+        if ctx.settings.password is None:
+            for host in needs_password:  # later steps cannot look without a login
+                ctx.failed[host] = "dry run: give --password-env to look further"
         for host in needs_password:
             report.outcomes[host] = NodeOutcome(WOULD_CHANGE, ["would log in with the password and add the "
                                                                "head's key to ~/.ssh/authorized_keys"])
@@ -265,9 +270,13 @@ def authorize_all(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """Every node's key (and the head's) is in every node's authorized_keys."""
     keys = [k for k in [ctx.head_public_key, *ctx.node_public_keys.values()] if k.startswith("ssh-")]
 
+    keys_pending = not ctx.head_public_key.startswith("ssh-") or len(ctx.node_public_keys) < len(ctx.live)
+
     def ensure(host: str) -> NodeOutcome:
         with connect(host, ctx.settings) as conn:
             actions = add_authorized_keys(conn, keys, ctx.dry_run)
+        if ctx.dry_run and keys_pending:
+            actions.append("would add the keys the steps above create")
         if not actions:
             return NodeOutcome(OK, [f"all {len(set(keys))} keys present"])
         return NodeOutcome(WOULD_CHANGE if ctx.dry_run else CHANGED, actions)

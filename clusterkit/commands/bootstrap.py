@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sync is not None and not args.sync.is_dir():
         raise UsageError(f"--sync {args.sync}: not a directory on this machine")
     console = Console(stderr=True)
-    ctx = BootstrapContext(hosts=hosts, settings=ssh_settings(args), python=args.python or sys.executable,
+    settings = ssh_settings(args)
+    if args.dry_run:  # trust new host keys for this look only; known_hosts and the trust log stay as they are
+        settings = replace(settings, record_trust=False)
+    ctx = BootstrapContext(hosts=hosts, settings=settings, python=args.python or sys.executable,
                            console=console, dry_run=args.dry_run, install_packages=args.install_packages,
                            sync_dir=args.sync)
     reports = run_playbook(ctx, steps)
+    console.print()
     Console().print(summary_table(ctx, reports))
     if not succeeded(reports):
         Console().print("[bold red]bootstrap did not finish on every node[/]: fix what is listed above and "

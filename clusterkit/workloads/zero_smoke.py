@@ -1,9 +1,11 @@
 """A few ZeRO training steps on a tiny model, started by DeepSpeed's own launcher.
 
-``deepspeed --num_gpus 1 scripts/gpu/zero_smoke.py --steps 2`` proves that the DeepSpeed clusterkit
-checks for can initialise its distributed backend, partition optimizer state and step on this node.
-It uses torch's AdamW so no DeepSpeed op has to be JIT-compiled (that takes minutes); bf16 on CUDA.
-Prints ``ZERO SMOKE OK`` last on success.
+``deepspeed --num_gpus 1 clusterkit/workloads/zero_smoke.py --steps 2`` (or ``--hostfile H`` across
+nodes) proves that DeepSpeed can initialise its distributed backend, partition optimizer state and
+step on these nodes.
+It uses torch's AdamW so no DeepSpeed op has to be JIT-compiled (that takes minutes); bf16 on CUDA,
+fp32 with gloo on CPU. Runs inside the training env (torch + DeepSpeed), not clusterkit's: it imports
+nothing from clusterkit. Rank 0 prints ``ZERO SMOKE OK`` last on success.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ def main() -> None:
         raise SystemExit(f"zero smoke: non-finite loss {losses}")
     if on_gpu:
         print(f"zero smoke: peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB", flush=True)
-    print("ZERO SMOKE OK", flush=True)
+    if hasattr(engine, "destroy"):
+        engine.destroy()
+    torch.distributed.barrier()
+    # Without an explicit teardown gloo sometimes aborts at exit ("terminate called without an active
+    # exception"), which the launcher reports as a failed rank.
+    torch.distributed.destroy_process_group()
+    if engine.global_rank == 0:
+        print("ZERO SMOKE OK", flush=True)
 
 
 if __name__ == "__main__":
