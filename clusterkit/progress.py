@@ -56,7 +56,7 @@ class NodeProgress:
             if detail:
                 line.append(f" ({detail})")
             line.append(f" [{elapsed:.1f}s]", style="dim")
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, soft_wrap=True)
 
     def _render(self) -> Table:
         table = Table(title=self.title, title_justify="left", expand=False)

@@ -184,8 +184,11 @@ def explain(exc: BaseException, host: str, settings: SshSettings) -> RemoteError
     if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
         return RemoteError(f"connection to {host} port {port} refused: sshd is not running there",
                            fix=f"on {host}: sudo systemctl enable --now ssh (or sshd)")
+    # A frozen sshd still accepts TCP (the kernel does that) but never greets: paramiko then reports
+    # a banner timeout, or "No existing session" when its transport thread gave up first.
     if isinstance(exc, (TimeoutError, socket.timeout)) or (
-            isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower()):
+            isinstance(exc, paramiko.SSHException) and any(
+                text in str(exc).lower() for text in ("banner", "no existing session"))):
         return RemoteError(f"{host} did not answer within {settings.connect_timeout_s:g}s "
                            "(down, frozen, or a firewall drops port {port})".replace("{port}", str(port)),
                            fix=f"check that {host} is up: ping {host}; ssh -v {host} true")

@@ -109,7 +109,7 @@ class BootstrapContext:
             def task(host: str) -> NodeOutcome:
                 progress.update(host, "working")
                 outcome = work(host)
-                progress.update(host, outcome.status, "; ".join(outcome.actions)[:80])
+                progress.update(host, outcome.status, outcome.error or "; ".join(outcome.actions)[:80])
                 return outcome
 
             results: dict[str, HostResult[NodeOutcome]] = fan_out(targets, task, spec.timeout_s, None,

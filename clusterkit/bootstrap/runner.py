@@ -70,14 +70,14 @@ def _print_step(ctx: BootstrapContext, report: StepReport) -> None:
         if outcome.status == FAILED:
             line = Text(f"  {host}: ", style="bold")
             line.append(outcome.error or "failed", style="red")
-            ctx.console.print(line)
+            ctx.console.print(line, soft_wrap=True)
             if outcome.fix:
-                ctx.console.print(Text(f"    fix: {outcome.fix}", style="green"))
+                ctx.console.print(Text(f"    fix: {outcome.fix}", style="green"), soft_wrap=True)
         elif outcome.actions and outcome.status != "ok":
-            ctx.console.print(Text(f"  {host}: {'; '.join(outcome.actions)}"))
+            ctx.console.print(Text(f"  {host}: {'; '.join(outcome.actions)}"), soft_wrap=True)
     if report.note:
         style = "bold red" if report.note.startswith("ABORTED") else "dim"
-        ctx.console.print(Text(f"  {report.note}", style=style))
+        ctx.console.print(Text(f"  {report.note}", style=style), soft_wrap=True)
 
 
 def summary_table(ctx: BootstrapContext, reports: list[StepReport]) -> Text:

@@ -131,8 +131,9 @@ def host_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     report = ctx.per_node(spec, probe)
     if changed:
         first = report.outcomes[changed[0]]
-        raise AbortBootstrap(f"host key changed on {', '.join(changed)}; refusing to go on: a changed key "
-                             "means a reinstalled node or someone in the middle", first.fix or "")
+        errors = "; ".join(report.outcomes[h].error or h for h in changed)
+        raise AbortBootstrap(f"{errors}. Refusing to go on: a changed key means a reinstalled node or "
+                             "someone in the middle", first.fix or "")
     return report
 
 
@@ -344,8 +345,12 @@ def known_hosts(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
 
 
 def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """Verify `ssh -o BatchMode=yes` from every node to every node by hostfile name."""
-    names = ctx.names
+    """Verify `ssh -o BatchMode=yes` from every node to every node by hostfile name.
+
+    Only nodes still in the run are targets: a node that already failed (dead, say) is reported
+    once, not again as a broken route from every healthy node.
+    """
+    names = ctx.live
 
     def verify(host: str) -> NodeOutcome:
         if ctx.dry_run and ctx.node_public_keys.keys() != set(ctx.live):
@@ -364,4 +369,7 @@ def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
                                                      f"ssh -v from {host}")
         return NodeOutcome(OK, [f"reaches all {len(rows)} nodes"])
 
-    return ctx.per_node(spec, verify)
+    report = ctx.per_node(spec, verify)
+    if len(names) < len(ctx.names):
+        report.note = f"not tested as targets (failed earlier): {', '.join(sorted(set(ctx.names) - set(names)))}"
+    return report

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                            sync_dir=args.sync)
     reports = run_playbook(ctx, steps)
     console.print()
-    Console().print(summary_table(ctx, reports))
+    Console().print(summary_table(ctx, reports), soft_wrap=True)
     if not succeeded(reports):
         Console().print("[bold red]bootstrap did not finish on every node[/]: fix what is listed above and "
                         "rerun (finished steps are skipped).")
