@@ -61,7 +61,7 @@ def test_result_line_is_found_among_login_banner_noise() -> None:
 
 
 def test_missing_result_line_is_a_remote_error_with_the_output_tail() -> None:
-    with pytest.raises(RemoteError, match="printed no result.*bash: python3: command not found"):
+    with pytest.raises(RemoteError, match=r"printed no result.*bash: python3: command not found"):
         parse_agent_output("bash: python3: command not found\n", "node7")
 
 

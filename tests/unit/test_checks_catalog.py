@@ -173,8 +173,6 @@ def test_every_skip_says_why() -> None:
 
 
 def test_problems_found_before_a_check_gives_up_are_kept() -> None:
-    from collections.abc import Iterator
-
     from clusterkit.checks.registry import (
         CheckSpec,
         NodeContext,

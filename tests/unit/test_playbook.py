@@ -20,7 +20,7 @@ def test_shipped_playbook_runs_every_step_once_in_a_sensible_order() -> None:
 
 
 def test_code_sync_only_runs_with_sync() -> None:
-    sync = [s for s in load_playbook(None, KNOWN) if s.id == "code-sync"][0]
+    sync = next(s for s in load_playbook(None, KNOWN) if s.id == "code-sync")
     assert sync.when == "sync"
 
 
