@@ -1,8 +1,12 @@
-"""The agent: runs on a node, gathers facts or probes, prints one JSON result.
+"""The agent: runs on a node, gathers facts and probes, prints one JSON result.
 
 :mod:`clusterkit.remote` ships this module, the collectors and pynvml to each node as a zipapp, so a
 node needs nothing but a ``python3`` (3.8 or newer). Output is one line prefixed with
 ``RESULT_MARKER`` so a chatty login shell (``echo`` in ``.bashrc``) cannot corrupt the JSON.
+
+``collect`` does everything a doctor run needs from a node in one invocation: the facts, and, run
+beside them in threads, SSH logins to other nodes, a listener on the master port (first host) and a
+connection to it (every host). One SSH session per node keeps the fan-out cheap.
 Stdlib only, Python 3.8 syntax.
 """
 
@@ -14,43 +18,39 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 RESULT_MARKER = "@@clusterkit-agent-result@@ "
-AGENT_PROTOCOL = 1
+AGENT_PROTOCOL = 2
+#: At most this many of our SSH logins at once: sshd's MaxStartups (10:30:100) drops bursts.
+SSH_CONCURRENCY = 8
 
 
 def emit(result: Any) -> None:
-    """Print the one result line the head looks for."""
-    sys.stdout.write(RESULT_MARKER + json.dumps({"protocol": AGENT_PROTOCOL, "result": result}) + "\n")
+    """Print the one result line the head looks for; ``clock_unix`` is read just before it."""
+    payload = {"protocol": AGENT_PROTOCOL, "result": result, "clock_unix": time.time()}
+    sys.stdout.write(RESULT_MARKER + json.dumps(payload) + "\n")
     sys.stdout.flush()
 
 
-def cmd_collect(args: argparse.Namespace) -> Any:
-    from clusterkit.collect.node import CollectOptions, collect_node
-    from clusterkit.facts import to_jsonable
-
-    options = CollectOptions(section_timeout_s=args.timeout)
-    if args.python:
-        options.python = args.python
-    if args.cwd:
-        options.cwd = args.cwd
-    return to_jsonable(collect_node(options))
-
-
-def ssh_probe(host: str, timeout_s: float, port: int | None = None) -> dict[str, Any]:
+def ssh_login(host: str, timeout_s: float, port: int | None = None) -> dict[str, Any]:
     """Can this node log into ``host`` without a password and with a known host key?"""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={max(1, int(timeout_s))}"]
     if port:
         argv += ["-p", str(port)]
-    argv += [host, "true"]
     started = time.monotonic()
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout_s + 2)
+        # Prefer the cheap classic key exchange: the post-quantum default costs several times the CPU
+        # per login and says nothing more about whether the login works. Older clients that do not
+        # know the '^' syntax get the plain command.
+        proc = subprocess.run([*argv, "-o", "KexAlgorithms=^curve25519-sha256", host, "true"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s + 2)
+        if proc.returncode == 255 and b"KexAlgorithms" in proc.stderr:
+            proc = subprocess.run([*argv, host, "true"], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout_s + 2)
     except FileNotFoundError:
         return {"host": host, "ok": False, "error": "ssh client not installed"}
     except subprocess.TimeoutExpired:
@@ -61,28 +61,28 @@ def ssh_probe(host: str, timeout_s: float, port: int | None = None) -> dict[str,
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
-    hosts = [h for h in args.hosts.split(",") if h]
-    with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
-        return list(pool.map(lambda h: ssh_probe(h, args.timeout, args.port), hosts))
+def ssh_logins(hosts: list[str], timeout_s: float, port: int | None = None) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor  # only nodes that log in pay for the import
+
+    with ThreadPoolExecutor(max_workers=max(1, min(SSH_CONCURRENCY, len(hosts)))) as pool:
+        return list(pool.map(lambda h: ssh_login(h, timeout_s, port), hosts))
 
 
-def cmd_listen(args: argparse.Namespace) -> Any:
-    """Hold ``port`` open for ``seconds`` and count connections: is the master port usable?"""
+def hold_port(port: int, seconds: float, expect: int = 0) -> dict[str, Any]:
+    """Hold ``port`` open for ``seconds`` (or until ``expect`` connections): is the master port usable?"""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # As torch's TCPStore does: a port left in TIME_WAIT by the last job is free for the next one.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("0.0.0.0", args.port))
+        sock.bind(("0.0.0.0", port))
     except OSError as exc:
-        return {"port": args.port, "free": False, "error": exc.strerror or str(exc), "accepted": []}
-    sock.listen(64)
+        sock.close()
+        return {"port": port, "free": False, "error": exc.strerror or str(exc), "accepted": []}
+    sock.listen(128)
     sock.settimeout(0.2)
-    sys.stdout.write("listening\n")
-    sys.stdout.flush()
     accepted: list[str] = []
-    deadline = time.monotonic() + args.seconds
-    while time.monotonic() < deadline and (not args.expect or len(accepted) < args.expect):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (not expect or len(accepted) < expect):
         try:
             conn, addr = sock.accept()
         except socket.timeout:
@@ -90,32 +90,89 @@ def cmd_listen(args: argparse.Namespace) -> Any:
         accepted.append(addr[0])
         conn.close()
     sock.close()
-    return {"port": args.port, "free": True, "error": "", "accepted": accepted}
+    return {"port": port, "free": True, "error": "", "accepted": accepted}
 
 
-def cmd_connect(args: argparse.Namespace) -> Any:
-    """Open a TCP connection to ``host:port`` with a timeout (master address reachability)."""
+def reach(host: str, port: int, timeout_s: float) -> dict[str, Any]:
+    """Open a TCP connection to ``host:port``, retrying until ``timeout_s`` (the listener may be starting)."""
     started = time.monotonic()
-    deadline = started + args.timeout
+    deadline = started + timeout_s
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            remaining = max(0.1, deadline - time.monotonic())
-            with socket.create_connection((args.host, args.port), timeout=remaining):
+            with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())):
                 return {"ok": True, "error": "", "seconds": round(time.monotonic() - started, 3)}
         except OSError as exc:
             last_error = exc.strerror or str(exc)
-            time.sleep(0.2)  # the listener may still be starting
+            time.sleep(0.2)
     return {"ok": False, "error": last_error or "timed out", "seconds": round(time.monotonic() - started, 3)}
+
+
+def _in_thread(results: dict[str, Any], name: str, func: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[name] = func()
+        except Exception as exc:  # a failed probe is reported, the facts still go out
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _split(text: str | None) -> list[str]:
+    return [part for part in (text or "").split(",") if part]
+
+
+def cmd_collect(args: argparse.Namespace) -> Any:
+    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.facts import to_jsonable
+
+    probes: dict[str, Any] = {}
+    threads = []
+    if args.listen_port:  # first: the others' connections retry until it is up
+        threads.append(_in_thread(probes, "listen", lambda: hold_port(
+            args.listen_port, args.listen_seconds, args.listen_expect)))
+    if args.ssh_check:
+        threads.append(_in_thread(probes, "ssh", lambda: ssh_logins(
+            _split(args.ssh_check), args.ssh_timeout, args.ssh_port)))
+    if args.connect:
+        host, _, port = args.connect.rpartition(":")
+        threads.append(_in_thread(probes, "connect", lambda: reach(host, int(port), args.connect_timeout)))
+    options = CollectOptions(section_timeout_s=args.timeout, use_probe_cache=not args.fresh,
+                             peers=_split(args.peers))
+    if args.python:
+        options.python = args.python
+    if args.cwd:
+        options.cwd = args.cwd
+    facts = to_jsonable(collect_node(options))
+    deadline = time.monotonic() + args.timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {"facts": facts, **probes}
+
+
+def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
+    return ssh_logins(_split(args.hosts), args.timeout, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusterkit-agent")
     sub = parser.add_subparsers(dest="command")
-    collect = sub.add_parser("collect", help="collect NodeFacts")
+    collect = sub.add_parser("collect", help="collect NodeFacts, and optionally probe other nodes meanwhile")
     collect.add_argument("--python", help="training interpreter to inspect")
     collect.add_argument("--cwd", help="directory jobs launch from")
     collect.add_argument("--timeout", type=float, default=30.0)
+    collect.add_argument("--fresh", action="store_true", help="probe the Python env even if a cached probe is valid")
+    collect.add_argument("--peers", help="hostfile names whose known_hosts entries to read")
+    collect.add_argument("--ssh-check", metavar="HOSTS", help="log into these hosts with ssh -o BatchMode=yes")
+    collect.add_argument("--ssh-timeout", type=float, default=5.0)
+    collect.add_argument("--ssh-port", type=int)
+    collect.add_argument("--listen-port", type=int, help="hold this port open (the master's rendezvous port)")
+    collect.add_argument("--listen-seconds", type=float, default=10.0)
+    collect.add_argument("--listen-expect", type=int, default=0, help="stop listening after this many connections")
+    collect.add_argument("--connect", metavar="HOST:PORT", help="open a TCP connection to the master port")
+    collect.add_argument("--connect-timeout", type=float, default=5.0)
     collect.set_defaults(func=cmd_collect)
     mesh = sub.add_parser("ssh-mesh", help="passwordless SSH from this node to each host")
     mesh.add_argument("--hosts", required=True)
@@ -126,12 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--port", type=int, required=True)
     listen.add_argument("--seconds", type=float, default=10.0)
     listen.add_argument("--expect", type=int, default=0, help="stop after this many connections")
-    listen.set_defaults(func=cmd_listen)
+    listen.set_defaults(func=lambda a: hold_port(a.port, a.seconds, a.expect))
     connect = sub.add_parser("connect", help="test a TCP connection")
     connect.add_argument("--host", required=True)
     connect.add_argument("--port", type=int, required=True)
     connect.add_argument("--timeout", type=float, default=5.0)
-    connect.set_defaults(func=cmd_connect)
+    connect.set_defaults(func=lambda a: reach(a.host, a.port, a.timeout))
     return parser
 
 

@@ -316,6 +316,8 @@ class PythonEnvFacts:
     #: ds_report's "general environment info" lines by name ("nvcc version",
     #: "deepspeed wheel compiled w.", "shared memory (/dev/shm) size"; section warnings under "warnings").
     deepspeed_info: Maybe[dict[str, str]] = field(default_factory=dict)
+    #: When the probe ran (unix time); older than this run's start means it came from the probe cache.
+    probed_at: float = 0.0
 
 
 # -------------------------------------------------------------------------------- SSH and launcher
@@ -329,6 +331,20 @@ class TextFileFacts:
     exists: bool
     lines: Maybe[list[str]]
     mode: Maybe[int]
+
+
+@dataclass
+class SshTrustFacts:
+    """SSH trust as this node's files state it; keys are OpenSSH ``SHA256:`` fingerprints."""
+
+    #: This user's own keys (~/.ssh/id_*.pub): what it offers when it logs in elsewhere.
+    user_keys: Maybe[list[str]]
+    #: Keys that may log in here as this user (~/.ssh/authorized_keys).
+    authorized_keys: Maybe[list[str]]
+    #: This node's sshd host keys: what others must have in their known_hosts.
+    host_keys: Maybe[list[str]]
+    #: Peer name (as in the hostfile) -> host keys known_hosts accepts for it.
+    known_hosts: Maybe[dict[str, list[str]]]
 
 
 @dataclass
@@ -347,6 +363,7 @@ class LauncherFacts:
     cwd: str
     #: Whether ``cwd`` exists here: DeepSpeed's pdsh launcher runs ``cd <launch dir>`` on every node.
     cwd_exists: Maybe[bool] = Unavailable("not collected")
+    ssh_trust: Maybe[SshTrustFacts] = Unavailable("not collected")
 
 
 # ---------------------------------------------------------------------------------------------- node
@@ -398,6 +415,8 @@ class ClusterProbes:
     master: Maybe[MasterProbe]
     #: host -> fix command for hosts whose facts could not be collected.
     unreachable_fixes: dict[str, str] = field(default_factory=dict)
+    #: Which live logins ``ssh_mesh`` holds: "static" (none), "ring" (each node to the next), "full".
+    mesh_mode: str = "static"
 
 
 # --------------------------------------------------------------------------------------------- codec

@@ -251,20 +251,25 @@ def fan_out(hosts: Sequence[str], task: Callable[[str], T], timeout_s: float,
 @functools.cache
 def agent_zipapp() -> bytes:
     """The agent as a zipapp: clusterkit.agent, facts, collectors, and pynvml when installed."""
+    files = {"__main__.py": "from clusterkit.agent import main\nraise SystemExit(main())\n",
+             "clusterkit/__init__.py": (PACKAGE_DIR / "__init__.py").read_text()}
+    for name in ("facts.py", "agent.py"):
+        files[f"clusterkit/{name}"] = (PACKAGE_DIR / name).read_text()
+    for path in sorted((PACKAGE_DIR / "collect").glob("*.py")):
+        files[f"clusterkit/collect/{path.name}"] = path.read_text()
+    try:
+        import pynvml
+
+        files["pynvml.py"] = Path(pynvml.__file__).read_text()
+    except ImportError:
+        pass
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("__main__.py", "from clusterkit.agent import main\nraise SystemExit(main())\n")
-        zf.writestr("clusterkit/__init__.py", (PACKAGE_DIR / "__init__.py").read_text())
-        for name in ("facts.py", "agent.py"):
-            zf.writestr(f"clusterkit/{name}", (PACKAGE_DIR / name).read_text())
-        for path in sorted((PACKAGE_DIR / "collect").glob("*.py")):
-            zf.writestr(f"clusterkit/collect/{path.name}", path.read_text())
-        try:
-            import pynvml
-
-            zf.writestr("pynvml.py", Path(pynvml.__file__).read_text())
-        except ImportError:
-            pass
+        for name, text in files.items():
+            # A fixed timestamp keeps the archive, and so its digest and the copy on nodes, the same
+            # from one run to the next.
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), text,
+                        compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 
@@ -272,26 +277,58 @@ def agent_digest() -> str:
     return hashlib.sha256(agent_zipapp()).hexdigest()[:16]
 
 
+def agent_remote_path() -> str:
+    """Where the agent lives on a node (an unpacked directory): a shell word, expanded there."""
+    return f'"${{TMPDIR:-/tmp}}/clusterkit-$(id -u)/agent-{agent_digest()}"'
+
+
 def ship_agent(conn: Connection, timeout_s: float) -> str:
-    """Put the agent in ``$TMPDIR/clusterkit-<uid>/`` on the node (once per version); return its path."""
+    """Unpack the agent into ``$TMPDIR/clusterkit-<uid>/agent-<digest>/`` on the node; return that path.
+
+    Unpacked rather than run from the zip so Python caches its bytecode there: that makes every later
+    agent run three times cheaper in CPU, which adds up over a fan-out.
+    """
     digest = agent_digest()
     probe = conn.run(
         'd="${TMPDIR:-/tmp}/clusterkit-$(id -u)"; mkdir -p -m 700 "$d" || exit 3; '
-        '[ -O "$d" ] || { echo "$d is not owned by $(id -un)" >&2; exit 4; }; '
-        f'f="$d/agent-{digest}.pyz"; if [ -s "$f" ]; then echo "present $f"; else echo "missing $f"; fi',
+        '[ -O "$d" ] || { echo "$d is not owned by $(id -un)" >&2; exit 4; }; chmod 700 "$d"; '
+        f'a="$d/agent-{digest}"; if [ -s "$a/__main__.py" ] && [ -O "$a" ]; then echo "present $a"; '
+        'else echo "missing $a"; fi',
         hide=True, warn=True, timeout=timeout_s)
     if probe.exited != 0 or not probe.stdout.strip():
         why = probe.stderr.strip() or probe.stdout.strip()
         raise RemoteError(f"cannot prepare the agent directory: {why}")
     state, path = str(probe.stdout).split()[-2:]
     if state == "missing":
-        conn.put(io.BytesIO(agent_zipapp()), remote=f"{path}.tmp")
-        conn.run(f"chmod 600 {shlex.quote(path)}.tmp && mv -f {shlex.quote(path)}.tmp {shlex.quote(path)}",
-                 hide=True, timeout=timeout_s)
+        zip_path = f"{path}.{os.getpid()}.pyz"
+        conn.put(io.BytesIO(agent_zipapp()), remote=zip_path)
+        q, z = shlex.quote(path), shlex.quote(zip_path)
+        unpack = conn.run(
+            f'PY="$(command -v python3)" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
+            f'rm -rf {q}.tmp && "$PY" -m zipfile -e {z} {q}.tmp && rm -f {z} && chmod -R go-rwx {q}.tmp '
+            f'&& {{ mv -T {q}.tmp {q} 2>/dev/null || rm -rf {q}.tmp; }}',
+            hide=True, warn=True, timeout=timeout_s)
+        if unpack.exited != 0:
+            raise RemoteError(f"cannot unpack the agent on {conn.host}: {unpack.stderr.strip()}",
+                              fix=f"install python3 on {conn.host} (the agent needs only the standard library)")
     return path
 
 
-def parse_agent_output(stdout: str, host: str) -> Any:
+@dataclass
+class AgentReply:
+    """What the agent printed, and when (node clock just before printing / head clock on receipt)."""
+
+    result: Any
+    node_clock: float | None
+    received_at: float
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        """Node clock minus head clock; off by at most the one-way network delay plus process exit."""
+        return None if self.node_clock is None else self.node_clock - self.received_at
+
+
+def parse_agent_output(stdout: str, host: str, received_at: float | None = None) -> AgentReply:
     """Find the agent's result line; a shell that prints banners cannot break this."""
     from clusterkit.agent import RESULT_MARKER
 
@@ -302,18 +339,38 @@ def parse_agent_output(stdout: str, host: str) -> Any:
     payload = json.loads(lines[-1][len(RESULT_MARKER):])
     if "error" in payload:
         raise RemoteError(f"the agent on {host} failed: {payload['error']}")
-    return payload["result"]
+    clock = payload.get("clock_unix")
+    return AgentReply(payload["result"], float(clock) if isinstance(clock, (int, float)) else None,
+                      received_at if received_at is not None else time.time())
 
 
-def run_agent(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> Any:
-    """Ship the agent if needed, run ``agent ARGS`` with the node's python3, return its result."""
-    path = ship_agent(conn, min(timeout_s, 15.0))
+_NEED_AGENT = "@@clusterkit-need-agent@@"
+
+
+def run_agent_reply(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> AgentReply:
+    """Run ``agent ARGS`` with the node's python3 (shipping the agent first if it is not there yet)."""
+    path = agent_remote_path()
     fallback = f" || command -v {shlex.quote(python)}" if python else ""
-    command = (f'PY="$(command -v python3{fallback})"; '
+    # Only run an agent we own from a directory we own: /tmp is shared with other users.
+    command = (f'a={path}; if [ ! -s "$a/__main__.py" ] || [ ! -O "$a" ] || [ ! -O "${{a%/*}}" ]; '
+               f'then echo {_NEED_AGENT}; exit 0; fi; '
+               f'PY="$(command -v python3{fallback})"; '
                '[ -n "$PY" ] || { echo "no python3 on PATH" >&2; exit 127; }; '
-               f'exec "$PY" {shlex.quote(path)} {" ".join(shlex.quote(a) for a in args)}')
-    result = conn.run(command, hide=True, warn=True, timeout=timeout_s)
+               # -I: the node's PYTHON* variables cannot break the agent, and bytecode gets cached;
+               # -S: no site-packages, the agent is stdlib-only (and starts faster without them).
+               f'exec "$PY" -I -S "$a" {" ".join(shlex.quote(a) for a in args)}')
+    for _ in range(2):
+        result = conn.run(command, hide=True, warn=True, timeout=timeout_s)
+        received_at = time.time()
+        if _NEED_AGENT not in result.stdout:
+            break
+        ship_agent(conn, min(timeout_s, 15.0))
     if result.exited == 127 and "no python3" in result.stderr:
         raise RemoteError(f"{conn.host} has no python3 on the non-interactive PATH",
                           fix=f"install python3 on {conn.host} (the agent needs only the standard library)")
-    return parse_agent_output(result.stdout, conn.host)
+    return parse_agent_output(result.stdout, conn.host, received_at)
+
+
+def run_agent(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> Any:
+    """Run ``agent ARGS`` on the node and return its result."""
+    return run_agent_reply(conn, args, timeout_s, python).result

@@ -1,10 +1,17 @@
-"""Survey a cluster from the head: every node's facts via the agent, then cross-node probes.
+"""Survey a cluster from the head: every node's facts and the cross-node probes, in one pass.
 
-The probes answer what no single node can: clock skew against the head, passwordless SSH from
-every node to every node (by hostname, as in the hostfile), and whether the rendezvous address
-DeepSpeed would pick (first word of ``hostname -I`` on the first host) is reachable on the master
-port from every node. All of it goes through :func:`clusterkit.remote.fan_out`, so a dead or frozen
-node costs at most one timeout and never hides the others.
+Each node gets one SSH connection and one agent run, which collects the node's facts and, in
+threads beside them, logs into other nodes over SSH, connects to the master port on the first host
+(which holds that port open meanwhile), and reads its known_hosts for every peer. The probes answer
+what no single node can: clock skew against the head, whether the rendezvous address DeepSpeed
+would pick (first word of ``hostname -I`` on the first host) is reachable on the master port from
+every node, and whether every node can log into every node.
+
+Logins are always judged for every ordered pair from files (user keys, authorized_keys, known_hosts
+and host keys, see :mod:`clusterkit.collect.sshtrust`), which costs nothing per pair. Live logins are
+opt-in: ``mesh="ring"`` (each node logs into the next, and the head into itself) or ``mesh="full"``
+(every pair: N x N SSH handshakes, fine for a handful of nodes, heavy at a hundred, and bursts of
+logins trip sshd's MaxStartups). Every node's sshd is already logged into by the head for the survey.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,9 +35,10 @@ from clusterkit.facts import (
 )
 from clusterkit.inventory import ActiveHost
 from clusterkit.progress import NodeProgress
-from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, run_agent
+from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_host_name, run_agent_reply
 
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
+MESH_MODES = ("static", "ring", "full")
 
 
 @dataclass
@@ -42,97 +49,98 @@ class SurveyOptions:
     cwd: str = field(default_factory=os.getcwd)
     timeout_s: float = 30.0
     master_port: int = DEFAULT_MASTER_PORT
+    #: Cross-node probes (SSH logins, master port, known_hosts of peers); off for bootstrap's facts.
     probes: bool = True
+    mesh: str = "static"
+    #: Re-probe every Python env even where the cached probe is still valid.
+    fresh: bool = False
+
+
+def login_targets(names: list[str], host: str, mesh: str, head: str | None = None) -> list[str]:
+    """Whom ``host`` logs into live: everyone (full), nobody (static), or for a ring its successor in
+    the hostfile, plus itself on the head (pdsh logs into the launching node too)."""
+    if mesh == "full":
+        return list(names)
+    if mesh == "ring":
+        following = names[(names.index(host) + 1) % len(names)]
+        return list(dict.fromkeys([host, following] if host == head else [following]))
+    return []
 
 
 @dataclass
-class _NodeReading:
+class _Reading:
     facts: NodeFacts
-    clock_offset_s: float
-    addresses: list[str]
+    clock_offset_s: float | None
+    ssh: dict[str, str] | None = None
+    listen: dict[str, object] | None = None
+    connect: str | None = None
 
 
-def _read_node(host: str, first: bool, settings: SshSettings, options: SurveyOptions,
-               progress: NodeProgress) -> _NodeReading:
-    with connect(host, settings) as conn:
-        progress.update(host, "collecting")
-        inner = max(5.0, options.timeout_s - 5.0)
-        raw = run_agent(conn, ["collect", "--python", options.python, "--cwd", options.cwd,
-                               "--timeout", f"{inner:g}"], timeout_s=options.timeout_s, python=options.python)
-        try:
-            facts = from_jsonable(NodeFacts, raw)
-        except FactsDecodeError as exc:
-            raise RemoteError(f"facts from {host} do not match this clusterkit version: {exc}") from None
-        sent = time.time()
-        clock = conn.run("date +%s.%N", hide=True, warn=True, timeout=10)
-        received = time.time()
-        try:
-            offset = float(clock.stdout.strip()) - (sent + received) / 2
-        except ValueError:
-            offset = float("nan")
-        addresses: list[str] = []
+class _Master:
+    """The first host's `hostname -I`, shared with the other nodes' tasks once it is known."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.addresses: list[str] = []
+        self.error = ""
+
+    @property
+    def address(self) -> str | None:
+        return self.addresses[0] if self.addresses else None
+
+
+def _read_node(host: str, names: list[str], settings: SshSettings, options: SurveyOptions, master: _Master,
+               progress: NodeProgress) -> _Reading:
+    first = host == names[0]
+    try:
+        with connect(host, settings) as conn:
+            progress.update(host, "collecting")
+            args = ["collect", "--python", options.python, "--cwd", options.cwd,
+                    "--timeout", f"{max(5.0, options.timeout_s - 5.0):g}"] + (["--fresh"] if options.fresh else [])
+            if options.probes:
+                if first:
+                    out = conn.run("hostname -I", hide=True, warn=True, timeout=10)
+                    master.addresses = out.stdout.split() if out.exited == 0 else []
+                    master.error = "" if master.addresses else f"`hostname -I` on {host} printed no address"
+                    master.ready.set()
+                    if master.addresses:
+                        args += ["--listen-port", str(options.master_port), "--listen-expect", str(len(names)),
+                                 "--listen-seconds", f"{min(options.timeout_s, 15.0):g}"]
+                args += ["--peers", ",".join(known_host_name(n, settings.port) for n in names)]
+                targets = login_targets(names, host, options.mesh, head=_local_name(names))
+                if targets:
+                    args += ["--ssh-check", ",".join(targets), "--ssh-timeout", "5"]
+                    if settings.port:
+                        args += ["--ssh-port", str(settings.port)]
+                if master.ready.wait(settings.connect_timeout_s + 10) and master.address:
+                    args += ["--connect", f"{master.address}:{options.master_port}",
+                             "--connect-timeout", f"{max(2.0, min(options.timeout_s, 15.0) - 3):g}"]
+            reply = run_agent_reply(conn, args, timeout_s=options.timeout_s, python=options.python)
+    finally:
         if first:
-            out = conn.run("hostname -I", hide=True, warn=True, timeout=10)
-            addresses = out.stdout.split() if out.exited == 0 else []
-        return _NodeReading(facts, offset, addresses)
+            master.ready.set()  # never leave the others waiting on a host that failed
+    result = reply.result
+    try:
+        facts = from_jsonable(NodeFacts, result["facts"])
+    except (FactsDecodeError, KeyError, TypeError) as exc:
+        raise RemoteError(f"facts from {host} do not match this clusterkit version: {exc}") from None
+    reading = _Reading(facts, reply.clock_offset_s)
+    if isinstance(result.get("ssh"), list):
+        reading.ssh = {row["host"]: "" if row.get("ok") else (row.get("error") or f"exit {row.get('rc')}")
+                       for row in result["ssh"]}
+    if isinstance(result.get("listen"), dict):
+        reading.listen = result["listen"]
+    if isinstance(result.get("connect"), dict):
+        reading.connect = "" if result["connect"].get("ok") else str(result["connect"].get("error"))
+    return reading
 
 
-def _ssh_mesh(names: list[str], reachable: list[str], settings: SshSettings, options: SurveyOptions,
-              console: Console) -> dict[str, Maybe[dict[str, str]]]:
-    def probe(host: str) -> dict[str, str]:
-        with connect(host, settings) as conn:
-            args = ["ssh-mesh", "--hosts", ",".join(names), "--timeout", "5"]
-            if settings.port:
-                args += ["--port", str(settings.port)]
-            rows = run_agent(conn, args, timeout_s=options.timeout_s)
-            return {row["host"]: "" if row["ok"] else (row.get("error") or f"exit {row.get('rc')}")
-                    for row in rows}
+def _local_name(names: list[str]) -> str | None:
+    """The hostfile name of this machine, if it is in the hostfile (by name, before any facts)."""
+    import socket
 
-    with NodeProgress(reachable, "ssh all-to-all", console) as progress:
-        results = fan_out(reachable, probe, options.timeout_s, progress, settings)
-    return {h: r.value if r.ok and r.value is not None else Unavailable(r.error or "no result")
-            for h, r in results.items()}
-
-
-def _master_probe(first: str, addresses: list[str], reachable: list[str], settings: SshSettings,
-                  options: SurveyOptions, console: Console) -> Maybe[MasterProbe]:
-    if not addresses:
-        return Unavailable(f"`hostname -I` on {first} printed no address")
-    address = addresses[0]
-    listen_for = min(options.timeout_s, 15.0)
-    listener: dict[str, object] = {}
-
-    def listen() -> None:
-        try:
-            with connect(first, settings) as conn:
-                listener["result"] = run_agent(
-                    conn, ["listen", "--port", str(options.master_port), "--seconds", f"{listen_for:g}",
-                           "--expect", str(len(reachable))], timeout_s=listen_for + 10)
-        except Exception as exc:  # reported as the probe's outcome
-            listener["error"] = str(exc)
-
-    thread = threading.Thread(target=listen, name="master-listen", daemon=True)
-    thread.start()
-
-    def reach(host: str) -> str:
-        with connect(host, settings) as conn:
-            row = run_agent(conn, ["connect", "--host", address, "--port", str(options.master_port),
-                                   "--timeout", f"{max(2.0, listen_for - 3):g}"], timeout_s=listen_for)
-            return "" if row["ok"] else str(row["error"])
-
-    with NodeProgress(reachable, f"master {address}:{options.master_port} reachable", console) as progress:
-        results = fan_out(reachable, reach, listen_for + 5, progress, settings)
-    thread.join(listen_for + 10)
-    port_free: Maybe[bool]
-    result = listener.get("result")
-    if isinstance(result, dict):
-        port_free = bool(result.get("free"))
-    else:
-        port_free = Unavailable(str(listener.get("error", "listener gave no answer")))
-    return MasterProbe(host=first, address=address, all_addresses=addresses, port=options.master_port,
-                       port_free=port_free,
-                       reachable_from={h: ("" if r.ok and r.value == "" else (r.value or r.error or "?"))
-                                       for h, r in results.items()})
+    me = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+    return next((n for n in names if n in me), None)
 
 
 def head_name(hosts: Sequence[ActiveHost], facts: dict[str, Maybe[NodeFacts]]) -> str:
@@ -148,37 +156,50 @@ def head_name(hosts: Sequence[ActiveHost], facts: dict[str, Maybe[NodeFacts]]) -
     return me
 
 
+def _master_probe(names: list[str], master: _Master, readings: dict[str, _Reading],
+                  options: SurveyOptions) -> Maybe[MasterProbe]:
+    first = readings.get(names[0])
+    if first is None:
+        return Unavailable(f"first host {names[0]} is unreachable")
+    if master.address is None:
+        return Unavailable(master.error or "no master address")
+    port_free: Maybe[bool] = Unavailable("the first host's listener gave no answer")
+    if first.listen is not None:
+        port_free = bool(first.listen.get("free"))
+    return MasterProbe(host=names[0], address=master.address, all_addresses=master.addresses,
+                       port=options.master_port, port_free=port_free,
+                       reachable_from={h: r.connect if r.connect is not None else "not tested"
+                                       for h, r in readings.items()})
+
+
 def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: SurveyOptions,
                    console: Console | None = None) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
-    """Collect every node's facts in parallel, then run the cross-node probes on the reachable ones."""
+    """Every node's facts and probes in parallel; a dead or frozen node costs one timeout, nothing more."""
     console = console or Console(stderr=True)
     names = [h.name for h in hosts]
-    with NodeProgress(names, "collecting facts", console) as progress:
-        readings = fan_out(
-            names, lambda h: _read_node(h, h == names[0], settings, options, progress),
-            options.timeout_s + 10, progress, settings)
+    master = _Master()
+    with NodeProgress(names, "surveying" if options.probes else "collecting facts", console) as progress:
+        results = fan_out(names, lambda h: _read_node(h, names, settings, options, master, progress),
+                          options.timeout_s + settings.connect_timeout_s + 15, progress, settings)
     facts: dict[str, Maybe[NodeFacts]] = {}
     offsets: dict[str, Maybe[float]] = {}
     fixes: dict[str, str] = {}
-    for name, result in readings.items():
+    readings: dict[str, _Reading] = {}
+    for name, result in results.items():
         if result.ok and result.value is not None:
+            readings[name] = result.value
             facts[name] = result.value.facts
-            offsets[name] = result.value.clock_offset_s
+            offset = result.value.clock_offset_s
+            offsets[name] = offset if offset is not None else Unavailable("the agent sent no clock")
         else:
             facts[name] = Unavailable(result.error or "no answer")
             offsets[name] = Unavailable("node unreachable")
             if result.fix:
                 fixes[name] = result.fix
-    reachable = [n for n in names if not isinstance(facts[n], Unavailable)]
-    head = head_name(hosts, facts)
     mesh: dict[str, Maybe[dict[str, str]]] = {}
-    master: Maybe[MasterProbe] = Unavailable("probes skipped")
-    if options.probes and reachable:
-        mesh = _ssh_mesh(names, reachable, settings, options, console)
-        first = readings[names[0]]
-        if first.ok and first.value is not None:
-            master = _master_probe(names[0], first.value.addresses, reachable, settings, options, console)
-        else:
-            master = Unavailable(f"first host {names[0]} is unreachable: {first.error}")
-    return facts, ClusterProbes(head=head, clock_offset_s=offsets, ssh_mesh=mesh, master=master,
-                                unreachable_fixes=fixes)
+    master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
+    if options.probes:
+        mesh = {name: r.ssh for name, r in readings.items() if r.ssh is not None}
+        master_probe = _master_probe(names, master, readings, options)
+    return facts, ClusterProbes(head=head_name(hosts, facts), clock_offset_s=offsets, ssh_mesh=mesh,
+                                master=master_probe, unreachable_fixes=fixes, mesh_mode=options.mesh)

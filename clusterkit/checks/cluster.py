@@ -143,9 +143,9 @@ def clock_skew(view: ClusterView) -> Iterator[Problem]:
                    "nodes, including each node to itself",
                fix="run `clusterkit bootstrap HOSTFILE` (all-to-all keys and known_hosts)")
 def ssh_mesh_broken(view: ClusterView) -> Iterator[Problem]:
-    """Every node can SSH to every node (by hostfile name) without a password or a prompt."""
+    """Live logins by hostfile name work without a password or a prompt (ring or full mesh)."""
     if view.probes is None or not view.probes.ssh_mesh:
-        raise NotApplicable("SSH mesh was not probed")
+        raise NotApplicable("no live logins were tried (--mesh static); pairs are judged by ssh-trust-incomplete")
     for source, row in view.probes.ssh_mesh.items():
         if isinstance(row, Unavailable):
             yield Problem(f"could not test SSH from {source}: {row.reason}", where=source, host=source)
@@ -154,6 +154,56 @@ def ssh_mesh_broken(view: ClusterView) -> Iterator[Problem]:
             if error:
                 yield Problem(f"ssh {source} -> {target} fails: {error}", where=f"{source} -> {target}",
                               host=source)
+
+
+def _known_for(known: dict[str, list[str]], name: str) -> list[str] | None:
+    """known_hosts keys for ``name``, also when it was looked up as ``[name]:port``."""
+    if name in known:
+        return known[name]
+    return next((keys for key, keys in known.items() if key.startswith(f"[{name}]:")), None)
+
+
+@cluster_check("ssh-trust-incomplete", Severity.ERROR, tags=("ssh", "cluster"),
+               why="a login that needs a password or asks about an unknown host key makes pdsh (BatchMode) "
+                   "fail on that node: `Permission denied (publickey)` or `Host key verification failed`",
+               fix="run `clusterkit bootstrap HOSTFILE` (every key in every authorized_keys, every host key in "
+                   "every known_hosts)")
+def ssh_trust_incomplete(view: ClusterView) -> Iterator[Problem]:
+    """For every pair of nodes, one's key is authorized on the other and the other's host key is known."""
+    trust = {}
+    for name, facts in view.reachable().items():
+        if not isinstance(facts.launcher, Unavailable) and not isinstance(facts.launcher.ssh_trust, Unavailable):
+            trust[name] = facts.launcher.ssh_trust
+    if len(trust) < 1:
+        raise NotApplicable("no node reported its SSH keys")
+    for source, mine in trust.items():
+        refused, unknown, changed = [], [], []
+        for target, theirs in trust.items():
+            if not isinstance(mine.user_keys, Unavailable) and not isinstance(theirs.authorized_keys, Unavailable) \
+                    and not set(mine.user_keys) & set(theirs.authorized_keys):
+                refused.append(target)
+            if isinstance(mine.known_hosts, Unavailable) or isinstance(theirs.host_keys, Unavailable):
+                continue
+            known = _known_for(mine.known_hosts, target)
+            if known is not None and not known:
+                unknown.append(target)
+            elif known and not set(known) & set(theirs.host_keys):
+                changed.append(target)
+        if isinstance(mine.user_keys, list) and not mine.user_keys:
+            yield Problem(f"{source} has no SSH key (~/.ssh/id_*.pub), so it cannot log into any node",
+                          where=source, host=source)
+        elif refused:
+            yield Problem(f"{source}'s keys are not in ~/.ssh/authorized_keys on {', '.join(refused)}",
+                          where=f"{source} -> {', '.join(refused)}", host=source)
+        if unknown:
+            yield Problem(f"~/.ssh/known_hosts on {source} has no host key for {', '.join(unknown)}",
+                          where=f"{source} -> {', '.join(unknown)}", host=source)
+        if changed:
+            yield Problem(f"~/.ssh/known_hosts on {source} holds a different host key for {', '.join(changed)} "
+                          "(`REMOTE HOST IDENTIFICATION HAS CHANGED`)", where=f"{source} -> {', '.join(changed)}",
+                          fix=f"on {source}, after checking the new keys: "
+                              + "; ".join(f"ssh-keygen -R {t}" for t in changed) + "; then clusterkit bootstrap",
+                          host=source)
 
 
 @cluster_check("master-unreachable", Severity.ERROR, tags=("network", "rendezvous", "cluster"),

@@ -161,6 +161,14 @@ def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> Nv
     Finishes within ``options.section_timeout_s``: what is not done by then is ``Unavailable``.
     """
     world = world or world_for_environment()
+    kernel_module = _map(world.proc_driver_version(), parse_proc_driver_version)
+    device_files = world.device_files()
+    if isinstance(world, LiveWorld) and isinstance(kernel_module, Unavailable) and not device_files:
+        # No driver at all: skip NVML, nvidia-smi and the kernel log, which cost CPU and say nothing more.
+        none = Unavailable("no NVIDIA driver here: no /proc/driver/nvidia/version and no /dev/nvidia* "
+                           "(a CPU-only node, or the nvidia kernel module is not loaded)")
+        return NvidiaFacts(driver_version=none, cuda_driver_version=none, kernel_module=kernel_module, gpus=none,
+                           topology=none, xid_events=none, device_files=[])
     budget_end = time.monotonic() + max(options.section_timeout_s - 1.0, 1.0)
 
     def left(wanted_s: float) -> float:
@@ -172,7 +180,6 @@ def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> Nv
     xid_job: _Background[list[XidEvent]] = _Background(
         "kernel log", lambda: _xid_events(world, left(KERNEL_LOG_TIMEOUT_S)))
 
-    kernel_module = _map(world.proc_driver_version(), parse_proc_driver_version)
     reading = read_nvml(world.nvml(), options.nvml_timeout_s, pass_deadline=budget_end)
     driver, cuda, gpus = reading.driver_version, reading.cuda_driver_version, reading.gpus
     if reading.init_failed and reading.hung is None:
@@ -193,7 +200,7 @@ def collect_nvidia(options: CollectOptions, world: GpuWorld | None = None) -> Nv
         gpus=gpus,
         topology=topology_job.result(left(smi_s + 1.0)),
         xid_events=xid_job.result(left(3 * KERNEL_LOG_TIMEOUT_S + 1.0)),
-        device_files=world.device_files(),
+        device_files=device_files,
     )
 
 

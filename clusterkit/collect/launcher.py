@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from clusterkit.collect.deadline import run_command
+from clusterkit.collect.sshtrust import collect_ssh_trust
 from clusterkit.facts import LauncherFacts, Maybe, TextFileFacts, Unavailable, known
 
 if TYPE_CHECKING:
@@ -240,4 +241,5 @@ def collect_launcher(options: CollectOptions, proc_root: str = "/proc",
         deepspeed_env_files=[read_text_file(path) for path in deepspeed_env_paths(env, home, options.cwd)],
         cwd=options.cwd,
         cwd_exists=_is_dir(Path(options.cwd)),
+        ssh_trust=collect_ssh_trust(home, options.peers, sshd_config_path),
     )

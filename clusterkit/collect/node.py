@@ -40,6 +40,10 @@ class CollectOptions:
     nvml_timeout_s: float = 5.0
     #: Sections to collect (None = all of SECTIONS).
     sections: list[str] | None = None
+    #: Reuse the last Python-env probe while the env is unchanged (see collect/probe_cache.py).
+    use_probe_cache: bool = True
+    #: Hostfile names of the other nodes: known_hosts is read for them (SSH trust facts).
+    peers: list[str] = field(default_factory=list)
 
 
 def _load(spec: str) -> Callable[[CollectOptions], object]:

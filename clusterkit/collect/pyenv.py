@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import pkgutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clusterkit.collect import probe_cache
 from clusterkit.collect.deadline import run_command
 from clusterkit.collect.ds_report import parse_ds_general_info, parse_ds_report
 from clusterkit.collect.pyprobe import MARKER
@@ -169,8 +171,21 @@ def collect_python_env(options: CollectOptions) -> PythonEnvFacts:
     interpreter = options.python
     if not Path(interpreter).exists():
         return unavailable_env(interpreter, False, f"interpreter {interpreter} not found on this node")
+    key: Maybe[str] = Unavailable("probe cache not used")
+    if options.use_probe_cache:
+        key = probe_cache.fingerprint(interpreter, options.cwd, probe_source())
+        cached = probe_cache.load(key) if known(key) else None
+        if cached is not None:
+            facts = facts_from_probe(interpreter, cached["data"])
+            facts.probed_at = cached["probed_at"]
+            return facts
     timeout_s = max(1.0, options.section_timeout_s - PROBE_TIMEOUT_MARGIN_S)
+    probed_at = time.time()
     data = run_probe(interpreter, timeout_s, cwd=options.cwd)
     if not known(data):
         return unavailable_env(interpreter, True, data.reason)
-    return facts_from_probe(interpreter, data)
+    if known(key):
+        probe_cache.store(key, data, probed_at)
+    facts = facts_from_probe(interpreter, data)
+    facts.probed_at = probed_at
+    return facts

@@ -29,7 +29,7 @@ from clusterkit.errors import ExitCode, UsageError
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
-from clusterkit.survey import DEFAULT_MASTER_PORT, SurveyOptions, survey_cluster
+from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions, survey_cluster
 
 
 def _id_list(text: str) -> list[str]:
@@ -63,6 +63,13 @@ def register(subparsers: Any) -> None:
                         help="per-node deadline for collecting facts (default: 30)")
     parser.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT, metavar="PORT",
                         help=f"rendezvous port to test on the first host (default: {DEFAULT_MASTER_PORT})")
+    parser.add_argument("--fresh", action="store_true",
+                        help="re-probe every Python env (import torch/DeepSpeed) even where nothing changed "
+                             "since the last probe")
+    parser.add_argument("--mesh", choices=MESH_MODES, default="static",
+                        help="SSH between nodes: static (default) judges every pair from keys, authorized_keys "
+                             "and known_hosts without logging in; ring also logs in live from each node to the "
+                             "next; full logs in along every pair (N x N logins)")
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the cross-node probes (SSH all-to-all, master port)")
     add_ssh_arguments(parser)
@@ -74,12 +81,12 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
     return select_checks(args.only, args.skip)
 
 
-def gather_local(specs: list[CheckSpec], python: str | None, timeout_s: float) -> DoctorReport:
+def gather_local(specs: list[CheckSpec], python: str | None, timeout_s: float, fresh: bool = False) -> DoctorReport:
     """Collect this machine's facts in-process and judge them."""
     from clusterkit.collect.node import CollectOptions, collect_node
 
     started = time.time()
-    options = CollectOptions(section_timeout_s=timeout_s)
+    options = CollectOptions(section_timeout_s=timeout_s, use_probe_cache=not fresh)
     if python:
         options.python = python
     facts = collect_node(options)
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hostfile:
         hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
         options = SurveyOptions(timeout_s=args.timeout, master_port=args.master_port,
-                                probes=not args.no_probes)
+                                probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
         if args.python:
             options.python = args.python
         started = time.time()
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if args.include or args.exclude:
             raise UsageError("--include/--exclude need a HOSTFILE")
         with err.status("Collecting facts on this machine…", spinner="dots"):
-            report = gather_local(specs, args.python, args.timeout)
+            report = gather_local(specs, args.python, args.timeout, fresh=args.fresh)
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:

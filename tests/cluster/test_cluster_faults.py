@@ -30,7 +30,11 @@ def test_doctor_finds_each_planted_fault_on_the_node_that_has_it(bootstrapped: C
     node3.plant_torch_version("2.0.0")
     try:
         node1.run("sed -i 's/^NCCL_SOCKET_IFNAME=.*/NCCL_SOCKET_IFNAME=ib0/' ~/.deepspeed_env", check=True)
+        node2.run("sed -i '/clusterkit@node3/d' ~/.ssh/authorized_keys", check=True)
         report = doctor_json(bootstrapped, training_python)
+        trust = failures(report, "ssh-trust-incomplete")
+        assert [(f["host"], f["message"]) for f in trust] == [
+            ("node3", "node3's keys are not in ~/.ssh/authorized_keys on node2")]
         assert [f["host"] for f in failures(report, "pdsh-missing")] == ["node2"]
         torch = [f for f in failures(report, "software-versions-differ") if "torch differs" in f["message"]]
         assert [f["host"] for f in torch] == ["node3"]

@@ -40,7 +40,7 @@ def interpreters() -> list[str]:
 @pytest.mark.parametrize("python", interpreters())
 def test_agent_collects_facts_with_a_bare_system_python(python: str, zipapp: Path) -> None:
     out = run_agent_locally(python, zipapp, "collect", "--python", sys.executable, "--timeout", "60")
-    facts = from_jsonable(NodeFacts, parse_agent_output(out, "local"))
+    facts = from_jsonable(NodeFacts, parse_agent_output(out, "local").result["facts"])
     assert facts.host.agent_python.startswith(subprocess.check_output(
         [python, "-c", "import platform; print(platform.python_version())"], text=True).strip())
 
@@ -56,8 +56,10 @@ def test_agent_zipapp_carries_pynvml_so_nodes_need_no_install(zipapp: Path) -> N
 
 def test_result_line_is_found_among_login_banner_noise() -> None:
     noise = "Welcome to node7!\nyour quota: 90%\n"
-    line = RESULT_MARKER + json.dumps({"protocol": 1, "result": {"x": 1}})
-    assert parse_agent_output(noise + line + "\n", "node7") == {"x": 1}
+    line = RESULT_MARKER + json.dumps({"protocol": 2, "result": {"x": 1}, "clock_unix": 1000.5})
+    reply = parse_agent_output(noise + line + "\n", "node7", received_at=1000.0)
+    assert reply.result == {"x": 1}
+    assert reply.clock_offset_s == 0.5
 
 
 def test_missing_result_line_is_a_remote_error_with_the_output_tail() -> None:
@@ -79,7 +81,7 @@ def test_listen_reports_a_busy_port(zipapp: Path) -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         out = run_agent_locally("/usr/bin/python3", zipapp, "listen", "--port", str(port), "--seconds", "1")
-    assert parse_agent_output(out, "local")["free"] is False
+    assert parse_agent_output(out, "local").result["free"] is False
 
 
 def test_connect_reaches_a_listener(zipapp: Path) -> None:
@@ -91,4 +93,27 @@ def test_connect_reaches_a_listener(zipapp: Path) -> None:
         port = server.getsockname()[1]
         out = run_agent_locally("/usr/bin/python3", zipapp, "connect", "--host", "127.0.0.1", "--port",
                                 str(port), "--timeout", "3")
-    assert parse_agent_output(out, "local")["ok"] is True
+    assert parse_agent_output(out, "local").result["ok"] is True
+
+
+def test_collect_runs_the_probes_beside_the_facts(zipapp: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = run_agent_locally("/usr/bin/python3", zipapp, "collect", "--python", "/usr/bin/python3",
+                            "--timeout", "30", "--listen-port", str(port), "--listen-expect", "1",
+                            "--listen-seconds", "10", "--connect", f"127.0.0.1:{port}", "--peers", "nodeA")
+    result = parse_agent_output(out, "local").result
+    assert result["listen"]["free"] is True and result["listen"]["accepted"] == ["127.0.0.1"]
+    assert result["connect"]["ok"] is True
+    facts = from_jsonable(NodeFacts, result["facts"])
+    assert facts.launcher.ssh_trust.known_hosts == {"nodeA": []}  # type: ignore[union-attr]
+
+
+def test_the_agent_archive_is_the_same_from_one_run_to_the_next() -> None:
+    script = "from clusterkit.remote import agent_digest; print(agent_digest())"
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    assert len(digests) == 1

@@ -38,7 +38,7 @@ def _has_module(python: str, module: str) -> bool:
 
 
 def _fields_other_than_identity(facts: PythonEnvFacts) -> dict[str, object]:
-    return {k: v for k, v in vars(facts).items() if k not in ("interpreter", "exists")}
+    return {k: v for k, v in vars(facts).items() if k not in ("interpreter", "exists", "probed_at")}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""The Python-env probe is reused only while the env provably has not changed."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from clusterkit.collect import probe_cache
+from clusterkit.collect.node import CollectOptions
+from clusterkit.collect.pyenv import collect_python_env, probe_source
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def small_env(tmp_path: Path) -> Path:
+    """A real venv without torch (probing it is quick), whose site-packages a test can change."""
+    env = tmp_path / "env"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(env)], check=True)
+    return env
+
+
+def options(env: Path, cache: bool = True) -> CollectOptions:
+    return CollectOptions(python=str(env / "bin" / "python"), cwd=str(env), use_probe_cache=cache)
+
+
+def site_packages(env: Path) -> Path:
+    return next(env.glob("lib/python3*/site-packages"))
+
+
+def test_an_unchanged_env_is_answered_from_the_cache(private_tmp: Path, small_env: Path) -> None:
+    first = collect_python_env(options(small_env))
+    second = collect_python_env(options(small_env))
+    assert first.probed_at > 0
+    assert second.probed_at == first.probed_at
+    assert second == first
+
+
+def test_installing_a_package_invalidates_the_cached_probe(private_tmp: Path, small_env: Path) -> None:
+    first = collect_python_env(options(small_env))
+    (site_packages(small_env) / "newpkg").mkdir()
+    second = collect_python_env(options(small_env))
+    assert second.probed_at > first.probed_at
+
+
+def test_an_environment_variable_that_steers_cuda_invalidates_it(private_tmp: Path, small_env: Path) -> None:
+    key = probe_cache.fingerprint(str(small_env / "bin/python"), str(small_env), probe_source(), {})
+    other = probe_cache.fingerprint(str(small_env / "bin/python"), str(small_env), probe_source(),
+                                    {"CUDA_VISIBLE_DEVICES": "1"})
+    assert key != other
+
+
+def test_fresh_collection_always_probes(private_tmp: Path, small_env: Path) -> None:
+    first = collect_python_env(options(small_env))
+    second = collect_python_env(options(small_env, cache=False))
+    assert second.probed_at > first.probed_at
+
+
+def test_a_cache_directory_others_can_write_is_ignored(private_tmp: Path, small_env: Path) -> None:
+    first = collect_python_env(options(small_env))
+    probe_cache.cache_dir().parent.chmod(0o777)
+    second = collect_python_env(options(small_env))
+    assert second.probed_at > first.probed_at
+
+
+def test_an_old_cached_probe_expires(private_tmp: Path, small_env: Path) -> None:
+    collect_python_env(options(small_env))
+    key = probe_cache.fingerprint(str(small_env / "bin/python"), str(small_env), probe_source())
+    assert isinstance(key, str)
+    assert probe_cache.load(key) is not None
+    assert probe_cache.load(key, now=10**12) is None
