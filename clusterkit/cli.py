@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clusterkit",
         description="Bare GPU machines to a working multi-node DeepSpeed cluster: "
-                    "bootstrap, doctor, monitor.",
+                    "bootstrap, doctor, config check, memory estimate.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
