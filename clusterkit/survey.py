@@ -17,10 +17,12 @@ logins trip sshd's MaxStartups). Every node's sshd is already logged into by the
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -35,10 +37,32 @@ from clusterkit.facts import (
 )
 from clusterkit.inventory import ActiveHost
 from clusterkit.progress import NodeProgress
-from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_host_name, run_agent_reply
+from clusterkit.remote import (
+    RemoteError,
+    SshSettings,
+    connect,
+    fan_out,
+    known_host_name,
+    run_agent_reply,
+)
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
+#: ``SurveyOptions.master_port`` value meaning: DeepSpeed's default if free on the first host, else any free port.
+AUTO_PORT = 0
 MESH_MODES = ("static", "ring", "full")
+# Printed on the first host after `hostname -I` when the port is AUTO_PORT. Runs with any Python 3.
+# SO_REUSEADDR as torch's TCPStore sets it: a port left in TIME_WAIT by the last job is still free.
+_PICK_PORT = ("import socket\n"
+              f"for port in ({DEFAULT_MASTER_PORT}, 0):\n"
+              "    s = socket.socket()\n"
+              "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              "    try:\n"
+              "        s.bind(('', port)); print(s.getsockname()[1]); break\n"
+              "    except OSError: pass\n"
+              "    finally: s.close()\n")
 
 
 @dataclass
@@ -48,7 +72,10 @@ class SurveyOptions:
     python: str = field(default_factory=lambda: sys.executable)
     cwd: str = field(default_factory=os.getcwd)
     timeout_s: float = 30.0
+    #: Rendezvous port to probe; AUTO_PORT lets the first host pick one (see ``ClusterProbes.master``).
     master_port: int = DEFAULT_MASTER_PORT
+    #: Rendezvous address to probe instead of the first word of the first host's ``hostname -I``.
+    master_addr: str | None = None
     #: Cross-node probes (SSH logins, master port, known_hosts of peers); off for bootstrap's facts.
     probes: bool = True
     mesh: str = "static"
@@ -82,6 +109,7 @@ class _Master:
     def __init__(self) -> None:
         self.ready = threading.Event()
         self.addresses: list[str] = []
+        self.port = DEFAULT_MASTER_PORT
         self.error = ""
 
     @property
@@ -99,12 +127,9 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
                     "--timeout", f"{max(5.0, options.timeout_s - 5.0):g}"] + (["--fresh"] if options.fresh else [])
             if options.probes:
                 if first:
-                    out = conn.run("hostname -I", hide=True, warn=True, timeout=10)
-                    master.addresses = out.stdout.split() if out.exited == 0 else []
-                    master.error = "" if master.addresses else f"`hostname -I` on {host} printed no address"
-                    master.ready.set()
+                    _read_master(conn, host, options, master)
                     if master.addresses:
-                        args += ["--listen-port", str(options.master_port), "--listen-expect", str(len(names)),
+                        args += ["--listen-port", str(master.port), "--listen-expect", str(len(names)),
                                  "--listen-seconds", f"{min(options.timeout_s, 15.0):g}"]
                 args += ["--peers", ",".join(known_host_name(n, settings.port) for n in names)]
                 targets = login_targets(names, host, options.mesh, head=_local_name(names))
@@ -113,7 +138,7 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
                     if settings.port:
                         args += ["--ssh-port", str(settings.port)]
                 if master.ready.wait(settings.connect_timeout_s + 10) and master.address:
-                    args += ["--connect", f"{master.address}:{options.master_port}",
+                    args += ["--connect", f"{master.address}:{master.port}",
                              "--connect-timeout", f"{max(2.0, min(options.timeout_s, 15.0) - 3):g}"]
             reply = run_agent_reply(conn, args, timeout_s=options.timeout_s, python=options.python)
     finally:
@@ -133,6 +158,27 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
     if isinstance(result.get("connect"), dict):
         reading.connect = "" if result["connect"].get("ok") else str(result["connect"].get("error"))
     return reading
+
+
+def _read_master(conn: Connection, host: str, options: SurveyOptions, master: _Master) -> None:
+    """The first host's addresses (and, for AUTO_PORT, a port free there); wakes the other nodes."""
+    command = "hostname -I"
+    if options.master_port == AUTO_PORT:
+        pick = shlex.quote(_PICK_PORT)
+        command += f"; {{ {shlex.quote(options.python)} -c {pick} || python3 -c {pick}; }} 2>/dev/null"
+    out = conn.run(command, hide=True, warn=True, timeout=10)
+    lines = out.stdout.splitlines()
+    master.addresses = lines[0].split() if lines else []
+    if options.master_addr:
+        master.addresses = [options.master_addr] + [a for a in master.addresses if a != options.master_addr]
+    master.error = "" if master.addresses else f"`hostname -I` on {host} printed no address"
+    if options.master_port != AUTO_PORT:
+        master.port = options.master_port
+    elif len(lines) > 1 and lines[1].strip().isdigit():
+        master.port = int(lines[1])
+    elif master.addresses:
+        master.addresses, master.error = [], f"no free port found on {host} (no Python 3 there?)"
+    master.ready.set()
 
 
 def _local_name(names: list[str]) -> str | None:
@@ -167,7 +213,7 @@ def _master_probe(names: list[str], master: _Master, readings: dict[str, _Readin
     if first.listen is not None:
         port_free = bool(first.listen.get("free"))
     return MasterProbe(host=names[0], address=master.address, all_addresses=master.addresses,
-                       port=options.master_port, port_free=port_free,
+                       port=master.port, port_free=port_free,
                        reachable_from={h: r.connect if r.connect is not None else "not tested"
                                        for h, r in readings.items()})
 
