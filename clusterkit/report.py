@@ -66,11 +66,12 @@ _TITLE = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO:
 _MARK = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
 
 
-def render_table(report: DoctorReport, console: Console, show_passed: bool = False) -> None:
+def render_table(report: DoctorReport, console: Console, show_passed: bool = False, brief: bool = False) -> None:
     """Failures grouped by severity (errors first): what, where, and the fix, never truncated.
 
     Each finding is a short block rather than a table row, so a fix command stays whole and
-    copy-pastable at any terminal width.
+    copy-pastable at any terminal width. ``brief`` keeps the blocks for errors only and gives each
+    other failing check one line naming its hosts (a launch's preflight).
     """
     many_hosts = len(report.hosts) > 1 or any(f.host == CLUSTER_HOST for f in report.findings)
     for host, facts in report.facts.items():
@@ -82,6 +83,9 @@ def render_table(report: DoctorReport, console: Console, show_passed: bool = Fal
         if not rows:
             continue
         console.print(Text(f"{_TITLE[severity]} ({len(rows)})", style=_STYLE[severity] + " underline"))
+        if brief and severity is not Severity.ERROR:
+            _print_brief(rows, severity, console)
+            continue
         for f in rows:
             head = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
             if many_hosts:
@@ -106,6 +110,21 @@ def render_table(report: DoctorReport, console: Console, show_passed: bool = Fal
         console.print()
     style = "bold red" if report.has_errors else ("yellow" if report.counts()["warning"] else "bold green")
     console.print(Text(summary_line(report), style=style))
+
+
+def _print_brief(rows: list[Finding], severity: Severity, console: Console) -> None:
+    """One line per check: its first message and every host it failed on."""
+    by_check: dict[str, list[Finding]] = {}
+    for f in rows:
+        by_check.setdefault(f.check_id, []).append(f)
+    for check_id, found in by_check.items():
+        hosts = ", ".join(dict.fromkeys(f.host for f in found))
+        line = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
+        line.append(check_id, style=_STYLE[severity])
+        line.append(f" [{hosts}] ", style="bold")
+        line.append(found[0].message)
+        console.print(line, soft_wrap=True)
+    console.print()
 
 
 def finding_to_json(f: Finding) -> dict[str, Any]:

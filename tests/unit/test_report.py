@@ -47,6 +47,20 @@ def test_table_lists_errors_before_warnings_with_where_and_fix() -> None:
     assert "ecc-disabled" not in text  # passed checks only with --show-passed
 
 
+def test_brief_table_keeps_fixes_for_errors_and_gives_other_checks_one_line_with_their_hosts() -> None:
+    report = DoctorReport(hosts=["node1", "node2"], facts={}, findings=[
+        finding("ulimit-memlock-low", Severity.WARNING, Outcome.FAIL, host="node1", message="8 MiB"),
+        finding("ulimit-memlock-low", Severity.WARNING, Outcome.FAIL, host="node2", message="8 MiB"),
+        finding("interpreter-missing", Severity.ERROR, Outcome.FAIL, host="node2", message="no /opt/env"),
+    ])
+    console = Console(record=True, width=160)
+    render_table(report, console, brief=True)
+    text = console.export_text()
+    assert " ! ulimit-memlock-low [node1, node2] 8 MiB" in text
+    assert text.count("the fix") == 1  # the error's block only
+    assert "no /opt/env" in text
+
+
 def test_json_follows_the_documented_schema() -> None:
     doc = json.loads(render_json(REPORT))
     assert doc["schema"] == JSON_SCHEMA
