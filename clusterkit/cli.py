@@ -30,7 +30,8 @@ COMMAND_MODULES = (
 
 EPILOG = """exit codes:
   0  clean: nothing at error severity
-  1  problems found (doctor errors, a failed bootstrap step, a config that will not run)
+  1  problems found (doctor errors, a failed bootstrap step, a config that will not run,
+     a launch stopped by its preflight)
   2  usage or input error (bad flag, hostfile, config); nothing was changed
   3  clusterkit crashed (a bug); rerun with CLUSTERKIT_DEBUG=1 and report the traceback
 130  interrupted
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clusterkit",
         description="Bare GPU machines to a working multi-node DeepSpeed cluster: "
-                    "bootstrap, doctor, config check, memory estimate.",
+                    "bootstrap, doctor, config check, memory estimate, launch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from clusterkit.errors import UsageError
@@ -41,3 +43,34 @@ def ssh_settings(args: argparse.Namespace) -> SshSettings:
         password = getpass.getpass("SSH password for the nodes (used for first contact only, not stored): ")
     return SshSettings(user=args.user, port=args.ssh_port, identity_file=args.identity, password=password,
                        trust_new_hosts=args.trust_new_hosts, connect_timeout_s=args.connect_timeout)
+
+
+class TrailingArgsParser(argparse.ArgumentParser):
+    """Keeps everything after the first ``--`` verbatim in ``trainer_args`` (the training command).
+
+    argparse alone cannot: a ``nargs="*"`` positional is satisfied early and the rest is rejected, and
+    ``argparse.REMAINDER`` swallows this command's own flags when they follow a positional.
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        tail: list[str] = []
+        if "--" in argv:
+            cut = argv.index("--")
+            argv, tail = argv[:cut], argv[cut + 1:]
+        parsed, extras = super().parse_known_args(argv, namespace)
+        parsed.trainer_args = tail
+        return parsed, extras
+
+
+def add_trailing_args_parser(subparsers: Any, name: str, **kwargs: Any) -> TrailingArgsParser:
+    """``subparsers.add_parser`` for a command that takes a training command after ``--``."""
+    # add_parser has no per-parser class argument; swap the action's class for this one call.
+    saved = subparsers._parser_class
+    subparsers._parser_class = TrailingArgsParser
+    try:
+        parser: TrailingArgsParser = subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = saved
+    return parser

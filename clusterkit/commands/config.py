@@ -12,28 +12,10 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
+from clusterkit.commands.common import TrailingArgsParser
 from clusterkit.errors import ExitCode, UsageError
-
-
-class _TrailingArgsParser(argparse.ArgumentParser):
-    """Keeps everything after the first ``--`` verbatim in ``trainer_args`` (the training command).
-
-    argparse alone cannot: a ``nargs="*"`` positional is satisfied early and the rest is rejected.
-    """
-
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        argv = list(sys.argv[1:] if args is None else args)
-        tail: list[str] = []
-        if "--" in argv:
-            cut = argv.index("--")
-            argv, tail = argv[:cut], argv[cut + 1:]
-        parsed, extras = super().parse_known_args(argv, namespace)
-        parsed.trainer_args = tail
-        return parsed, extras
 
 
 def register(subparsers: Any) -> None:
@@ -42,7 +24,7 @@ def register(subparsers: Any) -> None:
         description="DeepSpeed config tools.")
     parser.set_defaults(run=lambda _args: _print_help(parser))
     commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND",
-                                     parser_class=_TrailingArgsParser)
+                                     parser_class=TrailingArgsParser)
     check = commands.add_parser(
         "check", help="find what in a DeepSpeed config will fail on this cluster, and how to fix it",
         description="Check a DeepSpeed config JSON: syntax (file:line:col), keys against the installed "
