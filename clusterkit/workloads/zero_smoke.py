@@ -11,6 +11,7 @@ nothing from clusterkit. Rank 0 prints ``ZERO SMOKE OK`` last on success.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from typing import Any
@@ -26,6 +27,8 @@ def parse_args() -> argparse.Namespace:
                         help="set by the DeepSpeed launcher")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2, 3))
+    # --deepspeed_config FILE (as `clusterkit launch --deepspeed-config` passes it) replaces the built-in config.
+    deepspeed.add_config_arguments(parser)
     return parser.parse_args()
 
 
@@ -42,17 +45,22 @@ def main() -> None:
         "bf16": {"enabled": on_gpu},
         "steps_per_print": 1,
     }
+    if args.deepspeed_config:
+        with open(args.deepspeed_config, encoding="utf-8") as file:
+            config = json.load(file)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     dtype = next(engine.module.parameters()).dtype
+    micro_batch = engine.train_micro_batch_size_per_gpu()
     print(f"zero smoke: accelerator {accelerator.device_name()}, device {engine.device}, dtype {dtype}, "
-          f"stage {args.stage}, world size {engine.world_size}", flush=True)
+          f"stage {engine.zero_optimization_stage()}, micro batch {micro_batch}, world size {engine.world_size}",
+          flush=True)
     losses = []
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
-        inputs = torch.randn(8, 256, device=engine.device).to(dtype)
+        inputs = torch.randn(micro_batch, 256, device=engine.device).to(dtype)
         loss = engine(inputs).float().pow(2).mean()
         engine.backward(loss)
         engine.step()
