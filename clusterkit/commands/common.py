@@ -31,6 +31,11 @@ def add_ssh_arguments(parser: Any, password: bool = False) -> None:
                            help="read that SSH password from environment variable VAR (never stored)")
 
 
+def id_list(text: str) -> list[str]:
+    """``--only``/``--skip`` values: comma-separated ids, blanks dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def ssh_settings(args: argparse.Namespace) -> SshSettings:
     """Build SshSettings from parsed flags; asks for the password at most once."""
     password = None

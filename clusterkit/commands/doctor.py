@@ -24,16 +24,12 @@ from clusterkit.checks.registry import (
     run_node_checks,
     select_checks,
 )
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_ssh_arguments, id_list, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions, survey_cluster
-
-
-def _id_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def register(subparsers: Any) -> None:
@@ -54,9 +50,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON report (docs/doctor-json.md)")
     parser.add_argument("--no-facts", action="store_true", help="leave raw facts out of --json output")
     parser.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
-    parser.add_argument("--only", type=_id_list, default=[], metavar="IDS",
+    parser.add_argument("--only", type=id_list, default=[], metavar="IDS",
                         help="comma-separated check ids or tags to run (see `clusterkit checks`)")
-    parser.add_argument("--skip", type=_id_list, default=[], metavar="IDS",
+    parser.add_argument("--skip", type=id_list, default=[], metavar="IDS",
                         help="comma-separated check ids or tags to leave out")
     parser.add_argument("--show-passed", action="store_true", help="also list passed and skipped checks")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",

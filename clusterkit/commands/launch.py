@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from clusterkit.commands.common import add_ssh_arguments, add_trailing_args_parser, ssh_settings
+from clusterkit.commands.common import add_ssh_arguments, add_trailing_args_parser, id_list, ssh_settings
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
 from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 from clusterkit.launchline import (
@@ -34,10 +34,6 @@ from clusterkit.launchline import (
 )
 from clusterkit.report import DoctorReport, render_table, summary_line
 from clusterkit.survey import AUTO_PORT
-
-
-def _id_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def register(subparsers: Any) -> None:
@@ -77,7 +73,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-preflight", action="store_true",
                         help="build the line without looking at the nodes or the config")
     parser.add_argument("--force", action="store_true", help="launch even when the preflight finds errors")
-    parser.add_argument("--skip", type=_id_list, default=[], metavar="IDS",
+    parser.add_argument("--skip", type=id_list, default=[], metavar="IDS",
                         help="comma-separated doctor check ids/tags or config rule ids to leave out")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="per-node deadline for the preflight survey (default: 30)")
@@ -122,16 +118,14 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"[bold red]not launching:[/] the preflight found {report.counts()['error']} error(s); "
                       "fix them (or pass --force to launch anyway)", soft_wrap=True)
             return int(ExitCode.PROBLEMS)
-    line = shell_line(build_launch_line(plan))
+    argv = build_launch_line(plan)
     if args.print_only:
-        print(line)
+        print(shell_line(argv))
         return int(ExitCode.OK)
-    err.print(Text.assemble(("launching: ", "bold"), line), soft_wrap=True)
+    err.print(Text.assemble(("launching: ", "bold"), shell_line(argv)), soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = build_launch_line(plan)
-    os.execv(argv[0], argv)
-    return int(ExitCode.INTERNAL)  # not reached: execv replaces this process or raises
+    os.execv(argv[0], argv)  # DeepSpeed's runner takes this process over, signals and exit code included
 
 
 @dataclass(frozen=True)
