@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ _ENV_PREFIXES = ("DS_",)
 _WATCHED_FILES = ("torch/version.py", "torch/__init__.py", "deepspeed/__init__.py",
                   "deepspeed/git_version_info_installed.py")
 _SYS_PATH = "import sys, json; print(json.dumps(sys.path))"
+#: What Python reads for sys.path at start-up (besides its own location and the site directories).
+_PATH_ENV_KEYS = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONSAFEPATH",
+                  "PYTHONPLATLIBDIR", "HOME")
+_CUSTOMIZE = ("sitecustomize.py", "usercustomize.py", "sitecustomize", "usercustomize")
 
 
 def cache_dir() -> Path:
@@ -54,9 +59,49 @@ def _read(path: str) -> str:
         return "-"
 
 
-def fingerprint(python: str, cwd: str, probe_source: str, environ: Any = None) -> Maybe[str]:
-    """A digest of everything the probe's answer depends on, or Unavailable if it cannot be taken."""
+def site_guard(python: str, cwd: str, entries: list[str], environ: Any = None) -> str:
+    """A digest of what decides ``python``'s ``sys.path``, given the path it had last time.
+
+    That is the interpreter and its ``pyvenv.cfg``, the variables Python reads for its path, the user
+    site, every path entry, every ``sitecustomize``/``usercustomize`` on it, and every ``.pth`` file in
+    its site directories (adding or removing one changes the directory's mtime; editing one changes its
+    own). Not covered: a ``.pth`` import line or a ``sitecustomize`` that computes the path from
+    something else (``doctor --fresh`` asks the interpreter anyway).
+    """
     env = os.environ if environ is None else environ
+    exe = Path(python)
+    real = os.path.realpath(python)
+    parts = [python, real, _stat(real), cwd, _stat(exe.parent / "pyvenv.cfg"), _stat(exe.parent.parent / "pyvenv.cfg")]
+    parts += [f"{k}={env.get(k, '')}" for k in _PATH_ENV_KEYS]
+    user_lib = Path(env.get("PYTHONUSERBASE") or Path(env.get("HOME") or "~").expanduser() / ".local") / "lib"
+    parts.append(f"{user_lib}={_stat(user_lib)}")
+    parts += [f"{d}={_stat(d)}" for d in sorted(user_lib.glob("python*/site-packages"))]
+    for entry in entries:
+        folder = Path(entry or cwd)
+        parts.append(f"{entry}={_stat(folder)}")
+        parts += [f"{entry}/{name}={_stat(folder / name)}" for name in _CUSTOMIZE]
+        if folder.name in ("site-packages", "dist-packages"):
+            try:
+                pth_files = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".pth"))
+            except OSError:
+                pth_files = []
+            parts += [f"{entry}/{name}={_stat(folder / name)}" for name in pth_files]
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()
+
+
+def training_sys_path(python: str, cwd: str, environ: Any = None) -> Maybe[list[str]]:
+    """``python``'s ``sys.path`` (as ``python -c`` from ``cwd`` has it), reused while its guard holds.
+
+    Starting the training interpreter costs tens of milliseconds of CPU per node and run (more for a
+    conda env with many ``.pth`` files, or on a network filesystem), so it is asked only when
+    something that decides the path has changed.
+    """
+    name = "syspath-" + hashlib.sha256(f"{python}\n{cwd}".encode("utf-8", "replace")).hexdigest()[:24] + ".json"
+    cached = _read_entry(name)
+    if isinstance(cached, dict) and isinstance(cached.get("entries"), list) and cached.get("guard"):
+        entries = [str(e) for e in cached["entries"]]
+        if site_guard(python, cwd, entries, environ) == cached["guard"]:
+            return entries
     out = run_command([python, "-c", _SYS_PATH], timeout_s=10.0, cwd=cwd)
     if isinstance(out, Unavailable):
         return out
@@ -66,6 +111,16 @@ def fingerprint(python: str, cwd: str, probe_source: str, environ: Any = None) -
         entries = [str(p) for p in json.loads(out.stdout.strip().splitlines()[-1])]
     except (ValueError, IndexError):
         return Unavailable("cannot read sys.path: unexpected output")
+    _write_entry(name, {"guard": site_guard(python, cwd, entries, environ), "entries": entries})
+    return entries
+
+
+def fingerprint(python: str, cwd: str, probe_source: str, environ: Any = None) -> Maybe[str]:
+    """A digest of everything the probe's answer depends on, or Unavailable if it cannot be taken."""
+    env = os.environ if environ is None else environ
+    entries = training_sys_path(python, cwd, env)
+    if isinstance(entries, Unavailable):
+        return entries
     parts = [probe_source, os.path.realpath(python), _stat(os.path.realpath(python)), cwd, _stat(cwd),
              socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), _read("/proc/driver/nvidia/version")]
     parts += [f"{k}={env.get(k, '')}" for k in _ENV_KEYS]
@@ -86,16 +141,36 @@ def _private(directory: Path) -> bool:
     return st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
-def load(key: str, now: float | None = None) -> dict[str, Any] | None:
-    """The cached probe for ``key``, if fresh."""
+def _read_entry(name: str) -> Any:
+    """A JSON file of the private cache directory, or None."""
     if not _private(cache_dir()):
         return None
-    path = cache_dir() / (key[:32] + ".json")
     try:
-        with open(path, encoding="utf-8") as f:
-            entry = json.load(f)
+        with open(cache_dir() / name, encoding="utf-8") as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _write_entry(name: str, entry: Any) -> None:
+    """Write a JSON file into the private cache directory atomically; failures leave no cache."""
+    directory = cache_dir()
+    try:
+        directory.parent.mkdir(mode=0o700, exist_ok=True)
+        if not _private(directory):
+            return  # someone else's (or an open) directory: never trust or write it
+        directory.mkdir(mode=0o700, exist_ok=True)
+        tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entry, f)
+        tmp.replace(directory / name)
+    except OSError:
+        pass
+
+
+def load(key: str, now: float | None = None) -> dict[str, Any] | None:
+    """The cached probe for ``key``, if fresh."""
+    entry = _read_entry(key[:32] + ".json")
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None
     if (now if now is not None else time.time()) - float(entry.get("probed_at", 0)) > MAX_AGE_S:
@@ -106,15 +181,4 @@ def load(key: str, now: float | None = None) -> dict[str, Any] | None:
 
 def store(key: str, data: dict[str, Any], probed_at: float) -> None:
     """Save a probe atomically; a cache that cannot be written is simply not used."""
-    directory = cache_dir()
-    try:
-        directory.parent.mkdir(mode=0o700, exist_ok=True)
-        if not _private(directory):
-            return  # someone else's (or an open) directory: never trust or write it
-        directory.mkdir(mode=0o700, exist_ok=True)
-        tmp = directory / f".{key[:32]}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "probed_at": probed_at, "data": data}, f)
-        tmp.replace(directory / (key[:32] + ".json"))
-    except OSError:
-        pass
+    _write_entry(key[:32] + ".json", {"key": key, "probed_at": probed_at, "data": data})

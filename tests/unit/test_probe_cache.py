@@ -76,3 +76,79 @@ def test_an_old_cached_probe_expires(private_tmp: Path, small_env: Path) -> None
     assert isinstance(key, str)
     assert probe_cache.load(key) is not None
     assert probe_cache.load(key, now=10**12) is None
+
+
+# --- the training interpreter's sys.path, asked once and reused while what decides it holds still ----------
+
+
+@pytest.fixture
+def counted_python(small_env: Path) -> tuple[str, Path]:
+    """The env's interpreter behind a wrapper that counts how often it is started."""
+    log = small_env / "starts.log"
+    wrapper = small_env / "bin" / "python-counted"
+    wrapper.write_text(f'#!/bin/sh\necho started >> {log}\nexec {small_env}/bin/python "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+def starts(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_sys_path_is_read_from_the_interpreter_once_then_reused(private_tmp: Path, small_env: Path,
+                                                                counted_python: tuple[str, Path]) -> None:
+    python, log = counted_python
+    first = probe_cache.training_sys_path(python, str(small_env))
+    second = probe_cache.training_sys_path(python, str(small_env))
+    assert isinstance(first, list)
+    assert str(site_packages(small_env)) in first
+    assert second == first
+    assert starts(log) == 1
+
+
+def test_a_new_pth_file_makes_the_interpreter_be_asked_again(private_tmp: Path, small_env: Path,
+                                                             counted_python: tuple[str, Path]) -> None:
+    python, log = counted_python
+    probe_cache.training_sys_path(python, str(small_env))
+    extra = small_env / "extra"
+    extra.mkdir()
+    (site_packages(small_env) / "extra.pth").write_text(f"{extra}\n")
+    entries = probe_cache.training_sys_path(python, str(small_env))
+    assert isinstance(entries, list)
+    assert str(extra) in entries
+    assert starts(log) == 2
+
+
+def test_an_edited_pth_file_makes_the_interpreter_be_asked_again(private_tmp: Path, small_env: Path,
+                                                                 counted_python: tuple[str, Path]) -> None:
+    python, log = counted_python
+    (one, two) = (small_env / "one", small_env / "two")
+    one.mkdir()
+    two.mkdir()
+    pth = site_packages(small_env) / "extra.pth"
+    pth.write_text(f"{one}\n")
+    probe_cache.training_sys_path(python, str(small_env))
+    pth.write_text(f"{one}\n{two}\n")
+    entries = probe_cache.training_sys_path(python, str(small_env))
+    assert isinstance(entries, list)
+    assert str(two) in entries
+    assert starts(log) == 2
+
+
+def test_pythonpath_is_part_of_what_decides_sys_path(private_tmp: Path, small_env: Path,
+                                                     counted_python: tuple[str, Path]) -> None:
+    python, log = counted_python
+    probe_cache.training_sys_path(python, str(small_env), {"HOME": str(small_env)})
+    probe_cache.training_sys_path(python, str(small_env), {"HOME": str(small_env), "PYTHONPATH": "/srv/lib"})
+    assert starts(log) == 2
+
+
+def test_an_edited_sitecustomize_makes_the_interpreter_be_asked_again(
+        private_tmp: Path, small_env: Path, counted_python: tuple[str, Path]) -> None:
+    python, log = counted_python
+    customize = site_packages(small_env) / "sitecustomize.py"
+    customize.write_text("import sys\n")
+    probe_cache.training_sys_path(python, str(small_env))
+    customize.write_text("import sys\nsys.path.append('/srv/more')\n")  # in place: the folder's mtime stays
+    probe_cache.training_sys_path(python, str(small_env))
+    assert starts(log) == 2
