@@ -89,19 +89,14 @@ def site_guard(python: str, cwd: str, entries: list[str], environ: Any = None) -
     return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()
 
 
-def training_sys_path(python: str, cwd: str, environ: Any = None) -> Maybe[list[str]]:
-    """``python``'s ``sys.path`` (as ``python -c`` from ``cwd`` has it), reused while its guard holds.
-
-    Starting the training interpreter costs tens of milliseconds of CPU per node and run (more for a
-    conda env with many ``.pth`` files, or on a network filesystem), so it is asked only when
-    something that decides the path has changed.
-    """
+def _sys_path_and_guard(python: str, cwd: str, environ: Any = None) -> Maybe[tuple[list[str], str]]:
     name = "syspath-" + hashlib.sha256(f"{python}\n{cwd}".encode("utf-8", "replace")).hexdigest()[:24] + ".json"
     cached = _read_entry(name)
     if isinstance(cached, dict) and isinstance(cached.get("entries"), list) and cached.get("guard"):
         entries = [str(e) for e in cached["entries"]]
-        if site_guard(python, cwd, entries, environ) == cached["guard"]:
-            return entries
+        guard = site_guard(python, cwd, entries, environ)
+        if guard == cached["guard"]:
+            return entries, guard
     out = run_command([python, "-c", _SYS_PATH], timeout_s=10.0, cwd=cwd)
     if isinstance(out, Unavailable):
         return out
@@ -111,22 +106,35 @@ def training_sys_path(python: str, cwd: str, environ: Any = None) -> Maybe[list[
         entries = [str(p) for p in json.loads(out.stdout.strip().splitlines()[-1])]
     except (ValueError, IndexError):
         return Unavailable("cannot read sys.path: unexpected output")
-    _write_entry(name, {"guard": site_guard(python, cwd, entries, environ), "entries": entries})
-    return entries
+    guard = site_guard(python, cwd, entries, environ)
+    _write_entry(name, {"guard": guard, "entries": entries})
+    return entries, guard
+
+
+def training_sys_path(python: str, cwd: str, environ: Any = None) -> Maybe[list[str]]:
+    """``python``'s ``sys.path`` (as ``python -c`` from ``cwd`` has it), reused while its guard holds.
+
+    Starting the training interpreter costs tens of milliseconds of CPU per node and run (more for a
+    conda env with many ``.pth`` files, or on a network filesystem), so it is asked only when
+    something that decides the path has changed.
+    """
+    found = _sys_path_and_guard(python, cwd, environ)
+    return found if isinstance(found, Unavailable) else found[0]
 
 
 def fingerprint(python: str, cwd: str, probe_source: str, environ: Any = None) -> Maybe[str]:
     """A digest of everything the probe's answer depends on, or Unavailable if it cannot be taken."""
     env = os.environ if environ is None else environ
-    entries = training_sys_path(python, cwd, env)
-    if isinstance(entries, Unavailable):
-        return entries
-    parts = [probe_source, os.path.realpath(python), _stat(os.path.realpath(python)), cwd, _stat(cwd),
+    found = _sys_path_and_guard(python, cwd, env)
+    if isinstance(found, Unavailable):
+        return found
+    # The guard already covers the interpreter and every sys.path entry (stat'ed once, there).
+    entries, guard = found
+    parts = [probe_source, guard, cwd, _stat(cwd),
              socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), _read("/proc/driver/nvidia/version")]
     parts += [f"{k}={env.get(k, '')}" for k in _ENV_KEYS]
     parts += sorted(f"{k}={v}" for k, v in env.items() if k.startswith(_ENV_PREFIXES))
     for entry in entries:
-        parts.append(f"{entry}={_stat(entry or cwd)}")
         if entry and Path(entry).is_dir():
             parts += [f"{entry}/{name}={_stat(Path(entry) / name)}" for name in _WATCHED_FILES]
     return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()
