@@ -37,14 +37,7 @@ from clusterkit.facts import (
 )
 from clusterkit.inventory import ActiveHost
 from clusterkit.progress import NodeProgress
-from clusterkit.remote import (
-    RemoteError,
-    SshSettings,
-    connect,
-    fan_out,
-    known_host_name,
-    run_agent_reply,
-)
+from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_host_name, run_agent_reply
 
 if TYPE_CHECKING:
     from fabric import Connection
