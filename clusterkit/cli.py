@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run clusterkit; returns the process exit code (see EPILOG)."""
     debug = os.environ.get("CLUSTERKIT_DEBUG") == "1"
+    if debug:  # library logs (paramiko's handshake tracebacks) are silent otherwise
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

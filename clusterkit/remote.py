@@ -14,16 +14,19 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import shlex
 import socket
 import threading
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +38,12 @@ from clusterkit.progress import NodeProgress
 
 if TYPE_CHECKING:
     from fabric import Connection
+
+# paramiko logs every failed handshake (a frozen node's banner timeout, a reset) with a traceback from
+# its transport thread; with no handler configured, Python's last-resort handler prints those to the
+# terminal. Each failure already reaches the user as that host's result, so they go nowhere here
+# (the CLI shows them with CLUSTERKIT_DEBUG=1).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -82,11 +91,11 @@ class RemoteError(Exception):
 # --------------------------------------------------------------------------------------- host keys
 
 
-def _fingerprint(key: Any) -> str:
-    import base64
+def key_fingerprint(key: Any) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a paramiko key."""
+    from clusterkit.collect.sshtrust import fingerprint
 
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return fingerprint(key.get_base64()) or "SHA256:?"
 
 
 def known_host_name(host: str, port: int | None) -> str:
@@ -122,7 +131,7 @@ def record_trusted_key(hostname: str, key: Any) -> None:
         log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} trusted {hostname} {key.get_name()} "
-                    f"{_fingerprint(key)} (--trust-new-hosts)\n")
+                    f"{key_fingerprint(key)} (--trust-new-hosts)\n")
 
 
 # ------------------------------------------------------------------------------------ connections
@@ -154,6 +163,39 @@ def connect(host: str, settings: SshSettings) -> Iterator[Connection]:
         conn.close()
 
 
+#: What the network said when a TCP connection failed, and the fix for each (errno -> text, fix).
+_CONNECT_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ECONNREFUSED: ("connection refused: the host is up but nothing listens there (sshd not running, "
+                         "or another port)",
+                         "on {host}: sudo systemctl enable --now ssh (or sshd); or pass --ssh-port"),
+    errno.EHOSTUNREACH: ("no route to host: the host is down, or no machine has that address",
+                         "check the address in the hostfile and that {host} is powered on: ping {host}"),
+    errno.ENETUNREACH: ("network unreachable: this machine has no route to that network",
+                        "check this machine's routes (ip route get {host}) and the address in the hostfile"),
+    errno.ETIMEDOUT: ("connection timed out: nothing answered (host down, or a firewall drops the port)",
+                      "check that {host} is up and port {port} is open: ping {host}; nc -vz {host} {port}"),
+    errno.ECONNRESET: ("connection reset by the host (sshd closed it: MaxStartups, or a TCP wrapper)",
+                       "look at sshd's log on {host} (journalctl -u ssh); retry in a moment"),
+}
+
+
+def _connect_errno(exc: OSError) -> int | None:
+    """The errno of a failed connect, also from inside paramiko's NoValidConnectionsError.
+
+    paramiko wraps the errors of every address it tried (IPv4 and IPv6) in one exception whose own
+    errno is None; the most telling one wins (refused says more than unreachable).
+    """
+    import paramiko
+
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        found = [e.errno for e in exc.errors.values() if isinstance(e, OSError) and e.errno]
+        for code in _CONNECT_ERRORS:
+            if code in found:
+                return code
+        return found[0] if found else None
+    return exc.errno
+
+
 def explain(exc: BaseException, host: str, settings: SshSettings) -> RemoteError:
     """Turn SSH/socket/invoke exceptions into one readable line plus the fix."""
     import paramiko
@@ -164,8 +206,8 @@ def explain(exc: BaseException, host: str, settings: SshSettings) -> RemoteError
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
         return RemoteError(
-            f"host key for {host} CHANGED (got {exc.key.get_name()} {_fingerprint(exc.key)}, known_hosts has "
-            f"{_fingerprint(exc.expected_key)}): the machine was reinstalled, or someone is in the middle",
+            f"host key for {host} CHANGED (got {exc.key.get_name()} {key_fingerprint(exc.key)}, known_hosts has "
+            f"{key_fingerprint(exc.expected_key)}): the machine was reinstalled, or someone is in the middle",
             fix=f"verify the new key out of band (on {host}: ssh-keygen -lf /etc/ssh/ssh_host_"
                 f"{exc.key.get_name().replace('ssh-', '')}_key.pub), then: ssh-keygen -R "
                 f"{shlex.quote(known_host_name(host, settings.port))} && rerun with --trust-new-hosts")
@@ -181,9 +223,13 @@ def explain(exc: BaseException, host: str, settings: SshSettings) -> RemoteError
     if isinstance(exc, socket.gaierror):
         return RemoteError(f"cannot resolve hostname {host}: {exc.strerror}",
                            fix=f"add {host} to DNS or /etc/hosts on this machine")
-    if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
-        return RemoteError(f"connection to {host} port {port} refused: sshd is not running there",
-                           fix=f"on {host}: sudo systemctl enable --now ssh (or sshd)")
+    code = _connect_errno(exc) if isinstance(exc, OSError) else None
+    if code is not None and code in _CONNECT_ERRORS:
+        what, fix = _CONNECT_ERRORS[code]
+        return RemoteError(f"{host} port {port}: {what}", fix=fix.format(host=host, port=port))
+    if isinstance(exc, EOFError) or (isinstance(exc, paramiko.SSHException) and "eof" in str(exc).lower()):
+        return RemoteError(f"connection to {host} lost (the node closed it or went down mid-command)",
+                           fix=f"check that {host} is up (ping {host}; ssh {host} uptime), then rerun")
     # A frozen sshd still accepts TCP (the kernel does that) but never greets: paramiko then reports
     # a banner timeout, or "No existing session" when its transport thread gave up first.
     if isinstance(exc, (TimeoutError, socket.timeout)) or (
@@ -300,17 +346,24 @@ def ship_agent(conn: Connection, timeout_s: float) -> str:
         raise RemoteError(f"cannot prepare the agent directory: {why}")
     state, path = str(probe.stdout).split()[-2:]
     if state == "missing":
-        zip_path = f"{path}.{os.getpid()}.pyz"
+        # Names unique to this writer: two clusterkit runs (from one head or several) may ship the same
+        # agent to a node at once; each unpacks on its own and the first rename wins.
+        scratch = f"{path}.{uuid.uuid4().hex[:12]}"
+        zip_path = f"{scratch}.pyz"
         conn.put(io.BytesIO(agent_zipapp()), remote=zip_path)
-        q, z = shlex.quote(path), shlex.quote(zip_path)
+        q, z, t = shlex.quote(path), shlex.quote(zip_path), shlex.quote(scratch + ".tmp")
         unpack = conn.run(
             f'PY="$(command -v python3)" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
-            f'rm -rf {q}.tmp && "$PY" -m zipfile -e {z} {q}.tmp && rm -f {z} && chmod -R go-rwx {q}.tmp '
-            f'&& {{ mv -T {q}.tmp {q} 2>/dev/null || rm -rf {q}.tmp; }}',
+            f'"$PY" -m zipfile -e {z} {t} && rm -f {z} && chmod -R go-rwx {t} '
+            f'&& {{ mv -T {t} {q} 2>/dev/null || rm -rf {t}; }}',
             hide=True, warn=True, timeout=timeout_s)
         if unpack.exited != 0:
+            conn.run(f"rm -rf {z} {t}", hide=True, warn=True, timeout=timeout_s)
+            if unpack.exited == 127:
+                raise RemoteError(f"{conn.host} has no python3 on the non-interactive PATH",
+                                  fix=f"install python3 on {conn.host} (the agent needs only the standard library)")
             raise RemoteError(f"cannot unpack the agent on {conn.host}: {unpack.stderr.strip()}",
-                              fix=f"install python3 on {conn.host} (the agent needs only the standard library)")
+                              fix=f"check free space and permissions of {path.rsplit('/', 1)[0]} on {conn.host}")
     return path
 
 
