@@ -6,6 +6,7 @@ The JSON layout is a stable, documented schema (``docs/doctor-json.md``): add fi
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -19,6 +20,7 @@ from rich.text import Text
 from clusterkit import __version__
 from clusterkit.checks.registry import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.facts import Maybe, NodeFacts, Unavailable, to_jsonable
+from clusterkit.hostlist import compress
 
 JSON_SCHEMA = "clusterkit.doctor/v1"
 
@@ -66,12 +68,52 @@ _TITLE = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO:
 _MARK = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
 
 
+def _host_pattern(host: str) -> re.Pattern[str]:
+    """``host`` as a whole word (``node1`` not inside ``node10``, ``10.0.0.1`` not inside ``10.0.0.12``)."""
+    return re.compile(r"(?<![\w.-])" + re.escape(host) + r"(?![\w-]|\.\w)")
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings of one check that say the same thing on several hosts (the host name aside)."""
+
+    first: Finding
+    hosts: list[str]
+
+    @property
+    def hostlist(self) -> str:
+        return compress(self.hosts)
+
+    def text(self, value: str) -> str:
+        """``value`` of the first finding, its host name replaced by the whole group's host list."""
+        if len(self.hosts) == 1 or self.first.host == CLUSTER_HOST:
+            return value
+        return _host_pattern(self.first.host).sub(self.hostlist, value)
+
+
+def group_findings(findings: list[Finding]) -> list[FindingGroup]:
+    """Identical findings on many hosts as one group each (in the order first seen)."""
+    groups: dict[tuple[str, ...], FindingGroup] = {}
+    for f in findings:
+        pattern = _host_pattern(f.host)
+        key = (f.check_id, f.severity.value, *(pattern.sub("\0", text) for text in (f.message, f.where, f.fix)))
+        if f.host == CLUSTER_HOST:
+            key = (*key, str(id(f)))  # cluster-wide findings already speak for every host
+        if key in groups:
+            groups[key].hosts.append(f.host)
+        else:
+            groups[key] = FindingGroup(f, [f.host])
+    return list(groups.values())
+
+
 def render_table(report: DoctorReport, console: Console, show_passed: bool = False, brief: bool = False) -> None:
     """Failures grouped by severity (errors first): what, where, and the fix, never truncated.
 
     Each finding is a short block rather than a table row, so a fix command stays whole and
-    copy-pastable at any terminal width. ``brief`` keeps the blocks for errors only and gives each
-    other failing check one line naming its hosts (a launch's preflight).
+    copy-pastable at any terminal width. A finding that is the same on several hosts is one block
+    naming them as a host list (``node[01-64]``); ``--json`` keeps one finding per host. ``brief``
+    keeps the blocks for errors only and gives each other failing check one line naming its hosts
+    (a launch's preflight).
     """
     many_hosts = len(report.hosts) > 1 or any(f.host == CLUSTER_HOST for f in report.findings)
     for host, facts in report.facts.items():
@@ -79,23 +121,24 @@ def render_table(report: DoctorReport, console: Console, show_passed: bool = Fal
             console.print(Text.assemble((f"{host}", "bold red"), f": no facts ({facts.reason})"))
     for severity in Severity:
         rows = sorted((f for f in report.failed if f.severity is severity),
-                      key=lambda f: (f.host != CLUSTER_HOST, f.host, f.check_id, f.where))
+                      key=lambda f: (f.host != CLUSTER_HOST, f.check_id, f.where, f.host))
         if not rows:
             continue
         console.print(Text(f"{_TITLE[severity]} ({len(rows)})", style=_STYLE[severity] + " underline"))
         if brief and severity is not Severity.ERROR:
             _print_brief(rows, severity, console)
             continue
-        for f in rows:
+        for group in group_findings(rows):
+            f = group.first
             head = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
             if many_hosts:
-                head.append(f"[{f.host}] ", style="bold")
+                head.append(f"[{group.hostlist}] ", style="bold")
             head.append(f.check_id, style=_STYLE[severity])
             if f.where:
-                head.append(f"  {f.where}", style="dim")
+                head.append(f"  {group.text(f.where)}", style="dim")
             console.print(head, soft_wrap=True)
-            console.print(Text(f"   {f.message}"), soft_wrap=True)
-            console.print(Text(f"   fix: {f.fix}", style="green"), soft_wrap=True)
+            console.print(Text(f"   {group.text(f.message)}"), soft_wrap=True)
+            console.print(Text(f"   fix: {group.text(f.fix)}", style="green"), soft_wrap=True)
         console.print()
     if show_passed:
         console.print(Text("Passed and skipped", style="underline"))
@@ -118,10 +161,9 @@ def _print_brief(rows: list[Finding], severity: Severity, console: Console) -> N
     for f in rows:
         by_check.setdefault(f.check_id, []).append(f)
     for check_id, found in by_check.items():
-        hosts = ", ".join(dict.fromkeys(f.host for f in found))
         line = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
         line.append(check_id, style=_STYLE[severity])
-        line.append(f" [{hosts}] ", style="bold")
+        line.append(f" [{compress(f.host for f in found)}] ", style="bold")
         line.append(found[0].message)
         console.print(line, soft_wrap=True)
     console.print()
