@@ -140,7 +140,7 @@ def cmd_collect(args: argparse.Namespace) -> Any:
         host, _, port = args.connect.rpartition(":")
         threads.append(_in_thread(probes, "connect", lambda: reach(host, int(port), args.connect_timeout)))
     options = CollectOptions(section_timeout_s=args.timeout, use_probe_cache=not args.fresh,
-                             peers=_split(args.peers))
+                             peers=_split(args.peers), sshd_address=args.sshd_address)
     if args.python:
         options.python = args.python
     if args.cwd:
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--timeout", type=float, default=30.0)
     collect.add_argument("--fresh", action="store_true", help="probe the Python env even if a cached probe is valid")
     collect.add_argument("--peers", help="hostfile names whose known_hosts entries to read")
+    collect.add_argument("--sshd-address", metavar="ADDR:PORT",
+                         help="where the head reached this node's sshd: read the host keys it serves there")
     collect.add_argument("--ssh-check", metavar="HOSTS", help="log into these hosts with ssh -o BatchMode=yes")
     collect.add_argument("--ssh-timeout", type=float, default=5.0)
     collect.add_argument("--ssh-port", type=int)

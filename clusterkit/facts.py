@@ -417,6 +417,13 @@ class ClusterProbes:
     unreachable_fixes: dict[str, str] = field(default_factory=dict)
     #: Which live logins ``ssh_mesh`` holds: "static" (none), "ring" (each node to the next), "full".
     mesh_mode: str = "static"
+    #: Whether ``head`` (the launching machine, this one) is a hostfile entry; False for a login node.
+    head_in_hostfile: bool = True
+    #: The only active host is this machine: DeepSpeed starts ranks here, with no SSH and no pdsh.
+    local_only: bool = False
+    #: The launching machine as the launcher itself sees it (read in-process, not over SSH): its pdsh,
+    #: its .deepspeed_env files and the NCCL_* variables DeepSpeed exports from its environment.
+    launch_facts: Maybe[NodeFacts] = Unavailable("not collected")
 
 
 # --------------------------------------------------------------------------------------------- codec

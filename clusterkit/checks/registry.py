@@ -8,6 +8,7 @@ exception becomes an ``internal-error`` finding, so one broken check never stops
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import traceback
@@ -49,6 +50,8 @@ class Problem:
     where: str = ""
     fix: str | None = None
     host: str | None = None
+    #: Lowers the check's severity for this problem (never raises it).
+    severity: Severity | None = None
 
 
 class NotApplicable(Exception):
@@ -82,6 +85,10 @@ class NodeContext:
     expected_gpus: int | None = None
     #: True where jobs are launched from (this machine): pdsh and the master port matter there.
     is_launch_node: bool = True
+    #: False where no SSH reaches the node: a one-host launch on this machine, or a head outside the hostfile.
+    needs_sshd: bool = True
+    #: False for a one-host launch on this machine: DeepSpeed's runner then starts ranks without pdsh.
+    multi_node: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -93,6 +100,8 @@ class ClusterView:
     nodes: Mapping[str, Maybe[NodeFacts]]
     probes: ClusterProbes | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: The hostfile's path, for findings that name its lines.
+    hostfile: str = "hostfile"
 
     def reachable(self) -> dict[str, NodeFacts]:
         """Facts of the nodes that answered, in hostfile order."""
@@ -112,8 +121,12 @@ class CheckSpec:
     summary: str
     why: str
     fix: str
-    scope: str  # "node" or "cluster"
+    #: "node" (every hostfile node), "launch" (only the launching machine) or "cluster" (all together).
+    scope: str
     func: Callable[..., Iterable[Problem]]
+    #: A node check that also judges the launching machine (from its own view, even when it is not in the
+    #: hostfile); on a hostfile node that is the launching machine it is judged once, from that view.
+    on_launch_machine: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,21 +151,34 @@ REGISTRY: dict[str, CheckSpec] = {}
 
 
 def _register(scope: str, check_id: str, severity: Severity, tags: Sequence[str], why: str,
-              fix: str) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
+              fix: str, on_launch_machine: bool = False
+              ) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
     def decorate(func: Callable[..., Iterable[Problem]]) -> Callable[..., Iterable[Problem]]:
         if check_id in REGISTRY:
             raise RuntimeError(f"check id {check_id!r} registered twice")
         summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else check_id
-        REGISTRY[check_id] = CheckSpec(check_id, severity, tuple(tags), summary, why, fix, scope, func)
+        REGISTRY[check_id] = CheckSpec(check_id, severity, tuple(tags), summary, why, fix, scope, func,
+                                       on_launch_machine)
         return func
 
     return decorate
 
 
-def node_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
+def node_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str,
+               on_launch_machine: bool = False
                ) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
-    """Register a check that judges one node: ``func(facts: NodeFacts, ctx: NodeContext)``."""
-    return _register("node", check_id, severity, tags, why, fix)
+    """Register a check that judges one node: ``func(facts: NodeFacts, ctx: NodeContext)``.
+
+    ``on_launch_machine``: it also judges the launching machine, even outside the hostfile.
+    """
+    return _register("node", check_id, severity, tags, why, fix, on_launch_machine)
+
+
+def launch_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
+                 ) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
+    """Register a check of the launching machine only (where ``deepspeed`` and pdsh run):
+    ``func(facts: NodeFacts, ctx: NodeContext)``."""
+    return _register("launch", check_id, severity, tags, why, fix)
 
 
 def cluster_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
@@ -180,6 +206,28 @@ def select_checks(only: Sequence[str] = (), skip: Sequence[str] = (), scope: str
             and not matches(spec, skip)]
 
 
+def checks_for_machine(specs: Iterable[CheckSpec], *, node: bool, launch: bool,
+                       launch_judged_apart: bool = False) -> list[CheckSpec]:
+    """The node and launch checks that judge one machine.
+
+    ``node``: it is a hostfile node; ``launch``: jobs are launched from it, judged from its own view;
+    ``launch_judged_apart``: it is the launching machine, judged from its own view in another run, so
+    checks that also judge the launching machine are left out here (one file, one finding).
+    """
+    chosen = []
+    for spec in specs:
+        if spec.scope == "launch":
+            wanted = launch
+        elif spec.scope == "node":
+            wanted = (node and not (launch_judged_apart and spec.on_launch_machine)) or \
+                     (launch and spec.on_launch_machine)
+        else:
+            wanted = False
+        if wanted:
+            chosen.append(spec)
+    return chosen
+
+
 def _run_one(spec: CheckSpec, host: str, call: Callable[[], Iterable[Problem]]) -> list[Finding]:
     def finding(outcome: Outcome, message: str, where: str = "", fix: str | None = None,
                 on_host: str | None = None) -> Finding:
@@ -200,14 +248,20 @@ def _run_one(spec: CheckSpec, host: str, call: Callable[[], Iterable[Problem]]) 
                         "rerun with CLUSTERKIT_DEBUG=1 and report the traceback")]
     if not problems:
         return [finding(Outcome.PASS, spec.summary)]
-    return [finding(Outcome.FAIL, p.message, p.where, p.fix, p.host) for p in problems]
+    return [dataclasses.replace(finding(Outcome.FAIL, p.message, p.where, p.fix, p.host),
+                                severity=lower(spec.severity, p.severity)) for p in problems]
+
+
+def lower(severity: Severity, override: Severity | None) -> Severity:
+    """``override`` where it is milder than ``severity``: a problem may soften its check, never harden it."""
+    return override if override is not None and override.rank > severity.rank else severity
 
 
 def run_node_checks(specs: Iterable[CheckSpec], facts: NodeFacts, ctx: NodeContext) -> list[Finding]:
-    """Run node checks on one node's facts; never raises."""
+    """Run node and launching-machine checks on one machine's facts; never raises."""
     findings: list[Finding] = []
     for spec in specs:
-        if spec.scope == "node":
+        if spec.scope in ("node", "launch"):
             findings += _run_one(spec, ctx.host, lambda s=spec: s.func(facts, ctx))  # type: ignore[misc]
     return findings
 

@@ -44,6 +44,8 @@ class CollectOptions:
     use_probe_cache: bool = True
     #: Hostfile names of the other nodes: known_hosts is read for them (SSH trust facts).
     peers: list[str] = field(default_factory=list)
+    #: ``ADDRESS:PORT`` the head reached this node's sshd on: the host keys it serves are read there.
+    sshd_address: str | None = None
 
 
 def _load(spec: str) -> Callable[[CollectOptions], object]:

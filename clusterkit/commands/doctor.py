@@ -20,6 +20,7 @@ from clusterkit.checks.registry import (
     CheckSpec,
     ClusterView,
     NodeContext,
+    checks_for_machine,
     run_cluster_checks,
     run_node_checks,
     select_checks,
@@ -87,22 +88,33 @@ def gather_local(specs: list[CheckSpec], python: str | None, timeout_s: float, f
         options.python = python
     facts = collect_node(options)
     host = facts.host.hostname
-    findings = run_node_checks(specs, facts, NodeContext(host=host))
+    findings = run_node_checks(checks_for_machine(specs, node=True, launch=True), facts, NodeContext(host=host))
     return DoctorReport(hosts=[host], facts={host: facts}, findings=findings, started_at=started,
                         duration_s=time.time() - started)
 
 
 def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[str, Maybe[NodeFacts]],
                   probes: ClusterProbes | None, started: float, hostfile: str) -> DoctorReport:
-    """Run node checks on every reachable node, then the cluster-wide checks."""
+    """Run node checks on every reachable node, launch checks on this machine, then cluster-wide checks."""
     findings = []
+    launch_name = probes.head if probes is not None else None
+    local_only = probes is not None and probes.local_only
     for host in hosts:
         node = facts.get(host.name, Unavailable("not collected"))
-        if not isinstance(node, Unavailable):
-            ctx = NodeContext(host=host.name, expected_gpus=len(host.slots),
-                              is_launch_node=probes is None or probes.head == host.name)
-            findings += run_node_checks(specs, node, ctx)
-    findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes))
+        if isinstance(node, Unavailable):
+            continue
+        is_launch = host.name == launch_name
+        chosen = checks_for_machine(specs, node=True, launch=local_only and is_launch,
+                                    launch_judged_apart=is_launch and not local_only)
+        ctx = NodeContext(host=host.name, expected_gpus=len(host.slots), is_launch_node=is_launch,
+                          needs_sshd=not local_only, multi_node=not local_only)
+        findings += run_node_checks(chosen, node, ctx)
+    if probes is not None and launch_name is not None and not local_only:
+        here = probes.launch_facts
+        if not isinstance(here, Unavailable):
+            ctx = NodeContext(host=launch_name, is_launch_node=True, needs_sshd=probes.head_in_hostfile)
+            findings += run_node_checks(checks_for_machine(specs, node=False, launch=True), here, ctx)
+    findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes, hostfile=hostfile))
     return DoctorReport(hosts=[h.name for h in hosts], facts=facts, findings=findings, hostfile=hostfile,
                         started_at=started, duration_s=time.time() - started)
 

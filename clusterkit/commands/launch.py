@@ -32,6 +32,7 @@ from clusterkit.launchline import (
     deepspeed_launcher,
     shell_line,
 )
+from clusterkit.launchsite import launch_place
 from clusterkit.report import DoctorReport, render_table, summary_line
 from clusterkit.survey import AUTO_PORT
 
@@ -101,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--deepspeed-config {config_path} differs from {named.flag} {named.path} in the "
                              "script's arguments; give one")
         config_path = named.path
+    place = launch_place([h.name for h in hosts])
     plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()), script=script,
                       script_args=script_args, include=args.include, exclude=args.exclude,
                       launcher=args.launcher, launcher_args=args.launcher_args, master_addr=args.master_addr,
                       master_port=args.master_port, ssh_port=args.ssh_port, module=args.module,
-                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style])
+                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style],
+                      force_multi=len(hosts) == 1 and not place.local_only, no_ssh_check=place.local_only)
+    if place.local_only and not plan.master_addr:
+        plan.master_addr = "127.0.0.1"  # every rank runs here; DeepSpeed would ssh to ask `hostname -I`
     err = Console(stderr=True)
     if not args.no_preflight:
         config = None

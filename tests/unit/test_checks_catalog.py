@@ -20,6 +20,7 @@ from clusterkit.checks.registry import (
     Outcome,
     Problem,
     Severity,
+    checks_for_machine,
     node_check,
     run_node_checks,
     select_checks,
@@ -33,7 +34,8 @@ ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)+$")
 
 def node_findings(facts: NodeFacts, expected_gpus: int | None = None) -> list[Any]:
     load_checks()
-    return run_node_checks(select_checks(scope="node"), facts, NodeContext("node-0", expected_gpus=expected_gpus))
+    specs = checks_for_machine(select_checks(), node=True, launch=True)  # this machine, as doctor sees it
+    return run_node_checks(specs, facts, NodeContext("node-0", expected_gpus=expected_gpus))
 
 
 def failing(facts: NodeFacts, expected_gpus: int | None = None) -> dict[str, str]:
@@ -45,7 +47,8 @@ def failing(facts: NodeFacts, expected_gpus: int | None = None) -> dict[str, str
 
 def test_there_are_at_least_25_node_checks() -> None:
     load_checks()
-    mine = [s for s in REGISTRY.values() if s.scope == "node" and s.func.__module__.rsplit(".", 1)[-1] in MY_MODULES]
+    mine = [s for s in REGISTRY.values()
+            if s.scope in ("node", "launch") and s.func.__module__.rsplit(".", 1)[-1] in MY_MODULES]
     assert len(mine) >= 25
 
 
