@@ -51,7 +51,9 @@ def run_playbook(ctx: BootstrapContext, steps: list[StepSpec]) -> list[StepRepor
         try:
             report = STEPS[spec.id](ctx, spec)
         except AbortBootstrap as abort:
-            report = StepReport(spec, note=f"ABORTED: {abort} | fix: {abort.fix}")
+            report = abort.report or StepReport(spec)
+            report.note = f"ABORTED: {abort} | fix: {abort.fix}"
+            report.aborted = True
             reports.append(report)
             _print_step(ctx, report)
             break
@@ -81,26 +83,37 @@ def _print_step(ctx: BootstrapContext, report: StepReport) -> None:
 
 
 def summary_table(ctx: BootstrapContext, reports: list[StepReport]) -> Text:
-    """One line per node: which steps were ok, changed, would change, failed or skipped."""
+    """One line per machine: the steps that failed (with why), changed, would change, were ok or skipped,
+    and, when the run stopped early, that the later steps did not run."""
     title = "bootstrap summary" + (" (dry run: nothing was changed)" if ctx.dry_run else "")
     text = Text(title + "\n", style="bold")
+    stopped = next((r.step.id for r in reports if r.aborted), None)
     for host in dict.fromkeys(["head", *ctx.names]):
         by_status: dict[str, list[str]] = {}
+        errors: list[str] = []
         for report in reports:
             outcome = report.outcomes.get(host)
             if outcome is not None:
                 by_status.setdefault(outcome.status, []).append(report.step.id)
+                if outcome.status == FAILED:
+                    errors.append(f"{report.step.id}: {outcome.error or 'failed'}")
         if not by_status:
             continue
-        text.append(f"  {host}: ", style="bold")
-        parts = [(status, steps) for status, steps in by_status.items()]
-        for i, (status, steps) in enumerate(sorted(parts, key=lambda p: list(_STYLE).index(p[0]))):
+        label = "this machine" if host == "head" else host
+        text.append(f"  {label}: ", style="bold")
+        parts = sorted(by_status.items(), key=lambda p: list(_STYLE).index(p[0]) if p[0] in _STYLE else 99)
+        parts.sort(key=lambda p: p[0] != FAILED)
+        for i, (status, steps) in enumerate(parts):
             text.append("; " if i else "")
-            text.append(status, style=_STYLE.get(status, ""))
-            text.append(f" {', '.join(steps)}" if status != "ok" else f" ({len(steps)} steps)")
+            text.append(status.upper() if status == FAILED else status, style=_STYLE.get(status, ""))
+            text.append(f" {', '.join(steps)}")
+        if stopped is not None:
+            text.append(f"; later steps not run (the run stopped at {stopped})", style="dim")
         text.append("\n")
+        for error in errors:
+            text.append(f"      {error}\n", style="red")
     return text
 
 
 def succeeded(reports: list[StepReport]) -> bool:
-    return not any(r.failed_hosts or r.note.startswith("ABORTED") for r in reports)
+    return not any(r.failed_hosts or r.aborted for r in reports)

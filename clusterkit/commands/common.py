@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -37,15 +36,14 @@ def id_list(text: str) -> list[str]:
 
 
 def ssh_settings(args: argparse.Namespace) -> SshSettings:
-    """Build SshSettings from parsed flags; asks for the password at most once."""
+    """Build SshSettings from parsed flags. ``--ask-password`` prompts later, and only when a node
+    refuses the key (see BootstrapContext.ensure_password)."""
     password = None
     env_var = getattr(args, "password_env", None)
     if env_var:
         if env_var not in os.environ:
             raise UsageError(f"--password-env {env_var}: that environment variable is not set")
         password = os.environ[env_var]
-    elif getattr(args, "ask_password", False):
-        password = getpass.getpass("SSH password for the nodes (used for first contact only, not stored): ")
     return SshSettings(user=args.user, port=args.ssh_port, identity_file=args.identity, password=password,
                        trust_new_hosts=args.trust_new_hosts, connect_timeout_s=args.connect_timeout)
 
