@@ -49,14 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clusterkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"clusterkit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"clusterkit.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for name in COMMAND_MODULES:  # a command that fails to import is a bug, never a missing command
+        importlib.import_module(f"clusterkit.commands.{name}").register(subparsers)
     return parser
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clusterkit.checks import load_checks
-from clusterkit.checks.registry import REGISTRY, Finding, NodeContext, Outcome, Severity, run_node_checks
+from clusterkit.checks.registry import REGISTRY, NodeContext, run_node_checks
 from clusterkit.facts import (
     CudaFacts,
     DiskFacts,
@@ -41,6 +41,7 @@ from clusterkit.facts import (
     Unavailable,
     XidEvent,
 )
+from clusterkit.findings import Finding, Outcome, Severity
 
 T = TypeVar("T")
 

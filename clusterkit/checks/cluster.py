@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from clusterkit.checks.registry import ClusterView, NotApplicable, Problem, Severity, cluster_check
+from clusterkit.checks.registry import ClusterView, cluster_check
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import NotApplicable, Problem, Severity
 from clusterkit.nccl import select_interfaces
 
 

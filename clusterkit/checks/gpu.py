@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts, Unavailable, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 
 # ------------------------------------------------------------------------------------------ helpers
 

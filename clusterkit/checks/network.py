@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from clusterkit.checks.gpu import gpu_where, node_gpus
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.dsenv import parse_deepspeed_env
 from clusterkit.facts import IbPortFacts, NicFacts, NodeFacts, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 from clusterkit.nccl import DEFAULT_EXCLUDED_PREFIXES, select_interfaces
 
 #: NCCL's P2P matrix statuses (``nvidia-smi topo -p2p``) other than OK.

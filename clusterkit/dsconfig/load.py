@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import InputError
-
-KeyPath = tuple[str, ...]
+from clusterkit.findings import KeyPath
 
 #: json's own string scanner (C-accelerated), which typeshed does not declare.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]

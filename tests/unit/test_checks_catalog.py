@@ -14,18 +14,15 @@ from hypothesis import strategies as st
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import (
-    INTERNAL_ERROR_ID,
     REGISTRY,
     NodeContext,
-    Outcome,
-    Problem,
-    Severity,
     checks_for_machine,
     node_check,
     run_node_checks,
     select_checks,
 )
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import INTERNAL_ERROR_ID, Outcome, Problem, Severity
 from tests.factories import cpu_only_node, h100_fixture_node, healthy_gpu_node, with_gpu
 
 MY_MODULES = ("gpu", "system", "software", "network", "launcher")
@@ -176,21 +173,14 @@ def test_every_skip_says_why() -> None:
 
 
 def test_problems_found_before_a_check_gives_up_are_kept() -> None:
-    from clusterkit.checks.registry import (
-        CheckSpec,
-        NodeContext,
-        NotApplicable,
-        Outcome,
-        Problem,
-        Severity,
-        run_node_checks,
-    )
+    from clusterkit.checks.registry import NodeCheck, NodeContext, run_node_checks
+    from clusterkit.findings import NotApplicable, Outcome, Problem, Severity
     from tests.factories import healthy_gpu_node
 
     def half(facts: object, ctx: object) -> Iterator[Problem]:
         yield Problem("GPU 0 is bad", where="GPU 0")
         raise NotApplicable("GPU 1 unreadable")
 
-    spec = CheckSpec("half-check", Severity.ERROR, (), "summary", "why", "fix", "node", half)
+    spec = NodeCheck("half-check", Severity.ERROR, (), "summary", "why", "fix", "node", half)
     findings = run_node_checks([spec], healthy_gpu_node(), NodeContext(host="n"))
     assert [(f.outcome, f.message) for f in findings] == [(Outcome.FAIL, "GPU 0 is bad")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from clusterkit.checks import load_checks
-from clusterkit.checks.registry import REGISTRY, ClusterView, Finding, Outcome, run_cluster_checks
+from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SshTrustFacts, Unavailable
+from clusterkit.findings import Finding, Outcome
 from clusterkit.inventory import parse_hostfile, select_hosts
 from tests.factories import dsenv_file, healthy_gpu_node, make_host, make_launcher, make_network, make_nic
 

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 from rich.console import Console
 
-from clusterkit.checks.registry import Finding, Outcome, Severity
 from clusterkit.facts import Unavailable
+from clusterkit.findings import Finding, Outcome, Severity
 from clusterkit.report import (
     JSON_SCHEMA,
     DoctorReport,
