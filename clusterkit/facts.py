@@ -386,6 +386,50 @@ class NodeFacts:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------- cross-node probes
+
+
+@dataclass
+class SshLoginProbe:
+    """One live login from a node (``ssh -o BatchMode=yes HOST true``): did it work, what ssh said."""
+
+    host: str
+    ok: bool
+    #: ssh's last line of stderr (or why it could not run) when the login failed; "" when it worked.
+    error: str = ""
+    exit_code: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PortHoldProbe:
+    """The master port held open on the first host: was it free, and who connected to it."""
+
+    port: int
+    free: bool
+    error: str = ""
+    accepted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConnectProbe:
+    """A TCP connection from a node to the master address and port."""
+
+    ok: bool
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class CollectReply:
+    """What ``agent collect`` sends back: the node's facts and the probes it ran beside them."""
+
+    facts: NodeFacts
+    ssh: list[SshLoginProbe] | None = None
+    listen: PortHoldProbe | None = None
+    connect: ConnectProbe | None = None
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 
@@ -399,8 +443,8 @@ class MasterProbe:
     all_addresses: list[str]
     port: int
     port_free: Maybe[bool]
-    #: host -> "" when it connected to address:port, else the error.
-    reachable_from: dict[str, str]
+    #: host -> its connection to address:port (Unavailable: not tested, and why).
+    reachable_from: dict[str, Maybe[ConnectProbe]]
 
 
 @dataclass
@@ -410,8 +454,8 @@ class ClusterProbes:
     head: str
     #: host -> node clock minus head clock, in seconds (RTT-corrected).
     clock_offset_s: dict[str, Maybe[float]]
-    #: source host -> {destination host: "" when passwordless SSH works, else the error}.
-    ssh_mesh: dict[str, Maybe[dict[str, str]]]
+    #: source host -> its live logins into other nodes (``--mesh ring|full``).
+    ssh_mesh: dict[str, Maybe[list[SshLoginProbe]]]
     master: Maybe[MasterProbe]
     #: host -> fix command for hosts whose facts could not be collected.
     unreachable_fixes: dict[str, str] = field(default_factory=dict)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from clusterkit import __version__
 from clusterkit.progress import NodeProgress
 
 if TYPE_CHECKING:
@@ -381,6 +382,24 @@ class AgentReply:
         return None if self.node_clock is None else self.node_clock - self.received_at
 
 
+def check_wire(payload: dict[str, Any], host: str) -> None:
+    """The agent that answered speaks this clusterkit's protocol and facts schema, else say which side
+    is older. (clusterkit ships its own agent, so a mismatch is a stale or foreign agent directory.)"""
+    from clusterkit.agent import AGENT_PROTOCOL
+    from clusterkit.facts import SCHEMA_VERSION
+
+    theirs = (payload.get("protocol"), payload.get("schema_version"))
+    if theirs == (AGENT_PROTOCOL, SCHEMA_VERSION):
+        return
+    older = isinstance(theirs[0], int) and theirs[0] < AGENT_PROTOCOL
+    raise RemoteError(
+        f"the agent on {host} speaks protocol {theirs[0]} (facts schema {theirs[1]}), this clusterkit "
+        f"{__version__} speaks {AGENT_PROTOCOL} (schema {SCHEMA_VERSION}): the node's agent is "
+        + ("older" if older else "newer"),
+        fix=(f"on {host}: rm -rf \"${{TMPDIR:-/tmp}}/clusterkit-$(id -u)\" (clusterkit ships its agent again)"
+             if older else "upgrade clusterkit on this machine to the version that shipped that agent"))
+
+
 def parse_agent_output(stdout: str, host: str, received_at: float | None = None) -> AgentReply:
     """Find the agent's result line; a shell that prints banners cannot break this."""
     from clusterkit.agent import RESULT_MARKER
@@ -390,6 +409,7 @@ def parse_agent_output(stdout: str, host: str, received_at: float | None = None)
         tail = " | ".join(stdout.strip().splitlines()[-3:]) or "no output"
         raise RemoteError(f"the agent on {host} printed no result ({tail})")
     payload = json.loads(lines[-1][len(RESULT_MARKER):])
+    check_wire(payload, host)
     if "error" in payload:
         raise RemoteError(f"the agent on {host} failed: {payload['error']}")
     clock = payload.get("clock_unix")

@@ -28,10 +28,13 @@ from rich.console import Console
 
 from clusterkit.facts import (
     ClusterProbes,
+    CollectReply,
+    ConnectProbe,
     FactsDecodeError,
     MasterProbe,
     Maybe,
     NodeFacts,
+    SshLoginProbe,
     Unavailable,
     from_jsonable,
 )
@@ -90,11 +93,8 @@ def login_targets(names: list[str], host: str, mesh: str, head: str | None = Non
 
 @dataclass
 class _Reading:
-    facts: NodeFacts
+    reply: CollectReply
     clock_offset_s: float | None
-    ssh: dict[str, str] | None = None
-    listen: dict[str, object] | None = None
-    connect: str | None = None
 
 
 class _Master:
@@ -141,20 +141,10 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
     finally:
         if first:
             master.ready.set()  # never leave the others waiting on a host that failed
-    result = reply.result
     try:
-        facts = from_jsonable(NodeFacts, result["facts"])
-    except (FactsDecodeError, KeyError, TypeError) as exc:
-        raise RemoteError(f"facts from {host} do not match this clusterkit version: {exc}") from None
-    reading = _Reading(facts, reply.clock_offset_s)
-    if isinstance(result.get("ssh"), list):
-        reading.ssh = {row["host"]: "" if row.get("ok") else (row.get("error") or f"exit {row.get('rc')}")
-                       for row in result["ssh"]}
-    if isinstance(result.get("listen"), dict):
-        reading.listen = result["listen"]
-    if isinstance(result.get("connect"), dict):
-        reading.connect = "" if result["connect"].get("ok") else str(result["connect"].get("error"))
-    return reading
+        return _Reading(from_jsonable(CollectReply, reply.result), reply.clock_offset_s)
+    except FactsDecodeError as exc:
+        raise RemoteError(f"the reply from {host} does not match this clusterkit's wire: {exc}") from None
 
 
 def _read_master(conn: Connection, host: str, options: SurveyOptions, master: _Master) -> None:
@@ -185,13 +175,13 @@ def _master_probe(names: list[str], master: _Master, readings: dict[str, _Readin
         return Unavailable(f"first host {names[0]} is unreachable")
     if master.address is None:
         return Unavailable(master.error or "no master address")
-    port_free: Maybe[bool] = Unavailable("the first host's listener gave no answer")
-    if first.listen is not None:
-        port_free = bool(first.listen.get("free"))
+    listen = first.reply.listen
+    port_free: Maybe[bool] = listen.free if listen is not None else Unavailable(
+        "the first host's listener gave no answer")
+    not_tested = Unavailable("not tested")
     return MasterProbe(host=names[0], address=master.address, all_addresses=master.addresses,
                        port=master.port, port_free=port_free,
-                       reachable_from={h: r.connect if r.connect is not None else "not tested"
-                                       for h, r in readings.items()})
+                       reachable_from={h: r.reply.connect or not_tested for h, r in readings.items()})
 
 
 def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> Maybe[NodeFacts]:
@@ -237,7 +227,7 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
     for name, result in results.items():
         if result.ok and result.value is not None:
             readings[name] = result.value
-            facts[name] = result.value.facts
+            facts[name] = result.value.reply.facts
             offset = result.value.clock_offset_s
             offsets[name] = offset if offset is not None else Unavailable("the agent sent no clock")
         else:
@@ -245,10 +235,10 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
             offsets[name] = Unavailable("node unreachable")
             if result.fix:
                 fixes[name] = result.fix
-    mesh: dict[str, Maybe[dict[str, str]]] = {}
+    mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}
     master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
     if options.probes:
-        mesh = {name: r.ssh for name, r in readings.items() if r.ssh is not None}
+        mesh = {name: r.reply.ssh for name, r in readings.items() if r.reply.ssh is not None}
         master_probe = _master_probe(names, master, readings, options)
     return facts, ClusterProbes(head=place.name, clock_offset_s=offsets, ssh_mesh=mesh, master=master_probe,
                                 unreachable_fixes=fixes, mesh_mode=options.mesh, head_in_hostfile=place.in_hostfile,
@@ -266,7 +256,7 @@ def _survey_here(name: str, options: SurveyOptions, console: Console
         port = options.master_port if options.master_port != AUTO_PORT else _free_local_port()
         address = options.master_addr or "127.0.0.1"
         master = MasterProbe(host=name, address=address, all_addresses=[address], port=port,
-                             port_free=_port_free(port), reachable_from={name: ""})
+                             port_free=_port_free(port), reachable_from={name: ConnectProbe(True)})
     return {name: facts}, ClusterProbes(head=name, clock_offset_s={name: 0.0}, ssh_mesh={}, master=master,
                                         mesh_mode=options.mesh, head_in_hostfile=True, local_only=True,
                                         launch_facts=facts)

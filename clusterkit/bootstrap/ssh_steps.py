@@ -23,6 +23,7 @@ from clusterkit.bootstrap.context import (
 from clusterkit.bootstrap.files import edit_home_file, ensure_ssh_dir
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.collect.sshtrust import fingerprint, known_host_entries
+from clusterkit.facts import SshLoginProbe, from_jsonable
 from clusterkit.remote import (
     RemoteError,
     connect,
@@ -380,15 +381,14 @@ def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
             args = ["ssh-mesh", "--hosts", ",".join(names), "--timeout", "10"]
             if ctx.settings.port:
                 args += ["--port", str(ctx.settings.port)]
-            rows = run_agent(conn, args, timeout_s=spec.timeout_s - 5)
-        broken = [f"{host} -> {r['host']}: {r.get('error') or 'exit ' + str(r.get('rc'))}"
-                  for r in rows if not r["ok"]]
+            logins = from_jsonable(list[SshLoginProbe], run_agent(conn, args, timeout_s=spec.timeout_s - 5))
+        broken = [f"{host} -> {login.host}: {login.error}" for login in logins if not login.ok]
         if broken:
             if ctx.dry_run:
                 return NodeOutcome(WOULD_CHANGE, [f"{len(broken)} route(s) not working yet"])
             raise RemoteError("; ".join(broken), fix="rerun `clusterkit bootstrap`; if it persists: "
                                                      f"ssh -v from {host}")
-        return NodeOutcome(OK, [f"reaches all {len(rows)} nodes"])
+        return NodeOutcome(OK, [f"reaches all {len(logins)} nodes"])
 
     report = ctx.per_node(spec, verify)
     if len(names) < len(ctx.names):

@@ -165,13 +165,13 @@ def ssh_mesh_broken(view: ClusterView) -> Iterator[Problem]:
     _over_ssh(view)
     if view.probes is None or not view.probes.ssh_mesh:
         raise NotApplicable("no live logins were tried (--mesh static); pairs are judged by ssh-trust-incomplete")
-    for source, row in view.probes.ssh_mesh.items():
-        if isinstance(row, Unavailable):
-            yield Problem(f"could not test SSH from {source}: {row.reason}", where=source, host=source)
+    for source, logins in view.probes.ssh_mesh.items():
+        if isinstance(logins, Unavailable):
+            yield Problem(f"could not test SSH from {source}: {logins.reason}", where=source, host=source)
             continue
-        for target, error in row.items():
-            if error:
-                yield Problem(f"ssh {source} -> {target} fails: {error}", where=f"{source} -> {target}",
+        for login in logins:
+            if not login.ok:
+                yield Problem(f"ssh {source} -> {login.host} fails: {login.error}", where=f"{source} -> {login.host}",
                               host=source)
 
 
@@ -244,10 +244,12 @@ def master_unreachable(view: ClusterView) -> Iterator[Problem]:
                           "stop it, or choose another port (`clusterkit launch --master-port P`, which passes "
                           "deepspeed --master_port P; without it, launch picks a free port itself)", host=master.host)
         return
-    for host, error in master.reachable_from.items():
-        if error:
-            yield Problem(f"{host} cannot reach {master.address}:{master.port} on {master.host}: {error}",
-                          where=f"{host} -> {master.address}:{master.port}", host=host)
+    for host, connection in master.reachable_from.items():
+        if isinstance(connection, Unavailable):
+            continue  # not tested: the node's facts (or its probe) never came back, said elsewhere
+        if not connection.ok:
+            yield Problem(f"{host} cannot reach {master.address}:{master.port} on {master.host}: "
+                          f"{connection.error}", where=f"{host} -> {master.address}:{master.port}", host=host)
 
 
 @cluster_check("master-address-suspicious", Severity.WARNING, tags=("network", "rendezvous", "cluster"),

@@ -10,14 +10,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from clusterkit.collect.deadline import run_command
+from clusterkit.collect.options import CollectOptions
 from clusterkit.collect.sshtrust import collect_ssh_trust, served_host_keys
 from clusterkit.facts import LauncherFacts, Maybe, TextFileFacts, Unavailable, known
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 TCP_LISTEN = "0A"
 #: DeepSpeed's runner: ``os.getenv("DS_ENV_FILE", ".deepspeed_env")`` in ``[expanduser("~"), "."]``.
