@@ -25,6 +25,7 @@ from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.dsenv import update_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
 from clusterkit.remote import RemoteError, connect, fan_out
+from clusterkit.remote.openssh import pdsh_environment, rsync_rsh
 
 _INSTALL_PDSH = (
     'if [ "$(id -u)" = 0 ]; then S=""; else S="sudo -n"; fi; '
@@ -37,18 +38,6 @@ _INSTALL_PDSH = (
 )
 PDSH_FIX = ("sudo apt-get install -y pdsh   (Debian/Ubuntu; RHEL: sudo dnf install -y pdsh pdsh-rcmd-ssh "
             "from EPEL), or rerun with --install-packages")
-
-
-def _ssh_command(ctx: BootstrapContext) -> list[str]:
-    """The ssh client line rsync and pdsh use: never prompts, never hangs on a dead node."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(ctx.settings.connect_timeout_s)}"]
-    if ctx.settings.port:
-        argv += ["-p", str(ctx.settings.port)]
-    if ctx.settings.user:
-        argv += ["-l", ctx.settings.user]
-    if ctx.settings.identity_file:
-        argv += ["-i", ctx.settings.identity_file]
-    return argv
 
 
 def pdsh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
@@ -102,8 +91,7 @@ def _pdsh_here(ctx: BootstrapContext, spec: StepSpec) -> NodeOutcome:
 
 
 def _verify_pdsh_from_head(ctx: BootstrapContext, hosts: list[str], spec: StepSpec, report: StepReport) -> None:
-    ssh = _ssh_command(ctx)
-    env = dict(os.environ, PDSH_RCMD_TYPE="ssh", PDSH_SSH_ARGS_APPEND=" ".join(ssh[1:]))
+    env = pdsh_environment(ctx.settings)
     argv = ["pdsh", "-R", "ssh", "-t", str(int(ctx.settings.connect_timeout_s)), "-u", str(int(spec.timeout_s)),
             "-w", ",".join(hosts), "hostname"]
     try:
@@ -132,7 +120,7 @@ def code_sync(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     assert ctx.sync_dir is not None
     source = ctx.sync_dir.resolve()
     shared = _shared_with(ctx, source, spec)
-    rsync_ssh = " ".join(shlex.quote(a) for a in _ssh_command(ctx))
+    rsync_ssh = rsync_rsh(ctx.settings)
 
     def ensure(host: str) -> NodeOutcome:
         if shared.get(host) == "shared":

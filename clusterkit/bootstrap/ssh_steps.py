@@ -30,24 +30,19 @@ from clusterkit.remote import (
     explain,
     key_fingerprint,
     known_host_name,
+    load_known_hosts,
     record_trusted_key,
     run_agent,
+    served_host_key,
+    ssh_target,
 )
-
-
-def _ssh_target(host: str, ctx: BootstrapContext) -> tuple[str, int]:
-    """Hostname and port after ~/.ssh/config, as Fabric will use them."""
-    from fabric import Connection
-
-    conn = Connection(host, user=ctx.settings.user, port=ctx.settings.port)
-    return conn.host, int(conn.port)
 
 
 def reachability(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """TCP to the SSH port and an SSH banner on every node (the launching machine too when it is a
     hostfile node: pdsh logs into it by that name)."""
     def probe(host: str) -> NodeOutcome:
-        target, port = _ssh_target(host, ctx)
+        target, port = ssh_target(host, ctx.settings)
         try:
             address = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)[0][4][0]
         except socket.gaierror as exc:
@@ -70,29 +65,15 @@ def reachability(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
 
 def host_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """Verify each node's host key against known_hosts; trust new ones only with --trust-new-hosts."""
-    import paramiko
-
-    known = paramiko.HostKeys()
-    for path in (Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")):
-        if path.is_file():
-            known.load(str(path))
+    known = load_known_hosts()
     changed: list[str] = []
 
     def probe(host: str) -> NodeOutcome:
-        target, port = _ssh_target(host, ctx)
+        target, port = ssh_target(host, ctx.settings)
         name = known_host_name(target, port)
         entry = known.lookup(name)
-        sock = socket.create_connection((target, port), timeout=ctx.settings.connect_timeout_s)
-        transport = paramiko.Transport(sock)
-        try:
-            if entry is not None:  # like OpenSSH: ask for the key type we already know first
-                options = transport.get_security_options()
-                options.key_types = [t for t in options.key_types if t in entry] + \
-                                    [t for t in options.key_types if t not in entry]
-            transport.start_client(timeout=ctx.settings.connect_timeout_s)
-            key = transport.get_remote_server_key()
-        finally:
-            transport.close()
+        # Like OpenSSH: ask for the key type already known first.
+        key = served_host_key(host, ctx.settings, prefer=list(entry) if entry is not None else None)
         ctx.host_keys[host] = (key.get_name(), key.get_base64())
         fingerprint = key_fingerprint(key)
         if entry is not None and key.get_name() in entry:
