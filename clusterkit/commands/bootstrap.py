@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 
@@ -29,9 +29,7 @@ def register(subparsers: Any) -> None:
                     "correct ~/.deepspeed_env. Every step checks first and only applies what is missing, so "
                     "reruns are safe and resume after a failure.",
     )
-    parser.add_argument("hostfile", help="DeepSpeed hostfile (HOST slots=N per line)")
-    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed-style subset of the hostfile")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
+    add_hostfile_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="connect and check, print every action, change nothing")
     parser.add_argument("--python", metavar="PATH",

@@ -11,6 +11,24 @@ from typing import Any
 from clusterkit.errors import UsageError
 from clusterkit.remote import SshSettings
 
+HOSTFILE_HELP = "DeepSpeed hostfile (HOST slots=N per line; file order is node rank)"
+
+
+def add_hostfile_arguments(parser: Any, *, positional: bool = True, required: bool = True,
+                           group: Any = None) -> None:
+    """HOSTFILE (a positional, or ``--hostfile H``) and DeepSpeed's ``--include``/``--exclude``.
+
+    ``group``: where ``--hostfile`` goes (a mutually exclusive group, say); the filters go on the parser.
+    """
+    if positional:
+        parser.add_argument("hostfile", metavar="HOSTFILE", nargs=None if required else "?", help=HOSTFILE_HELP)
+    else:
+        (group or parser).add_argument("--hostfile", metavar="H", help=HOSTFILE_HELP)
+    parser.add_argument("--include", default="", metavar="SPEC",
+                        help="DeepSpeed's --include: the NODE[:SLOT,...][@NODE...] to use")
+    parser.add_argument("--exclude", default="", metavar="SPEC",
+                        help="DeepSpeed's --exclude: the NODE[:SLOT,...][@NODE...] to leave out")
+
 
 def add_ssh_arguments(parser: Any, password: bool = False) -> None:
     """--user/--ssh-port/--identity/--connect-timeout/--trust-new-hosts (and the password flags)."""

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from clusterkit.commands.common import TrailingArgsParser
+from clusterkit.commands.common import TrailingArgsParser, add_hostfile_arguments
 from clusterkit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -37,10 +37,8 @@ def register(subparsers: Any) -> None:
                "--per_device_train_batch_size 4 --gradient_accumulation_steps 8 --bf16")
     check.add_argument("ds_config", metavar="DS_CONFIG", help="DeepSpeed config JSON file")
     where = check.add_mutually_exclusive_group()
-    where.add_argument("--hostfile", metavar="H", help="DeepSpeed hostfile: world size = sum of active slots")
+    add_hostfile_arguments(check, positional=False, group=where)
     where.add_argument("--world-size", type=int, metavar="N", help="number of ranks (GPUs) in the job")
-    check.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed --include filter")
-    check.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude filter")
     check.add_argument("--tp", type=int, default=1, metavar="N", help="tensor-parallel size (divides the "
                        "world into data-parallel groups)")
     check.add_argument("--pp", type=int, default=1, metavar="N", help="pipeline-parallel size")
