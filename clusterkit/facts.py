@@ -248,6 +248,12 @@ class IbPortFacts:
     netdevs: list[str]
     numa_node: Maybe[int]
 
+    @property
+    def active(self) -> bool:
+        """Carries traffic: ACTIVE with the physical link up (sysfs says ``4: ACTIVE``, ``5: LinkUp``;
+        collectors may keep or drop the number)."""
+        return "ACTIVE" in self.state.upper() and "LINKUP" in self.phys_state.upper().replace(" ", "")
+
 
 @dataclass
 class NetworkFacts:

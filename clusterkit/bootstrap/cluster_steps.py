@@ -231,7 +231,7 @@ def plan_deepspeed_env(facts: Mapping[str, NodeFacts], addresses: Mapping[str, s
     ib_known = [f for f in facts.values()
                 if not isinstance(f.network, Unavailable) and not isinstance(f.network.ib_ports, Unavailable)]
     if ib_known and len(ib_known) == len(facts) and not any(
-            p.state == "ACTIVE" for f in ib_known for p in f.network.ib_ports):  # type: ignore[union-attr]
+            p.active for f in ib_known for p in f.network.ib_ports):  # type: ignore[union-attr]
         values["NCCL_IB_DISABLE"] = "1"
     return values, notes
 

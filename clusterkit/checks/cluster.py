@@ -372,7 +372,7 @@ def ib_inconsistent(view: ClusterView) -> Iterator[Problem]:
     def active_ports(facts: NodeFacts) -> object:
         if isinstance(facts.network, Unavailable) or isinstance(facts.network.ib_ports, Unavailable):
             return Unavailable("unknown")
-        return sum(1 for p in facts.network.ib_ports if p.state == "ACTIVE") > 0
+        return any(p.active for p in facts.network.ib_ports)
 
     groups = _spread(view, active_ports)
     if set(groups) == {"True", "False"}:

@@ -74,3 +74,23 @@ def test_a_terminal_and_a_pipe_get_the_same_findings_from_the_one_renderer() -> 
     assert "batch-arithmetic" in texts[0] and "set train_batch_size to 128" in texts[0]
     assert "1 error, 0 warnings" in texts[0]
     assert texts[0].startswith(f"{FIXTURES / 'plain_deepspeed_zero1.json'}: DeepSpeed ")
+
+
+def test_config_check_with_and_without_facts_agrees_on_this_machine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--json"]) in (0, 1)
+    facts = tmp_path / "doctor.json"
+    facts.write_text(capsys.readouterr().out)
+    config = tmp_path / "nvme.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {
+        "stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/local_nvme"}}}, indent=2))
+
+    def judged(*extra: str) -> list[tuple[str, str, str]]:
+        main(["config", "check", str(config), "--world-size", "1", "--json", *extra])
+        doc = json.loads(capsys.readouterr().out)
+        # The same verdicts and words; only where the facts came from is named differently.
+        return [(f["check"], f["outcome"], f["message"].split("checked via")[0]) for f in doc["findings"]]
+
+    without, with_facts = judged(), judged("--facts", str(facts))
+    assert any(f[0] == "nvme-offload-libaio" and f[1] != "skip" for f in without)
+    assert without == with_facts
