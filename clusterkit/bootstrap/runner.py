@@ -7,6 +7,7 @@ rerun picks it up again because every step starts from a check.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.text import Text
 
@@ -21,21 +22,36 @@ from clusterkit.bootstrap.context import (
 )
 from clusterkit.bootstrap.playbook import StepSpec
 
-Step = Callable[[BootstrapContext, StepSpec], StepReport]
+StepFn = Callable[[BootstrapContext, StepSpec], StepReport]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A bootstrap step and the steps whose work it uses (a playbook must list those before it)."""
+
+    run: StepFn
+    needs: tuple[str, ...] = ()
+
 
 STEPS: dict[str, Step] = {
-    "reachability": ssh_steps.reachability,
-    "host-keys": ssh_steps.host_keys,
-    "head-key": ssh_steps.head_key,
-    "authorize-head": ssh_steps.authorize_head,
-    "node-keys": ssh_steps.node_keys,
-    "authorize-all": ssh_steps.authorize_all,
-    "known-hosts": ssh_steps.known_hosts,
-    "ssh-mesh": ssh_steps.ssh_mesh,
-    "pdsh": cluster_steps.pdsh,
-    "code-sync": cluster_steps.code_sync,
-    "deepspeed-env": cluster_steps.deepspeed_env,
+    "reachability": Step(ssh_steps.reachability),
+    "host-keys": Step(ssh_steps.host_keys, ("reachability",)),
+    "head-key": Step(ssh_steps.head_key),
+    "authorize-head": Step(ssh_steps.authorize_head, ("host-keys", "head-key")),
+    "node-keys": Step(ssh_steps.node_keys, ("authorize-head",)),
+    "authorize-all": Step(ssh_steps.authorize_all, ("head-key", "node-keys")),
+    "known-hosts": Step(ssh_steps.known_hosts, ("host-keys", "authorize-head")),
+    "ssh-mesh": Step(ssh_steps.ssh_mesh, ("authorize-all", "known-hosts")),
+    "pdsh": Step(cluster_steps.pdsh, ("authorize-head",)),
+    "code-sync": Step(cluster_steps.code_sync, ("authorize-head",)),
+    "deepspeed-env": Step(cluster_steps.deepspeed_env, ("reachability", "authorize-head")),
 }
+
+
+def step_needs() -> dict[str, tuple[str, ...]]:
+    """step id -> the steps it needs before it (what the playbook is checked against)."""
+    return {name: step.needs for name, step in STEPS.items()}
+
 
 _STYLE = {"ok": "green", "changed": "cyan", "would change": "yellow", "failed": "bold red", "skipped": "dim"}
 
@@ -49,7 +65,7 @@ def run_playbook(ctx: BootstrapContext, steps: list[StepSpec]) -> list[StepRepor
         left_out = dict(ctx.failed)
         ctx.console.rule(f"[bold]{spec.id}[/]: {spec.description.split(';')[0]}", align="left")
         try:
-            report = STEPS[spec.id](ctx, spec)
+            report = STEPS[spec.id].run(ctx, spec)
         except AbortBootstrap as abort:
             report = abort.report or StepReport(spec)
             report.note = f"ABORTED: {abort} | fix: {abort.fix}"

@@ -46,11 +46,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from clusterkit.bootstrap.context import BootstrapContext, terminal_password_prompt
     from clusterkit.bootstrap.playbook import load_playbook
-    from clusterkit.bootstrap.runner import STEPS, run_playbook, succeeded, summary_table
+    from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded, summary_table
     from clusterkit.launchsite import launch_place
 
     hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-    steps = load_playbook(args.playbook, set(STEPS))
+    steps = load_playbook(args.playbook, step_needs())
     if args.sync is not None and not args.sync.is_dir():
         raise UsageError(f"--sync {args.sync}: not a directory on this machine")
     python = args.python or sys.executable
