@@ -6,11 +6,11 @@ Read from a doctor facts file (``--facts``) or from this machine. Anything that 
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterkit.dsconfig.load import read_json_file
 from clusterkit.errors import InputError
 from clusterkit.facts import (
     FactsDecodeError,
@@ -61,14 +61,7 @@ def load_facts_file(path: str | Path) -> dict[str, Maybe[NodeFacts]]:
     is ``{"unavailable": reason}`` there and comes back as ``Unavailable``.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("facts file not found", str(p)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", str(p), exc.lineno, exc.colno) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read facts file: {exc}", str(p)) from None
+    doc = read_json_file(p, "facts file")
     if not isinstance(doc, dict):
         raise InputError("expected a JSON object (NodeFacts, or {\"facts\": {host: NodeFacts}})", str(p))
     try:
