@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "estimate",
     "launch",
     "agent",
+    "slurm",
 )
 
 EPILOG = """exit codes:
