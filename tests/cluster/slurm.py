@@ -219,19 +219,19 @@ class SlurmCluster:
 
     def attach(self, node: Node) -> None:
         """Give a (re)booted node its /etc/slurm and cgroup mounts and start its slurmd."""
-        etc = node.host_path(f"{HARNESS_DIR}/slurm-etc")
-        shutil.rmtree(etc, ignore_errors=True)
-        self._write_config(etc)
+        # Written in place: a bind mount of it at /etc/slurm may already be there (a slurmd restart).
+        self._write_config(node.host_path(f"{HARNESS_DIR}/slurm-etc"))
         mounts = cgroup_mounts(Path("/proc/self/mountinfo").read_text())
         if not mounts:
             raise ClusterUnavailable("slurmd 22.05 needs a cgroup filesystem, and this host has none at "
                                      "/sys/fs/cgroup")
         script = (f"mountpoint -q /etc/slurm || mount --bind {HARNESS_DIR}/slurm-etc /etc/slurm\n"
                   f"( {cgroup_script(mounts)} )\n"
-                  f"slurmd -N {shlex.quote(node.name)} </dev/null >/dev/null 2>&1")
+                  f"slurmd -N {shlex.quote(node.name)} </dev/null >{HARNESS_DIR}/slurmd-start.out 2>&1 "
+                  f"|| {{ s=$?; cat {HARNESS_DIR}/slurmd-start.out >&2; exit $s; }}")
         started = node.run(script, user="root", timeout=30)
         if started.rc != 0:
-            raise ClusterError(f"slurmd did not start on {node.name}: {started.stderr.strip()} "
+            raise ClusterError(f"slurmd did not start on {node.name} (exit {started.rc}): {started.stderr.strip()} "
                                f"{_tail(self.slurmd_log(node))}")
 
     def slurmd_log(self, node: Node) -> Path:
