@@ -75,6 +75,8 @@ def _expand_numbers(spec: str) -> list[int]:
     numbers: list[int] = []
     for span in filter(None, spec.split(",")):
         first, _, last = span.partition("-")
+        if not first.isdigit() or not (last or first).isdigit():
+            raise SlurmParseError(f"not a list of numbers: {spec!r}")
         numbers += list(range(int(first), int(last or first) + 1))
     return numbers
 
