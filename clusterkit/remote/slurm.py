@@ -47,7 +47,13 @@ STEP_SHAPING_VARIABLES = (
     "SLURM_TRES_PER_TASK", "SLURM_CPUS_PER_GPU", "SLURM_MEM_PER_GPU", "SLURM_DISTRIBUTION", "SLURM_EXCLUSIVE",
     "SLURM_EXACT", "SLURM_CPU_BIND",
 )
-_LABELLED = re.compile(r"^\s*(\d+): ?(.*)$")
+_LABELLED = re.compile(rb"^\s*(\d+): ?(.*)$")
+#: srun cuts a task's output into pieces of about a kilobyte, each printed as a line of its own: tasks fold
+#: longer lines (bytes, with this mark on every piece but the last) and the head joins them again.
+FOLD_MARK = b"@@clusterkit+"
+FOLD_BYTES = 900
+_FOLD = (f"LC_ALL=C awk '{{ while (length($0) > {FOLD_BYTES}) {{ print \"{FOLD_MARK.decode()}\" "
+         f"substr($0, 1, {FOLD_BYTES}); fflush(); $0 = substr($0, {FOLD_BYTES + 1}) }} print; fflush() }}'")
 _SRUN_NODE = re.compile(r"(?:on node |node[= ])(\S+?)[:,.]?(?:\s|$)|^srun: error: (\S+): task \d+")
 GRACE_S = 3.0
 
@@ -224,9 +230,9 @@ class TaskOutput:
 
 def step_script(command: str) -> str:
     """The task's shell script: its node name, the command (in a subshell, so its ``exit`` ends only
-    itself), its exit status."""
-    return (f'printf "%s %s\\n" {NODE_MARK} "$SLURMD_NODENAME"; ( {command}\n); '
-            f'printf "%s %s\\n" {EXIT_MARK} "$?"')
+    itself) and its exit status, stdout folded into pieces srun passes whole."""
+    return (f'printf "%s %s\\n" {NODE_MARK} "$SLURMD_NODENAME"; {{ ( {command}\n); '
+            f'printf "%s %s\\n" {EXIT_MARK} "$?"; }} | {_FOLD}')
 
 
 def srun_argv(alloc: Allocation, nodes: Sequence[str], script: str, timeout_s: float,
@@ -255,18 +261,24 @@ class _Step:
         self.by_task: dict[int, TaskOutput] = {}
         self.by_node: dict[str, TaskOutput] = {}
         self.srun_lines: list[str] = []
+        self.folded: dict[tuple[int, str], bytes] = {}
         self.nodes = set(nodes)
         self.progress = progress
         self.lock = threading.Lock()
         self.all_done = threading.Event()
 
-    def feed(self, line: str, stream: str) -> None:
-        match = _LABELLED.match(line)
+    def feed(self, raw: bytes, stream: str) -> None:
+        match = _LABELLED.match(raw)
         with self.lock:
             if not match:
-                self.srun_lines.append(line)
+                self.srun_lines.append(raw.decode("utf-8", "replace"))
                 return
-            task, text = int(match.group(1)), match.group(2)
+            task, piece = int(match.group(1)), match.group(2)
+            key = (task, stream)
+            if piece.startswith(FOLD_MARK):
+                self.folded[key] = self.folded.get(key, b"") + piece[len(FOLD_MARK):]
+                return
+            text = (self.folded.pop(key, b"") + piece).decode("utf-8", "replace")
             output = self.by_task.setdefault(task, TaskOutput(node=""))
             if stream == "stdout" and text.startswith(NODE_MARK) and not output.node:
                 output.node = text[len(NODE_MARK):].strip()
@@ -297,12 +309,12 @@ class _Step:
         return " | ".join(dict.fromkeys(said))
 
 
-def _pump(stream: IO[str], step: _Step, name: str) -> None:
+def _pump(stream: IO[bytes], step: _Step, name: str) -> None:
     for line in stream:
-        step.feed(line.rstrip("\n"), name)
+        step.feed(line.rstrip(b"\r\n"), name)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Abort the step: two SIGINTs within a second make srun kill every task; SIGKILL if it lingers."""
     for _ in range(2):
         with suppress(ProcessLookupError):
@@ -324,7 +336,7 @@ def _one_step(alloc: Allocation, nodes: Sequence[str], command: str, deadline: f
     argv = srun_argv(alloc, nodes, step_script(command), max(1.0, deadline - time.monotonic()), extra)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, errors="replace", env=step_environment(environ), start_new_session=True)
+                                env=step_environment(environ), start_new_session=True)
     except FileNotFoundError:
         raise SlurmError("srun is not installed here", fix="run clusterkit where Slurm's client commands are") from None
     assert proc.stdout is not None and proc.stderr is not None

@@ -90,6 +90,8 @@ def _reply(node: str, output: TaskOutput) -> AgentReply:
         raise RemoteError(f"cannot prepare the agent directory on {node}: {' | '.join(output.stderr[-2:])}")
     try:
         return parse_agent_output("\n".join(output.stdout), node, output.finished_at)
+    except ValueError as exc:  # a result line that is not JSON (cut short, or not the agent's)
+        raise RemoteError(f"the agent on {node} printed a result that does not read: {exc}") from None
     except RemoteError as exc:
         if output.stderr:
             raise RemoteError(f"{exc} (stderr: {' | '.join(output.stderr[-3:])})") from None
@@ -110,7 +112,8 @@ def run_agent_on_nodes(alloc: Allocation, args: Sequence[str], timeout_s: float,
     shared = agent_dir is not None
     agent = _unpack_shared(agent_dir) if agent_dir is not None else node_agent_dir(env)
     command = step_command(agent, args, python, per_node or {}, shared)
-    done = run_on_nodes(alloc, command, timeout_s, targets, progress, environ=environ)
+    # A task that ended well has not answered yet: it may only say it needs the agent.
+    done = run_on_nodes(alloc, command, timeout_s, targets, _FailuresOnly(progress), environ=environ)
     results: dict[str, HostResult[AgentReply]] = {}
     needing = []
     for node, result in done.items():
@@ -129,15 +132,30 @@ def run_agent_on_nodes(alloc: Allocation, args: Sequence[str], timeout_s: float,
                 results[node] = HostResult(node, error=shipped[node].error, fix=shipped[node].fix,
                                            seconds=shipped[node].seconds)
         if ready:
-            again = run_on_nodes(alloc, command, max(5.0, deadline - time.monotonic()), ready, progress,
-                                 environ=environ)
+            again = run_on_nodes(alloc, command, max(5.0, deadline - time.monotonic()), ready,
+                                 _FailuresOnly(progress), environ=environ)
             for node, result in again.items():
                 if result.ok and result.value is not None and NEED_AGENT in result.value.stdout:
                     results[node] = HostResult(node, error=f"the agent sbcast to {node} vanished before it ran",
                                                seconds=result.seconds)
                 else:
                     results[node] = _as_reply(node, result)
+    if progress:
+        for node in targets:
+            reply = results[node]
+            progress.update(node, "ok" if reply.ok else "failed", "" if reply.ok else str(reply.error))
     return {n: results[n] for n in targets}
+
+
+class _FailuresOnly:
+    """Passes on a step's failures and time-outs; a reply is judged ok only once it is parsed."""
+
+    def __init__(self, progress: ProgressListener | None) -> None:
+        self.progress = progress
+
+    def update(self, host: str, state: str, detail: str = "") -> None:
+        if self.progress is not None and state != "ok":
+            self.progress.update(host, state, detail)
 
 
 def _broadcast_agent(alloc: Allocation, agent: str, nodes: list[str], timeout_s: float,

@@ -4,6 +4,8 @@ environment, which transport a command takes."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
 
 import pytest
 
@@ -12,6 +14,8 @@ from clusterkit.errors import UsageError
 from clusterkit.facts import SlurmJobFacts
 from clusterkit.remote.slurm import (
     EXIT_MARK,
+    FOLD_BYTES,
+    FOLD_MARK,
     NODE_MARK,
     Allocation,
     _Step,
@@ -43,9 +47,9 @@ def test_labelled_lines_become_each_nodes_output_in_task_order() -> None:
                          ("0: hello from one", "stdout"), ("1: warning: two", "stderr"),
                          ("1: line: with a colon", "stdout"), (f"1: {EXIT_MARK} 3", "stdout"),
                          ("srun: Job step aborted", "stderr")]:
-        step.feed(line, stream)
+        step.feed(line.encode(), stream)
     assert not step.all_done.is_set()
-    step.feed(f" 0: {EXIT_MARK} 0", "stdout")
+    step.feed(f" 0: {EXIT_MARK} 0".encode(), "stdout")
     assert step.all_done.is_set()
     assert step.by_node["gpu01"].stdout == ["hello from one"]
     assert step.by_node["gpu02"].stdout == ["line: with a colon"]
@@ -57,9 +61,9 @@ def test_labelled_lines_become_each_nodes_output_in_task_order() -> None:
 
 def test_srun_errors_are_pinned_on_the_node_they_name() -> None:
     step = _Step(["gpu01", "gpu02"], None)
-    step.feed("srun: error: Task launch for StepId=42.3 failed on node gpu02: Socket timed out on send/recv "
-              "operation", "stderr")
-    step.feed("srun: error: gpu01: task 0: Killed", "stderr")
+    step.feed(b"srun: error: Task launch for StepId=42.3 failed on node gpu02: Socket timed out on send/recv "
+              b"operation", "stderr")
+    step.feed(b"srun: error: gpu01: task 0: Killed", "stderr")
     assert step.srun_said("gpu02") == ("Task launch for StepId=42.3 failed on node gpu02: Socket timed out on "
                                        "send/recv operation")
     assert step.srun_said("gpu01") == "gpu01: task 0: Killed"
@@ -86,11 +90,24 @@ def test_the_allocations_shaping_variables_stay_out_of_the_step() -> None:
 
 
 def test_the_task_script_brackets_the_command_with_its_node_and_status() -> None:
-    import subprocess
-
-    out = subprocess.run(["/bin/sh", "-c", step_script("echo hi; exit 7")], env={"SLURMD_NODENAME": "gpu09"},
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(["/bin/sh", "-c", step_script("echo hi; exit 7")],
+                         env={"SLURMD_NODENAME": "gpu09", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                         check=False)
     assert out.stdout.splitlines() == [f"{NODE_MARK} gpu09", "hi", f"{EXIT_MARK} 7"]
+
+
+def test_long_lines_are_folded_on_the_node_and_joined_again_on_the_head() -> None:
+    long_line = "x" * 2500 + "é" * 400 + "end"
+    command = f"printf '%s\\n' {shlex.quote(long_line)}"
+    out = subprocess.run(["/bin/sh", "-c", step_script(command)],
+                         env={"SLURMD_NODENAME": "gpu01", "PATH": "/usr/bin:/bin"}, capture_output=True, check=True)
+    pieces = out.stdout.splitlines()
+    assert max(len(piece) for piece in pieces) <= FOLD_BYTES + len(FOLD_MARK)  # srun passes each whole
+    step = _Step(["gpu01"], None)
+    for piece in pieces:
+        step.feed(b"0: " + piece, "stdout")
+    assert step.by_node["gpu01"].stdout == [long_line]
+    assert step.by_node["gpu01"].exit_code == 0
 
 
 def flags(**given: object) -> argparse.Namespace:
