@@ -64,11 +64,22 @@ def parse_duration(text: str) -> int | None:
 
 
 def count_gpus(gres: str) -> int:
-    """GPUs in a gres string: ``gpu:8``, ``gpu:a100:4(S:0-1)``, ``gpu:2(IDX:0-1)``, ``(null)`` -> 0."""
-    indexes = _GPU_INDEXES.findall(gres)
-    if indexes:
-        return sum(len(_expand_numbers(idx)) for idx in indexes if idx.upper() != "N/A")
-    return sum(int(n) for n in _GPU_GRES.findall(gres))
+    """GPUs in a gres string: ``gpu:8``, ``gpu:a100:4(S:0-1)``, ``gpu:2(IDX:0-1)``, ``(null)`` -> 0.
+
+    A job's per-node GRES lists the indexes it holds (``IDX:0,2``); they count when they read, else the
+    count before them does (``gpu:2(IDX:N/A)`` where gres.conf names no device files).
+    """
+    total = 0
+    for entry in re.split(r",(?![^(]*\))", gres):
+        counted = _GPU_GRES.match(entry.strip())
+        if not counted:
+            continue
+        indexes = _GPU_INDEXES.match(entry.strip())
+        try:
+            total += len(_expand_numbers(indexes.group(1))) if indexes else int(counted.group(1))
+        except SlurmParseError:
+            total += int(counted.group(1))
+    return total
 
 
 def _expand_numbers(spec: str) -> list[int]:

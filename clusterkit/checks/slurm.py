@@ -109,17 +109,18 @@ def slurm_gpus_hidden(view: ClusterView) -> Iterator[Problem]:
             yield Problem(f"the job holds {held} GPU(s) on {name} but a task there sees {visible}", where=name,
                           host=name, fix=f"scontrol show node {name} (Gres) against gres.conf File= lines; "
                                          "check ConstrainDevices in cgroup.conf")
-        elif held and visible > held:
-            ids = [i for i in listed.split(",") if i]
-            renumbered = ids == [str(i) for i in range(len(ids))]
-            if not renumbered:
-                yield Problem(f"a task on {name} sees all {visible} GPUs while the job holds {held} "
-                              f"(CUDA_VISIBLE_DEVICES={listed or 'unset'}): DeepSpeed's launch.py sets "
-                              f"CUDA_VISIBLE_DEVICES=0..{held - 1}, GPUs Slurm may have given another job",
-                              where=name, host=name,
-                              fix="ConstrainDevices=yes in cgroup.conf (with TaskPlugin=task/cgroup), so tasks "
-                                  "see only their GPUs, numbered from 0")
-        elif not held and isinstance(has, int) and has and visible == 0:
+        elif visible > held:
+            # With no device cgroup a task sees every GPU; launch.py then picks 0..slots-1, which are the
+            # job's own only when Slurm happened to give it exactly those.
+            if held and listed.split(",") == [str(i) for i in range(held)]:
+                continue
+            holds = f"the job holds {held}" if held else "the job holds none there"
+            yield Problem(f"a task on {name} sees {visible} GPUs while {holds} (CUDA_VISIBLE_DEVICES="
+                          f"{listed or 'unset'}): DeepSpeed's launch.py sets CUDA_VISIBLE_DEVICES=0..N-1 for its "
+                          "ranks, GPUs Slurm may have given another job", where=name, host=name,
+                          fix="ConstrainDevices=yes in cgroup.conf (with TaskPlugin=task/cgroup), so tasks see only "
+                              "their GPUs, numbered from 0" + ("" if held else "; request GPUs (--gpus-per-node)"))
+        elif not held and isinstance(has, int) and has:
             yield Problem(f"{name} has {has} GPU(s) in Slurm but the job holds none, so its tasks see none",
                           where=name, host=name, severity=Severity.WARNING,
                           fix=f"allocate with --gpus-per-node={has} (or --gres=gpu:{has})")

@@ -107,12 +107,21 @@ def test_fewer_gpus_in_a_task_than_the_job_holds_is_an_error() -> None:
                                                               "sees 6")]
 
 
-def test_a_task_seeing_gpus_of_other_jobs_is_an_error_unless_renumbered() -> None:
-    leaky = with_env(dataclasses.replace(healthy_gpu_node(8), host=make_host("gpu01")), CUDA_VISIBLE_DEVICES="4,5")
-    nodes: dict[str, Maybe[NodeFacts]] = {"gpu01": leaky}
-    found = failed("slurm-gpus-hidden", view(nodes=nodes, job_facts=job(gpus_per_node={"gpu01": 2})))
-    assert [f.host for f in found] == ["gpu01"]
-    assert "CUDA_VISIBLE_DEVICES=4,5" in found[0].message and "0..1" in found[0].message
+@pytest.mark.parametrize(("visible_devices", "fails"), [("4,5", True), (None, True), ("0,1", False)])
+def test_a_task_seeing_gpus_of_other_jobs_is_an_error_unless_they_are_the_first(visible_devices: str | None,
+                                                                                 fails: bool) -> None:
+    leaky = with_env(dataclasses.replace(healthy_gpu_node(8), host=make_host("gpu01")),
+                     CUDA_VISIBLE_DEVICES=visible_devices)
+    found = failed("slurm-gpus-hidden", view(nodes={"gpu01": leaky}, job_facts=job(gpus_per_node={"gpu01": 2})))
+    assert [f.host for f in found] == (["gpu01"] if fails else [])
+    if fails:
+        assert f"CUDA_VISIBLE_DEVICES={visible_devices or 'unset'}" in found[0].message
+        assert found[0].message.startswith("a task on gpu01 sees 8 GPUs while the job holds 2")
+
+
+def test_gpus_seen_by_a_job_that_holds_none_are_an_error() -> None:
+    found = failed("slurm-gpus-hidden", view(nodes={"gpu01": healthy_gpu_node(8)}, job_facts=job(gpus_per_node={})))
+    assert [f.message.split(" (")[0] for f in found] == ["a task on gpu01 sees 8 GPUs while the job holds none there"]
 
 
 def test_gpus_the_job_never_asked_for_are_a_warning() -> None:

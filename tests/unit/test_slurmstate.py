@@ -89,7 +89,8 @@ def test_durations(text: str, seconds: int | None) -> None:
 
 @pytest.mark.parametrize(("gres", "gpus"), [("(null)", 0), ("", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4),
                                             ("gpu:2(IDX:0-1)", 2), ("gpu:a100:2(IDX:1,3),gpu:v100:1(IDX:5)", 3),
-                                            ("gpu:h100:8(S:0-1),nic:2", 8)])
+                                            ("gpu:h100:8(S:0-1),nic:2", 8), ("gpu:2(IDX:N/A)", 2),
+                                            ("nic:1,gpu:4", 4)])
 def test_gpus_in_gres(gres: str, gpus: int) -> None:
     assert count_gpus(gres) == gpus
 
