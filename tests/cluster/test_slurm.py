@@ -121,6 +121,7 @@ def test_a_frozen_node_is_a_finding_after_the_deadline_not_a_hang(healthy: Slurm
         node3.thaw()
     report = report_of(result[0])
     unreachable = failures(report, "node-unreachable")
+    print(f"frozen node3 after {elapsed:.1f}s: {unreachable}")  # shown with pytest -rP
     assert [f["host"] for f in unreachable] == ["node3"]
     assert "gave no answer within" in unreachable[0]["message"] or "srun on node3" in unreachable[0]["message"]
     assert elapsed < 90
