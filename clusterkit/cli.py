@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "config",
     "estimate",
     "launch",
+    "bench",
     "agent",
 )
 

@@ -66,7 +66,7 @@ def test_sizes_parse_with_powers_of_1024(text: str, size: int) -> None:
 
 
 def test_a_bad_size_is_refused_with_an_example() -> None:
-    with pytest.raises(ValueError, match="e.g. 8, 64K"):
+    with pytest.raises(ValueError, match=r"e\.g\. 8, 64K"):
         fmt.parse_size("lots")
 
 

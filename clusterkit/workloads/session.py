@@ -1,0 +1,176 @@
+"""Run one workload script across the cluster: ship it, build the ``deepspeed`` line, supervise, diagnose.
+
+A :class:`WorkloadContext` holds what every workload of one command shares (hosts, training
+interpreter, SSH settings, where the scripts are); :meth:`WorkloadContext.launch` runs a script on
+all hosts or a subset, shows live progress per node, and returns the outcome with its diagnosis.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from clusterkit.inventory import ActiveHost
+from clusterkit.launchline import LaunchPlan, build_launch_line, shell_line
+from clusterkit.progress import NodeProgress
+from clusterkit.remote import SshSettings
+from clusterkit.workloads.diagnose import Diagnosis, diagnose
+from clusterkit.workloads.run import Launch, LogLine, RunOutcome, new_run_id, run_id_argument, supervise
+from clusterkit.workloads.scripts.workload_io import DONE, PROGRESS
+from clusterkit.workloads.ship import LOCAL_NAMES, Shipped, is_local, remote_cleanup, ship
+
+
+@dataclass
+class WorkloadRun:
+    """A finished launch of one workload: what ran, how it ended, and why it failed if it did."""
+
+    title: str
+    hosts: list[str]
+    rank_hosts: dict[int, str]
+    outcome: RunOutcome
+    diagnosis: Diagnosis
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    @property
+    def command(self) -> str:
+        return shell_line(self.outcome.argv)
+
+
+def rank_layout(hosts: Sequence[ActiveHost]) -> dict[int, str]:
+    """Global rank -> host, as DeepSpeed numbers ranks: hostfile order, then slot order."""
+    layout: dict[int, str] = {}
+    for host in hosts:
+        for _ in host.slots:
+            layout[len(layout)] = host.name
+    return layout
+
+
+def include_spec(hosts: Sequence[ActiveHost]) -> str:
+    """DeepSpeed's ``--include`` naming exactly these hosts and slots."""
+    return "@".join(f"{h.name}:{','.join(map(str, h.slots))}" for h in hosts)
+
+
+def local_hostfile(slots: int) -> str:
+    """A one-line hostfile for this machine (DeepSpeed then launches locally, without pdsh)."""
+    directory = Path(tempfile.gettempdir()) / f"clusterkit-{os.getuid()}"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"hostfile-localhost-{slots}"
+    path.write_text(f"localhost slots={slots}\n", encoding="utf-8")
+    return str(path)
+
+
+@dataclass
+class WorkloadContext:
+    """What every workload launch of one command shares."""
+
+    hosts: list[ActiveHost]
+    hostfile: str
+    python: str
+    settings: SshSettings = field(default_factory=SshSettings)
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    workdir: str | None = None
+    master_addr: str | None = None
+    master_port: int = 29500
+    launcher: str = "pdsh"
+    deadline_s: float = 300.0
+    grace_s: float = 15.0
+    cwd: str = field(default_factory=os.getcwd)
+    _shipped: Shipped | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.hosts]
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.names)
+
+    def ranks_per_node(self, hosts: Sequence[ActiveHost] | None = None) -> dict[str, int]:
+        return {h.name: len(h.slots) for h in (hosts if hosts is not None else self.hosts)}
+
+    def shipped(self) -> Shipped:
+        """The scripts on every node (shipped on first use, then reused)."""
+        if self._shipped is None:
+            with NodeProgress(self.names, "shipping workload scripts", self.console) as progress:
+                self._shipped = ship(self.names, self.settings, workdir=self.workdir, python=self.python,
+                                     progress=None if self.local else progress)
+        return self._shipped
+
+    def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
+               master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
+               quiet: bool = False) -> WorkloadRun:
+        """Run ``script`` (a name in the shipped bundle) on ``hosts`` (default: all) under the deadline."""
+        chosen = list(hosts) if hosts is not None else list(self.hosts)
+        names = [h.name for h in chosen]
+        run_id = new_run_id()
+        include = "" if chosen == self.hosts else include_spec(chosen)
+        plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=self.shipped().script(script),
+                          script_args=[*args, run_id_argument(run_id)], include=include, launcher=self.launcher,
+                          master_addr=self.master_addr, master_port=master_port or self.master_port,
+                          ssh_port=self.settings.port)
+        argv = build_launch_line(plan)
+        if self.local:
+            # A one-host hostfile of this machine: DeepSpeed launches locally, but still checks SSH to
+            # it and cannot guess a master address without pdsh; neither is needed here.
+            argv[1:1] = ["--no_ssh_check"]
+            if not self.master_addr:
+                argv[argv.index("--launcher"):argv.index("--launcher")] = ["--master_addr", "127.0.0.1"]
+        layout = rank_layout(chosen)
+        launch = Launch(argv=argv, cwd=self.cwd, deadline_s=deadline_s or self.deadline_s, hosts=names,
+                        run_id=run_id, env=env, grace_s=self.grace_s)
+        cleanup = remote_cleanup(names if not self.local else ["localhost"], self.settings)
+        if quiet:
+            outcome = supervise(launch, cleanup=cleanup)
+        else:
+            with NodeProgress(names, title, self.console) as progress:
+                tracker = _ProgressTracker(progress, layout)
+                outcome = supervise(launch, cleanup=cleanup, on_line=tracker.on_line)
+                tracker.finish(outcome)
+        return WorkloadRun(title, names, layout, outcome, diagnose(outcome, layout, title))
+
+
+class _ProgressTracker:
+    """Feeds a NodeProgress from a run's lines: each node's latest progress, done when its ranks are."""
+
+    def __init__(self, progress: NodeProgress, layout: dict[int, str]) -> None:
+        self.progress = progress
+        self.layout = layout
+        self.pending = {host: {r for r, h in layout.items() if h == host} for host in set(layout.values())}
+
+    def _node(self, line: LogLine) -> str | None:
+        if line.rank is not None and line.rank in self.layout:
+            return self.layout[line.rank]
+        return line.node
+
+    def on_line(self, line: LogLine) -> None:
+        node = self._node(line)
+        if node is None or node not in self.pending:
+            return
+        if line.text.startswith(PROGRESS):
+            self.progress.update(node, "running", f"rank {line.rank}: {line.text[len(PROGRESS):].strip()}")
+        elif line.text.startswith(DONE) and line.rank is not None:
+            self.pending[node].discard(line.rank)
+            if not self.pending[node]:
+                self.progress.update(node, "done")
+
+    def finish(self, outcome: RunOutcome) -> None:
+        for node, ranks in self.pending.items():
+            if not ranks:
+                continue
+            if outcome.timed_out:
+                self.progress.update(node, "timed out", f"ranks {sorted(ranks)} not done")
+            else:
+                self.progress.update(node, "failed", f"ranks {sorted(ranks)} not done")
+
+
+def this_machine_names() -> set[str]:
+    return set(LOCAL_NAMES) | {socket.gethostname(), socket.getfqdn()}
