@@ -88,6 +88,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="pdsh", help="DeepSpeed multi-node launcher (default: pdsh)")
     parser.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
     parser.add_argument("--save", metavar="FILE.json", help="write the JSON document there (and the plot beside it)")
+    parser.add_argument("--log", metavar="FILE.json",
+                        help="write every launch's whole output there, line by line with its node and rank")
     parser.add_argument("--facts", metavar="FILE", help="doctor JSON for the topology (default: survey the nodes)")
     parser.add_argument("--no-expect", action="store_true",
                         help="do not survey the nodes for the expected bandwidth")
@@ -238,6 +240,14 @@ def _options(args: argparse.Namespace) -> Any:
                               rounds=args.rounds, timeout_s=max(10.0, args.deadline - 15))
 
 
+def write_log(args: argparse.Namespace, ctx: Any) -> None:
+    """``--log``: every launch of the command, line by line."""
+    if getattr(args, "log", None):
+        from clusterkit.workloads.session import write_log as write
+
+        write(args.log, ctx.runs)
+
+
 def run_collectives_command(args: argparse.Namespace) -> int:
     from clusterkit.workloads import collectives
 
@@ -254,6 +264,7 @@ def run_collectives_command(args: argparse.Namespace) -> int:
     doc = report.to_json()
     doc["findings"] = [_finding_json(f) for f in findings]
     _save(args, report, doc, console)
+    write_log(args, ctx)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -319,6 +330,7 @@ def run_find_slow_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     search = _search(args, ctx, console)
     findings = collectives.search_findings(search)
+    write_log(args, ctx)
     doc = {"schema": "clusterkit.bench.find-slow/v1", "hosts": ctx.names,
            "slow_node_search": collectives.search_to_json(search),
            "findings": [_finding_json(f) for f in findings]}
@@ -337,7 +349,11 @@ def run_find_slow_command(args: argparse.Namespace) -> int:
 def run_traffic_command(args: argparse.Namespace) -> int:
     from clusterkit.commands.bench_traffic import run_traffic
 
-    return run_traffic(args, make_context(args, Console(stderr=True)))
+    ctx = make_context(args, Console(stderr=True))
+    try:
+        return run_traffic(args, ctx)
+    finally:
+        write_log(args, ctx)
 
 
 # ------------------------------------------------------------------------------------ doctor flag

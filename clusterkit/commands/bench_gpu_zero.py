@@ -24,6 +24,9 @@ def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -
                                           "against the datasheet and against the other GPUs")
     common(gpu)
     gpu.add_argument("--iters", type=int, default=10)
+    gpu.add_argument("--mem-mib", type=int, default=0, metavar="MIB",
+                     help="device copy size for the memory bandwidth (default 1024 on GPU)")
+    gpu.add_argument("--matmul-n", type=int, default=0, metavar="N", help="matrix size (default 8192 on GPU)")
     gpu.add_argument("--allow-cpu", action="store_true",
                      help="without a GPU, measure the CPU instead (exercises the path; no datasheet)")
     gpu.set_defaults(run=run_gpu_command)
@@ -52,8 +55,10 @@ def _exit(findings: list[Any]) -> int:
 # --------------------------------------------------------------------------------------------- gpu
 
 
-def gpu_run(ctx: WorkloadContext, iters: int = 10, allow_cpu: bool = False) -> tuple[Any, gpu_health.GpuHealth]:
-    args = ["--iters", str(iters)] + (["--allow-cpu"] if allow_cpu else [])
+def gpu_run(ctx: WorkloadContext, iters: int = 10, allow_cpu: bool = False, mem_mib: int = 0,
+            matmul_n: int = 0) -> tuple[Any, gpu_health.GpuHealth]:
+    args = ["--iters", str(iters), "--mem-mib", str(mem_mib), "--matmul-n", str(matmul_n)]
+    args += ["--allow-cpu"] if allow_cpu else []
     run = ctx.launch("gpu_health.py", args, "gpu health")
     return run, gpu_health.readings_from(run.outcome, run.rank_hosts)
 
@@ -65,12 +70,13 @@ def gpu_findings(ctx: WorkloadContext, facts: dict[str, Maybe[NodeFacts]]) -> li
 
 
 def run_gpu_command(args: argparse.Namespace) -> int:
-    from clusterkit.commands.bench import gather_facts, make_context, show_findings
+    from clusterkit.commands.bench import gather_facts, make_context, show_findings, write_log
 
     console = Console(stderr=True)
     ctx = make_context(args, console)
     facts = gather_facts(args, ctx)
-    run, health = gpu_run(ctx, args.iters, args.allow_cpu)
+    run, health = gpu_run(ctx, args.iters, args.allow_cpu, args.mem_mib, args.matmul_n)
+    write_log(args, ctx)
     on_cpu = any(r.device.get("kind") == "cpu" for r in health.readings)
     # CPU ranks of one machine share its cores: their "peers" differ by scheduling, not by health.
     findings = gpu_health.judge(health, facts, compare_peers=not on_cpu) + run.diagnosis.findings
@@ -104,7 +110,7 @@ def zero_findings(ctx: WorkloadContext) -> list[Any]:
 
 
 def run_zero_command(args: argparse.Namespace) -> int:
-    from clusterkit.commands.bench import make_context, show_findings
+    from clusterkit.commands.bench import make_context, show_findings, write_log
     from clusterkit.errors import UsageError
 
     console = Console(stderr=True)
@@ -118,6 +124,7 @@ def run_zero_command(args: argparse.Namespace) -> int:
                                      build_deadline_s=args.build_deadline, timeout_s=max(10.0, args.deadline - 15))
     started = time.monotonic()
     report = zero_suite.run_zero(ctx, options, build=not args.no_build)
+    write_log(args, ctx)
     findings = report.findings + [f for run in report.runs for f in run.diagnosis.findings]
     tails = {k: v for run in report.runs for k, v in run.diagnosis.tails.items()}
     doc = {"schema": "clusterkit.bench.zero/v1", "hosts": ctx.names,

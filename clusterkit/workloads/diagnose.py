@@ -119,6 +119,12 @@ RULES: tuple[LogRule, ...] = (
             "{node} could not connect to the master at {where}: {reason}",
             "check that rank 0 started on the first host and the master address is reachable from {node}",
             priority=17),
+    LogRule("rendezvous-clients-missing", "rendezvous",
+            r"Timed out after (?P<after>\d+) seconds waiting for clients\. (?P<joined>\d+)/(?P<total>\d+) clients "
+            r"joined",
+            "rank 0 waited {after}s at the rendezvous: only {joined} of {total} ranks joined",
+            "the missing ranks' nodes did not start them or cannot reach the master: see the ranks that printed "
+            "nothing, and check the master address and port from those nodes", kind=SYMPTOM, priority=80),
     # -- interpreter / module -----------------------------------------------------------------------------
     LogRule("launch-dir-missing", "interpreter", r"cd: (?P<dir>/[^:]*): No such file or directory",
             "the launch directory {dir} does not exist on {node}",
@@ -311,7 +317,16 @@ def diagnose(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str) 
     diagnosis = Diagnosis()
     if outcome.ok:
         return diagnosis
-    for m in _explained(match_lines(outcome.lines)):
+    explained = _explained(match_lines(outcome.lines))
+    causes = [m for m in explained if m.rule.kind == CAUSE]
+    _add_matches(diagnosis, outcome, causes)
+    diagnosis.findings += _ending_findings(outcome, rank_hosts, workload, diagnosis)
+    _add_matches(diagnosis, outcome, [m for m in explained if m.rule.kind == SYMPTOM])
+    return diagnosis
+
+
+def _add_matches(diagnosis: Diagnosis, outcome: RunOutcome, matches: list[Match]) -> None:
+    for m in matches:
         host = m.node or CLUSTER_HOST
         where = f"rank {m.line.rank}" if m.line.rank is not None else ("launcher" if m.node else "head")
         excerpt = m.line.text.strip()
@@ -322,8 +337,6 @@ def diagnose(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str) 
             f"{m.render(m.rule.cause)} (log: {excerpt!r})", _CATEGORY_WHY.get(m.rule.category, m.rule.category),
             m.render(m.rule.fix)))
         _add_tail(diagnosis, outcome, m.node, m.line.rank)
-    diagnosis.findings += _ending_findings(outcome, rank_hosts, workload, diagnosis)
-    return diagnosis
 
 
 def _add_tail(diagnosis: Diagnosis, outcome: RunOutcome, node: str | None, rank: int | None, n: int = 15) -> None:
@@ -354,7 +367,22 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
                  "nodes are merely slow"))
         for r in stuck[:4]:
             _add_tail(diagnosis, outcome, rank_hosts[r], r)
-    elif not diagnosis.findings:
+    silent = [r for r in stuck if r not in outcome.seen_ranks()]
+    named = {f.host for f in diagnosis.findings}
+    if silent and CLUSTER_HOST not in named:
+        by_host: dict[str, list[int]] = {}
+        for r in silent:
+            by_host.setdefault(rank_hosts[r], []).append(r)
+        for host, ranks in by_host.items():
+            if host in named:
+                continue
+            findings.append(Finding(
+                "workload-ranks-silent", Severity.ERROR, Outcome.FAIL, host, workload,
+                f"rank(s) {', '.join(map(str, ranks))} on {host} printed nothing: they never started (the node is "
+                "down or frozen, or pdsh could not start them)", why,
+                f"check {host}: ssh {host} true; clusterkit doctor HOSTFILE"))
+            _add_tail(diagnosis, outcome, host, None)
+    if not outcome.timed_out and not findings and not diagnosis.findings:
         code = outcome.returncode
         findings.append(Finding(
             "workload-failed", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, workload,

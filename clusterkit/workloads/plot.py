@@ -63,6 +63,7 @@ def terminal_plot(series: Series, expected: float | None = None, width: int = 60
 def save_png(series: Series, path: Path, expected: float | None = None, title: str = "") -> Path:
     """Draw the same plot with matplotlib (Agg: no display needed) into ``path``."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,6 +77,7 @@ def save_png(series: Series, path: Path, expected: float | None = None, title: s
         if expected:
             ax.axhline(expected, linestyle="--", color="grey", label=f"expected {expected:.3g} GB/s")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: human_bytes(x)))
         ax.set_ylim(bottom=0)
         ax.set_xlabel("message size (bytes, nccl-tests' size column)")
         ax.set_ylabel("busbw (GB/s)")

@@ -56,6 +56,8 @@ class LogLine:
     #: The global rank that printed it (None: a launcher, or a rank before it tagged its output).
     rank: int | None
     text: str
+    #: The line as the runner printed it (prefixes included).
+    raw: str = ""
 
     def render(self) -> str:
         where = self.node or "head"
@@ -187,8 +189,9 @@ def supervise(launch: Launch, cleanup: Cleanup | None = None,
 
     def pump(stream: IO[bytes], name: str) -> None:
         for raw in iter(stream.readline, b""):
-            node, rank, text = split_line(raw.decode("utf-8", "replace").rstrip("\r\n"), launch.hosts)
-            line = LogLine(time.monotonic() - started, name, node, rank, text)
+            decoded = raw.decode("utf-8", "replace").rstrip("\r\n")
+            node, rank, text = split_line(decoded, launch.hosts)
+            line = LogLine(time.monotonic() - started, name, node, rank, text, decoded)
             with lock:
                 lines.append(line)
                 if not failed_at and failure_signal(line):

@@ -8,11 +8,11 @@ all hosts or a subset, shows live progress per node, and returns the outcome wit
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -21,9 +21,17 @@ from clusterkit.launchline import LaunchPlan, build_launch_line, shell_line
 from clusterkit.progress import NodeProgress
 from clusterkit.remote import SshSettings
 from clusterkit.workloads.diagnose import Diagnosis, diagnose
-from clusterkit.workloads.run import Launch, LogLine, RunOutcome, new_run_id, run_id_argument, supervise
+from clusterkit.workloads.run import (
+    Launch,
+    LogLine,
+    RunOutcome,
+    new_run_id,
+    run_id_argument,
+    split_line,
+    supervise,
+)
 from clusterkit.workloads.scripts.workload_io import DONE, PROGRESS
-from clusterkit.workloads.ship import LOCAL_NAMES, Shipped, is_local, remote_cleanup, ship
+from clusterkit.workloads.ship import Shipped, is_local, remote_cleanup, ship
 
 
 @dataclass
@@ -43,6 +51,43 @@ class WorkloadRun:
     @property
     def command(self) -> str:
         return shell_line(self.outcome.argv)
+
+
+LOG_SCHEMA = "clusterkit.workload-log/v1"
+
+
+def run_record(run: WorkloadRun) -> dict[str, Any]:
+    """Everything a run printed, line by line as the runner printed it, with how it ended (``--log``)."""
+    outcome = run.outcome
+    return {"workload": run.title, "hosts": run.hosts, "rank_hosts": {str(r): h for r, h in run.rank_hosts.items()},
+            "argv": outcome.argv, "run_id": outcome.run_id, "returncode": outcome.returncode,
+            "timed_out": outcome.timed_out, "stopped_after_failure": outcome.stopped_after_failure,
+            "start_error": outcome.start_error, "duration_s": round(outcome.duration_s, 3),
+            "cleanup": outcome.cleanup,
+            "lines": [[round(line.seconds, 3), line.stream, line.raw] for line in outcome.lines]}
+
+
+def outcome_from_record(record: dict[str, Any]) -> tuple[RunOutcome, dict[int, str]]:
+    """Rebuild a run from its record (lines split again as they were when captured)."""
+    hosts = list(record["hosts"])
+    lines = []
+    for seconds, stream, raw in record["lines"]:
+        node, rank, text = split_line(raw, hosts)
+        lines.append(LogLine(float(seconds), str(stream), node, rank, text, raw))
+    outcome = RunOutcome(list(record["argv"]), str(record.get("run_id", "")), record.get("returncode"),
+                         float(record.get("duration_s", 0.0)), lines, timed_out=bool(record.get("timed_out")),
+                         stopped_after_failure=bool(record.get("stopped_after_failure")),
+                         cleanup=dict(record.get("cleanup") or {}), start_error=record.get("start_error"))
+    return outcome, {int(r): h for r, h in record["rank_hosts"].items()}
+
+
+def write_log(path: str, runs: Sequence[WorkloadRun]) -> None:
+    """The records of ``runs`` as one JSON document."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"schema": LOG_SCHEMA, "runs": [run_record(r) for r in runs]}, indent=1) + "\n",
+                          encoding="utf-8")
 
 
 def rank_layout(hosts: Sequence[ActiveHost]) -> dict[int, str]:
@@ -84,6 +129,8 @@ class WorkloadContext:
     deadline_s: float = 300.0
     grace_s: float = 15.0
     cwd: str = field(default_factory=os.getcwd)
+    #: Every launch of this context, in the order they finished (for ``--log``).
+    runs: list[WorkloadRun] = field(default_factory=list)
     _shipped: Shipped | None = None
 
     @property
@@ -135,7 +182,9 @@ class WorkloadContext:
                 tracker = _ProgressTracker(progress, layout)
                 outcome = supervise(launch, cleanup=cleanup, on_line=tracker.on_line)
                 tracker.finish(outcome)
-        return WorkloadRun(title, names, layout, outcome, diagnose(outcome, layout, title))
+        run = WorkloadRun(title, names, layout, outcome, diagnose(outcome, layout, title))
+        self.runs.append(run)
+        return run
 
 
 class _ProgressTracker:
@@ -171,6 +220,3 @@ class _ProgressTracker:
             else:
                 self.progress.update(node, "failed", f"ranks {sorted(ranks)} not done")
 
-
-def this_machine_names() -> set[str]:
-    return set(LOCAL_NAMES) | {socket.gethostname(), socket.getfqdn()}

@@ -114,7 +114,7 @@ def result(kind: str, payload: dict[str, Any]) -> None:
     """Print one result for the head: ``@@ck-result@@ {"kind": KIND, "rank": R, ...}``."""
     doc = {"kind": kind, "rank": rank(), "host": socket.gethostname()}
     doc.update(payload)
-    emit(RESULT, json.dumps(doc, separators=(",", ":"), sort_keys=True))
+    emit(RESULT, json.dumps(doc, separators=(",", ":")))
 
 
 def done() -> None:
