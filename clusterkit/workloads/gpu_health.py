@@ -26,6 +26,8 @@ SPEC_RATIO = {"memory_gbs": 0.6, "matmul_bfloat16": 0.4, "matmul_float16": 0.4, 
 METRICS = {"memory_gbs": ("device memory bandwidth", "GB/s"), "matmul_bfloat16": ("bf16 matmul", "TFLOPS"),
            "matmul_float16": ("fp16 matmul", "TFLOPS"), "h2d_gbs": ("pinned host-to-device copy", "GB/s"),
            "d2h_gbs": ("pinned device-to-host copy", "GB/s")}
+SHORT = {"memory_gbs": "memory GB/s", "matmul_bfloat16": "bf16 TFLOPS", "matmul_float16": "fp16 TFLOPS",
+         "h2d_gbs": "H2D GB/s", "d2h_gbs": "D2H GB/s"}
 
 
 @dataclass(frozen=True)
@@ -189,4 +191,4 @@ def table_rows(health: GpuHealth, facts: Mapping[str, Maybe[NodeFacts]]) -> list
 
 
 def metric_headers() -> Sequence[str]:
-    return [f"{title} ({unit})" for title, unit in METRICS.values()]
+    return [SHORT[metric] for metric in METRICS]
