@@ -231,6 +231,8 @@ class Suite:
         wio.progress(f"{STAGE_NAMES[key]}: checkpoint")
         with watch("checkpoint"):
             engine.save_checkpoint(str(ckpt), tag=tag)
+            if stage == 3:  # before any further step: it must hold the weights of ``live``
+                engine.save_16bit_model(str(ckpt / "16bit"), "model.bin")
             self.dist.barrier()
             fresh = self.model(self.args.seed + 1)  # different weights: only a real load makes them equal
             loaded, _, _, _ = deepspeed.initialize(model=fresh, model_parameters=fresh.parameters(), config=config)
@@ -249,14 +251,11 @@ class Suite:
                     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
                     out["zero_to_fp32"] = {"max_abs_diff": self.max_diff(live, consolidated),
                                            "shards_copied_to_rank0": copied}
-        if stage == 3:
-            with watch("save_16bit"):
-                engine.save_16bit_model(str(ckpt / "16bit"), "model.bin")
-                if self.rank == 0:
-                    import torch
+        if stage == 3 and self.rank == 0:
+            import torch
 
-                    saved = torch.load(str(ckpt / "16bit" / "model.bin"), map_location="cpu", weights_only=True)
-                    out["save_16bit"] = {"max_abs_diff": self.max_diff(live, dict(saved.items()))}
+            saved = torch.load(str(ckpt / "16bit" / "model.bin"), map_location="cpu", weights_only=True)
+            out["save_16bit"] = {"max_abs_diff": self.max_diff(live, dict(saved.items()))}
         self.dist.barrier()
         for used in (engine, loaded):
             if hasattr(used, "destroy"):
