@@ -319,7 +319,7 @@ def _show_search(search: Any, console: Console) -> None:
         return
     console.print(Text("slow-node search", style="bold underline"))
     for line in search.evidence():
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def run_find_slow_command(args: argparse.Namespace) -> int:

@@ -113,9 +113,9 @@ def _print(console: Console, shape: traffic.JobShape, stages: list[traffic.Stage
         total = f"{stage.seconds * 1e3:.4g} ms" if stage.seconds is not None else "not all measured"
         out.print(Text(f"{stage.name}: {total}", style="bold"))
         for term in stage.terms:
-            out.print(f"  {term.arithmetic}", highlight=False, soft_wrap=True)
+            out.print(f"  {term.arithmetic}", highlight=False, markup=False, soft_wrap=True)
     out.print(Text(favoured, style="green"), soft_wrap=True)
     for item in advice:
-        out.print(f"bucket: {item.message}", highlight=False, soft_wrap=True)
+        out.print(f"bucket: {item.message}", highlight=False, markup=False, soft_wrap=True)
     for note in notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+        out.print(f"note: {note}", style="dim", highlight=False, markup=False, soft_wrap=True)

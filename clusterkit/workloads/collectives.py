@@ -157,19 +157,19 @@ def render(report: CollectivesReport, console: Console, plot: bool = True) -> No
                        f"{result['backend']}, device {result['device']}, dtype {result['dtype']}", style="bold"),
                   soft_wrap=True)
     for op, body in result["ops"].items():
-        console.print(f"#\n# {op}", highlight=False)
+        console.print(f"#\n# {op}", highlight=False, markup=False)
         for line in fmt.header_lines():
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         for row in body["rows"]:
-            console.print(fmt.format_row(row), highlight=False, soft_wrap=True)
+            console.print(fmt.format_row(row), highlight=False, markup=False, soft_wrap=True)
         for line in fmt.footer_lines(int(body["wrong"]), float(body["avg_busbw"])):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
     if report.expectation is not None:
-        console.print(report.expectation.explain(), style="dim", soft_wrap=True, highlight=False)
+        console.print(report.expectation.explain(), style="dim", soft_wrap=True, highlight=False, markup=False)
     if plot:
         expected = report.expectation.busbw_gbs if report.expectation else None
         for line in terminal_plot(busbw_series(result), expected):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def save(report: CollectivesReport, path: Path) -> list[Path]:
@@ -232,7 +232,7 @@ def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float,
             for r in done:
                 value = f"{r.busbw:.4g} GB/s" if r.busbw is not None else f"failed: {r.detail}"
                 log.print(f"find-slow: {' + '.join(r.nodes)}: {value} ({r.seconds:.1f}s)", highlight=False,
-                          soft_wrap=True)
+                          markup=False, soft_wrap=True)
         return done
 
     return measure

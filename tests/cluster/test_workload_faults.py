@@ -28,7 +28,7 @@ from tests.cluster.node import CommandResult, Node
 from tests.cluster.system import ClusterError, ClusterUnavailable
 from tests.cluster.workloads_env import install_env_with_optimizer_ops
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 LOG = "/tmp/ck-fault.json"
 SMALL = "collectives ~/hostfile --ops all_reduce --sizes 64K --iters 2 --no-expect"
 

@@ -1,11 +1,17 @@
 """Helpers for the workload tests on the namespace cluster: DeepSpeed's optimizer ops prebuilt per
 machine, and ``clusterkit bench`` run from the head node.
 
-The ZeRO suite needs DeepSpeed's FusedAdam and CPUAdam ops, which DeepSpeed JIT-compiles: minutes
-per op on two shared cores. Like the comm op of ``install_python_env(prebuilt_ops=True)``, they are
-built once per machine inside a node (same in-node path), kept under
-``/var/cache/clusterkit-tests/torch-extensions-workloads`` and copied into every node's env, so the
-suite's up-front build finds them built (it still loads each one through ninja on every node).
+The ZeRO suite needs DeepSpeed's FusedAdam and CPUAdam ops (and the CPU comm op), which DeepSpeed
+JIT-compiles: minutes per op on two shared cores. Like the comm op of
+``install_python_env(prebuilt_ops=True)``, they are built once per machine inside a node (same in-node
+path), kept under ``/var/cache/clusterkit-tests/torch-extensions-workloads`` and copied into every
+node's env, so the suite's up-front build finds them built (it still loads each one through ninja on
+every node).
+
+They are built with the env's own ninja first on PATH, as the ranks run it (``.deepspeed_env`` puts the
+env's bin/ first): ninja 1.12+ reads an older ninja's ``.ninja_log`` as "build log version is too old;
+starting over" and recompiles everything, so ops built with the system's ninja 1.11 would be
+rebuilt on every node at the first launch. That is also why the comm op is rebuilt here.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from tests.cluster.clusterkit_run import clusterkit
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult, Node
 
-OPTIMIZER_OPS = ("FusedAdamBuilder", "CPUAdamBuilder")
+OPTIMIZER_OPS = ("ShareMemCommBuilder", "FusedAdamBuilder", "CPUAdamBuilder")
 CACHE = Path("/var/cache/clusterkit-tests/torch-extensions-workloads")
 
 
@@ -38,7 +44,8 @@ def install_env_with_optimizer_ops(cluster: Cluster) -> str:
     first = cluster.nodes[0]
     if not cache.exists():
         builders = "; ".join(f"B.{name}().load()" for name in OPTIMIZER_OPS)
-        first.run(f"{python} -c 'import deepspeed.ops.op_builder.cpu as B; {builders}'", timeout=3600, check=True)
+        first.run(f"PATH={env}/bin:$PATH {python} -c 'import deepspeed.ops.op_builder.cpu as B; {builders}'",
+                  timeout=3600, check=True)
         building = cache.with_name(cache.name + ".partial")
         shutil.rmtree(building, ignore_errors=True)
         building.parent.mkdir(parents=True, exist_ok=True)
