@@ -83,6 +83,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", metavar="DIR",
                         help="where the workload scripts go on every node (default: a private per-user "
                              "directory under $TMPDIR or /tmp)")
+    parser.add_argument("--shared-workdir", action="store_true",
+                        help="--workdir is on a filesystem every node mounts: write the scripts there once, "
+                             "from this machine, without SSH")
     parser.add_argument("--master-addr", metavar="ADDR", help="rendezvous address (default: DeepSpeed's choice)")
     parser.add_argument("--master-port", type=int, default=29500, metavar="PORT", help="rendezvous port")
     parser.add_argument("--launcher", default="pdsh", help="DeepSpeed multi-node launcher (default: pdsh)")
@@ -147,8 +150,11 @@ def make_context(args: argparse.Namespace, console: Console) -> Any:
 
     hosts, hostfile = hosts_and_hostfile(args)
     python = args.python or sys.executable
-    return WorkloadContext(hosts=hosts, hostfile=hostfile, python=python, settings=ssh_settings(args),
-                           console=console, workdir=args.workdir, master_addr=args.master_addr,
+    whole = select_hosts(load_hostfile(args.hostfile)) if args.hostfile else None
+    return WorkloadContext(hosts=hosts, hostfile=hostfile, python=python, hostfile_hosts=whole,
+                           settings=ssh_settings(args),
+                           console=console, workdir=args.workdir,
+                           shared_workdir=getattr(args, "shared_workdir", False), master_addr=args.master_addr,
                            master_port=args.master_port, launcher=args.launcher, deadline_s=args.deadline)
 
 

@@ -182,7 +182,8 @@ RULES: tuple[LogRule, ...] = (
             "a DeepSpeed op ({attr}) was never built on {node}; the build failed earlier",
             "see the build error above; prebuild the ops", priority=35),
     # -- CUDA ----------------------------------------------------------------------------------------------
-    LogRule("torch-without-cuda", "cuda", r"Torch not compiled with CUDA enabled",
+    LogRule("torch-without-cuda", "cuda",
+            r"Torch not compiled with CUDA enabled|module 'torch\._C' has no attribute '_cuda_\w+'",
             "the training env on {node} has a CPU-only torch", "install the CUDA build of torch there", priority=22),
     LogRule("cuda-driver-old", "cuda",
             r"CUDA driver version is insufficient|NVIDIA driver on your system is too old",
@@ -319,9 +320,10 @@ def diagnose(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str) 
         return diagnosis
     explained = _explained(match_lines(outcome.lines))
     causes = [m for m in explained if m.rule.kind == CAUSE]
+    symptoms = [m for m in explained if m.rule.kind == SYMPTOM]
     _add_matches(diagnosis, outcome, causes)
-    diagnosis.findings += _ending_findings(outcome, rank_hosts, workload, diagnosis)
-    _add_matches(diagnosis, outcome, [m for m in explained if m.rule.kind == SYMPTOM])
+    diagnosis.findings += _ending_findings(outcome, rank_hosts, workload, diagnosis, explained=bool(symptoms))
+    _add_matches(diagnosis, outcome, symptoms)
     return diagnosis
 
 
@@ -346,7 +348,7 @@ def _add_tail(diagnosis: Diagnosis, outcome: RunOutcome, node: str | None, rank:
 
 
 def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str,
-                     diagnosis: Diagnosis) -> list[Finding]:
+                     diagnosis: Diagnosis, explained: bool = False) -> list[Finding]:
     """The run's end as findings: could not start, deadline passed, ranks that never finished."""
     findings: list[Finding] = []
     why = "one hung rank holds every other rank in its next collective"
@@ -382,7 +384,7 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
                 "down or frozen, or pdsh could not start them)", why,
                 f"check {host}: ssh {host} true; clusterkit doctor HOSTFILE"))
             _add_tail(diagnosis, outcome, host, None)
-    if not outcome.timed_out and not findings and not diagnosis.findings:
+    if not outcome.timed_out and not findings and not diagnosis.findings and not explained:
         code = outcome.returncode
         findings.append(Finding(
             "workload-failed", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, workload,

@@ -120,9 +120,13 @@ class WorkloadContext:
     hosts: list[ActiveHost]
     hostfile: str
     python: str
+    #: Every host and slot of the hostfile (before --include/--exclude); None: the same as ``hosts``.
+    hostfile_hosts: list[ActiveHost] | None = None
     settings: SshSettings = field(default_factory=SshSettings)
     console: Console = field(default_factory=lambda: Console(stderr=True))
     workdir: str | None = None
+    #: ``workdir`` is shared by every node: the scripts are written there once, without SSH.
+    shared_workdir: bool = False
     master_addr: str | None = None
     master_port: int = 29500
     launcher: str = "pdsh"
@@ -149,7 +153,8 @@ class WorkloadContext:
         if self._shipped is None:
             with NodeProgress(self.names, "shipping workload scripts", self.console) as progress:
                 self._shipped = ship(self.names, self.settings, workdir=self.workdir, python=self.python,
-                                     progress=None if self.local else progress)
+                                     progress=None if self.local or self.shared_workdir else progress,
+                                     shared=self.shared_workdir)
         return self._shipped
 
     def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
@@ -159,12 +164,18 @@ class WorkloadContext:
         chosen = list(hosts) if hosts is not None else list(self.hosts)
         names = [h.name for h in chosen]
         run_id = new_run_id()
-        include = "" if chosen == self.hosts else include_spec(chosen)
+        whole = self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
+        include = "" if [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole] \
+            else include_spec(chosen)
         plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=self.shipped().script(script),
                           script_args=[*args, run_id_argument(run_id)], include=include, launcher=self.launcher,
                           master_addr=self.master_addr, master_port=master_port or self.master_port,
                           ssh_port=self.settings.port)
         argv = build_launch_line(plan)
+        if len(chosen) == 1 and not self.local:
+            # DeepSpeed's runner launches a single host on the launching machine itself, whichever host
+            # it is, unless told to go through the multi-node launcher anyway.
+            argv[1:1] = ["--force_multi"]
         if self.local:
             # A one-host hostfile of this machine: DeepSpeed launches locally, but still checks SSH to
             # it and cannot guess a master address without pdsh; neither is needed here.

@@ -135,13 +135,19 @@ def ship_to(conn: Connection, timeout_s: float, workdir: str | None = None, pyth
 
 
 def ship(hosts: list[str], settings: SshSettings, timeout_s: float = 30.0, workdir: str | None = None,
-         python: str | None = None, progress: NodeProgress | None = None) -> Shipped:
+         python: str | None = None, progress: NodeProgress | None = None, shared: bool = False) -> Shipped:
     """Ship the bundle to every host in parallel; the one directory they all hold it in.
 
-    Raises ClusterkitError naming the hosts that failed, or that hold it at a different path.
+    ``shared``: ``workdir`` is on a filesystem every node mounts at the same path, so the bundle is
+    written there once, from this machine, without SSH. Raises ClusterkitError naming the hosts that
+    failed, or that hold it at a different path.
     """
     if workdir and not workdir.startswith("/"):
         workdir = str(Path(workdir).absolute())  # pdsh runs the same words on every node: make it absolute
+    if shared:
+        if not workdir:
+            raise ClusterkitError("a shared workdir needs --workdir DIR (a directory every node mounts)")
+        return Shipped(ship_local(workdir), {})
     if is_local(hosts):
         path = ship_local(workdir)
         return Shipped(path, {hosts[0]: HostResult(hosts[0], value=path)})

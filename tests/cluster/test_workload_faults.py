@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import sys
 import threading
@@ -31,6 +32,10 @@ from tests.cluster.workloads_env import install_env_with_optimizer_ops
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 LOG = "/tmp/ck-fault.json"
 SMALL = "collectives ~/hostfile --ops all_reduce --sizes 64K --iters 2 --no-expect"
+#: Under the repo, which every node mounts at the same path: scripts written there need no SSH, so a
+#: fault that breaks SSH reaches DeepSpeed's launcher instead of stopping clusterkit's own shipping.
+SHARED = REPO / "build" / "workloads-shared"
+SHARED_ARGS = f" --workdir {SHARED} --shared-workdir"
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,9 @@ def bootstrapped(cluster: Cluster, training_python: str) -> Cluster:
     cluster.reset_homes()
     result = bootstrap(cluster, training_python)
     assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    SHARED.mkdir(parents=True, exist_ok=True)
+    os.chown(SHARED, pwd.getpwnam(cluster.user).pw_uid, pwd.getpwnam(cluster.user).pw_gid)
+    SHARED.chmod(0o700)
     return cluster
 
 
@@ -66,9 +74,11 @@ def run_bench(head: Node, python: str, args: str, *, cwd: str = str(REPO), timeo
     return head.run(command, timeout=timeout)
 
 
-def captured(cluster: Cluster, name: str, produced_by: str) -> Diagnosis:
+def captured(cluster: Cluster, name: str, produced_by: str, result: CommandResult | None = None) -> Diagnosis:
     """The run the command logged, diagnosed; kept as a fixture when asked."""
-    text = cluster.nodes[0].host_path(LOG).read_text()
+    log = cluster.nodes[0].host_path(LOG)
+    assert log.exists(), "no launch was logged: " + (result.stderr[-3000:] if result else "")
+    text = log.read_text()
     if os.environ.get("CLUSTERKIT_WRITE_FIXTURES") == "1":
         workload_fixtures.save(name, text, produced_by)
     record = json.loads(text)["runs"][-1]
@@ -93,7 +103,7 @@ def check(diagnosis: Diagnosis, name: str) -> None:
 def fault(cluster: Cluster, python: str, name: str, produced_by: str, args: str = SMALL, **kwargs: object) -> None:
     result = run_bench(cluster.nodes[0], python, args, **kwargs)  # type: ignore[arg-type]
     assert result.rc != 0, result.stdout[-2000:]
-    check(captured(cluster, name, produced_by), name)
+    check(captured(cluster, name, produced_by, result), name)
 
 
 def keep_file(node: Node, path: str) -> Callable[[], None]:
@@ -137,8 +147,14 @@ def test_the_launching_nodes_key_is_refused_by_a_node(bootstrapped: Cluster, tra
     restore = keep_file(node3, "/home/ckuser/.ssh/authorized_keys")
     node3.run("sed -i '/clusterkit@node1/d' ~/.ssh/authorized_keys", check=True)
     try:
+        shipping = run_bench(bootstrapped.nodes[0], training_python, SMALL)
+        assert shipping.rc == 1
+        assert "could not put the workload scripts on 1 node(s): node3: authentication to node3 failed" \
+            in shipping.stderr
         fault(bootstrapped, training_python, "ssh-key-refused",
-              "node1's key removed from node3's ~/.ssh/authorized_keys; bench collectives from node1")
+              "node1's key removed from node3's ~/.ssh/authorized_keys; bench collectives from node1 with the "
+              "scripts on a shared --workdir (so pdsh, not clusterkit's shipping, meets the refusal)",
+              args=SMALL + SHARED_ARGS)
     finally:
         restore()
 
@@ -149,7 +165,8 @@ def test_a_node_missing_from_known_hosts(bootstrapped: Cluster, training_python:
     head.run("ssh-keygen -R node2 -f ~/.ssh/known_hosts", check=True)
     try:
         fault(bootstrapped, training_python, "ssh-host-key-unknown",
-              "node2 removed from node1's ~/.ssh/known_hosts (ssh-keygen -R node2); bench collectives from node1")
+              "node2 removed from node1's ~/.ssh/known_hosts (ssh-keygen -R node2); bench collectives from node1 "
+              "with the scripts on a shared --workdir", args=SMALL + SHARED_ARGS)
     finally:
         restore()
 
@@ -225,16 +242,17 @@ def test_a_shared_library_of_torch_is_missing_on_a_node(bootstrapped: Cluster, t
 
 def test_ninja_is_missing_on_a_node(bootstrapped: Cluster, training_python: str) -> None:
     node2 = bootstrapped.nodes[1]
-    hidden = ["/usr/bin/ninja", f"{pyenv.DEFAULT_ENV}/bin/ninja"]
-    for path in hidden:
-        node2.hide_binary(path)
+    env_ninja = node2.host_path(f"{pyenv.DEFAULT_ENV}/bin/ninja")
+    target = env_ninja.readlink()
+    node2.hide_binary("/usr/bin/ninja")
+    env_ninja.unlink()
     try:
         fault(bootstrapped, training_python, "ninja-missing",
-              "node2.hide_binary('/usr/bin/ninja') and the env's bin/ninja; bench zero --include node2 from node1",
-              args="zero ~/hostfile --include node2 --stages 3o")
+              "node2.hide_binary('/usr/bin/ninja') and the env's bin/ninja removed on node2; bench zero "
+              "--include node2 from node1", args="zero ~/hostfile --include node2 --stages 3o")
     finally:
-        for path in hidden:
-            node2.unhide_binary(path)
+        node2.unhide_binary("/usr/bin/ninja")
+        env_ninja.symlink_to(target)
 
 
 def test_the_compiler_is_missing_on_a_node(bootstrapped: Cluster, training_python: str) -> None:
@@ -321,8 +339,8 @@ def test_a_frozen_node_costs_the_deadline_and_is_named(bootstrapped: Cluster, tr
     node3.freeze()
     try:
         fault(bootstrapped, training_python, "frozen-node",
-              "node3.freeze() (SIGSTOP of every process, sshd included); bench collectives --deadline 30",
-              args=SMALL + " --deadline 30", timeout=240)
+              "node3.freeze() (SIGSTOP of every process, sshd included); bench collectives --deadline 30 with the "
+              "scripts on a shared --workdir", args=SMALL + " --deadline 30" + SHARED_ARGS, timeout=240)
     finally:
         node3.thaw()
     leftovers = [n.run(f"pgrep -u ckuser -f {shlex.quote('ck-run-i[d]=')} | wc -l").stdout.strip()
