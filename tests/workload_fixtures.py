@@ -39,7 +39,7 @@ EXPECTED: dict[str, Expected] = {
     "interpreter-missing": Expected("workload-interpreter-missing", "node3", ("/opt/ckenv/bin/python",)),
     "launch-dir-missing": Expected("workload-launch-dir-missing", "node2", ("/tmp/only-on-node1",)),
     "module-missing": Expected("workload-module-missing", "node3", ("deepspeed",)),
-    "shared-library-missing": Expected("workload-shared-library-missing", "node3", ("libgomp",)),
+    "shared-library-missing": Expected("workload-shared-library-missing", "node3", ("libc10.so",)),
     "ninja-missing": Expected("workload-ninja-missing", "node2", ("ninja is not on the PATH",)),
     "compiler-missing": Expected("workload-compiler-missing", "node2", ("c++",)),
     "torch-without-cuda": Expected("workload-torch-without-cuda", "", ("CPU-only torch",)),

@@ -39,6 +39,8 @@ class LogRule:
     severity: Severity = Severity.ERROR
     #: The named group that names the node, for lines the head prints about a node (pdsh, runner).
     host_group: str | None = None
+    #: Also reported (as a warning) when the run succeeded: the workload got by, a job may not.
+    on_success: bool = False
 
     @cached_property
     def regex(self) -> re.Pattern[str]:
@@ -75,7 +77,7 @@ RULES: tuple[LogRule, ...] = (
             "(clusterkit doctor names the line)", priority=5),
     LogRule("hostfile-missing", "launcher", r"Unable to find hostfile, will proceed with training with local",
             "DeepSpeed found no hostfile and ran on this machine only",
-            "pass the hostfile's absolute path", priority=20, severity=Severity.WARNING),
+            "pass the hostfile's absolute path", priority=20, severity=Severity.WARNING, on_success=True),
     # -- SSH / pdsh --------------------------------------------------------------------------------------
     LogRule("ssh-denied", "ssh", r"Permission denied \((?P<methods>[^)]*)\)",
             "SSH from the launching machine to {node} was refused ({methods}): its key is not authorized there",
@@ -108,9 +110,9 @@ RULES: tuple[LogRule, ...] = (
             "pass a free --master-port (clusterkit launch picks one), or stop the process on that port "
             "(ss -ltnp 'sport = :PORT')", priority=15),
     LogRule("rendezvous-timeout", "rendezvous",
-            r"client socket has timed out after (?P<after>\S+?)s? while trying to connect to "
+            r"client socket has timed out after (?P<after>\d+(?:\.\d+)?)(?P<unit>ms|s) while trying to connect to "
             r"\((?P<addr>[^,]+), (?P<port>\d+)\)",
-            "{node} could not reach the master at {addr}:{port} within {after}s",
+            "{node} could not reach the master at {addr}:{port} within {after} {unit}",
             "check that {addr} is the first host's address reachable from {node} (clusterkit doctor tests it) "
             "and that no firewall drops port {port}; or pass --master-addr", priority=16),
     LogRule("rendezvous-refused", "rendezvous",
@@ -127,9 +129,10 @@ RULES: tuple[LogRule, ...] = (
             "nothing, and check the master address and port from those nodes", kind=SYMPTOM, priority=80),
     # -- interpreter / module -----------------------------------------------------------------------------
     LogRule("launch-dir-missing", "interpreter", r"cd: (?P<dir>/[^:]*): No such file or directory",
-            "the launch directory {dir} does not exist on {node}",
+            "the launch directory {dir} does not exist on {node}: pdsh's `cd` failed there, so a job's relative "
+            "paths (its script, its config) break on {node}",
             "create it on {node} (or sync the code there: clusterkit bootstrap --sync DIR), or launch from a "
-            "directory every node has", priority=20),
+            "directory every node has", priority=20, on_success=True),
     LogRule("interpreter-missing", "interpreter",
             r"(?:bash|sh)(?:: line \d+)?: (?P<python>/\S*python[\d.]*): No such file or directory",
             "the training interpreter {python} does not exist on {node}",
@@ -174,6 +177,11 @@ RULES: tuple[LogRule, ...] = (
             r"(?P<torch>\S+)",
             "nvcc on {node} is CUDA {nvcc}, torch was built with {torch}: DeepSpeed refuses to build ops",
             "install the matching CUDA toolkit (or DS_SKIP_CUDA_CHECK=1 at your own risk)", priority=26),
+    LogRule("ninja-log-restarted", "extension-build", r"ninja: warning: build log version is too old",
+            "ninja on {node} met a build log written by an older ninja and recompiles the ops from scratch "
+            "(minutes per op, every rank waiting)",
+            "build (or prebuild) the ops with the ninja the ranks run: the env's bin/ninja first on PATH, as "
+            "~/.deepspeed_env sets it", priority=40, severity=Severity.WARNING, on_success=True),
     LogRule("extension-build-failed", "extension-build", r"Error building extension '(?P<ext>[^']+)'",
             "building DeepSpeed's {ext} op failed on {node}",
             "read the compiler lines in the log tail; prebuild the ops once per node (clusterkit bench zero "
@@ -317,6 +325,9 @@ def diagnose(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str) 
     """Findings for ``outcome``: recognised causes, then what the run's end says (deadline, silent ranks)."""
     diagnosis = Diagnosis()
     if outcome.ok:
+        for m in match_lines(outcome.lines, [r for r in RULES if r.on_success]):
+            diagnosis.findings.append(_finding(m, Severity.WARNING))
+            _add_tail(diagnosis, outcome, m.node, m.line.rank)
         return diagnosis
     explained = _explained(match_lines(outcome.lines))
     causes = [m for m in explained if m.rule.kind == CAUSE]
@@ -327,17 +338,20 @@ def diagnose(outcome: RunOutcome, rank_hosts: Mapping[int, str], workload: str) 
     return diagnosis
 
 
+def _finding(m: Match, severity: Severity | None = None) -> Finding:
+    host = m.node or CLUSTER_HOST
+    where = f"rank {m.line.rank}" if m.line.rank is not None else ("launcher" if m.node else "head")
+    excerpt = m.line.text.strip()
+    if len(excerpt) > 200:
+        excerpt = excerpt[:197] + "..."
+    return Finding(f"workload-{m.rule.id}", severity or m.rule.severity, Outcome.FAIL, host, where,
+                   f"{m.render(m.rule.cause)} (log: {excerpt!r})",
+                   _CATEGORY_WHY.get(m.rule.category, m.rule.category), m.render(m.rule.fix))
+
+
 def _add_matches(diagnosis: Diagnosis, outcome: RunOutcome, matches: list[Match]) -> None:
     for m in matches:
-        host = m.node or CLUSTER_HOST
-        where = f"rank {m.line.rank}" if m.line.rank is not None else ("launcher" if m.node else "head")
-        excerpt = m.line.text.strip()
-        if len(excerpt) > 200:
-            excerpt = excerpt[:197] + "..."
-        diagnosis.findings.append(Finding(
-            f"workload-{m.rule.id}", m.rule.severity, Outcome.FAIL, host, where,
-            f"{m.render(m.rule.cause)} (log: {excerpt!r})", _CATEGORY_WHY.get(m.rule.category, m.rule.category),
-            m.render(m.rule.fix)))
+        diagnosis.findings.append(_finding(m))
         _add_tail(diagnosis, outcome, m.node, m.line.rank)
 
 

@@ -145,14 +145,11 @@ class RunOutcome:
 
 def split_line(raw: str, hosts: Sequence[str]) -> tuple[str | None, int | None, str]:
     """(node, rank, text) of a raw output line; pdsh's ``host: `` prefix counts only for known hosts."""
-    node: str | None = None
+    node: str | None = hosts[0] if len(hosts) == 1 else None  # a local launch: every line is that host's
     text = raw
-    if len(hosts) == 1:
-        node = hosts[0]
-    else:
-        head, sep, rest = raw.partition(": ")
-        if sep and head in hosts:
-            node, text = head, rest
+    head, sep, rest = raw.partition(": ")
+    if sep and head in hosts:  # pdsh's prefix (a one-host launch through pdsh has it too)
+        node, text = head, rest
     rank: int | None = None
     tagged = _RANK_TAG.match(text)
     if tagged:

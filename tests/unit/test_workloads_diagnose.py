@@ -42,7 +42,9 @@ def test_every_rule_has_a_real_log_or_waits_for_the_gpu_machine() -> None:
     assert unproven <= {"launcher-first-host-ssh", "hostfile-missing", "ssh-host-key-changed", "ssh-unreachable",
                         "ssh-unknown-host", "pdsh-rsh", "rendezvous-refused", "script-missing", "header-missing",
                         "op-not-loaded", "shm-bus-error", "gloo-timeout", "rendezvous-clients-missing",
-                        "peer-closed", "python-exception", "rank-exited", "pdsh-ssh-exit"}, unproven
+                        "peer-closed", "python-exception", "rank-exited", "pdsh-ssh-exit",
+                        # seen building this suite's own op caches (tests/cluster/workloads_env.py), not kept
+                        "ninja-log-restarted"}, unproven
 
 
 def test_every_fixture_on_disk_is_checked() -> None:

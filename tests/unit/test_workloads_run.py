@@ -40,6 +40,8 @@ def test_pdsh_prefixes_and_rank_tags_become_node_and_rank() -> None:
     assert split_line("pdsh@node1: node2: ssh exited with exit code 255", HOSTS)[0] is None
     # A local launch has one host and no pdsh: every line is that host's.
     assert split_line("[ck:rank=0] hello", ["localhost"]) == ("localhost", 0, "hello")
+    # One remote host goes through pdsh all the same (--force_multi): its prefix comes off.
+    assert split_line("node2: [ck:rank=0] hello", ["node2"]) == ("node2", 0, "hello")
 
 
 def test_a_run_keeps_every_line_with_its_node_and_rank_and_finds_results() -> None:
