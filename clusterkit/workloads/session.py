@@ -157,17 +157,13 @@ class WorkloadContext:
                                      shared=self.shared_workdir)
         return self._shipped
 
-    def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
-               master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
-               quiet: bool = False) -> WorkloadRun:
-        """Run ``script`` (a name in the shipped bundle) on ``hosts`` (default: all) under the deadline."""
-        chosen = list(hosts) if hosts is not None else list(self.hosts)
-        names = [h.name for h in chosen]
-        run_id = new_run_id()
+    def command_line(self, script_path: str, args: Sequence[str], chosen: Sequence[ActiveHost], run_id: str,
+                     master_port: int | None = None) -> list[str]:
+        """The ``deepspeed`` line for ``script_path`` on ``chosen`` (launchline's, plus what a workload needs)."""
         whole = self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
         include = "" if [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole] \
             else include_spec(chosen)
-        plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=self.shipped().script(script),
+        plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=script_path,
                           script_args=[*args, run_id_argument(run_id)], include=include, launcher=self.launcher,
                           master_addr=self.master_addr, master_port=master_port or self.master_port,
                           ssh_port=self.settings.port)
@@ -182,6 +178,16 @@ class WorkloadContext:
             argv[1:1] = ["--no_ssh_check"]
             if not self.master_addr:
                 argv[argv.index("--launcher"):argv.index("--launcher")] = ["--master_addr", "127.0.0.1"]
+        return argv
+
+    def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
+               master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
+               quiet: bool = False) -> WorkloadRun:
+        """Run ``script`` (a name in the shipped bundle) on ``hosts`` (default: all) under the deadline."""
+        chosen = list(hosts) if hosts is not None else list(self.hosts)
+        names = [h.name for h in chosen]
+        run_id = new_run_id()
+        argv = self.command_line(self.shipped().script(script), args, chosen, run_id, master_port)
         layout = rank_layout(chosen)
         launch = Launch(argv=argv, cwd=self.cwd, deadline_s=deadline_s or self.deadline_s, hosts=names,
                         run_id=run_id, env=env, grace_s=self.grace_s)

@@ -181,7 +181,8 @@ def test_the_master_port_is_taken(bootstrapped: Cluster, training_python: str) -
             "time.sleep(300)")
     holder = head.run(f"nohup python3 -c {shlex.quote(hold)} > held.log 2>&1 & echo $!", check=True).stdout.strip()
     try:
-        head.run("for i in $(seq 50); do grep -q held held.log && exit 0; sleep 0.1; done; exit 1", check=True)
+        head.run("for i in $(seq 600); do grep -q held held.log && exit 0; sleep 0.1; done; exit 1", timeout=90,
+                 check=True)
         fault(bootstrapped, training_python, "master-port-busy",
               "a python listener holding port 29500 on node1; bench collectives --master-port 29500 from node1",
               args=SMALL + " --master-port 29500")
