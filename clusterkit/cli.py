@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "estimate",
     "launch",
     "agent",
+    "monitor",
 )
 
 EPILOG = """exit codes:
