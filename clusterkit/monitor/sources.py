@@ -44,13 +44,14 @@ class Source(Protocol):
 class Recorder:
     """Writes what a source receives as JSON lines; thread-safe, flushed every line."""
 
-    def __init__(self, path: str | Path, hosts: list[str], slots: dict[str, int], interval_s: float) -> None:
+    def __init__(self, path: str | Path, hosts: list[str], slots: dict[str, int], interval_s: float,
+                 started: float | None = None) -> None:
         # Open for the whole run (closed by close()), not per line.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
         self._lock = threading.Lock()
         self._write({"k": "header", "v": RECORDING_VERSION, "hosts": hosts, "slots": slots,
-                     "interval": interval_s, "started": round(time.time(), 3)})
+                     "interval": interval_s, "started": round(time.time() if started is None else started, 3)})
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")) + "\n"

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import VerticalScroll
 from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from clusterkit.monitor.sources import Source
 from clusterkit.monitor.views import (
@@ -30,6 +30,9 @@ from clusterkit.monitor.views import (
 )
 from clusterkit.tui import cells
 from clusterkit.tui.thresholds import Alert, Thresholds, all_alerts
+
+#: Samples of history drawn per line in the node view.
+HISTORY_COLUMNS = 100
 
 SORTS: dict[str, Callable[[NodeSummary], Any]] = {
     "hostfile": lambda s: 0,
@@ -63,7 +66,7 @@ def fill_table(table: DataTable[Any], keys: Sequence[str], rows: Sequence[Sequen
         for index, (key, row) in enumerate(zip(keys, rows, strict=True)):
             for column, (before, after) in enumerate(zip(table.get_row(key), row, strict=True)):
                 if before != after:
-                    table.update_cell_at(Coordinate(index, column), after)
+                    table.update_cell_at(Coordinate(index, column), after, update_width=True)
         return
     selected = current[table.cursor_row] if 0 <= table.cursor_row < len(current) else None
     table.clear()
@@ -204,14 +207,13 @@ class NodeScreen(MonitorScreen):
     def __init__(self, host: str) -> None:
         super().__init__()
         self.host = host
-        self._sparklines: dict[int, Sparkline] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="node-title")
         gpus: DataTable[Any] = DataTable(id="gpus", cursor_type="row")
         gpus.add_columns(*cells.GPU_COLUMNS)
         yield gpus
-        yield VerticalScroll(id="history")
+        yield Static(id="history")
         ranks: DataTable[Any] = DataTable(id="node-ranks", cursor_type="row")
         ranks.add_columns(*cells.RANK_COLUMNS)
         yield ranks
@@ -249,22 +251,21 @@ class NodeScreen(MonitorScreen):
             alert_lines([a for a in snap.alerts if a.host == self.host], 8))
 
     def _show_history(self, history: Any, indexes: list[int]) -> None:
-        box = self.query_one("#history", VerticalScroll)
-        series: dict[int, list[float]] = {}
+        """A line per GPU (or the CPU when there is none): utilisation over time on a 0-100% scale."""
+        series: dict[int, list[float | None]] = {}
         for sample in history:
             if indexes:
                 for gpu in sample.gpus:
-                    series.setdefault(gpu.index, []).append(gpu.util_pct or 0.0)
+                    series.setdefault(gpu.index, []).append(gpu.util_pct)
             else:
-                series.setdefault(-1, []).append(sample.cpu_pct or 0.0)
+                series.setdefault(-1, []).append(sample.cpu_pct)
+        text = Text()
         for key, values in sorted(series.items()):
-            if key not in self._sparklines:
-                label = f"GPU{key} util" if key >= 0 else "CPU %"
-                line = Sparkline(values, summary_function=max, classes="history-line")
-                self._sparklines[key] = line
-                box.mount(Label(label, classes="history-label"), line)
-            else:
-                self._sparklines[key].data = values
+            label = f"GPU{key} util " if key >= 0 else "CPU %     "
+            text.append(label, style="dim")
+            text.append(cells.spark(values[-HISTORY_COLUMNS:]), style="cyan")
+            text.append(f" {cells.pct(values[-1])}\n")
+        self.query_one("#history", Static).update(text)
 
 
 class JobScreen(MonitorScreen):
@@ -352,7 +353,6 @@ class MonitorApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(self.overview)
         self.source.start()
-        self.refresh_view(force=True)
         self.set_interval(self.refresh_s, self._tick)
 
     def on_unmount(self) -> None:
@@ -379,7 +379,10 @@ class MonitorApp(App[None]):
         self._drawn_version, self._drawn_second = version, second
         screen = self.screen
         if isinstance(screen, MonitorScreen):
-            screen.show(self.snapshot(), self)
+            try:
+                screen.show(self.snapshot(), self)
+            except NoMatches:  # pushed but not composed yet: its resume draws it
+                self._drawn_version = -1
 
     def clock_text(self, snap: Snapshot) -> str:
         if snap.live:

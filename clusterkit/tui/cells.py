@@ -38,6 +38,14 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float | None], full_scale: float = 100.0) -> str:
+    """A text sparkline on a fixed 0..full_scale range (a gap where no value was read)."""
+    return "".join(" " if v is None else BLOCKS[max(0, min(8, round(8 * v / full_scale)))] for v in values)
+
+
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
