@@ -1,0 +1,154 @@
+"""The monitor app driven headless with Pilot over the synthetic job recording (paused, stepped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from textual.widgets import DataTable, Input, Static
+
+from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
+from tests.monitor.conftest import SIZE, replay_app
+
+
+def table_rows(app: MonitorApp, selector: str) -> list[list[str]]:
+    table: DataTable[Any] = app.screen.query_one(selector, DataTable)
+    return [[str(cell) for cell in table.get_row(key)] for key in table.rows]
+
+
+def column(app: MonitorApp, selector: str, index: int = 0) -> list[str]:
+    return [row[index] for row in table_rows(app, selector)]
+
+
+def text_of(app: MonitorApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+@pytest.mark.asyncio
+async def test_the_overview_has_a_row_per_node_in_hostfile_order() -> None:
+    app, _ = replay_app(5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, OverviewScreen)
+        rows = table_rows(app, "#nodes")
+        assert [r[0] for r in rows] == ["gpu-node01", "gpu-node02", "gpu-node03", "gpu-node04"]
+        assert all(r[1] == "up" and r[2] == "8/8" and r[13] == "8" for r in rows)
+        assert "4/4 nodes up" in text_of(app, "#summary")
+
+
+@pytest.mark.asyncio
+async def test_a_node_whose_agent_dies_shows_down_with_its_age_then_comes_back() -> None:
+    app, source = replay_app(19)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert table_rows(app, "#nodes")[1][1] == "up"
+        await pilot.press(*"nnnn")  # 23 s: the agent died at 20 s, the head is reconnecting
+        node2 = table_rows(app, "#nodes")[1]
+        assert node2[1] == "DOWN"
+        assert node2[14] == "3s"  # the age of its last sample, still counting
+        assert "3/4 nodes up" in text_of(app, "#summary")
+        assert "gpu-node02: down: the remote command exited 137: Killed (last sample 3s ago)" in text_of(app, "#alerts")
+        await pilot.press(*"nnnnn")  # 28 s: reconnected, a new agent sends again
+        node2 = table_rows(app, "#nodes")[1]
+        assert (node2[1], node2[14]) == ("up", "0s")
+        assert source.state.nodes["gpu-node02"].restarts == 1
+
+
+@pytest.mark.asyncio
+async def test_s_cycles_the_sort_and_puts_the_down_node_first_by_status() -> None:
+    app, _ = replay_app(23)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")  # hostfile -> status
+        assert "sort: status" in text_of(app, "#summary")
+        assert column(app, "#nodes")[0] == "gpu-node02"
+        await pilot.press("s")  # -> util: the lowest average first
+        assert column(app, "#nodes")[0].startswith("gpu-node03")
+        await pilot.press("r")
+        assert column(app, "#nodes")[-1].startswith("gpu-node03")
+        assert "(reversed)" in text_of(app, "#summary")
+
+
+@pytest.mark.asyncio
+async def test_slash_filters_the_nodes_and_escape_clears_the_filter() -> None:
+    app, _ = replay_app(5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash")
+        assert app.screen.query_one("#filter", Input).has_focus
+        await pilot.press(*"node0", "4", "enter")
+        assert column(app, "#nodes") == ["gpu-node04"]
+        assert "filter: 'node04'" in text_of(app, "#summary")
+        await pilot.press("escape")
+        assert len(column(app, "#nodes")) == 4
+
+
+@pytest.mark.asyncio
+async def test_f_shows_only_nodes_with_faults() -> None:
+    app, _ = replay_app(23)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f")
+        # node01: GPU2 at its power cap; node02: down; node03: a straggler. node04 is healthy.
+        assert [name.rstrip(" ⚑") for name in column(app, "#nodes")] == ["gpu-node01", "gpu-node02", "gpu-node03"]
+        await pilot.press("f")
+        assert len(column(app, "#nodes")) == 4
+
+
+@pytest.mark.asyncio
+async def test_enter_drills_into_a_node_with_its_gpus_history_and_ranks() -> None:
+    app, _ = replay_app(30)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("down", "down", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, NodeScreen) and app.screen.host == "gpu-node03"
+        gpus = table_rows(app, "#gpus")
+        assert len(gpus) == 8
+        assert gpus[5][0] == "5 ⚑" and gpus[5][6] == "1110/1980"
+        history = text_of(app, "#history")
+        assert history.count("util") == 8 and "GPU5 util" in history
+        assert column(app, "#node-ranks") == [str(r) for r in range(16, 24)]
+        await pilot.press("escape")
+        assert isinstance(app.screen, OverviewScreen)
+
+
+@pytest.mark.asyncio
+async def test_a_straggler_gpu_is_flagged_on_its_node_and_in_the_job_view() -> None:
+    app, _ = replay_app(6)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "0 stragglers" in text_of(app, "#summary")
+        assert column(app, "#nodes")[2] == "gpu-node03"
+        await pilot.press(*"n" * 12)  # GPU5 of node03 sagged at 8 s: now its whole 10-sample window has
+        assert column(app, "#nodes")[2] == "gpu-node03 ⚑"
+        assert "straggler: gpu-node03 GPU5: util% " in text_of(app, "#alerts")
+        await pilot.press("j")
+        await pilot.pause()
+        assert isinstance(app.screen, JobScreen)
+        ranks = table_rows(app, "#ranks")
+        flagged = [r[0] for r in ranks if "⚑" in r[0]]
+        assert flagged == ["21 ⚑"]  # rank 21 is local rank 5 on node03, the rank on that GPU
+        assert "gpu-node03 GPU5" in text_of(app, "#stragglers")
+
+
+@pytest.mark.asyncio
+async def test_the_job_view_marks_a_rank_that_exited() -> None:
+    app, _ = replay_app(36)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j")
+        await pilot.pause()
+        ranks = {r[0].rstrip(" ⚑"): r for r in table_rows(app, "#ranks")}
+        assert len(ranks) == 32
+        assert ranks["31"][9] == "EXITED" and ranks["31"][2] == "gpu-node04"
+        assert all(r[9] == "running" for key, r in ranks.items() if key != "31")
+        assert "32 ranks in 1 job(s): 10.0.0.1:29500" in text_of(app, "#job-title")
+
+
+@pytest.mark.asyncio
+async def test_question_mark_opens_the_help_and_escape_closes_it() -> None:
+    app, _ = replay_app(5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "faults only" in str(app.screen.query_one("#help", Static).render())
+        await pilot.press("escape")
+        assert isinstance(app.screen, OverviewScreen)
