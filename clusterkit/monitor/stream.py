@@ -121,14 +121,15 @@ class LineStream:
         return not self._thread.is_alive()
 
     def _set(self, **changes: object) -> None:
+        """Change the state; the callback hears of it only when more than ``last_line_at`` changed."""
         previous = self._state
-        state = replace(previous, **changes)  # type: ignore[arg-type]
-        if state.status != previous.status and "since" not in changes:
-            state = replace(state, since=self._clock())
-        if previous.status == "stopped" or state == previous:
+        if previous.status == "stopped":
             return
+        state = replace(previous, **changes)  # type: ignore[arg-type]
+        if state.status != previous.status:
+            state = replace(state, since=self._clock())
         self._state = state
-        if self._on_state is not None:
+        if self._on_state is not None and replace(state, last_line_at=None) != replace(previous, last_line_at=None):
             self._on_state(state)
 
     def _run(self) -> None:
@@ -149,7 +150,10 @@ class LineStream:
                 break
             attempt = 0
             self._set(status="connected", error=None, attempts=0, connects=self._state.connects + 1)
-            error = self._pump(channel)
+            try:
+                error = self._pump(channel)
+            except Exception as exc:  # a failing callback must not end the stream
+                error = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self._channel = None
             _close_quietly(channel)
@@ -170,7 +174,12 @@ class LineStream:
                 return f"read failed: {exc or type(exc).__name__}"
             now = self._clock()
             if data is None:
-                return channel.describe_end()
+                if self._stop.is_set():
+                    return "stopped"
+                try:
+                    return channel.describe_end()
+                except Exception:
+                    return "the channel closed"
             if data:
                 pending += data
                 *lines, pending = pending.split(b"\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from textual.widgets import DataTable, Input, Static
 
 from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
