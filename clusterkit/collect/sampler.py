@@ -54,6 +54,8 @@ SAMPLE_MARKER = "@@ck-sample@@ "
 ECC_EVERY = 5
 #: The environment keys that make a process a training rank.
 RANK_KEYS = (b"RANK", b"LOCAL_RANK")
+#: Processes found not to be ranks are looked at again every this many samples.
+RECHECK_EVERY = 10
 #: A rank's command line is cut to this many characters.
 CMD_CHARS = 60
 
@@ -230,17 +232,21 @@ class ProcReader:
     """CPU, memory, network and training ranks from ``/proc`` (``proc_root`` for recordings)."""
 
     def __init__(self, proc_root: str = "/proc") -> None:
-        self.root = Path(proc_root)
+        self.root = proc_root
         self.ticks_per_s = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self.page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._cpu_last: tuple[int, int] | None = None
         self._net_last: tuple[float, int, int] | None = None
-        #: (pid, start time) -> rank info read once from the environment, or None: not a rank.
-        self._identity: dict[tuple[int, int], dict[str, Any] | None] = {}
+        #: pid -> rank info read once from its environment, or None: not a rank (looked at again every
+        #: RECHECK_EVERY calls, in case it was caught between fork and exec).
+        self._identity: dict[int, dict[str, Any] | None] = {}
+        self._calls = 0
         self._proc_cpu_last: dict[int, tuple[float, int]] = {}
 
     def _read(self, relative: str) -> str:
-        return (self.root / relative).read_text(encoding="utf-8", errors="replace")
+        # Plain string paths: this runs for every rank every second, where pathlib's cost shows.
+        with open(f"{self.root}/{relative}", encoding="utf-8", errors="replace") as f:
+            return f.read()
 
     def cpu_percent(self) -> tuple[float | None, int]:
         """Busy share of all CPUs since the last call (None on the first), and the CPU count."""
@@ -293,16 +299,15 @@ class ProcReader:
         # The command name (field 2) is in parentheses and may hold spaces or ')'.
         return text[text.rfind(")") + 2:].split()
 
-    def _identify(self, pid: int, start: int) -> dict[str, Any] | None:
-        key = (pid, start)
-        if key in self._identity:
-            return self._identity[key]
+    def _identify(self, pid: int) -> dict[str, Any] | None:
         info: dict[str, Any] | None = None
         try:
-            environ = (self.root / str(pid) / "environ").read_bytes()
+            with open(f"{self.root}/{pid}/environ", "rb") as f:
+                environ = f.read()
             env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
             if all(k in env for k in RANK_KEYS):
-                cmdline = (self.root / str(pid) / "cmdline").read_bytes()
+                with open(f"{self.root}/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
                 argv = [a.decode("utf-8", "replace") for a in cmdline.split(b"\0") if a]
                 info = {"rank": int(env[b"RANK"]), "local": int(env[b"LOCAL_RANK"]),
                         "world": _env_int(env, b"WORLD_SIZE"),
@@ -312,7 +317,7 @@ class ProcReader:
                                         for n, a in enumerate(argv[:3]))[:CMD_CHARS]}
         except (OSError, ValueError):
             info = None  # not ours to read, gone, or a malformed rank: not a rank we can show
-        self._identity[key] = info
+        self._identity[pid] = info
         return info
 
     def ranks(self, now: float) -> list[dict[str, Any]]:
@@ -322,16 +327,20 @@ class ProcReader:
                 pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
         except OSError:
             return []
+        self._calls += 1
+        if self._calls % RECHECK_EVERY == 0:
+            self._identity = {pid: info for pid, info in self._identity.items() if info is not None}
         found: dict[int, tuple[dict[str, Any], list[str]]] = {}
         for pid in pids:
-            fields = self._stat(pid)
-            if fields is None or len(fields) < 22:
+            # Only ranks (and processes not seen before) cost a read: most of /proc is skipped.
+            info = self._identity[pid] if pid in self._identity else self._identify(pid)
+            if info is None:
                 continue
-            info = self._identify(pid, int(fields[19]))
-            if info is not None:
+            fields = self._stat(pid)
+            if fields is not None and len(fields) >= 22:
                 found[pid] = (info, fields)
         alive = set(pids)
-        self._identity = {k: v for k, v in self._identity.items() if k[0] in alive}
+        self._identity = {pid: info for pid, info in self._identity.items() if pid in alive}
         ranks = []
         for pid, (info, fields) in sorted(found.items()):
             parent = found.get(int(fields[1]))

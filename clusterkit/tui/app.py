@@ -7,17 +7,17 @@ A timer (``refresh_s``) ticks the source and redraws the screen on top only when
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.coordinate import Coordinate
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Footer, Input, Static
 
 from clusterkit.monitor.sources import Source
 from clusterkit.monitor.views import (
@@ -29,6 +29,7 @@ from clusterkit.monitor.views import (
     summarize_cluster,
 )
 from clusterkit.tui import cells
+from clusterkit.tui.grid import Grid
 from clusterkit.tui.thresholds import Alert, Thresholds, all_alerts
 
 #: Samples of history drawn per line in the node view.
@@ -59,23 +60,6 @@ class Snapshot:
         return {s.host for s in self.stragglers}
 
 
-def fill_table(table: DataTable[Any], keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Show ``rows`` under ``keys``: cells updated in place when the rows are the same, else rebuilt."""
-    current = [str(key.value) for key in table.rows]
-    if current == list(keys):
-        for index, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            for column, (before, after) in enumerate(zip(table.get_row(key), row, strict=True)):
-                if before != after:
-                    table.update_cell_at(Coordinate(index, column), after, update_width=True)
-        return
-    selected = current[table.cursor_row] if 0 <= table.cursor_row < len(current) else None
-    table.clear()
-    for key, row in zip(keys, rows, strict=True):
-        table.add_row(*row, key=key)
-    if selected is not None and selected in keys:
-        table.move_cursor(row=list(keys).index(selected))
-
-
 def alert_lines(alerts: list[Alert], limit: int) -> Text:
     if not alerts:
         return Text("no alerts", style="green")
@@ -104,7 +88,6 @@ class OverviewScreen(MonitorScreen):
     """A row per node; enter drills into one."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open_node", "node", show=False),
         Binding("s", "cycle_sort", "sort"),
         Binding("r", "reverse", "reverse"),
         Binding("f", "faults", "faults only"),
@@ -121,9 +104,7 @@ class OverviewScreen(MonitorScreen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary")
-        table: DataTable[Any] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*cells.NODE_COLUMNS)
-        yield table
+        yield Grid(cells.NODE_COLUMNS, id="nodes")
         yield Input(placeholder="filter nodes (substring), enter to apply, escape to clear", id="filter")
         yield Static(id="alerts")
         yield Footer()
@@ -138,8 +119,8 @@ class OverviewScreen(MonitorScreen):
             summaries = [s for s in summaries if s.status != "up" or s.host in faulty]
         summaries.sort(key=SORTS[self.sort], reverse=self.reverse)
         straggling = snap.straggling_hosts()
-        fill_table(self.query_one("#nodes", DataTable), [s.host for s in summaries],
-                   [cells.node_row(s, app.thresholds, s.host in straggling) for s in summaries])
+        self.query_one("#nodes", Grid).set_rows(
+            [s.host for s in summaries], [cells.node_row(s, app.thresholds, s.host in straggling) for s in summaries])
         up = sum(1 for s in snap.summaries if s.status == "up")
         header = Text()
         header.append(f"{app.title_text}  ", style="bold")
@@ -179,24 +160,17 @@ class OverviewScreen(MonitorScreen):
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.value, box.display, self.filter_text = "", False, ""
-        self.query_one("#nodes", DataTable).focus()
+        self.query_one("#nodes", Grid).focus()
         self._redraw()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.filter_text = event.value.strip()
         event.input.display = False
-        self.query_one("#nodes", DataTable).focus()
+        self.query_one("#nodes", Grid).focus()
         self._redraw()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.app.push_screen(NodeScreen(str(event.row_key.value)))
-
-    def action_open_node(self) -> None:
-        table = self.query_one("#nodes", DataTable)
-        if table.row_count:
-            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            self.app.push_screen(NodeScreen(str(key)))
+    def on_grid_selected(self, event: Grid.Selected) -> None:
+        self.app.push_screen(NodeScreen(event.key))
 
 
 class NodeScreen(MonitorScreen):
@@ -210,13 +184,9 @@ class NodeScreen(MonitorScreen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="node-title")
-        gpus: DataTable[Any] = DataTable(id="gpus", cursor_type="row")
-        gpus.add_columns(*cells.GPU_COLUMNS)
-        yield gpus
+        yield Grid(cells.GPU_COLUMNS, id="gpus")
         yield Static(id="history")
-        ranks: DataTable[Any] = DataTable(id="node-ranks", cursor_type="row")
-        ranks.add_columns(*cells.RANK_COLUMNS)
-        yield ranks
+        yield Grid(cells.RANK_COLUMNS, id="node-ranks")
         yield Static(id="node-alerts")
         yield Footer()
 
@@ -240,13 +210,13 @@ class NodeScreen(MonitorScreen):
         sample = view.last
         gpus = sample.gpus if sample else ()
         straggling = {s.gpu for s in snap.stragglers if s.host == self.host and s.gpu is not None}
-        fill_table(self.query_one("#gpus", DataTable), [str(g.index) for g in gpus],
-                   [cells.gpu_row(g, app.thresholds, g.index in straggling) for g in gpus])
+        self.query_one("#gpus", Grid).set_rows(
+            [str(g.index) for g in gpus], [cells.gpu_row(g, app.thresholds, g.index in straggling) for g in gpus])
         self._show_history(view.history, [g.index for g in gpus])
         ranks = [r for r in snap.ranks if r.host == self.host]
         rank_straggling = {s.rank for s in snap.stragglers if s.host == self.host and s.rank is not None}
-        fill_table(self.query_one("#node-ranks", DataTable), [f"{r.job}/{r.rank}" for r in ranks],
-                   [cells.rank_row(r, r.rank in rank_straggling) for r in ranks])
+        self.query_one("#node-ranks", Grid).set_rows(
+            [f"{r.job}/{r.rank}" for r in ranks], [cells.rank_row(r, r.rank in rank_straggling) for r in ranks])
         self.query_one("#node-alerts", Static).update(
             alert_lines([a for a in snap.alerts if a.host == self.host], 8))
 
@@ -275,9 +245,7 @@ class JobScreen(MonitorScreen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="job-title")
-        ranks: DataTable[Any] = DataTable(id="ranks", cursor_type="row", zebra_stripes=True)
-        ranks.add_columns(*cells.RANK_COLUMNS)
-        yield ranks
+        yield Grid(cells.RANK_COLUMNS, id="ranks")
         yield Static(id="stragglers")
         yield Footer()
 
@@ -289,9 +257,10 @@ class JobScreen(MonitorScreen):
         self.query_one("#job-title", Static).update(title)
         straggling = {(s.host, s.rank) for s in snap.stragglers if s.rank is not None}
         straggling_gpus = {(s.host, s.gpu) for s in snap.stragglers if s.gpu is not None}
-        fill_table(self.query_one("#ranks", DataTable), [f"{r.job}/{r.rank}" for r in snap.ranks],
-                   [cells.rank_row(r, (r.host, r.rank) in straggling or (r.host, r.gpu) in straggling_gpus)
-                    for r in snap.ranks])
+        self.query_one("#ranks", Grid).set_rows(
+            [f"{r.job}/{r.rank}" for r in snap.ranks],
+            [cells.rank_row(r, (r.host, r.rank) in straggling or (r.host, r.gpu) in straggling_gpus)
+             for r in snap.ranks])
         text = Text("stragglers: ", style="bold")
         text.append(", ".join(s.describe() for s in snap.stragglers) or "none",
                     style="bold yellow" if snap.stragglers else "green")
@@ -330,7 +299,7 @@ class HelpScreen(ModalScreen[None]):
 
 
 class MonitorApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "clusterkit monitor"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),

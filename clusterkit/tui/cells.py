@@ -81,7 +81,7 @@ def count(value: int) -> Text:
     return Text(str(value), style="bold red") if value else Text("0", style="dim")
 
 
-def node_row(s: NodeSummary, t: Thresholds, straggling: bool) -> tuple[object, ...]:
+def node_row(s: NodeSummary, t: Thresholds, straggling: bool) -> tuple[Text | str, ...]:
     gpus = f"{s.gpus_up}/{s.gpus_expected}" if s.gpus_expected and s.gpus_up else str(s.gpus_up or "-")
     util = "-" if s.util_avg is None else f"{s.util_min:.0f}/{s.util_avg:.0f}/{s.util_max:.0f}"
     host = Text(s.host + (" ⚑" if straggling else ""), style="bold yellow" if straggling else "")
@@ -97,7 +97,7 @@ NODE_COLUMNS = ("node", "status", "GPUs", "temp", "power", "util min/avg/max", "
                 "ECC", "XID", "CPU", "RAM", "net rx tx", "ranks", "age")
 
 
-def gpu_row(g: GpuSample, t: Thresholds, straggling: bool) -> tuple[object, ...]:
+def gpu_row(g: GpuSample, t: Thresholds, straggling: bool) -> tuple[Text | str, ...]:
     mem = f"{size(g.mem_used)}/{size(g.mem_total)}" if g.mem_total else "-"
     clock = "-" if g.sm_mhz is None else f"{g.sm_mhz:.0f}/{g.sm_max_mhz or 0:.0f}"
     index = Text(f"{g.index}" + (" ⚑" if straggling else ""), style="bold yellow" if straggling else "")
@@ -109,7 +109,7 @@ def gpu_row(g: GpuSample, t: Thresholds, straggling: bool) -> tuple[object, ...]
 GPU_COLUMNS = ("GPU", "name", "util", "memory", "temp", "power", "SM MHz", "throttle", "ECC unc", "PCIe tx rx")
 
 
-def rank_row(r: RankRow, straggling: bool) -> tuple[object, ...]:
+def rank_row(r: RankRow, straggling: bool) -> tuple[Text | str, ...]:
     rank = Text(f"{r.rank}" + (" ⚑" if straggling else ""), style="bold yellow" if straggling else "")
     world = f"/{r.world_size}" if r.world_size else ""
     return (rank, f"{r.local_rank}{world}", r.host, str(r.pid), "-" if r.gpu is None else str(r.gpu),

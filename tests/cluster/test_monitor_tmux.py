@@ -38,8 +38,9 @@ def training(cluster: Cluster) -> Iterator[Cluster]:
     assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
     head = cluster.nodes[0]
     deepspeed = python.rsplit("/", 1)[0] + "/deepspeed"
-    head.run(f"cd {shlex.quote(str(REPO))} && nohup {deepspeed} --hostfile ~/hostfile --launcher pdsh "
-             f"{SMOKE} --steps 1000000 --stage 2 > ~/train.log 2>&1 &", check=True)
+    # `cd X; cmd > log 2>&1 &`, not `cd X && cmd ... &`: a backgrounded list would keep run()'s pipe open.
+    head.run(f"cd {shlex.quote(str(REPO))} || exit 1; nohup {deepspeed} --hostfile ~/hostfile --launcher pdsh "
+             f"{SMOKE} --steps 1000000 --stage 2 > ~/train.log 2>&1 < /dev/null &", check=True)
     wait_until(lambda: "zero smoke: step 2 " in head.run("cat ~/train.log").stdout, 240,
                lambda: head.run("tail -20 ~/train.log").stdout)
     yield cluster

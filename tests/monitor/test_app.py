@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
+from clusterkit.tui.grid import Grid
 from tests.monitor.conftest import SIZE, replay_app
 
 
 def table_rows(app: MonitorApp, selector: str) -> list[list[str]]:
-    table: DataTable[Any] = app.screen.query_one(selector, DataTable)
-    return [[str(cell) for cell in table.get_row(key)] for key in table.rows]
+    grid = app.screen.query_one(selector, Grid)
+    return [grid.row(key) for key in grid.keys]
 
 
 def column(app: MonitorApp, selector: str, index: int = 0) -> list[str]:
