@@ -217,9 +217,14 @@ class LiveSource:
     def step(self) -> bool:
         return False
 
-    def stop(self) -> None:
-        for stream in self.streams:  # stop() only flags and closes: never waits on a frozen host
-            stream.stop(timeout_s=0.2)
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Every stream flagged and closed first, then joined under one deadline: a frozen host
+        (a thread stuck in connect) costs at most ``timeout_s`` in all."""
+        for stream in self.streams:
+            stream.request_stop()
+        deadline = time.monotonic() + timeout_s
+        for stream in self.streams:
+            stream.stop(timeout_s=max(0.0, deadline - time.monotonic()))
         if self.recorder is not None:
             self.recorder.close()
 

@@ -107,14 +107,18 @@ class LineStream:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout_s: float = 2.0) -> bool:
-        """Close the channel and end the thread; False if it did not end within ``timeout_s``
-        (it is a daemon thread, so it cannot keep the process alive)."""
+    def request_stop(self) -> None:
+        """Flag the thread to end and close the channel; returns at once (stop many, then join)."""
         self._stop.set()
         with self._lock:
             channel = self._channel
         if channel is not None:
             _close_quietly(channel)
+
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Close the channel and end the thread; False if it did not end within ``timeout_s``
+        (it is a daemon thread, so it cannot keep the process alive)."""
+        self.request_stop()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._set(status="stopped")
