@@ -183,28 +183,23 @@ def find_stragglers(state: ClusterState, stale_after_s: float, ratio: float, win
     with state.lock:
         live = [v for v in (state.nodes[h] for h in state.hosts)
                 if node_status(v, state.now, stale_after_s)[0] == "up"]
-        for metric, (read, floor) in GPU_METRICS.items():
-            means: dict[tuple[str, int], float] = {}
-            for view in live:
-                per_gpu: dict[int, list[float]] = {}
-                for sample in _window(view, window):
-                    for gpu in sample.gpus:
+        # One pass over the window: per metric, per (host, GPU or rank), the values read.
+        values: dict[str, dict[tuple[str, int], list[float]]] = {metric: {} for metric in (*GPU_METRICS, "cpu%")}
+        for view in live:
+            for sample in _window(view, window):
+                for gpu in sample.gpus:
+                    for metric, (read, _) in GPU_METRICS.items():
                         value = read(gpu)
                         if value is not None:
-                            per_gpu.setdefault(gpu.index, []).append(value)
-                for index, values in per_gpu.items():
-                    means[(view.host, index)] = statistics.fmean(values)
-            found += [Straggler(h, i, None, metric, v, m) for (h, i), v, m in _below(means, ratio, floor, min_peers)]
-        cpu: dict[tuple[str, int], float] = {}
-        for view in live:
-            per_rank: dict[int, list[float]] = {}
-            for sample in _window(view, window):
+                            values[metric].setdefault((view.host, gpu.index), []).append(value)
                 for rank in sample.ranks:
                     if rank.cpu_pct is not None:
-                        per_rank.setdefault(rank.rank, []).append(rank.cpu_pct)
-            for rank_id, values in per_rank.items():
-                cpu[(view.host, rank_id)] = statistics.fmean(values)
-        found += [Straggler(h, None, r, "cpu%", v, m) for (h, r), v, m in _below(cpu, ratio, rank_cpu_floor, min_peers)]
+                        values["cpu%"].setdefault((view.host, rank.rank), []).append(rank.cpu_pct)
+    for metric, (_, floor) in GPU_METRICS.items():
+        means = {key: statistics.fmean(v) for key, v in values[metric].items()}
+        found += [Straggler(h, i, None, metric, v, m) for (h, i), v, m in _below(means, ratio, floor, min_peers)]
+    cpu = {key: statistics.fmean(v) for key, v in values["cpu%"].items()}
+    found += [Straggler(h, None, r, "cpu%", v, m) for (h, r), v, m in _below(cpu, ratio, rank_cpu_floor, min_peers)]
     return found
 
 
