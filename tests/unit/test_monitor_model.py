@@ -130,3 +130,12 @@ def test_json_without_once_and_a_bad_alert_are_usage_errors() -> None:
     done = clusterkit("monitor", "--replay", str(JOB), "--once", "--alert", "temp=3")
     assert done.returncode == 2 and "--alert 'temp=3'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_rank_without_cpu_time_for_the_stall_period_is_marked_stalled() -> None:
+    state = ClusterState(["a"])
+    rank = {"pid": 7, "rank": 0, "local": 0, "world": 1, "job": "j", "cmd": "python", "state": "S", "rss": 1}
+    for second in range(40):
+        state.apply_raw("a", raw(second, ranks=[dict(rank, cpu=90.0 if second < 5 else 0.2)]), 100.0 + second)
+        status = rank_rows(state, 3.0, 30.0)[0].status
+        assert status == ("stalled" if second >= 34 else "running"), second  # idle since 4 s
