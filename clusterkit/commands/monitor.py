@@ -20,6 +20,7 @@ from rich.table import Table
 from clusterkit.commands.common import add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import (
     LiveSource,
     Recorder,
@@ -64,6 +65,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--replay", metavar="FILE", help="play a recording instead of connecting")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="replay speed (default: 1 = real time; 0 = paused, n steps one interval)")
+    parser.add_argument("--log", metavar="FILE",
+                        help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
+                             "step time from DeepSpeed's progress lines")
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
@@ -112,7 +116,7 @@ def wait_for_round(source: Source, deadline_s: float) -> None:
     source.tick()
 
 
-def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
+def report(source: Source, thresholds: Thresholds, log: LogFollower | None = None) -> dict[str, Any]:
     """The state as plain data: nodes, ranks, stragglers and alerts (the ``--json`` document)."""
     state = source.state
     summaries = summarize_cluster(state, thresholds.stale_after_s)
@@ -126,6 +130,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
             "ranks": [dataclasses.asdict(r) for r in ranks],
             "stragglers": [dataclasses.asdict(s) for s in stragglers],
             "alerts": [dataclasses.asdict(a) for a in alerts],
+            "progress": dataclasses.asdict(log.poll()) if log else None,
             "thresholds": dataclasses.asdict(thresholds)}
 
 
@@ -143,6 +148,8 @@ def print_table(doc: dict[str, Any]) -> None:
     console.print(table)
     for r in doc["ranks"]:
         console.print(f"rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['status']}")
+    if doc["progress"]:
+        console.print("job: " + Progress(**doc["progress"]).describe())
     for a in doc["alerts"]:
         console.print(f"[{'bold red' if a['level'] == 'crit' else 'yellow'}]{a['level']}[/] {a['host']}: {a['text']}")
 
@@ -152,11 +159,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")
     source = build_source(args, thresholds)
+    log = LogFollower(args.log) if args.log else None
     if args.once:
         try:
             wait_for_round(source, args.wait if args.wait is not None
                            else args.connect_timeout + 3 * args.interval + 2)
-            doc = report(source, thresholds)
+            doc = report(source, thresholds, log)
         finally:
             source.stop()
         if args.json:
@@ -169,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
     from clusterkit.tui.app import MonitorApp
 
     title = f"clusterkit monitor {args.hostfile or args.replay or 'this machine'}"
-    MonitorApp(source, thresholds, title=title).run()
+    MonitorApp(source, thresholds, title=title, log=log).run()
     return ExitCode.OK

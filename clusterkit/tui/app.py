@@ -19,6 +19,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
+from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import Source
 from clusterkit.monitor.views import (
     NodeSummary,
@@ -55,9 +56,19 @@ class Snapshot:
     alerts: list[Alert]
     now: float
     live: bool
+    progress: Progress | None = None
 
     def straggling_hosts(self) -> set[str]:
         return {s.host for s in self.stragglers}
+
+
+def progress_text(snap: Snapshot) -> Text:
+    """The job's own progress from its log (``--log``), or nothing."""
+    p = snap.progress
+    if p is None:
+        return Text("")
+    age = f", last step {cells.age(max(0.0, snap.now - p.updated_at))} ago" if p.updated_at is not None else ""
+    return Text(f"\njob: {p.describe()}{age}", style="bold cyan")
 
 
 def alert_lines(alerts: list[Alert], limit: int) -> Text:
@@ -133,6 +144,7 @@ class OverviewScreen(MonitorScreen):
         if self.filter_text:
             header.append(f"  filter: {self.filter_text!r}", style="bold cyan")
         header.append(f"  {app.clock_text(snap)}", style="dim")
+        header.append_text(progress_text(snap))
         self.query_one("#summary", Static).update(header)
         self.query_one("#alerts", Static).update(alert_lines(snap.alerts, 6))
 
@@ -254,6 +266,7 @@ class JobScreen(MonitorScreen):
         title = Text(f"job view  {len(snap.ranks)} ranks in {len(jobs)} job(s): {', '.join(jobs) or 'none'}  ",
                      style="bold")
         title.append(app.clock_text(snap), style="dim")
+        title.append_text(progress_text(snap))
         self.query_one("#job-title", Static).update(title)
         straggling = {(s.host, s.rank) for s in snap.stragglers if s.rank is not None}
         straggling_gpus = {(s.host, s.gpu) for s in snap.stragglers if s.gpu is not None}
@@ -309,9 +322,11 @@ class MonitorApp(App[None]):
     ]
 
     def __init__(self, source: Source, thresholds: Thresholds, *, refresh_s: float = 0.5,
-                 title: str = "clusterkit monitor") -> None:
+                 title: str = "clusterkit monitor", log: LogFollower | None = None) -> None:
         super().__init__()
         self.source = source
+        self.job_log = log
+        self._progress: Progress | None = None
         self.thresholds = thresholds
         self.refresh_s = refresh_s
         self.title_text = title
@@ -322,6 +337,8 @@ class MonitorApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(self.overview)
         self.source.start()
+        if self.job_log is not None:
+            self._progress = self.job_log.poll()
         self.set_interval(self.refresh_s, self._tick)
 
     def on_unmount(self) -> None:
@@ -329,6 +346,11 @@ class MonitorApp(App[None]):
 
     def _tick(self) -> None:
         self.source.tick()
+        if self.job_log is not None:
+            progress = self.job_log.poll()
+            if progress != self._progress:
+                self._progress = progress
+                self._drawn_version = -1  # redraw: the job moved on
         self.refresh_view()
 
     def snapshot(self) -> Snapshot:
@@ -337,7 +359,7 @@ class MonitorApp(App[None]):
         ranks = rank_rows(state, t.stale_after_s, t.stall_after_s)
         stragglers = find_stragglers(state, t.stale_after_s, t.straggler_ratio, t.straggler_window)
         return Snapshot(summaries, ranks, stragglers, all_alerts(summaries, ranks, stragglers, state, t),
-                        state.now, self.source.live)
+                        state.now, self.source.live, self.job_log.progress if self.job_log else None)
 
     def refresh_view(self, force: bool = False) -> None:
         """Redraw the screen on top if the state changed, or every second for the ages when live."""

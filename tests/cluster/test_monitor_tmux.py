@@ -8,6 +8,7 @@ comes back.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -24,7 +25,8 @@ from tests.cluster.node import Node
 SESSION = "ckmon"
 SMOKE = "clusterkit/workloads/zero_smoke.py"
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None,
+# The module's setup bootstraps the cluster and starts training (minutes) inside the one test's time.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(shutil.which("tmux") is None,
                                                    reason="tmux is not installed (scripts/test installs it)")]
 
 
@@ -119,5 +121,8 @@ def test_the_monitor_shows_every_node_and_rank_and_a_killed_agent_or_frozen_node
         wait_until(lambda: head.run(f"tmux has-session -t {SESSION}").rc != 0, 10, lambda: pane(head))
         recording = head.run("grep -c '\"k\":\"sample\"' ~/monitor.jsonl").stdout.strip()
         assert int(recording or 0) > 20
+        keep = os.environ.get("CLUSTERKIT_KEEP_MONITOR_RECORDING")
+        if keep:  # to refresh tests/fixtures/monitor/cluster-3node-gloo.jsonl
+            shutil.copy(head.host_path("/home/ckuser/monitor.jsonl"), keep)
     finally:
         head.run(f"tmux kill-session -t {SESSION}")

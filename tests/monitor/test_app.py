@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.widgets import Input, Static
 
+from clusterkit.monitor.progress import LogFollower
+from clusterkit.monitor.sources import ReplaySource
 from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
 from clusterkit.tui.grid import Grid
-from tests.monitor.conftest import SIZE, replay_app
+from clusterkit.tui.thresholds import Thresholds
+from tests.monitor.conftest import JOB, SIZE, replay_app
 
 
 def table_rows(app: MonitorApp, selector: str) -> list[list[str]]:
@@ -150,3 +155,15 @@ async def test_question_mark_opens_the_help_and_escape_closes_it() -> None:
         assert "faults only" in str(app.screen.query_one("#help", Static).render())
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)
+
+
+@pytest.mark.asyncio
+async def test_the_jobs_own_progress_from_its_log_is_shown_above_the_nodes(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text("zero smoke: step 41 loss 0.01234 (0.050 s)\n")
+    source = ReplaySource(JOB, speed=0)
+    source.seek(source.start_time + 5)
+    app = MonitorApp(source, Thresholds.for_interval(1.0), refresh_s=3600, log=LogFollower(log))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "job: step 41, loss 0.01234, 0.05 s/step" in text_of(app, "#summary")
