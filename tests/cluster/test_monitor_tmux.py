@@ -78,13 +78,14 @@ def test_the_monitor_shows_every_node_and_rank_and_a_killed_agent_or_frozen_node
         training: Cluster) -> None:
     head, node2, node3 = training.nodes
     monitor = (f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m clusterkit monitor ~/hostfile "
-               "--interval 1 --connect-timeout 3 --record ~/monitor.jsonl")
+               "--interval 1 --connect-timeout 3 --record ~/monitor.jsonl --log ~/train.log")
     head.run(f"tmux new-session -d -s {SESSION} -x 200 -y 50 {shlex.quote(monitor)}", check=True)
     try:
         wait_until(lambda: all(node_status(pane(head), n) == "up" for n in training.names) and
                    "3 ranks" in pane(head), 90, lambda: pane(head))
         screen = pane(head)
         assert "3/3 nodes up" in screen
+        assert re.search(r"job: step \d+, loss [\d.e-]+, [\d.e-]+ s/step", screen), screen  # from the launcher's log
         for name in training.names:
             assert re.search(rf"^\s*{name}\s+up\s.*\s1\s+\d+s\s*$", screen, re.MULTILINE), screen  # 1 rank each
 
