@@ -26,7 +26,7 @@ SESSION = "ckmon"
 SMOKE = "clusterkit/workloads/zero_smoke.py"
 
 # The module's setup bootstraps the cluster and starts training (minutes) inside the one test's time.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(shutil.which("tmux") is None,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(shutil.which("tmux") is None,
                                                    reason="tmux is not installed (scripts/test installs it)")]
 
 
@@ -43,7 +43,7 @@ def training(cluster: Cluster) -> Iterator[Cluster]:
     # `cd X; cmd > log 2>&1 &`, not `cd X && cmd ... &`: a backgrounded list would keep run()'s pipe open.
     head.run(f"cd {shlex.quote(str(REPO))} || exit 1; nohup {deepspeed} --hostfile ~/hostfile --launcher pdsh "
              f"{SMOKE} --steps 1000000 --stage 2 > ~/train.log 2>&1 < /dev/null &", check=True)
-    wait_until(lambda: "zero smoke: step 2 " in head.run("cat ~/train.log").stdout, 240,
+    wait_until(lambda: "zero smoke: step 2 " in head.run("cat ~/train.log").stdout, 600,
                lambda: head.run("tail -20 ~/train.log").stdout)
     yield cluster
     cluster.reset_homes()
