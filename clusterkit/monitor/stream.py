@@ -274,7 +274,10 @@ class SshChannel:
         channel = self._channel
         status = channel.recv_exit_status() if channel.exit_status_ready() else None
         tail = self._stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        what = f"the remote command exited {status}" if status is not None else "the channel closed"
+        if status == -1:  # sshd sent no exit status: the command died of a signal
+            what = "the remote command was killed (no exit status)"
+        else:
+            what = f"the remote command exited {status}" if status is not None else "the channel closed"
         return what + (f": {tail[0]}" if tail else "")
 
     def close(self) -> None:

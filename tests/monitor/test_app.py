@@ -12,7 +12,9 @@ from clusterkit.monitor.sources import ReplaySource
 from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
 from clusterkit.tui.grid import Grid
 from clusterkit.tui.thresholds import Thresholds
-from tests.monitor.conftest import JOB, SIZE, replay_app
+from tests.monitor.conftest import FIXTURES, JOB, SIZE, replay_app
+
+CLUSTER = FIXTURES / "cluster-3node-gloo.jsonl"
 
 
 def table_rows(app: MonitorApp, selector: str) -> list[list[str]]:
@@ -167,3 +169,35 @@ async def test_the_jobs_own_progress_from_its_log_is_shown_above_the_nodes(tmp_p
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert "job: step 41, loss 0.01234, 0.05 s/step" in text_of(app, "#summary")
+
+
+@pytest.mark.asyncio
+async def test_a_real_recording_shows_a_killed_agent_and_a_frozen_node_go_down_and_come_back() -> None:
+    """Recorded by tests/cluster/test_monitor_tmux.py: 3 namespace nodes training with gloo through
+    DeepSpeed's launcher; node2's agent killed at +1.7 s, node3 frozen from about +3 s to +12 s."""
+    source = ReplaySource(CLUSTER, speed=0)
+    app = MonitorApp(source, Thresholds.for_interval(1.0), refresh_s=3600)
+
+    async def at(offset: float) -> dict[str, list[str]]:
+        source.seek(source.start_time + offset)
+        app.refresh_view(force=True)
+        await pilot.pause()
+        return {row[0]: row for row in table_rows(app, "#nodes")}
+
+    async with app.run_test(size=SIZE) as pilot:
+        rows = await at(1.0)
+        assert [(name, row[1], row[13]) for name, row in rows.items()] == [
+            ("node1", "up", "1"), ("node2", "up", "1"), ("node3", "up", "1")]
+        assert (await at(2.0))["node2"][1] == "DOWN"
+        assert "node2: down: the remote command exited -1" in text_of(app, "#alerts")
+        assert (await at(3.2))["node2"][1] == "up"
+        assert source.state.nodes["node2"].restarts == 1
+        assert (await at(7.0))["node3"][1] == "stale"
+        rows = await at(11.5)
+        assert (rows["node3"][1], rows["node3"][14]) == ("DOWN", "9s")
+        assert "no output for 8s (host frozen, overloaded or cut off?)" in text_of(app, "#alerts")
+        assert (await at(12.4))["node3"][1] == "up"
+        await pilot.press("j")
+        await pilot.pause()
+        assert [(row[0], row[2]) for row in table_rows(app, "#ranks")] == [("0", "node1"), ("1", "node2"),
+                                                                           ("2", "node3")]
