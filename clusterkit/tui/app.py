@@ -326,6 +326,7 @@ class MonitorApp(App[None]):
         super().__init__()
         self.source = source
         self.job_log = log
+        self._stragglers: tuple[float | None, list[Straggler]] = (None, [])
         self._progress: Progress | None = None
         self.thresholds = thresholds
         self.refresh_s = refresh_s
@@ -357,7 +358,11 @@ class MonitorApp(App[None]):
         state, t = self.source.state, self.thresholds
         summaries = summarize_cluster(state, t.stale_after_s)
         ranks = rank_rows(state, t.stale_after_s, t.stall_after_s)
-        stragglers = find_stragglers(state, t.stale_after_s, t.straggler_ratio, t.straggler_window)
+        # Stragglers are judged over a window of samples: once per interval is enough (and the costliest part).
+        cached_at, stragglers = self._stragglers
+        if cached_at is None or not 0 <= state.now - cached_at < state.interval_s:
+            stragglers = find_stragglers(state, t.stale_after_s, t.straggler_ratio, t.straggler_window)
+            self._stragglers = (state.now, stragglers)
         return Snapshot(summaries, ranks, stragglers, all_alerts(summaries, ranks, stragglers, state, t),
                         state.now, self.source.live, self.job_log.progress if self.job_log else None)
 
