@@ -175,7 +175,7 @@ class LineStream:
             try:
                 data = channel.read(self._poll_s)
             except Exception as exc:
-                return f"read failed: {exc or type(exc).__name__}"
+                return f"read failed: {str(exc) or type(exc).__name__}"
             now = self._clock()
             if data is None:
                 if self._stop.is_set():
