@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.monitor.progress import LogFollower, Progress
@@ -47,9 +47,7 @@ def register(subparsers: Any) -> None:
                     "alerts and stragglers. Without HOSTFILE, this machine.",
         epilog="keys in the view: enter node, j job view, s/r sort, f faults only, / filter, ? help, q quit. "
                "exit codes with --once: 0 every node answered and no critical alert, 1 otherwise.")
-    parser.add_argument("hostfile", nargs="?", help="DeepSpeed hostfile (HOST slots=N per line)")
-    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed-style subset of the hostfile")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
+    add_hostfile_arguments(parser, required=False)
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="sampling interval on the nodes (default: 1)")
     parser.add_argument("--slow-every", type=int, default=0, metavar="N",
