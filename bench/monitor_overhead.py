@@ -115,7 +115,7 @@ def tui_cpu(recording: Path, seconds: float) -> float:
 
 def latency(hosts: int, seconds: float) -> list[float]:
     from clusterkit.monitor.sources import LiveSource, local_stream_command
-    from clusterkit.monitor.stream import ProcessOpener
+    from clusterkit.remote.stream import ProcessOpener
     from clusterkit.tui.app import MonitorApp
     from clusterkit.tui.thresholds import Thresholds
 

@@ -29,8 +29,8 @@ from clusterkit.monitor.sources import (
     agent_stream_command,
     local_stream_command,
 )
-from clusterkit.monitor.stream import ProcessOpener, SshOpener
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
+from clusterkit.remote.stream import ProcessOpener, SshOpener
 from clusterkit.tui.thresholds import Thresholds, all_alerts
 
 JSON_SCHEMA_VERSION = 1

@@ -25,7 +25,7 @@ from clusterkit.collect.sampler import SAMPLE_MARKER
 from clusterkit.errors import InputError
 from clusterkit.monitor.model import SampleError
 from clusterkit.monitor.state import ClusterState
-from clusterkit.monitor.stream import ChannelOpener, LineStream, StreamState
+from clusterkit.remote.stream import ChannelOpener, LineStream, StreamState
 
 RECORDING_VERSION = 1
 

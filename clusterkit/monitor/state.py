@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterkit.monitor.model import NodeSample, RankSample, SampleError, XidSample, decode_sample
-from clusterkit.monitor.stream import Status, StreamState
+from clusterkit.remote.stream import Status, StreamState
 
 #: Samples of history kept per node (sparklines, straggler windows).
 HISTORY = 120

@@ -22,7 +22,7 @@ from typing import Any
 
 from clusterkit.collect.sampler import GpuSampler, ProcReader, Sampler, SamplerReplay
 from clusterkit.monitor.sources import Recorder
-from clusterkit.monitor.stream import StreamState
+from clusterkit.remote.stream import StreamState
 
 READINGS = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic-8xh100-nvlink" / "nvml-readings.json"
 T0 = 1_780_000_000.0  # a fixed start, so a regenerated recording is byte-identical
