@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Protocol
+from typing import IO, Any, Callable
 
 from clusterkit.collect.deadline import call_with_deadline
 from clusterkit.collect.nvml import NVML_NOT_FOUND, NvmlApi, PynvmlApi, decode_clock_event_reasons, nvml_error_text
@@ -60,61 +60,10 @@ RECHECK_EVERY = 10
 CMD_CHARS = 60
 
 
-# ------------------------------------------------------------------------------------ NVML, extended
-
-
-class SamplerNvml(NvmlApi, Protocol):
-    """doctor's NVML calls plus the per-process and slow queries the monitor needs."""
-
-    def compute_processes(self, index: int) -> list[tuple[int, int | None]]: ...  # (pid, bytes)
-    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]: ...  # (tx, rx) KB/s
-    def total_energy_mj(self, index: int) -> int: ...
-
-
-class SamplerPynvml(PynvmlApi):
-    """The real NVML with the per-process and slow queries the monitor needs besides doctor's."""
-
-    def compute_processes(self, index: int) -> list[tuple[int, int | None]]:
-        found = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle(index))
-        return [(int(p.pid), _int_or_none(getattr(p, "usedGpuMemory", None))) for p in found]
-
-    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]:
-        nvml, handle = self._nvml, self._handle(index)
-        return (int(nvml.nvmlDeviceGetPcieThroughput(handle, nvml.NVML_PCIE_UTIL_TX_BYTES)),
-                int(nvml.nvmlDeviceGetPcieThroughput(handle, nvml.NVML_PCIE_UTIL_RX_BYTES)))
-
-    def total_energy_mj(self, index: int) -> int:
-        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle(index)))
-
-
-class SamplerReplay(ReplayNvml):
-    """Recorded readings, with ``ComputeRunningProcesses [{pid, usedGpuMemory}]``,
-    ``PcieThroughput {TX, RX}`` (KB/s) and ``TotalEnergyConsumption`` (mJ) as nvml-readings.json
-    records them."""
-
-    def compute_processes(self, index: int) -> list[tuple[int, int | None]]:
-        found = self._get(index, "ComputeRunningProcesses")
-        return [(int(p["pid"]), _int_or_none(p.get("usedGpuMemory"))) for p in found if isinstance(p, dict)]
-
-    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]:
-        rates = self._get(index, "PcieThroughput")
-        return int(rates["TX"]), int(rates["RX"])
-
-    def total_energy_mj(self, index: int) -> int:
-        return int(self._get(index, "TotalEnergyConsumption"))
-
-
-def _int_or_none(value: object) -> int | None:
-    # pynvml reports "not available" process memory as None or as NVML_VALUE_NOT_AVAILABLE (2**64-1).
-    if isinstance(value, int) and 0 <= value < (1 << 63):
-        return value
-    return None
-
-
 class GpuSampler:
     """Reads every GPU each interval under one deadline; remembers what the driver does not support."""
 
-    def __init__(self, api: SamplerNvml, timeout_s: float = 2.0, slow_every: int = 0) -> None:
+    def __init__(self, api: NvmlApi, timeout_s: float = 2.0, slow_every: int = 0) -> None:
         self.api = api
         self.timeout_s = timeout_s
         self.slow_every = slow_every
@@ -460,10 +409,10 @@ def _guarded(func: Callable[[], Any], fallback: Any) -> Any:
         return fallback
 
 
-def nvml_for_environment() -> SamplerNvml:
+def nvml_for_environment() -> NvmlApi:
     """The recording named by ``CLUSTERKIT_NVML_REPLAY``, else the real NVML."""
     replay = os.environ.get(REPLAY_ENV, "").strip()
-    return SamplerReplay(replay) if replay else SamplerPynvml()
+    return ReplayNvml(replay) if replay else PynvmlApi()
 
 
 def stream(interval_s: float, count: int = 0, slow_every: int = 0, nvml_timeout_s: float = 2.0,

@@ -3,7 +3,7 @@
 Each fake node is the real ``clusterkit.collect.sampler.Sampler`` reading (1) a ``/proc`` tree written
 here in the kernel's formats (``stat``, ``meminfo``, ``net/dev``, and per rank ``PID/stat``,
 ``PID/environ``, ``PID/cmdline``) and (2) NVML readings in ``nvml-readings.json``'s format, replayed by
-``SamplerReplay`` and changed between ticks (load, power, clocks, a throttled GPU, a straggler).
+``ReplayNvml`` and changed between ticks (load, power, clocks, a throttled GPU, a straggler).
 The samples are written by the monitor's own ``Recorder``. Only the clock and the data are made up.
 
     python -m tests.monitor.synthetic tests/fixtures/monitor/synthetic-4x8gpu-job.jsonl
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.collect.sampler import GpuSampler, ProcReader, Sampler, SamplerReplay
+from clusterkit.collect.nvml_replay import ReplayNvml
+from clusterkit.collect.sampler import GpuSampler, ProcReader, Sampler
 from clusterkit.monitor.sources import Recorder
 from clusterkit.remote.stream import StreamState
 
@@ -167,7 +168,7 @@ def record(out: Path, scenario: Scenario) -> None:
 
 
 def _sampler(node: FakeNode, clock: dict[str, float], second: int) -> Sampler:
-    api = SamplerReplay(node.readings)
+    api = ReplayNvml(node.readings)
     sampler = Sampler(GpuSampler(api, timeout_s=5.0), ProcReader(str(node.root)), None, 1.0,
                       clock=lambda: clock["t"])
     sampler.boot = f"{4242 + second}-{T0 + second:.1f}"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from clusterkit.collect.nvml_replay import ReplayNvml
 from clusterkit.collect.sampler import (
     SAMPLE_MARKER,
     SAMPLE_PROTOCOL,
     GpuSampler,
     ProcReader,
     Sampler,
-    SamplerReplay,
 )
 from tests.monitor.synthetic import READINGS, FakeNode, Scenario, update_readings, write_proc
 
@@ -70,7 +70,7 @@ def test_a_sample_from_replayed_readings_has_every_gpu_and_maps_ranks_to_their_g
     scenario = Scenario(nodes=1, gpus=8)
     write_proc(node, scenario, 0)
     update_readings(node, scenario, 0)
-    sampler = Sampler(GpuSampler(SamplerReplay(node.readings)), ProcReader(str(tmp_path)), None, 1.0,
+    sampler = Sampler(GpuSampler(ReplayNvml(node.readings)), ProcReader(str(tmp_path)), None, 1.0,
                       clock=lambda: 50.0)
     sample = sampler.sample()
     assert (sample["v"], sample["seq"], sample["gpu_na"]) == (SAMPLE_PROTOCOL, 0, None)
@@ -86,7 +86,7 @@ def test_a_sample_from_replayed_readings_has_every_gpu_and_maps_ranks_to_their_g
 def test_slow_queries_run_every_nth_sample_when_asked(tmp_path: Path) -> None:
     node = fake_node(tmp_path)
     write_proc(node, Scenario(gpus=1), 0)
-    sampler = Sampler(GpuSampler(SamplerReplay(node.readings), slow_every=2), ProcReader(str(tmp_path)), None, 1.0)
+    sampler = Sampler(GpuSampler(ReplayNvml(node.readings), slow_every=2), ProcReader(str(tmp_path)), None, 1.0)
     assert sampler.sample()["gpus"][0]["pcie"] == [2284, 552]
     assert "pcie" not in sampler.sample()["gpus"][0]
     assert sampler.sample()["gpus"][0]["energy"] == 3433.3
@@ -96,14 +96,14 @@ def test_a_field_the_driver_does_not_support_is_asked_once_and_reported(tmp_path
     node = fake_node(tmp_path)
     node.readings["gpus"][0]["PowerUsage"] = {"error": "NVMLError_NotSupported: Not Supported"}
     write_proc(node, Scenario(gpus=0), 0)
-    gpus = GpuSampler(SamplerReplay(node.readings))
+    gpus = GpuSampler(ReplayNvml(node.readings))
     first, _ = gpus.read(0)
     assert first[0]["power"] is None and first[0]["na"]["power"] == "NVMLError_NotSupported: Not Supported"
     assert "power:0" in gpus.unsupported
     assert gpus.read(1)[0][0]["na"]["power"] == "NVMLError_NotSupported: Not Supported"
 
 
-class HangingReplay(SamplerReplay):
+class HangingReplay(ReplayNvml):
     """Recorded readings whose temperature call blocks until released: a hung driver (this machine has none)."""
 
     def __init__(self, readings: dict[str, object], release: threading.Event) -> None:
@@ -134,7 +134,7 @@ def test_a_hung_nvml_call_becomes_a_state_naming_the_call_and_sampling_resumes_w
 
 
 def test_without_nvml_every_sample_says_why_there_are_no_gpus() -> None:
-    gpus = GpuSampler(SamplerReplay(str(Path("/nonexistent/nvml-readings.json"))))
+    gpus = GpuSampler(ReplayNvml(str(Path("/nonexistent/nvml-readings.json"))))
     assert gpus.read(0) == ([], gpus.error)
     assert gpus.error is not None and "cannot replay NVML readings" in gpus.error
 
