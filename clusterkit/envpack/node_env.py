@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ def survey(spec: dict[str, Any]) -> dict[str, Any]:
                               "zstd": shutil.which("zstd"), "base_python": None, "marker": None}
     with contextlib.suppress(OSError, ValueError):
         report["installed"] = json.loads((prefix / INSTALLED_MARKER).read_text())
+    with contextlib.suppress(OSError):
+        st = prefix.stat()
+        report["source"] = {"host": socket.gethostname(), "dev": st.st_dev, "ino": st.st_ino}
     base = spec.get("base_python")
     if base:
         report["base_python"] = os.access(base, os.X_OK)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -61,6 +62,8 @@ class Manifest:
     shebangs: list[list[str]] = field(default_factory=list)  #: [path, interpreter, rest] to make absolute
     dropped_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: {"host", "dev", "ino"} of the packed directory: that env is the source, never replaced by its copy
+    source: dict[str, Any] = field(default_factory=dict)
     packed_with: str = ""
     pack_seconds: float = 0.0
     version: int = MANIFEST_VERSION
@@ -333,9 +336,14 @@ def pack_env(prefix: Path, options: PackOptions, *, log: Any = None) -> tuple[Pa
                      "conda": probe["conda"]},
         imports=imports, fingerprint=fingerprint, base_python=base_interpreter(prefix) if kind == "venv" else None,
         shebangs=shebangs if kind == "conda" else [], dropped_files=dropped, notes=notes,
-        packed_with=packed_with, pack_seconds=round(time.monotonic() - started, 3))
+        source=source_id(prefix), packed_with=packed_with, pack_seconds=round(time.monotonic() - started, 3))
     manifest_path(archive).write_text(manifest.to_json())
     return archive, manifest
+
+
+def source_id(prefix: Path) -> dict[str, Any]:
+    st = prefix.stat()
+    return {"host": socket.gethostname(), "dev": st.st_dev, "ino": st.st_ino}
 
 
 def _sha256(path: Path) -> str:
