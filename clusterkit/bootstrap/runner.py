@@ -20,6 +20,7 @@ from clusterkit.bootstrap.context import (
     StepReport,
 )
 from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.envpack.bootstrap_step import env_push
 
 Step = Callable[[BootstrapContext, StepSpec], StepReport]
 
@@ -34,6 +35,7 @@ STEPS: dict[str, Step] = {
     "ssh-mesh": ssh_steps.ssh_mesh,
     "pdsh": cluster_steps.pdsh,
     "code-sync": cluster_steps.code_sync,
+    "env-push": env_push,
     "deepspeed-env": cluster_steps.deepspeed_env,
 }
 
