@@ -37,14 +37,14 @@ from pathlib import Path
 CACHE_ROOT = Path(os.environ.get("CLUSTERKIT_TEST_CACHE", "/var/cache/clusterkit-tests")) / "envpack"
 #: Cached envs live at short paths: a binary placeholder must be at least as long as the prefix.
 ENV_ROOT = Path("/opt/ckt-envs")
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 SUBDIR = "linux-64"
 #: conda-build's placeholder for binary files is long so any real prefix fits in its place.
 LONG_PLACEHOLDER = "/opt/conda-bld/ckdemo_1700000000000/_h_env_placehold" + "_placehold" * 20
 #: The longest prefix tests install into (binary placeholders must be at least this long).
 MAX_TEST_PREFIX = 24
 _SKIPPED_STDLIB = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
-                   "__pycache__", "distutils", "unittest", "pydoc_data"}
+                   "__pycache__"}
 
 
 @dataclass(frozen=True)

@@ -225,12 +225,17 @@ def verify(spec: dict[str, Any]) -> dict[str, Any]:
                               "python": ".".join(str(v) for v in sys.version_info[:3]),
                               "python_packages": python_package_hash(), "conda": conda_package_hash(sys.prefix),
                               "imports": {}}
+    failed = None
     for name in spec.get("imports", []):
+        if failed:  # a half-imported torch aborts the process when deepspeed imports it again
+            report["imports"][name] = {"error": f"not tried: {failed} does not import"}
+            continue
         try:
             module = importlib.import_module(name)
             report["imports"][name] = {"version": str(getattr(module, "__version__", "unknown"))}
         except BaseException as exc:
             report["imports"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            failed = name
     return report
 
 
