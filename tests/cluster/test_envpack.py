@@ -22,7 +22,7 @@ import pytest
 
 from tests import synthetic_conda
 from tests.cluster import pyenv
-from tests.cluster.clusterkit_run import bootstrap, clusterkit
+from tests.cluster.clusterkit_run import bootstrap, clusterkit, doctor_json, failures
 from tests.cluster.conftest import launch_or_skip
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
@@ -131,8 +131,9 @@ def test_the_env_runs_on_every_node_over_non_interactive_ssh(envcluster: Cluster
         ran = head.run(f"ssh -o BatchMode=yes {node.name} {PREFIX}/bin/ckdemo", timeout=60)
         assert ran.rc == 0, ran.stderr
         assert ran.stdout.startswith(f"ckdemo 1.0 python {PREFIX}/bin/python"), ran.stdout
-        imports = head.run(f"ssh -o BatchMode=yes {node.name} {PREFIX}/bin/python -c "
-                           + shlex.quote("import sys, torch, deepspeed; print(sys.prefix)"), timeout=120)
+        code = shlex.quote("import sys, torch, deepspeed; print(sys.prefix)")
+        imports = head.run(f"ssh -o BatchMode=yes {node.name} {shlex.quote(f'{PREFIX}/bin/python -c {code}')}",
+                           timeout=120)
         assert (imports.rc, imports.stdout.strip()) == (0, PREFIX), imports.stderr[-2000:]
 
 
@@ -150,6 +151,14 @@ def test_verify_passes_on_every_node(envcluster: Cluster, archive: tuple[str, di
     result = clusterkit(head, f"env verify ~/hostfile {archive[0]} --connect-timeout 3 --json", timeout=300)
     assert result.rc == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert set(statuses(result).values()) == {"up to date"}
+
+
+def test_the_doctors_env_consistency_checks_pass_after_a_push(envcluster: Cluster, pushed: CommandResult) -> None:
+    report = doctor_json(envcluster, f"{PREFIX}/bin/python",
+                         "--only env-hash-differs,software-versions-differ,interpreter-missing --connect-timeout 3")
+    assert report["hosts"] == envcluster.names
+    for check in ("env-hash-differs", "software-versions-differ", "interpreter-missing"):
+        assert failures(report, check) == [], failures(report, check)
 
 
 def test_a_corrupted_archive_on_one_node_is_caught_by_its_checksum_and_resent(
@@ -236,3 +245,24 @@ def test_a_node_killed_mid_broadcast_is_routed_around_and_a_rerun_completes_it(
     assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
     assert statuses(again) == {"env1": "up to date", "env2": "installed", "env3": "up to date",
                                "env4": "up to date"}
+
+
+def test_bootstrap_pushes_the_env_only_where_its_package_set_differs_and_a_rerun_changes_nothing(
+        envcluster: Cluster, pushed: CommandResult) -> None:
+    remove_env(envcluster, "env3")
+    python = f"{PREFIX}/bin/python"
+    looked = bootstrap(envcluster, python, "--dry-run", password=False)
+    assert looked.rc == 0, looked.stdout[-2000:] + looked.stderr[-3000:]
+    assert f"env3: would pack {PREFIX} (conda) and push it" in looked.stderr
+    assert not envcluster.node("env3").host_path(PREFIX).exists()
+    first = bootstrap(envcluster, python, password=False)
+    assert first.rc == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    summary = first.stdout[first.stdout.index("bootstrap summary"):]
+    assert re.search(r"env3: .*changed env-push", summary), summary
+    for host in ("env1", "env2", "env4"):  # the head holds the source env; the others match it
+        assert not re.search(rf"{host}: [^\n]*(changed|failed)[^\n]*env-push", summary), summary
+    ran = envcluster.nodes[0].run(f"ssh -o BatchMode=yes env3 {PREFIX}/bin/ckdemo", timeout=60)
+    assert ran.rc == 0 and ran.stdout.startswith("ckdemo 1.0"), ran.stderr
+    again = bootstrap(envcluster, python, password=False)
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "changed" not in again.stdout
