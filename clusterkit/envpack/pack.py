@@ -125,7 +125,7 @@ def editable_installs(prefix: Path) -> list[str]:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and data.get("dir_info", {}).get("editable"):
-                name = direct_url.parent.name.rsplit("-", 1)[0]
+                name = direct_url.parent.name.removesuffix(".dist-info").rsplit("-", 1)[0]
                 found.append(f"{name} (code in {data.get('url', '?').removeprefix('file://')})")
         found += [f"{link.stem} (egg-link)" for link in site.glob("*.egg-link")]
     return sorted(found)
