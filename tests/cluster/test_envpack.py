@@ -253,7 +253,8 @@ def test_bootstrap_pushes_the_env_only_where_its_package_set_differs_and_a_rerun
     python = f"{PREFIX}/bin/python"
     looked = bootstrap(envcluster, python, "--dry-run", password=False)
     assert looked.rc == 0, looked.stdout[-2000:] + looked.stderr[-3000:]
-    assert f"env3: would pack {PREFIX} (conda) and push it" in looked.stderr
+    assert re.search(rf"env3: {PREFIX}/bin/python is missing; would pack {PREFIX} \(conda\) and push it",
+                     looked.stderr), looked.stderr[-3000:]
     assert not envcluster.node("env3").host_path(PREFIX).exists()
     first = bootstrap(envcluster, python, password=False)
     assert first.rc == 0, first.stdout[-2000:] + first.stderr[-3000:]
