@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -135,6 +136,7 @@ def main() -> int:
             node.unshape()
 
     one = statistics.median(baseline)
+    print(f"load average at the end (this machine's 2 CPUs are shared): {os.getloadavg()[1]:.1f} (5 min)")
     print(f"archive {size / 1e6:.1f} MB, every link {args.rate}; {args.rounds} interleaved rounds, medians")
     print(f"one transfer over one link (ssh cat): {one:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in baseline)})")
     print(f"{'targets':>8} {'relay s':>9} {'ratio':>7}   runs")

@@ -39,6 +39,13 @@ MARKER = "@@ckrelay "
 BOOT = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),"
         "'clusterkit-relay-hop','exec'))")
 CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on; Linux's value
+
+
+def widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: a sixteenth of the wake-ups of sshd, this hop and ssh per byte."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
 PROGRESS_EVERY_S = 0.5
 _out_lock = threading.Lock()
 
@@ -136,6 +143,7 @@ class Downstream:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, bufsize=0)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        widen_pipe(self.proc.stdin.fileno())
         self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
         self._threads = [threading.Thread(target=self._pump_events, daemon=True),
                          threading.Thread(target=self._pump_stderr, daemon=True)]
@@ -342,6 +350,7 @@ def hop(spec: dict[str, Any], blob: str) -> None:
     started = time.monotonic()
     offset = int(spec.get("offset", 0))
     stall_s = float(spec.get("stall_s", 60))
+    widen_pipe(0)
     downstream = Downstream(spec, blob) if spec.get("next") else None
     copy = Copy(spec)
     writing = copy.open(offset)

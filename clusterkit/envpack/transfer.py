@@ -102,7 +102,10 @@ def node_ssh_argv(settings: SshSettings) -> tuple[str, ...]:
     """The ssh client line a node uses to reach the next one: no prompts, host keys checked, dead peers noticed."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout_s))}",
-            "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3"]
+            "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3",
+            # OpenSSH's default ciphers, AES-GCM first: with AES-NI it costs a hop far less CPU than chacha20.
+            "-c", "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,"
+                  "aes192-ctr,aes256-ctr"]
     if settings.port:
         argv += ["-p", str(settings.port)]
     if settings.user:

@@ -161,3 +161,14 @@ def test_node_scripts_travel_as_shell_safe_words() -> None:
     blob, encoded = command.split()[-2:]
     assert json.loads(base64.b64decode(encoded)) == {"op": "verify", "imports": ["torch"]}
     assert set(blob) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def test_bootstrap_reuses_an_archive_only_while_the_env_is_unchanged(tmp_path: Path) -> None:
+    from clusterkit.envpack.bootstrap_step import cached_archive
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    archive, manifest = pack_env(venv, PackOptions(tmp_path / "cache"))
+    assert cached_archive(venv, tmp_path / "cache") == (archive, manifest)
+    (venv / "lib" / "added.txt").write_text("changed since it was packed\n")
+    assert cached_archive(venv, tmp_path / "cache") is None
