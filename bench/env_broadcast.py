@@ -134,6 +134,11 @@ def main() -> int:
                                           f"< {archive}" for t in targets[:max(sizes)]) + " & wait")
         for node in cluster.nodes:
             node.unshape()
+        # The same relay with no link limit at all: where it is not faster, the CPUs, not the links, set the pace.
+        clean()
+        out = run(head, f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} ~/driver.py "
+                        f"{archive} {staged} {size} {sha} {','.join(t.name for t in targets[:max(sizes)])}")
+        unshaped = json.loads(out.strip().splitlines()[-1])["seconds"]
 
     one = statistics.median(baseline)
     print(f"load average at the end (this machine's 2 CPUs are shared): {os.getloadavg()[1]:.1f} (5 min)")
@@ -144,6 +149,8 @@ def main() -> int:
         t = statistics.median(relay[n])
         print(f"{n:>8} {t:9.2f} {t / one:7.2f}   {', '.join(f'{x:.2f}' for x in relay[n])}")
     print(f"parallel copy from the head to {max(sizes)}: {parallel:.2f} s, ratio {parallel / one:.2f}")
+    print(f"relay to {max(sizes)} with no link limit: {unshaped:.2f} s ({size / 1e6 / unshaped:.1f} MB/s through "
+          f"{max(sizes)} hops on this machine's CPUs)")
     print(f"pack   clusterkit (zstd 3, threads): {ours_pack:6.2f} s, {size / 1e6:.1f} MB   "
           f"conda-pack defaults (gzip 4, 1 thread): {default_pack:6.2f} s, {default_size / 1e6:.1f} MB")
     print(f"unpack clusterkit .tar.zst + conda-unpack: {ours_unpack:6.2f} s   "
