@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 
 DEFAULT_OUTPUT = Path("~/.cache/clusterkit/envpack")
@@ -44,10 +44,8 @@ def register_subcommands(env_parser: Any) -> None:
     for name, helptext in (("push", "broadcast a packed env to every node, unpack it at the same path, verify"),
                            ("verify", "check the env on every node against the head's manifest")):
         parser = sub.add_parser(name, help=helptext, description=helptext)
-        parser.add_argument("hostfile", help="DeepSpeed hostfile")
+        add_hostfile_arguments(parser)
         parser.add_argument("archive", type=Path, help="the .tar.zst from `clusterkit env pack` (or its .json)")
-        parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed-style subset of the hostfile")
-        parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
         parser.add_argument("--staging", metavar="DIR", help="where nodes keep the archive (default: "
                                                              "PREFIX/../.clusterkit-envpack)")
         parser.add_argument("--timeout", type=float, default=900, metavar="S",

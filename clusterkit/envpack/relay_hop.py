@@ -190,6 +190,7 @@ class Downstream:
         # Give ssh a moment to exit and say why (connection refused, host key, no python3...).
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=3)
+        self._threads[1].join(timeout=2)  # ssh's last words may still be in the pipe
         detail = " | ".join(self.stderr_tail[-2:]) or why
         emit({"ev": "lost", "host": self.label, "pos": position, "error": detail})
 

@@ -26,11 +26,12 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, explain, fan_out
+from clusterkit.remote.openssh import ssh_argv
 
 HOP_SOURCE = Path(__file__).with_name("relay_hop.py")
 MARKER = "@@ckrelay "
@@ -99,18 +100,16 @@ class Delivery:
 
 
 def node_ssh_argv(settings: SshSettings) -> tuple[str, ...]:
-    """The ssh client line a node uses to reach the next one: no prompts, host keys checked, dead peers noticed."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout_s))}",
-            "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3",
+    """The ssh client line a node uses to reach the next one: no prompts, host keys checked, dead peers noticed.
+
+    Without ``--identity``: that path is the head's; nodes log in to each other with their own keys.
+    """
+    argv = ssh_argv(replace(settings, identity_file=None))
+    return (*argv[:1], "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=3",
+            "-o", "ServerAliveCountMax=3",
             # OpenSSH's default ciphers, AES-GCM first: with AES-NI it costs a hop far less CPU than chacha20.
             "-c", "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,"
-                  "aes192-ctr,aes256-ctr"]
-    if settings.port:
-        argv += ["-p", str(settings.port)]
-    if settings.user:
-        argv += ["-l", settings.user]
-    return tuple(argv)
+                  "aes192-ctr,aes256-ctr", *argv[1:])
 
 
 @functools.cache
