@@ -253,7 +253,7 @@ def test_bootstrap_pushes_the_env_only_where_its_package_set_differs_and_a_rerun
     python = f"{PREFIX}/bin/python"
     looked = bootstrap(envcluster, python, "--dry-run", password=False)
     # deepspeed-env (a later step) fails env3 in a dry run: it looks for the interpreter env-push would install.
-    assert step_status(looked.stdout, "env3", "env-push") == "would", looked.stdout[-2000:] + looked.stderr[-3000:]
+    assert step_status(looked.stdout, "env3", "env-push") == "would change", looked.stdout[-2000:] + looked.stderr[-3000:]
     assert all(step_status(looked.stdout, h, "env-push") == "ok" for h in ("env1", "env2", "env4")), looked.stdout
     assert re.search(rf"env3: {PREFIX}/bin/python is missing; would pack {PREFIX} \(conda\) and push it",
                      looked.stderr), looked.stderr[-3000:]
@@ -275,7 +275,7 @@ def step_status(summary: str, host: str, step: str) -> str | None:
     """In bootstrap's summary line for ``host`` ("changed a, b; ok c, d"), the status listing ``step``."""
     line = next(ln for ln in summary.splitlines() if ln.strip().startswith(f"{host}: "))
     for group in line.split(": ", 1)[1].split("; "):
-        status, _, steps = group.partition(" ")
-        if step in steps.split(", "):
-            return status.lower()
+        for status in ("would change", "changed", "ok", "failed", "skipped"):
+            if group.lower().startswith(f"{status} ") and step in group[len(status) + 1:].split(", "):
+                return status
     return None
