@@ -43,7 +43,7 @@ DRIVER = """
 import json, sys, time
 from pathlib import Path
 from clusterkit.remote import SshSettings
-from clusterkit.envpack.transfer import RelayOptions, RemoteFile, broadcast, node_ssh_argv
+from clusterkit.remote.transfer import RelayOptions, RemoteFile, broadcast, node_ssh_argv
 archive, path, size, sha, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
 settings = SshSettings(connect_timeout_s=5)
 started = time.perf_counter()

@@ -55,6 +55,9 @@ def cached_archive(prefix: Path, cache: Path) -> tuple[Path, Manifest] | None:
 
 def env_push(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """The training env at the same path on every node, with the head's package set."""
+    if not ctx.python_named:
+        return StepReport(spec, note="no training env named (--python): nothing to ship (clusterkit's own "
+                                     "interpreter is not one)")
     prefix = Path(ctx.python).absolute().parent.parent
     try:
         kind = env_kind(prefix)
@@ -86,6 +89,7 @@ def env_push(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     if not differ or ctx.dry_run:
         for host in differ:
             report.outcomes[host].actions.append(f"would pack {prefix} ({kind}) and push it")
+        ctx.env_installs.update(differ)
         return report
     cache = CACHE_DIR.expanduser()
     try:
@@ -105,5 +109,6 @@ def env_push(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         else:
             status = CHANGED if result.status == INSTALLED else OK
             report.outcomes[host] = NodeOutcome(status, result.actions)
+            ctx.env_installs.add(host)
     report.note = f"{manifest.archive} ({manifest.size / 1e6:.1f} MB){' reused' if found else ' packed'}"
     return report

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
-from clusterkit.envpack.transfer import (
+from clusterkit.remote import RemoteError, SshSettings, connect, fan_out
+from clusterkit.remote.transfer import (
     Delivery,
     Listener,
     RelayOptions,
@@ -29,7 +30,6 @@ from clusterkit.envpack.transfer import (
     human_bytes,
     node_ssh_argv,
 )
-from clusterkit.remote import RemoteError, SshSettings, connect, fan_out
 
 UP_TO_DATE, INSTALLED, WOULD_INSTALL, SHARED, FAILED = "up to date", "installed", "would install", "shared", "failed"
 

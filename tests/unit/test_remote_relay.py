@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from clusterkit.envpack.transfer import MARKER, hop_command
+from clusterkit.remote.transfer import MARKER, hop_command
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs root and unshare for private mount namespaces")

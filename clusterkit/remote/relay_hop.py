@@ -11,7 +11,7 @@ the file once. Each hop:
 - reports on stdout, one ``@@ckrelay {json}`` line per event, and passes its successors' lines up;
 - gives up on an upstream that sends nothing for ``stall_s`` (its partial copy stays for a resume).
 
-Started as ``python3 -I -S -c BOOT BLOB SPEC`` (see ``clusterkit.envpack.transfer``): BLOB is this
+Started as ``python3 -I -S -c BOOT BLOB SPEC`` (see ``clusterkit.remote.transfer``): BLOB is this
 file (zlib, base64) so a hop can start the next one the same way, SPEC the hop's JSON (base64).
 Also answers ``"op": "probe"``: the state of a copy, as one JSON line.
 """
