@@ -22,20 +22,31 @@ import threading
 import time
 from typing import Any, Callable
 
+from clusterkit.facts import (
+    SCHEMA_VERSION,
+    CollectReply,
+    ConnectProbe,
+    PortHoldProbe,
+    SshLoginProbe,
+    to_jsonable,
+)
+
 RESULT_MARKER = "@@clusterkit-agent-result@@ "
-AGENT_PROTOCOL = 2
+#: The wire: what a reply holds (``collect`` sends a CollectReply). The head refuses other numbers.
+AGENT_PROTOCOL = 3
 #: At most this many of our SSH logins at once: sshd's MaxStartups (10:30:100) drops bursts.
 SSH_CONCURRENCY = 8
 
 
 def emit(result: Any) -> None:
     """Print the one result line the head looks for; ``clock_unix`` is read just before it."""
-    payload = {"protocol": AGENT_PROTOCOL, "result": result, "clock_unix": time.time()}
+    payload = {"protocol": AGENT_PROTOCOL, "schema_version": SCHEMA_VERSION, "result": to_jsonable(result),
+               "clock_unix": time.time()}
     sys.stdout.write(RESULT_MARKER + json.dumps(payload) + "\n")
     sys.stdout.flush()
 
 
-def ssh_login(host: str, timeout_s: float, port: int | None = None) -> dict[str, Any]:
+def ssh_login(host: str, timeout_s: float, port: int | None = None) -> SshLoginProbe:
     """Can this node log into ``host`` without a password and with a known host key?"""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={max(1, int(timeout_s))}"]
@@ -52,23 +63,23 @@ def ssh_login(host: str, timeout_s: float, port: int | None = None) -> dict[str,
             proc = subprocess.run([*argv, host, "true"], stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout_s + 2)
     except FileNotFoundError:
-        return {"host": host, "ok": False, "error": "ssh client not installed"}
+        return SshLoginProbe(host, False, "ssh client not installed")
     except subprocess.TimeoutExpired:
-        return {"host": host, "ok": False, "error": f"timed out after {timeout_s:g}s"}
+        return SshLoginProbe(host, False, f"timed out after {timeout_s:g}s", seconds=timeout_s)
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-    return {"host": host, "ok": proc.returncode == 0, "rc": proc.returncode,
-            "error": err[-1] if err and proc.returncode != 0 else "",
-            "seconds": round(time.monotonic() - started, 3)}
+    failed = proc.returncode != 0
+    return SshLoginProbe(host, not failed, (err[-1] if err else f"exit {proc.returncode}") if failed else "",
+                         proc.returncode, round(time.monotonic() - started, 3))
 
 
-def ssh_logins(hosts: list[str], timeout_s: float, port: int | None = None) -> list[dict[str, Any]]:
+def ssh_logins(hosts: list[str], timeout_s: float, port: int | None = None) -> list[SshLoginProbe]:
     from concurrent.futures import ThreadPoolExecutor  # only nodes that log in pay for the import
 
     with ThreadPoolExecutor(max_workers=max(1, min(SSH_CONCURRENCY, len(hosts)))) as pool:
         return list(pool.map(lambda h: ssh_login(h, timeout_s, port), hosts))
 
 
-def hold_port(port: int, seconds: float, expect: int = 0) -> dict[str, Any]:
+def hold_port(port: int, seconds: float, expect: int = 0) -> PortHoldProbe:
     """Hold ``port`` open for ``seconds`` (or until ``expect`` connections): is the master port usable?"""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # As torch's TCPStore does: a port left in TIME_WAIT by the last job is free for the next one.
@@ -77,7 +88,7 @@ def hold_port(port: int, seconds: float, expect: int = 0) -> dict[str, Any]:
         sock.bind(("0.0.0.0", port))
     except OSError as exc:
         sock.close()
-        return {"port": port, "free": False, "error": exc.strerror or str(exc), "accepted": []}
+        return PortHoldProbe(port, False, exc.strerror or str(exc))
     sock.listen(128)
     sock.settimeout(0.2)
     accepted: list[str] = []
@@ -90,10 +101,10 @@ def hold_port(port: int, seconds: float, expect: int = 0) -> dict[str, Any]:
         accepted.append(addr[0])
         conn.close()
     sock.close()
-    return {"port": port, "free": True, "error": "", "accepted": accepted}
+    return PortHoldProbe(port, True, "", accepted)
 
 
-def reach(host: str, port: int, timeout_s: float) -> dict[str, Any]:
+def reach(host: str, port: int, timeout_s: float) -> ConnectProbe:
     """Open a TCP connection to ``host:port``, retrying until ``timeout_s`` (the listener may be starting)."""
     started = time.monotonic()
     deadline = started + timeout_s
@@ -101,19 +112,20 @@ def reach(host: str, port: int, timeout_s: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())):
-                return {"ok": True, "error": "", "seconds": round(time.monotonic() - started, 3)}
+                return ConnectProbe(True, "", round(time.monotonic() - started, 3))
         except OSError as exc:
             last_error = exc.strerror or str(exc)
             time.sleep(0.2)
-    return {"ok": False, "error": last_error or "timed out", "seconds": round(time.monotonic() - started, 3)}
+    return ConnectProbe(False, last_error or "timed out", round(time.monotonic() - started, 3))
 
 
-def _in_thread(results: dict[str, Any], name: str, func: Callable[[], Any]) -> threading.Thread:
+def _in_thread(results: dict[str, Any], name: str, func: Callable[[], Any],
+               failed: Callable[[str], Any]) -> threading.Thread:
     def run() -> None:
         try:
             results[name] = func()
         except Exception as exc:  # a failed probe is reported, the facts still go out
-            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            results[name] = failed(f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
@@ -124,36 +136,44 @@ def _split(text: str | None) -> list[str]:
     return [part for part in (text or "").split(",") if part]
 
 
-def cmd_collect(args: argparse.Namespace) -> Any:
+def cmd_collect(args: argparse.Namespace) -> CollectReply:
     from clusterkit.collect.node import CollectOptions, collect_node
-    from clusterkit.facts import to_jsonable
 
     probes: dict[str, Any] = {}
     threads = []
     if args.listen_port:  # first: the others' connections retry until it is up
         threads.append(_in_thread(probes, "listen", lambda: hold_port(
-            args.listen_port, args.listen_seconds, args.listen_expect)))
+            args.listen_port, args.listen_seconds, args.listen_expect),
+            lambda why: PortHoldProbe(args.listen_port, False, why)))
     if args.ssh_check:
-        threads.append(_in_thread(probes, "ssh", lambda: ssh_logins(
-            _split(args.ssh_check), args.ssh_timeout, args.ssh_port)))
+        hosts = _split(args.ssh_check)
+        threads.append(_in_thread(probes, "ssh", lambda: ssh_logins(hosts, args.ssh_timeout, args.ssh_port),
+                                  lambda why: [SshLoginProbe(h, False, why) for h in hosts]))
     if args.connect:
         host, _, port = args.connect.rpartition(":")
-        threads.append(_in_thread(probes, "connect", lambda: reach(host, int(port), args.connect_timeout)))
+        threads.append(_in_thread(probes, "connect", lambda: reach(host, int(port), args.connect_timeout),
+                                  lambda why: ConnectProbe(False, why)))
     options = CollectOptions(section_timeout_s=args.timeout, use_probe_cache=not args.fresh,
-                             peers=_split(args.peers))
+                             peers=_split(args.peers), sshd_address=args.sshd_address)
     if args.python:
         options.python = args.python
     if args.cwd:
         options.cwd = args.cwd
-    facts = to_jsonable(collect_node(options))
+    facts = collect_node(options)
     deadline = time.monotonic() + args.timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return {"facts": facts, **probes}
+    return CollectReply(facts, ssh=probes.get("ssh"), listen=probes.get("listen"), connect=probes.get("connect"))
 
 
 def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
     return ssh_logins(_split(args.hosts), args.timeout, args.port)
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    from clusterkit.collect.sampler import stream
+
+    stream(args.interval, args.count, args.slow_every, args.nvml_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--timeout", type=float, default=30.0)
     collect.add_argument("--fresh", action="store_true", help="probe the Python env even if a cached probe is valid")
     collect.add_argument("--peers", help="hostfile names whose known_hosts entries to read")
+    collect.add_argument("--sshd-address", metavar="ADDR:PORT",
+                         help="where the head reached this node's sshd: read the host keys it serves there")
     collect.add_argument("--ssh-check", metavar="HOSTS", help="log into these hosts with ssh -o BatchMode=yes")
     collect.add_argument("--ssh-timeout", type=float, default=5.0)
     collect.add_argument("--ssh-port", type=int)
@@ -189,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--port", type=int, required=True)
     connect.add_argument("--timeout", type=float, default=5.0)
     connect.set_defaults(func=lambda a: reach(a.host, a.port, a.timeout))
+    sample = sub.add_parser("stream", help="print a monitor sample every interval until stdout closes")
+    sample.add_argument("--interval", type=float, default=1.0)
+    sample.add_argument("--count", type=int, default=0, help="stop after this many samples (0: never)")
+    sample.add_argument("--slow-every", type=int, default=0, help="PCIe throughput and energy every N samples")
+    sample.add_argument("--nvml-timeout", type=float, default=2.0)
+    sample.set_defaults(func=cmd_stream, streams=True)
     return parser
 
 
@@ -197,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
+    if getattr(args, "streams", False):  # samples go out as they come, with no result line
+        args.func(args)
+        return 0
     try:
         emit(args.func(args))
     except Exception as exc:  # the head turns this into a per-host error, with the reason
-        sys.stdout.write(RESULT_MARKER + json.dumps({"protocol": AGENT_PROTOCOL,
+        sys.stdout.write(RESULT_MARKER + json.dumps({"protocol": AGENT_PROTOCOL, "schema_version": SCHEMA_VERSION,
                                                      "error": f"{type(exc).__name__}: {exc}"}) + "\n")
         return 1
     return 0

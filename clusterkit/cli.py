@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -27,6 +28,7 @@ COMMAND_MODULES = (
     "launch",
     "bench",
     "agent",
+    "monitor",
 )
 
 EPILOG = """exit codes:
@@ -49,20 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clusterkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"clusterkit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"clusterkit.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for name in COMMAND_MODULES:  # a command that fails to import is a bug, never a missing command
+        importlib.import_module(f"clusterkit.commands.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run clusterkit; returns the process exit code (see EPILOG)."""
     debug = os.environ.get("CLUSTERKIT_DEBUG") == "1"
+    if debug:  # library logs (paramiko's handshake tracebacks) are silent otherwise
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

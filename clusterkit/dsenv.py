@@ -265,3 +265,98 @@ def merge_deepspeed_env(existing: Iterable[DsEnvEntry], updates: Mapping[str, st
             changed.append(key)
     merged = [DsEnvEntry(key, value, number) for number, (key, value) in enumerate(values.items(), start=1)]
     return merged, changed
+
+
+def renderable(value: str) -> bool:
+    """Whether :func:`render_deepspeed_env` can write this value so DeepSpeed reads it back intact."""
+    return not ('"' in value or "\n" in value or "\r" in value or value != value.strip()
+                or _ends_with_odd_backslashes(value))
+
+
+def _unquoted(value: str) -> str | None:
+    """The value inside matching surrounding quotes, where it can be written without them."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'" and renderable(value[1:-1]):
+        return value[1:-1]
+    return None
+
+
+def repair_deepspeed_env(lines: Sequence[str], path: str) -> tuple[list[DsEnvEntry], list[str]]:
+    """The entries to keep when rewriting a file, and what was mended, each with its line.
+
+    One judgement with the doctor's lint: a line it says breaks a launch is mended where its fix is
+    mechanical (quotes around a value removed: DeepSpeed adds its own) and otherwise left out (it
+    stays in the backup). Lines DeepSpeed reads as written are kept as they are.
+    """
+    entries, problems = parse_deepspeed_env(lines, path)
+    by_line: dict[int, list[DsEnvProblem]] = {}
+    for problem in problems:
+        by_line.setdefault(problem.line, []).append(problem)
+    kept: list[DsEnvEntry] = []
+    notes: list[str] = []
+    for entry in entries:
+        breaking = [p for p in by_line.get(entry.line, []) if p.breaks_launch]
+        if renderable(entry.value) and not breaking:
+            kept.append(entry)
+            continue
+        why = next(iter(breaking), None) or next((p for p in by_line.get(entry.line, []) if p.code != "whitespace"),
+                                                 None)
+        reason = why.message if why else f"{entry.key}'s value cannot be exported as written"
+        inner = _unquoted(entry.value)
+        if inner is not None:
+            kept.append(DsEnvEntry(entry.key, inner, entry.line))
+            notes.append(f"{path}:{entry.line}: removed the quotes around {entry.key}'s value ({reason})")
+        else:
+            notes.append(f"{path}:{entry.line}: left out {entry.key} ({reason}); it stays in the backup")
+    entry_lines = {e.line for e in entries}
+    for line, found in sorted(by_line.items()):
+        breaking = [p for p in found if p.breaks_launch]
+        if line not in entry_lines and breaking:
+            notes.append(f"{path}:{line}: left out ({breaking[0].message}); it stays in the backup")
+    return kept, notes
+
+
+def merge_path(existing: str | None, first: str, launch_path: Sequence[str]) -> tuple[str, list[str]]:
+    """PATH with ``first`` (the env's bin) at the front, the user's own entries kept in their order,
+    then the launching shell's entries not yet there; and what that changed, in words."""
+    mine = [p for p in (existing or "").split(":") if p]
+    merged = list(dict.fromkeys([first, *mine, *(p for p in launch_path if p)]))
+    if existing is not None and merged == mine:
+        return existing, []
+    if existing is None:
+        return ":".join(merged), [f"PATH set: {first} first, then this shell's PATH"]
+    words = [f"{first} put first" if first in mine else f"{first} added first"]
+    kept = [p for p in mine if p != first]
+    if kept:
+        words.append(f"kept {', '.join(kept)}")
+    added = [p for p in merged if p not in mine and p != first]
+    if added:
+        words.append(f"added {', '.join(added)} from this shell")
+    return ":".join(merged), ["PATH: " + "; ".join(words)]
+
+
+@dataclass(frozen=True)
+class DsEnvUpdate:
+    """What a ``.deepspeed_env`` should become: its text, and each change in words (empty: none)."""
+
+    text: str
+    changes: list[str]
+    entries: int
+
+
+def update_deepspeed_env(current: str | None, updates: Mapping[str, str], path: str,
+                         env_bin: str) -> DsEnvUpdate:
+    """The file ``current`` with ``updates`` applied, broken lines mended or left out, and PATH merged
+    (``env_bin`` first, the user's entries kept, ``updates["PATH"]``'s entries after them)."""
+    entries, notes = repair_deepspeed_env((current or "").splitlines(), path)
+    values = dict(updates)
+    existing = effective_values(entries)
+    changes: list[str] = []
+    if "PATH" in values:
+        values["PATH"], said = merge_path(existing.get("PATH"), env_bin, values["PATH"].split(":"))
+        changes += said
+    merged, changed = merge_deepspeed_env(entries, values)
+    changes += [f"set {key}={values[key]}" for key in changed if key != "PATH"]
+    text = render_deepspeed_env(merged)
+    if text != (current or "") and not changes and not notes and current is not None:
+        changes.append("rewrote the file in DeepSpeed's plain KEY=value form")
+    return DsEnvUpdate(text, notes + changes, len(merged))

@@ -248,6 +248,12 @@ class IbPortFacts:
     netdevs: list[str]
     numa_node: Maybe[int]
 
+    @property
+    def active(self) -> bool:
+        """Carries traffic: ACTIVE with the physical link up (sysfs says ``4: ACTIVE``, ``5: LinkUp``;
+        collectors may keep or drop the number)."""
+        return "ACTIVE" in self.state.upper() and "LINKUP" in self.phys_state.upper().replace(" ", "")
+
 
 @dataclass
 class NetworkFacts:
@@ -386,6 +392,50 @@ class NodeFacts:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------- cross-node probes
+
+
+@dataclass
+class SshLoginProbe:
+    """One live login from a node (``ssh -o BatchMode=yes HOST true``): did it work, what ssh said."""
+
+    host: str
+    ok: bool
+    #: ssh's last line of stderr (or why it could not run) when the login failed; "" when it worked.
+    error: str = ""
+    exit_code: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PortHoldProbe:
+    """The master port held open on the first host: was it free, and who connected to it."""
+
+    port: int
+    free: bool
+    error: str = ""
+    accepted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConnectProbe:
+    """A TCP connection from a node to the master address and port."""
+
+    ok: bool
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class CollectReply:
+    """What ``agent collect`` sends back: the node's facts and the probes it ran beside them."""
+
+    facts: NodeFacts
+    ssh: list[SshLoginProbe] | None = None
+    listen: PortHoldProbe | None = None
+    connect: ConnectProbe | None = None
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 
@@ -399,8 +449,8 @@ class MasterProbe:
     all_addresses: list[str]
     port: int
     port_free: Maybe[bool]
-    #: host -> "" when it connected to address:port, else the error.
-    reachable_from: dict[str, str]
+    #: host -> its connection to address:port (Unavailable: not tested, and why).
+    reachable_from: dict[str, Maybe[ConnectProbe]]
 
 
 @dataclass
@@ -410,13 +460,20 @@ class ClusterProbes:
     head: str
     #: host -> node clock minus head clock, in seconds (RTT-corrected).
     clock_offset_s: dict[str, Maybe[float]]
-    #: source host -> {destination host: "" when passwordless SSH works, else the error}.
-    ssh_mesh: dict[str, Maybe[dict[str, str]]]
+    #: source host -> its live logins into other nodes (``--mesh ring|full``).
+    ssh_mesh: dict[str, Maybe[list[SshLoginProbe]]]
     master: Maybe[MasterProbe]
     #: host -> fix command for hosts whose facts could not be collected.
     unreachable_fixes: dict[str, str] = field(default_factory=dict)
     #: Which live logins ``ssh_mesh`` holds: "static" (none), "ring" (each node to the next), "full".
     mesh_mode: str = "static"
+    #: Whether ``head`` (the launching machine, this one) is a hostfile entry; False for a login node.
+    head_in_hostfile: bool = True
+    #: The only active host is this machine: DeepSpeed starts ranks here, with no SSH and no pdsh.
+    local_only: bool = False
+    #: The launching machine as the launcher itself sees it (read in-process, not over SSH): its pdsh,
+    #: its .deepspeed_env files and the NCCL_* variables DeepSpeed exports from its environment.
+    launch_facts: Maybe[NodeFacts] = Unavailable("not collected")
 
 
 # --------------------------------------------------------------------------------------------- codec

@@ -49,6 +49,11 @@ class LaunchPlan:
     #: A config to hand to the script when its arguments do not name one already.
     deepspeed_config: str | None = None
     config_flag: str = DEFAULT_CONFIG_FLAG
+    #: One active host that is another machine: DeepSpeed's runner would start the ranks here, on the
+    #: launching machine, unless told to go through the multi-node launcher anyway.
+    force_multi: bool = False
+    #: One active host that is this machine: no SSH at all (DeepSpeed still tests the first host's SSH).
+    no_ssh_check: bool = False
 
 
 def deepspeed_launcher(python: str) -> str:
@@ -92,6 +97,10 @@ def build_launch_line(plan: LaunchPlan) -> list[str]:
     if plan.exclude:
         line += ["--exclude", plan.exclude]
     line += ["--launcher", plan.launcher]
+    if plan.force_multi:
+        line.append("--force_multi")
+    if plan.no_ssh_check:
+        line.append("--no_ssh_check")
     if plan.launcher_args:
         line += ["--launcher_args", plan.launcher_args]
     if plan.master_addr:

@@ -1,26 +1,58 @@
-"""Renderers: present a :class:`DoctorReport` as a table, JSON or JUnit XML. They never judge.
+"""Renderers: present findings as blocks, JSON or JUnit XML. They never judge.
 
-The JSON layout is a stable, documented schema (``docs/doctor-json.md``): add fields, never rename.
+Every report (the doctor's, config check's, a workload's diagnosis) is a :class:`Report`: findings,
+the hosts they are about, and the lines that say what was judged. The doctor's JSON layout is a
+stable, documented schema (``docs/doctor-json.md``): add fields, never rename.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.text import Text
 
 from clusterkit import __version__
-from clusterkit.checks.registry import CLUSTER_HOST, Finding, Outcome, Severity
+from clusterkit.checks.registry import CLUSTER_HOST
 from clusterkit.facts import Maybe, NodeFacts, Unavailable, to_jsonable
+from clusterkit.findings import Finding, Outcome, Severity, counts
+from clusterkit.hostlist import compress
 
 JSON_SCHEMA = "clusterkit.doctor/v1"
+
+
+class Report(Protocol):
+    """What every renderer reads."""
+
+    findings: list[Finding]
+    duration_s: float
+
+    @property
+    def hosts(self) -> list[str]:
+        """The machines judged, in order ([] when the findings are about one document)."""
+
+    def header(self) -> list[str]:
+        """Lines that say what was judged, printed before the findings."""
+
+    def missing(self) -> dict[str, str]:
+        """Hosts that gave no facts, and why."""
+
+    def names_host(self, finding: Finding) -> bool:
+        """Whether the finding is shown with its host (not for the one machine or document judged)."""
+
+
+def failed(report: Report) -> list[Finding]:
+    return [f for f in report.findings if f.outcome is Outcome.FAIL]
+
+
+def has_errors(report: Report) -> bool:
+    return any(f.is_error for f in report.findings)
 
 
 @dataclass
@@ -36,29 +68,39 @@ class DoctorReport:
 
     @property
     def failed(self) -> list[Finding]:
-        return [f for f in self.findings if f.outcome is Outcome.FAIL]
+        return failed(self)
 
     @property
     def has_errors(self) -> bool:
-        return any(f.is_error for f in self.findings)
+        return has_errors(self)
 
     def counts(self) -> dict[str, int]:
-        """Failures by severity plus passed/skipped totals."""
-        counts: Counter[str] = Counter()
-        for f in self.findings:
-            counts[f.severity.value if f.outcome is Outcome.FAIL else f.outcome.value] += 1
-        return {key: counts.get(key, 0) for key in ("error", "warning", "info", "pass", "skip")}
+        return counts(self.findings)
+
+    def header(self) -> list[str]:
+        return []
+
+    def missing(self) -> dict[str, str]:
+        return {host: facts.reason for host, facts in self.facts.items() if isinstance(facts, Unavailable)}
+
+    def names_host(self, finding: Finding) -> bool:
+        return len(self.hosts) > 1 or finding.host not in self.hosts or finding.host == CLUSTER_HOST
 
 
-def summary_line(report: DoctorReport) -> str:
-    c = report.counts()
+def summary_line(report: Report) -> str:
+    """``1 error, 2 warnings, 0 info, 40 passed, 3 skipped on 4 hosts in 1.2s``."""
+    c = counts(report.findings)
 
     def plural(n: int, word: str) -> str:
         return f"{n} {word}{'' if n == 1 else 's'}"
 
-    return (f"{plural(c['error'], 'error')}, {plural(c['warning'], 'warning')}, {c['info']} info, "
-            f"{c['pass']} passed, {c['skip']} skipped on {plural(len(report.hosts), 'host')} "
-            f"in {report.duration_s:.1f}s")
+    line = (f"{plural(c['error'], 'error')}, {plural(c['warning'], 'warning')}, {c['info']} info, "
+            f"{c['pass']} passed, {c['skip']} skipped")
+    if report.hosts:
+        line += f" on {plural(len(report.hosts), 'host')}"
+    if report.duration_s:
+        line += f" in {report.duration_s:.1f}s"
+    return line
 
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -66,36 +108,79 @@ _TITLE = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO:
 _MARK = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
 
 
-def render_table(report: DoctorReport, console: Console, show_passed: bool = False, brief: bool = False) -> None:
+def _host_pattern(host: str) -> re.Pattern[str]:
+    """``host`` as a whole word (``node1`` not inside ``node10``, ``10.0.0.1`` not inside ``10.0.0.12``)."""
+    return re.compile(r"(?<![\w.-])" + re.escape(host) + r"(?![\w-]|\.\w)")
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings of one check that say the same thing on several hosts (the host name aside)."""
+
+    first: Finding
+    hosts: list[str]
+
+    @property
+    def hostlist(self) -> str:
+        return compress(self.hosts)
+
+    def text(self, value: str) -> str:
+        """``value`` of the first finding, its host name replaced by the whole group's host list."""
+        if len(self.hosts) == 1 or self.first.host == CLUSTER_HOST:
+            return value
+        return _host_pattern(self.first.host).sub(self.hostlist, value)
+
+
+def group_findings(findings: list[Finding]) -> list[FindingGroup]:
+    """Identical findings on many hosts as one group each (in the order first seen)."""
+    groups: dict[tuple[str, ...], FindingGroup] = {}
+    for f in findings:
+        pattern = _host_pattern(f.host)
+        key = (f.check_id, f.severity.value, *(pattern.sub("\0", text) for text in (f.message, f.where, f.fix)))
+        if f.host == CLUSTER_HOST:
+            key = (*key, str(id(f)))  # cluster-wide findings already speak for every host
+        if key in groups:
+            groups[key].hosts.append(f.host)
+        else:
+            groups[key] = FindingGroup(f, [f.host])
+    return list(groups.values())
+
+
+def render_table(report: Report, console: Console, show_passed: bool = False, brief: bool = False) -> None:
     """Failures grouped by severity (errors first): what, where, and the fix, never truncated.
 
     Each finding is a short block rather than a table row, so a fix command stays whole and
-    copy-pastable at any terminal width. ``brief`` keeps the blocks for errors only and gives each
-    other failing check one line naming its hosts (a launch's preflight).
+    copy-pastable at any terminal width. A finding that is the same on several hosts is one block
+    naming them as a host list (``node[01-64]``); ``--json`` keeps one finding per host. ``brief``
+    keeps the blocks for errors only and gives each other failing check one line naming its hosts
+    (a launch's preflight).
     """
-    many_hosts = len(report.hosts) > 1 or any(f.host == CLUSTER_HOST for f in report.findings)
-    for host, facts in report.facts.items():
-        if isinstance(facts, Unavailable):
-            console.print(Text.assemble((f"{host}", "bold red"), f": no facts ({facts.reason})"))
+    for index, heading in enumerate(report.header()):
+        console.print(Text(heading, style="bold" if index == 0 else ""), soft_wrap=True)
+    if report.header():
+        console.print()
+    for host, why in report.missing().items():
+        console.print(Text.assemble((f"{host}", "bold red"), f": no facts ({why})"))
     for severity in Severity:
-        rows = sorted((f for f in report.failed if f.severity is severity),
-                      key=lambda f: (f.host != CLUSTER_HOST, f.host, f.check_id, f.where))
+        rows = sorted((f for f in failed(report) if f.severity is severity),
+                      key=lambda f: (f.host != CLUSTER_HOST, f.check_id, f.where, f.host))
         if not rows:
             continue
         console.print(Text(f"{_TITLE[severity]} ({len(rows)})", style=_STYLE[severity] + " underline"))
         if brief and severity is not Severity.ERROR:
             _print_brief(rows, severity, console)
             continue
-        for f in rows:
+        for group in group_findings(rows):
+            f = group.first
             head = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
-            if many_hosts:
-                head.append(f"[{f.host}] ", style="bold")
+            if report.names_host(f):
+                head.append(f"[{group.hostlist}] ", style="bold")
             head.append(f.check_id, style=_STYLE[severity])
             if f.where:
-                head.append(f"  {f.where}", style="dim")
+                head.append(f"  {group.text(f.where)}", style="dim")
             console.print(head, soft_wrap=True)
-            console.print(Text(f"   {f.message}"), soft_wrap=True)
-            console.print(Text(f"   fix: {f.fix}", style="green"), soft_wrap=True)
+            console.print(Text(f"   {group.text(f.message)}"), soft_wrap=True)
+            console.print(Text(f"   fix: {group.text(f.fix)}", style="green"), soft_wrap=True)
         console.print()
     if show_passed:
         console.print(Text("Passed and skipped", style="underline"))
@@ -103,12 +188,12 @@ def render_table(report: DoctorReport, console: Console, show_passed: bool = Fal
                         key=lambda f: (f.host, f.outcome.value, f.check_id)):
             mark, style = ("✓", "green") if f.outcome is Outcome.PASS else ("-", "dim")
             line = Text(f" {mark} ", style=style)
-            if many_hosts:
+            if report.names_host(f):
                 line.append(f"[{f.host}] ", style="bold")
             line.append(f"{f.check_id}: {f.message}", style="" if f.outcome is Outcome.PASS else "dim")
             console.print(line, soft_wrap=True)
         console.print()
-    style = "bold red" if report.has_errors else ("yellow" if report.counts()["warning"] else "bold green")
+    style = "bold red" if has_errors(report) else ("yellow" if counts(report.findings)["warning"] else "bold green")
     console.print(Text(summary_line(report), style=style))
 
 
@@ -118,10 +203,9 @@ def _print_brief(rows: list[Finding], severity: Severity, console: Console) -> N
     for f in rows:
         by_check.setdefault(f.check_id, []).append(f)
     for check_id, found in by_check.items():
-        hosts = ", ".join(dict.fromkeys(f.host for f in found))
         line = Text(f" {_MARK[severity]} ", style=_STYLE[severity])
         line.append(check_id, style=_STYLE[severity])
-        line.append(f" [{hosts}] ", style="bold")
+        line.append(f" [{compress(f.host for f in found)}] ", style="bold")
         line.append(found[0].message)
         console.print(line, soft_wrap=True)
     console.print()
@@ -132,18 +216,17 @@ def finding_to_json(f: Finding) -> dict[str, Any]:
             "where": f.where, "message": f.message, "why": f.why, "fix": f.fix}
 
 
+def findings_document(report: Report, schema: str, **fields: Any) -> dict[str, Any]:
+    """A JSON document of a report: schema, version, ``fields``, the summary and every finding."""
+    return {"schema": schema, "clusterkit_version": __version__, **fields,
+            "summary": {**counts(report.findings), "ok": not has_errors(report)},
+            "findings": [finding_to_json(f) for f in report.findings]}
+
+
 def report_to_json(report: DoctorReport, include_facts: bool = True) -> dict[str, Any]:
     """The documented JSON document (schema ``clusterkit.doctor/v1``)."""
-    doc: dict[str, Any] = {
-        "schema": JSON_SCHEMA,
-        "clusterkit_version": __version__,
-        "started_at": report.started_at,
-        "duration_s": round(report.duration_s, 3),
-        "hostfile": report.hostfile,
-        "hosts": report.hosts,
-        "summary": {**report.counts(), "ok": not report.has_errors},
-        "findings": [finding_to_json(f) for f in report.findings],
-    }
+    doc = findings_document(report, JSON_SCHEMA, started_at=report.started_at,
+                            duration_s=round(report.duration_s, 3), hostfile=report.hostfile, hosts=report.hosts)
     if include_facts:
         doc["facts"] = {host: to_jsonable(facts) for host, facts in report.facts.items()}
     return doc
@@ -153,13 +236,13 @@ def render_json(report: DoctorReport, include_facts: bool = True) -> str:
     return json.dumps(report_to_json(report, include_facts), indent=2, sort_keys=False)
 
 
-def render_junit(report: DoctorReport) -> str:
+def render_junit(report: Report, name: str = "clusterkit doctor") -> str:
     """JUnit XML: one testsuite per host, one testcase per finding.
 
     Error-severity failures are ``<failure>``; warning and info failures pass with the message in
     ``<system-out>`` (matching the exit code: only errors fail a run); skips are ``<skipped>``.
     """
-    suites = ET.Element("testsuites", name="clusterkit doctor", time=f"{report.duration_s:.3f}")
+    suites = ET.Element("testsuites", name=name, time=f"{report.duration_s:.3f}")
     by_host: dict[str, list[Finding]] = {}
     for f in report.findings:
         by_host.setdefault(f.host, []).append(f)

@@ -28,14 +28,18 @@ from rich.console import Console
 
 from clusterkit.facts import (
     ClusterProbes,
+    CollectReply,
+    ConnectProbe,
     FactsDecodeError,
     MasterProbe,
     Maybe,
     NodeFacts,
+    SshLoginProbe,
     Unavailable,
     from_jsonable,
 )
 from clusterkit.inventory import ActiveHost
+from clusterkit.launchsite import LaunchPlace, launch_place
 from clusterkit.progress import NodeProgress
 from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_host_name, run_agent_reply
 
@@ -89,11 +93,8 @@ def login_targets(names: list[str], host: str, mesh: str, head: str | None = Non
 
 @dataclass
 class _Reading:
-    facts: NodeFacts
+    reply: CollectReply
     clock_offset_s: float | None
-    ssh: dict[str, str] | None = None
-    listen: dict[str, object] | None = None
-    connect: str | None = None
 
 
 class _Master:
@@ -111,7 +112,7 @@ class _Master:
 
 
 def _read_node(host: str, names: list[str], settings: SshSettings, options: SurveyOptions, master: _Master,
-               progress: NodeProgress) -> _Reading:
+               place: LaunchPlace, progress: NodeProgress) -> _Reading:
     first = host == names[0]
     try:
         with connect(host, settings) as conn:
@@ -125,7 +126,10 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
                         args += ["--listen-port", str(master.port), "--listen-expect", str(len(names)),
                                  "--listen-seconds", f"{min(options.timeout_s, 15.0):g}"]
                 args += ["--peers", ",".join(known_host_name(n, settings.port) for n in names)]
-                targets = login_targets(names, host, options.mesh, head=_local_name(names))
+                peer = conn.transport.getpeername() if conn.transport is not None else None
+                if peer:
+                    args += ["--sshd-address", f"{peer[0]}:{peer[1]}"]
+                targets = login_targets(names, host, options.mesh, head=place.entry)
                 if targets:
                     args += ["--ssh-check", ",".join(targets), "--ssh-timeout", "5"]
                     if settings.port:
@@ -137,20 +141,10 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
     finally:
         if first:
             master.ready.set()  # never leave the others waiting on a host that failed
-    result = reply.result
     try:
-        facts = from_jsonable(NodeFacts, result["facts"])
-    except (FactsDecodeError, KeyError, TypeError) as exc:
-        raise RemoteError(f"facts from {host} do not match this clusterkit version: {exc}") from None
-    reading = _Reading(facts, reply.clock_offset_s)
-    if isinstance(result.get("ssh"), list):
-        reading.ssh = {row["host"]: "" if row.get("ok") else (row.get("error") or f"exit {row.get('rc')}")
-                       for row in result["ssh"]}
-    if isinstance(result.get("listen"), dict):
-        reading.listen = result["listen"]
-    if isinstance(result.get("connect"), dict):
-        reading.connect = "" if result["connect"].get("ok") else str(result["connect"].get("error"))
-    return reading
+        return _Reading(from_jsonable(CollectReply, reply.result), reply.clock_offset_s)
+    except FactsDecodeError as exc:
+        raise RemoteError(f"the reply from {host} does not match this clusterkit's wire: {exc}") from None
 
 
 def _read_master(conn: Connection, host: str, options: SurveyOptions, master: _Master) -> None:
@@ -174,27 +168,6 @@ def _read_master(conn: Connection, host: str, options: SurveyOptions, master: _M
     master.ready.set()
 
 
-def _local_name(names: list[str]) -> str | None:
-    """The hostfile name of this machine, if it is in the hostfile (by name, before any facts)."""
-    import socket
-
-    me = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
-    return next((n for n in names if n in me), None)
-
-
-def head_name(hosts: Sequence[ActiveHost], facts: dict[str, Maybe[NodeFacts]]) -> str:
-    """The hostfile entry that is this machine (where clusterkit and the launcher run), if any."""
-    import socket
-
-    me = socket.gethostname()
-    for host in hosts:
-        node = facts.get(host.name)
-        if host.name in ("localhost", "127.0.0.1", me) or (
-                not isinstance(node, Unavailable) and node is not None and node.host.hostname == me):
-            return host.name
-    return me
-
-
 def _master_probe(names: list[str], master: _Master, readings: dict[str, _Reading],
                   options: SurveyOptions) -> Maybe[MasterProbe]:
     first = readings.get(names[0])
@@ -202,24 +175,51 @@ def _master_probe(names: list[str], master: _Master, readings: dict[str, _Readin
         return Unavailable(f"first host {names[0]} is unreachable")
     if master.address is None:
         return Unavailable(master.error or "no master address")
-    port_free: Maybe[bool] = Unavailable("the first host's listener gave no answer")
-    if first.listen is not None:
-        port_free = bool(first.listen.get("free"))
+    listen = first.reply.listen
+    port_free: Maybe[bool] = listen.free if listen is not None else Unavailable(
+        "the first host's listener gave no answer")
+    not_tested = Unavailable("not tested")
     return MasterProbe(host=names[0], address=master.address, all_addresses=master.addresses,
                        port=master.port, port_free=port_free,
-                       reachable_from={h: r.connect if r.connect is not None else "not tested"
-                                       for h, r in readings.items()})
+                       reachable_from={h: r.reply.connect or not_tested for h, r in readings.items()})
+
+
+def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> Maybe[NodeFacts]:
+    """This machine's facts, read in-process: the view DeepSpeed's runner has when launched here."""
+    from clusterkit.collect.node import CollectOptions, collect_node
+
+    try:
+        return collect_node(CollectOptions(python=options.python, cwd=options.cwd, sections=sections,
+                                           section_timeout_s=options.timeout_s, use_probe_cache=not options.fresh))
+    except Exception as exc:  # collectors never raise; this guards the facts' own assembly
+        return Unavailable(f"could not read this machine's facts: {type(exc).__name__}: {exc}")
+
+
+#: What the launching machine needs judged (pdsh, .deepspeed_env, its NCCL_* variables, the interpreter).
+LAUNCH_SECTIONS = ["launcher", "python_env"]
 
 
 def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: SurveyOptions,
                    console: Console | None = None) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
-    """Every node's facts and probes in parallel; a dead or frozen node costs one timeout, nothing more."""
+    """Every node's facts and probes in parallel; a dead or frozen node costs one timeout, nothing more.
+
+    A single active host that is this machine is read in-process, with no SSH: DeepSpeed launches it
+    the same way. The launching machine (this one) is always read in-process too, beside the nodes.
+    """
     console = console or Console(stderr=True)
     names = [h.name for h in hosts]
+    place = launch_place(names)
+    if place.local_only:
+        return _survey_here(names[0], options, console)
     master = _Master()
+    launch: dict[str, Maybe[NodeFacts]] = {}
+    here = threading.Thread(target=lambda: launch.setdefault("facts", collect_here(options, LAUNCH_SECTIONS)),
+                            name="collect:launching-machine", daemon=True)
+    here.start()
     with NodeProgress(names, "surveying" if options.probes else "collecting facts", console) as progress:
-        results = fan_out(names, lambda h: _read_node(h, names, settings, options, master, progress),
+        results = fan_out(names, lambda h: _read_node(h, names, settings, options, master, place, progress),
                           options.timeout_s + settings.connect_timeout_s + 15, progress, settings)
+    here.join(options.timeout_s)
     facts: dict[str, Maybe[NodeFacts]] = {}
     offsets: dict[str, Maybe[float]] = {}
     fixes: dict[str, str] = {}
@@ -227,7 +227,7 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
     for name, result in results.items():
         if result.ok and result.value is not None:
             readings[name] = result.value
-            facts[name] = result.value.facts
+            facts[name] = result.value.reply.facts
             offset = result.value.clock_offset_s
             offsets[name] = offset if offset is not None else Unavailable("the agent sent no clock")
         else:
@@ -235,10 +235,52 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
             offsets[name] = Unavailable("node unreachable")
             if result.fix:
                 fixes[name] = result.fix
-    mesh: dict[str, Maybe[dict[str, str]]] = {}
+    mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}
     master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
     if options.probes:
-        mesh = {name: r.ssh for name, r in readings.items() if r.ssh is not None}
+        mesh = {name: r.reply.ssh for name, r in readings.items() if r.reply.ssh is not None}
         master_probe = _master_probe(names, master, readings, options)
-    return facts, ClusterProbes(head=head_name(hosts, facts), clock_offset_s=offsets, ssh_mesh=mesh,
-                                master=master_probe, unreachable_fixes=fixes, mesh_mode=options.mesh)
+    return facts, ClusterProbes(head=place.name, clock_offset_s=offsets, ssh_mesh=mesh, master=master_probe,
+                                unreachable_fixes=fixes, mesh_mode=options.mesh, head_in_hostfile=place.in_hostfile,
+                                launch_facts=launch.get("facts", Unavailable(
+                                    f"this machine's facts took longer than {options.timeout_s:g}s")))
+
+
+def _survey_here(name: str, options: SurveyOptions, console: Console
+                 ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
+    """A one-host run on this machine: its facts in-process, and a free local rendezvous port."""
+    with console.status(f"Collecting facts on this machine ({name})…", spinner="dots"):
+        facts = collect_here(options)
+    master: Maybe[MasterProbe] = Unavailable("probes skipped")
+    if options.probes:
+        port = options.master_port if options.master_port != AUTO_PORT else _free_local_port()
+        address = options.master_addr or "127.0.0.1"
+        master = MasterProbe(host=name, address=address, all_addresses=[address], port=port,
+                             port_free=_port_free(port), reachable_from={name: ConnectProbe(True)})
+    return {name: facts}, ClusterProbes(head=name, clock_offset_s={name: 0.0}, ssh_mesh={}, master=master,
+                                        mesh_mode=options.mesh, head_in_hostfile=True, local_only=True,
+                                        launch_facts=facts)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        # As torch's TCPStore binds it: a port left in TIME_WAIT by the last job is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_local_port() -> int:
+    """DeepSpeed's default port when it is free here, else one the kernel hands out."""
+    if _port_free(DEFAULT_MASTER_PORT):
+        return DEFAULT_MASTER_PORT
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])

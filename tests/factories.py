@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clusterkit.checks import load_checks
-from clusterkit.checks.registry import REGISTRY, Finding, NodeContext, Outcome, run_node_checks
+from clusterkit.checks.registry import REGISTRY, NodeContext, run_node_checks
 from clusterkit.facts import (
     CudaFacts,
     DiskFacts,
@@ -41,6 +41,7 @@ from clusterkit.facts import (
     Unavailable,
     XidEvent,
 )
+from clusterkit.findings import Finding, Outcome, Severity
 
 T = TypeVar("T")
 
@@ -418,6 +419,10 @@ class CheckCase:
     expected_gpus: int | None = None
     count: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: NodeContext fields beyond the host (``is_launch_node``, ``needs_sshd``, ``multi_node``).
+    context: dict[str, Any] = field(default_factory=dict)
+    #: The severity the findings must have (a problem may lower its check's).
+    severity: Severity | None = None
 
     def __str__(self) -> str:
         return f"{self.check_id}-{self.outcome.value}-{self.name}"
@@ -436,16 +441,18 @@ def skips(check_id: str, name: str, build: Callable[[], NodeFacts], contains: st
 
 
 def run_check(check_id: str, facts: NodeFacts, expected_gpus: int | None = None,
-              host: str = "gpu-node-0") -> list[Finding]:
+              host: str = "gpu-node-0", **context: Any) -> list[Finding]:
     """Run one registered node check on ``facts`` the way doctor does."""
     load_checks()
-    return run_node_checks([REGISTRY[check_id]], facts, NodeContext(host, expected_gpus=expected_gpus))
+    return run_node_checks([REGISTRY[check_id]], facts, NodeContext(host, expected_gpus=expected_gpus, **context))
 
 
 def assert_case(case: CheckCase) -> list[Finding]:
     """Run the case's check and assert its outcome, text, place and fix."""
-    findings = run_check(case.check_id, case.build(), case.expected_gpus)
+    findings = run_check(case.check_id, case.build(), case.expected_gpus, **case.context)
     assert [f.check_id for f in findings] == [case.check_id] * len(findings), findings
+    if case.severity is not None:
+        assert {f.severity for f in findings} == {case.severity}, findings
     outcomes = {f.outcome for f in findings}
     assert outcomes == {case.outcome}, "\n".join(f"{f.outcome}: {f.message}" for f in findings)
     if case.count is not None:
@@ -463,7 +470,7 @@ def checks_of_module(module: str) -> list[str]:
     """Ids of the node checks a module (``gpu``, ``system``...) registers."""
     load_checks()
     return [spec.id for spec in REGISTRY.values()
-            if spec.scope == "node" and spec.func.__module__ == f"clusterkit.checks.{module}"]
+            if spec.scope in ("node", "launch") and spec.func.__module__ == f"clusterkit.checks.{module}"]
 
 
 def assert_table_covers(module: str, cases: Sequence[CheckCase]) -> None:

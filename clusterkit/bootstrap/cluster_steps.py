@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import shutil
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -19,11 +20,12 @@ from clusterkit.bootstrap.context import (
     NodeOutcome,
     StepReport,
 )
-from clusterkit.bootstrap.files import read_home_file, write_home_file
+from clusterkit.bootstrap.files import Edit, edit_home_file, edit_local_file
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.dsenv import merge_deepspeed_env, parse_deepspeed_env, render_deepspeed_env
+from clusterkit.dsenv import update_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.remote import RemoteError, connect
+from clusterkit.remote import RemoteError, connect, fan_out
+from clusterkit.remote.openssh import pdsh_environment, rsync_rsh
 
 _INSTALL_PDSH = (
     'if [ "$(id -u)" = 0 ]; then S=""; else S="sudo -n"; fi; '
@@ -38,27 +40,18 @@ PDSH_FIX = ("sudo apt-get install -y pdsh   (Debian/Ubuntu; RHEL: sudo dnf insta
             "from EPEL), or rerun with --install-packages")
 
 
-def _ssh_command(ctx: BootstrapContext) -> list[str]:
-    """The ssh client line rsync and pdsh use: never prompts, never hangs on a dead node."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(ctx.settings.connect_timeout_s)}"]
-    if ctx.settings.port:
-        argv += ["-p", str(ctx.settings.port)]
-    if ctx.settings.user:
-        argv += ["-l", ctx.settings.user]
-    if ctx.settings.identity_file:
-        argv += ["-i", ctx.settings.identity_file]
-    return argv
-
-
 def pdsh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """pdsh on every node, then `pdsh -R ssh -w <all> hostname` from the head answers from each."""
+    """pdsh where jobs are launched from (this machine), then `pdsh -R ssh -w <all> hostname` answers
+    from every node. Nodes need only sshd; with --install-packages they get pdsh too, so that any of
+    them can launch."""
     def ensure(host: str) -> NodeOutcome:
         with connect(host, ctx.settings) as conn:
             found = conn.run("command -v pdsh", hide=True, warn=True, timeout=20)
             if found.exited == 0:
                 return NodeOutcome(OK, [f"pdsh at {found.stdout.strip()}"])
             if not ctx.install_packages:
-                return NodeOutcome(FAILED, error=f"pdsh is not installed on {host}", fix=f"on {host}: {PDSH_FIX}")
+                return NodeOutcome(OK, ["no pdsh (needed only to launch from this node; --install-packages "
+                                        "adds it)"])
             if ctx.dry_run:
                 return NodeOutcome(WOULD_CHANGE, ["would install pdsh with the OS package manager"])
             out = conn.run(_INSTALL_PDSH, hide=True, warn=True, timeout=spec.timeout_s - 10)
@@ -69,23 +62,40 @@ def pdsh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
             return NodeOutcome(CHANGED, ["installed pdsh"])
 
     report = ctx.per_node(spec, ensure)
+    head = _pdsh_here(ctx, spec)
+    report.outcomes["head"] = head
     ready = [h for h in ctx.live if report.outcomes.get(h, NodeOutcome(OK)).status in (OK, CHANGED)]
-    if ctx.dry_run or not ready:
+    if ctx.dry_run or not ready or head.status == FAILED:
         return report
     _verify_pdsh_from_head(ctx, ready, spec, report)
     return report
 
 
+def _pdsh_here(ctx: BootstrapContext, spec: StepSpec) -> NodeOutcome:
+    """pdsh on this machine: DeepSpeed's runner looks it up here (`launcher 'pdsh' not installed`)."""
+    found = shutil.which("pdsh")
+    if found:
+        return NodeOutcome(OK, [f"pdsh at {found}"])
+    if not ctx.install_packages:
+        return NodeOutcome(FAILED, error="pdsh is not installed on this machine, where `deepspeed` launches "
+                                         "from: DeepSpeed stops with \"launcher 'pdsh' not installed\"",
+                           fix=f"on this machine: {PDSH_FIX}")
+    if ctx.dry_run:
+        return NodeOutcome(WOULD_CHANGE, ["would install pdsh on this machine"])
+    out = subprocess.run(["bash", "-c", _INSTALL_PDSH], capture_output=True, text=True, timeout=spec.timeout_s,
+                         check=False)
+    if not shutil.which("pdsh"):
+        tail = " | ".join((out.stderr.strip() or out.stdout.strip()).splitlines()[-2:])
+        return NodeOutcome(FAILED, error=f"installing pdsh on this machine failed: {tail}", fix=PDSH_FIX)
+    return NodeOutcome(CHANGED, ["installed pdsh on this machine"])
+
+
 def _verify_pdsh_from_head(ctx: BootstrapContext, hosts: list[str], spec: StepSpec, report: StepReport) -> None:
-    ssh = _ssh_command(ctx)
-    env = dict(os.environ, PDSH_RCMD_TYPE="ssh", PDSH_SSH_ARGS_APPEND=" ".join(ssh[1:]))
+    env = pdsh_environment(ctx.settings)
     argv = ["pdsh", "-R", "ssh", "-t", str(int(ctx.settings.connect_timeout_s)), "-u", str(int(spec.timeout_s)),
             "-w", ",".join(hosts), "hostname"]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=spec.timeout_s)
-    except FileNotFoundError:
-        report.note = f"pdsh is not installed on this machine, so `pdsh -R ssh` was not verified ({PDSH_FIX})"
-        return
     except subprocess.TimeoutExpired:
         report.note = f"`{' '.join(argv)}` did not finish within {spec.timeout_s:g}s"
         return
@@ -102,45 +112,65 @@ def _verify_pdsh_from_head(ctx: BootstrapContext, hosts: list[str], spec: StepSp
 
 
 def code_sync(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """The --sync directory at the same absolute path everywhere: rsync, or a shared filesystem."""
+    """The --sync directory at the same absolute path everywhere: rsync, or a shared filesystem.
+
+    Sharing is probed with a marker file in the directory, removed again before anything is copied and
+    with the directory's modification time put back, so a rerun finds nothing to copy.
+    """
     assert ctx.sync_dir is not None
     source = ctx.sync_dir.resolve()
+    shared = _shared_with(ctx, source, spec)
+    rsync_ssh = rsync_rsh(ctx.settings)
+
+    def ensure(host: str) -> NodeOutcome:
+        if shared.get(host) == "shared":
+            return NodeOutcome(OK, ["same filesystem as this machine: nothing to copy"])
+        if shared.get(host) == "no-rsync":
+            return NodeOutcome(FAILED, error=f"rsync is not installed on {host}",
+                               fix=f"on {host}: sudo apt-get install -y rsync")
+        base = ["rsync", "-a", "-e", rsync_ssh, f"{source}/", f"{host}:{source}/"]
+        dry = subprocess.run([*base[:2], "--dry-run", "--itemize-changes", *base[2:]], capture_output=True,
+                             text=True, timeout=spec.timeout_s)
+        if dry.returncode != 0:
+            raise RemoteError(f"rsync to {host} failed: {' | '.join(dry.stderr.strip().splitlines()[-2:])}")
+        changes = [ln for ln in dry.stdout.splitlines() if ln.strip()]
+        if not changes:
+            return NodeOutcome(OK, [f"{source} up to date"])
+        if ctx.dry_run:
+            return NodeOutcome(WOULD_CHANGE, [f"would copy {len(changes)} item(s) to {host}:{source}"])
+        real = subprocess.run(base, capture_output=True, text=True, timeout=spec.timeout_s)
+        if real.returncode != 0:
+            raise RemoteError(f"rsync to {host} failed: {' | '.join(real.stderr.strip().splitlines()[-2:])}")
+        return NodeOutcome(CHANGED, [f"copied {len(changes)} item(s) to {source}"])
+
+    report = ctx.per_node(spec, ensure)
+    sharing = [h for h, state in shared.items() if state == "shared"]
+    if sharing:
+        report.note = f"{source} is on a filesystem this machine shares with {', '.join(sharing)}"
+    return report
+
+
+def _shared_with(ctx: BootstrapContext, source: Path, spec: StepSpec) -> dict[str, str]:
+    """host -> "shared" (sees ``source`` on the same filesystem), "no-rsync", or "" (a copy is needed).
+
+    A dry run writes no marker: a node that has the directory counts as needing a look by rsync.
+    """
     marker = source / f".clusterkit-shared-probe-{uuid.uuid4().hex[:12]}"
-    rsync_ssh = " ".join(shlex.quote(a) for a in _ssh_command(ctx))
+    before = source.stat()
     if not ctx.dry_run:
         marker.write_text("clusterkit probe: is this directory shared between nodes?\n")
     try:
-        def ensure(host: str) -> NodeOutcome:
+        def probe(host: str) -> str:
             with connect(host, ctx.settings) as conn:
-                probe = conn.run(f"test -f {shlex.quote(str(marker))} && echo shared; "
-                                 "command -v rsync >/dev/null || echo no-rsync", hide=True, warn=True, timeout=20)
-            if "shared" in probe.stdout:
-                return NodeOutcome(OK, ["same filesystem as the head: nothing to copy"])
-            if "no-rsync" in probe.stdout:
-                return NodeOutcome(FAILED, error=f"rsync is not installed on {host}",
-                                   fix=f"on {host}: sudo apt-get install -y rsync")
-            base = ["rsync", "-a", "-e", rsync_ssh, "--exclude", marker.name, f"{source}/", f"{host}:{source}/"]
-            dry = subprocess.run([*base[:2], "--dry-run", "--itemize-changes", *base[2:]], capture_output=True,
-                                 text=True, timeout=spec.timeout_s)
-            if dry.returncode != 0:
-                raise RemoteError(f"rsync to {host} failed: {dry.stderr.strip().splitlines()[-1:]}")
-            changes = [ln for ln in dry.stdout.splitlines() if ln.strip()]
-            if not changes:
-                return NodeOutcome(OK, [f"{source} up to date"])
-            if ctx.dry_run:
-                return NodeOutcome(WOULD_CHANGE, [f"would copy {len(changes)} item(s) to {host}:{source}"])
-            real = subprocess.run(base, capture_output=True, text=True, timeout=spec.timeout_s)
-            if real.returncode != 0:
-                raise RemoteError(f"rsync to {host} failed: {real.stderr.strip().splitlines()[-1:]}")
-            return NodeOutcome(CHANGED, [f"copied {len(changes)} item(s) to {source}"])
+                out = conn.run(f"test -f {shlex.quote(str(marker))} && echo shared; "
+                               "command -v rsync >/dev/null || echo no-rsync", hide=True, warn=True, timeout=20)
+            return "shared" if "shared" in out.stdout else ("no-rsync" if "no-rsync" in out.stdout else "")
 
-        report = ctx.per_node(spec, ensure)
+        results = fan_out(ctx.live, probe, min(spec.timeout_s, 60), None, ctx.settings)
     finally:
         marker.unlink(missing_ok=True)
-    shared = [h for h, o in report.outcomes.items() if o.status == OK and "same filesystem" in o.actions[0]]
-    if len(shared) > 1:
-        report.note = f"{source} is on a filesystem shared by {', '.join(shared)}"
-    return report
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return {host: result.value or "" for host, result in results.items() if result.ok}
 
 
 def _interface_for(facts: NodeFacts, address: str) -> str | None:
@@ -201,13 +231,18 @@ def plan_deepspeed_env(facts: Mapping[str, NodeFacts], addresses: Mapping[str, s
     ib_known = [f for f in facts.values()
                 if not isinstance(f.network, Unavailable) and not isinstance(f.network.ib_ports, Unavailable)]
     if ib_known and len(ib_known) == len(facts) and not any(
-            p.state == "ACTIVE" for f in ib_known for p in f.network.ib_ports):  # type: ignore[union-attr]
+            p.active for f in ib_known for p in f.network.ib_ports):  # type: ignore[union-attr]
         values["NCCL_IB_DISABLE"] = "1"
     return values, notes
 
 
 def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """Write ~/.deepspeed_env on every node with what non-interactive shells miss; keep the rest."""
+    """~/.deepspeed_env with what non-interactive shells miss, on every node and on this machine.
+
+    DeepSpeed's runner reads the file only where it is launched (this machine) and exports it to every
+    rank; the nodes get it too, so a launch from any of them works alike. A home shared by several
+    machines holds one file, edited once.
+    """
     from clusterkit.survey import SurveyOptions, survey_cluster
 
     live_hosts = [h for h in ctx.hosts if h.name in ctx.live]
@@ -216,25 +251,55 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
                               ctx.console)
     ctx.facts = {h: f for h, f in facts.items() if not isinstance(f, Unavailable)}
     values, notes = plan_deepspeed_env(ctx.facts, ctx.addresses, ctx.python, os.environ)
+    env_bin = str(Path(ctx.python).parent)
+    no_python = {h for h, f in ctx.facts.items() if not isinstance(f.python_env, Unavailable)
+                 and not f.python_env.exists}
 
-    def ensure(host: str) -> NodeOutcome:
+    def edit_for(label: str) -> Edit:
+        def edit(current: str | None) -> tuple[str | None, str]:
+            update = update_deepspeed_env(current, values, label, env_bin)
+            return (None if update.text == (current or "") else update.text), "; ".join(update.changes)
+        return edit
+
+    def ensure(host: str, sharing: list[str]) -> NodeOutcome:
+        # In a dry run, env-push has only said it would install the env there: not a missing env.
+        missing = [h for h in sharing if h in no_python and not (ctx.dry_run and h in ctx.env_installs)]
+        if missing:
+            return NodeOutcome(FAILED, error=f"interpreter {ctx.python} does not exist on {', '.join(missing)}: "
+                                             "DeepSpeed runs it there; PATH would name an env that is not there",
+                               fix=f"put the env at {ctx.python} on {', '.join(missing)} (the same path as on "
+                                   "this machine), then rerun")
         with connect(host, ctx.settings) as conn:
-            current = read_home_file(conn, ".deepspeed_env")
-            entries, problems = parse_deepspeed_env((current or "").splitlines(), f"{host}:~/.deepspeed_env")
-            merged, changed = merge_deepspeed_env(entries, values)
-            text = render_deepspeed_env(merged)
-            dropped = [f"dropped line {p.line} ({p.code})" for p in problems if p.breaks_launch]
-            if text == (current or "") or (not changed and not dropped and current is not None):
-                return NodeOutcome(OK, [f"{len(merged)} entries up to date"])
-            actions = [f"set {', '.join(changed)}"] if changed else []
-            if ctx.dry_run:
-                return NodeOutcome(WOULD_CHANGE, [f"would {a}" for a in actions + dropped])
-            backup = write_home_file(conn, ".deepspeed_env", text, 0o644)
-            return NodeOutcome(CHANGED, actions + dropped + ([f"backup {backup}"] if backup else []))
+            done = edit_home_file(conn, ".deepspeed_env", edit_for(f"{host}:~/.deepspeed_env"), 0o644,
+                                  ctx.dry_run)
+        return _dsenv_outcome(done, ctx.dry_run)
 
-    report = ctx.per_node(spec, ensure, [h for h in ctx.live if h in ctx.facts])
+    report = ctx.per_home(spec, ensure, [h for h in ctx.live if h in ctx.facts])
     for host in ctx.live:
         if host not in ctx.facts:
             report.outcomes[host] = NodeOutcome(FAILED, error=f"facts from {host}: {facts.get(host)}")
-    report.note = "; ".join(notes + [f"{k}={v}" for k, v in values.items() if k != "PATH"])
+    report.outcomes["head"] = _dsenv_here(ctx, edit_for("~/.deepspeed_env"))
+    report.note = "; ".join(filter(None, [report.note, *notes,
+                                          ", ".join(f"{k}={v}" for k, v in values.items() if k != "PATH")]))
     return report
+
+
+def _dsenv_here(ctx: BootstrapContext, edit: Edit) -> NodeOutcome:
+    """This machine's ~/.deepspeed_env: the one DeepSpeed's runner reads when launched from here."""
+    if ctx.head_entry is not None:
+        return NodeOutcome(OK, [f"written as hostfile node {ctx.head_entry}"])
+    mine = ctx.head_home_id()
+    shared = next((h for h, home in ctx.home_ids.items() if home == mine), None)
+    if shared is not None:
+        return NodeOutcome(OK, [f"home shared with {shared} (written there)"])
+    done = edit_local_file(Path.home() / ".deepspeed_env", edit, 0o644, ctx.dry_run)
+    return _dsenv_outcome(done, ctx.dry_run)
+
+
+def _dsenv_outcome(done: tuple[str, str | None] | None, dry_run: bool) -> NodeOutcome:
+    if done is None:
+        return NodeOutcome(OK, ["~/.deepspeed_env up to date"])
+    what, backup = done
+    if dry_run:
+        return NodeOutcome(WOULD_CHANGE, [f"would write ~/.deepspeed_env: {what}"])
+    return NodeOutcome(CHANGED, [f"wrote ~/.deepspeed_env: {what}"] + ([f"backup {backup}"] if backup else []))

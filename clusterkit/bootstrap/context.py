@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,13 +13,40 @@ from pathlib import Path
 from rich.console import Console
 
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.errors import UsageError
 from clusterkit.facts import NodeFacts
 from clusterkit.inventory import ActiveHost
 from clusterkit.progress import NodeProgress
-from clusterkit.remote import HostResult, SshSettings, fan_out
+from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
 
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED = "ok", "changed", "would change", "failed", "skipped"
+
+
+def terminal_password_prompt() -> str:
+    """Ask for the nodes' SSH password on the terminal; stop the run cleanly where none can be typed."""
+    if not sys.stdin.isatty():
+        raise AbortBootstrap("--ask-password needs a terminal to ask on, and standard input is not one",
+                             "pass the password with --password-env VAR instead")
+    try:
+        return getpass.getpass("SSH password for the nodes (first contact only; not stored): ")
+    except EOFError:
+        raise AbortBootstrap("no password was typed (end of input)", "rerun, or use --password-env VAR") from None
+
+
+def home_identity_command(create: bool) -> str:
+    """Shell printing an identity of ``$HOME`` that nodes sharing the home (NFS) print alike.
+
+    ``~/.clusterkit/home-id`` holds a random id, created once by whichever node gets there first
+    (``set -C``: an exclusive create, which NFS honours). A dry run creates nothing: it falls back to
+    the home directory's inode, birth and change times, which only one directory has.
+    """
+    token = uuid.uuid4().hex
+    read = ('f="$HOME/.clusterkit/home-id"; if [ -s "$f" ]; then cat "$f"; '
+            'else echo "stat:$(stat -L -c %i:%W:%Z "$HOME")"; fi')
+    if not create:
+        return read
+    return ('umask 077; mkdir -p "$HOME/.clusterkit" && f="$HOME/.clusterkit/home-id" && '
+            f'{{ [ -s "$f" ] || (set -C; echo "home-{token}" > "$f") 2>/dev/null; }}; '
+            'for _ in $(seq 100); do [ -s "$f" ] && break; sleep 0.05; done; cat "$f"')
 
 
 @dataclass
@@ -38,6 +66,8 @@ class StepReport:
     step: StepSpec
     outcomes: dict[str, NodeOutcome] = field(default_factory=dict)
     note: str = ""
+    #: The step stopped the whole run (AbortBootstrap).
+    aborted: bool = False
 
     @property
     def failed_hosts(self) -> list[str]:
@@ -45,11 +75,15 @@ class StepReport:
 
 
 class AbortBootstrap(Exception):
-    """Stop the whole run (e.g. a changed host key): continuing could spread a compromised trust."""
+    """Stop the whole run (e.g. a changed host key): continuing could spread a compromised trust.
 
-    def __init__(self, message: str, fix: str) -> None:
+    ``report``: what the step found on each node before it stopped the run.
+    """
+
+    def __init__(self, message: str, fix: str, report: StepReport | None = None) -> None:
         super().__init__(message)
         self.fix = fix
+        self.report = report
 
 
 @dataclass
@@ -73,6 +107,15 @@ class BootstrapContext:
     #: host -> address it resolves to from the head.
     addresses: dict[str, str] = field(default_factory=dict)
     facts: dict[str, NodeFacts] = field(default_factory=dict)
+    #: host -> identity of its home directory; hosts with one identity share one home (NFS).
+    home_ids: dict[str, str] = field(default_factory=dict)
+    #: The hostfile entry that is this machine (the launching machine), or None (a login node).
+    head_entry: str | None = None
+    #: ``python`` was named with --python (a training env to ship), not clusterkit's own interpreter.
+    python_named: bool = False
+    #: Hosts that get the training env from env-push in this run (in a dry run: would get it).
+    env_installs: set[str] = field(default_factory=set)
+    _head_home_id: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -85,18 +128,82 @@ class BootstrapContext:
         return [h for h in self.names if h not in self.failed]
 
     def ensure_password(self) -> None:
-        """Make sure a password is at hand for first contact; asks at most once per run."""
+        """Make sure a password is at hand for first contact; asks at most once per run, and only
+        with --ask-password from a terminal."""
         if self.settings.password is not None:
             return
         if self.password_prompt is None:
-            if not sys.stdin.isatty():
-                raise UsageError("some nodes do not accept your key yet and no password was given: rerun "
-                                 "with --password-env VAR (or --ask-password from a terminal)")
-            self.password_prompt = lambda: getpass.getpass(
-                "SSH password for the nodes (first contact only; not stored): ")
+            raise AbortBootstrap("some nodes do not accept your key yet and no password was given",
+                                 "rerun with --ask-password (from a terminal) or --password-env VAR")
         with self._lock:
             if self.settings.password is None:
                 self.settings = replace(self.settings, password=self.password_prompt())
+
+
+    def head_home_id(self) -> str:
+        """This machine's home identity, as :meth:`home_groups` gives the nodes'."""
+        import subprocess
+
+        if not self._head_home_id:
+            done = subprocess.run(["bash", "-c", home_identity_command(create=not self.dry_run)],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            self._head_home_id = done.stdout.strip() or f"unknown: {done.stderr.strip()}"
+        return self._head_home_id
+
+    def home_groups(self, spec: StepSpec, hosts: list[str]) -> tuple[list[list[str]], dict[str, NodeOutcome]]:
+        """``hosts`` grouped by the home directory they share (one group per home), and the hosts
+        whose home could not be identified (as failed outcomes)."""
+        unknown = [h for h in hosts if h not in self.home_ids]
+        failed: dict[str, NodeOutcome] = {}
+        if unknown:
+            def identify(host: str) -> str:
+                # A fresh token per host: the first node of a home to get there writes the one it shares.
+                command = home_identity_command(create=not self.dry_run)
+                with connect(host, self.settings) as conn:
+                    out = conn.run(command, hide=True, warn=True, timeout=min(spec.timeout_s, 30))
+                identity = str(out.stdout).strip()
+                if out.exited != 0 or not identity:
+                    raise RemoteError(f"cannot identify the home directory on {host}: "
+                                      f"{out.stderr.strip() or 'no output'}")
+                return identity
+
+            for host, result in fan_out(unknown, identify, spec.timeout_s, None, self.settings).items():
+                if result.ok and result.value:
+                    self.home_ids[host] = result.value
+                else:
+                    failed[host] = NodeOutcome(FAILED, error=result.error, fix=result.fix)
+        groups: dict[str, list[str]] = {}
+        for host in hosts:
+            if host in self.home_ids:
+                groups.setdefault(self.home_ids[host], []).append(host)
+        return list(groups.values()), failed
+
+    def per_home(self, spec: StepSpec, work: Callable[[str, list[str]], NodeOutcome],
+                 hosts: list[str] | None = None) -> StepReport:
+        """Like :meth:`per_node`, but a home shared by several nodes (NFS) is edited once, from one of
+        them: ``work(host, sharing)`` runs for the first node of each home, ``sharing`` being every
+        node of that home. The others report the same outcome, saying whose home they share."""
+        targets = self.live if hosts is None else hosts
+        groups, failed = self.home_groups(spec, targets)
+        sharing = {group[0]: group for group in groups}
+        report = self.per_node(spec, lambda host: work(host, sharing[host]), list(sharing))
+        report.outcomes.update(failed)
+        for group in groups:
+            first = report.outcomes.get(group[0])
+            for other in group[1:]:
+                if first is None:
+                    continue
+                if first.status == FAILED:
+                    report.outcomes[other] = NodeOutcome(FAILED, error=f"shares its home with {group[0]}, "
+                                                                       f"where this step failed", fix=first.fix)
+                else:
+                    report.outcomes[other] = NodeOutcome(first.status, [f"home shared with {group[0]} "
+                                                                        "(edited there)"])
+        shared = [group for group in groups if len(group) > 1]
+        if shared:
+            report.note = "; ".join(f"one home shared by {', '.join(g)}: its files were edited once, from {g[0]}"
+                                    for g in shared)
+        return report
 
     def per_node(self, spec: StepSpec, work: Callable[[str], NodeOutcome],
                  hosts: list[str] | None = None) -> StepReport:
@@ -109,7 +216,7 @@ class BootstrapContext:
             def task(host: str) -> NodeOutcome:
                 progress.update(host, "working")
                 outcome = work(host)
-                progress.update(host, outcome.status, outcome.error or "; ".join(outcome.actions)[:80])
+                progress.update(host, outcome.status, outcome.error or "; ".join(outcome.actions))
                 return outcome
 
             results: dict[str, HostResult[NodeOutcome]] = fan_out(targets, task, spec.timeout_s, None,

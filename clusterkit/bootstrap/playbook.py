@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,8 +45,12 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def parse_playbook(text: str, path: str, known_steps: set[str]) -> list[StepSpec]:
-    """Validate the playbook; every error names ``path:line``."""
+def parse_playbook(text: str, path: str, known_steps: Mapping[str, Sequence[str]]) -> list[StepSpec]:
+    """Validate the playbook; every error names ``path:line``.
+
+    ``known_steps``: step id -> the steps it needs listed before it (authorize-all after node-keys:
+    run first, it would authorize keys that do not exist yet).
+    """
     try:
         doc = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
@@ -65,7 +70,7 @@ def parse_playbook(text: str, path: str, known_steps: set[str]) -> list[StepSpec
             raise InputError(f"unknown key(s) {', '.join(sorted(unknown))} (allowed: "
                              f"{', '.join(sorted(_STEP_KEYS))})", path, line)
         step_id = item.get("id")
-        if step_id not in known_steps:
+        if not isinstance(step_id, str) or step_id not in known_steps:
             raise InputError(f"unknown step {step_id!r} (known: {', '.join(sorted(known_steps))})", path, line)
         if step_id in seen:
             raise InputError(f"step {step_id!r} listed twice", path, line)
@@ -76,12 +81,16 @@ def parse_playbook(text: str, path: str, known_steps: set[str]) -> list[StepSpec
         timeout = item.get("timeout", DEFAULT_STEP_TIMEOUT_S)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}", path, line)
+        missing = [need for need in known_steps[step_id] if need not in seen - {step_id}]
+        if missing:
+            raise InputError(f"step {step_id!r} needs {', '.join(repr(m) for m in missing)} before it (it uses "
+                             "what they set up); list them earlier", path, line)
         specs.append(StepSpec(step_id, str(item.get("description", "")).strip(), when, float(timeout),
                               line or 0))
     return specs
 
 
-def load_playbook(path: str | None, known_steps: set[str]) -> list[StepSpec]:
+def load_playbook(path: str | None, known_steps: Mapping[str, Sequence[str]]) -> list[StepSpec]:
     """The given playbook file, or the built-in ``playbooks/bootstrap.yaml``."""
     if path is None:
         return parse_playbook(default_playbook_text(), "playbooks/bootstrap.yaml", known_steps)

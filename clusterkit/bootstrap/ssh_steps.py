@@ -3,8 +3,6 @@ authorized_keys, known_hosts, and the mesh verification."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import shlex
 import socket
 import subprocess
@@ -22,93 +20,62 @@ from clusterkit.bootstrap.context import (
     NodeOutcome,
     StepReport,
 )
-from clusterkit.bootstrap.files import ensure_ssh_dir, read_home_file, write_home_file
+from clusterkit.bootstrap.files import edit_home_file, ensure_ssh_dir
 from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.collect.sshtrust import fingerprint, known_host_entries
+from clusterkit.facts import SshLoginProbe, from_jsonable
 from clusterkit.remote import (
     RemoteError,
     connect,
+    explain,
+    key_fingerprint,
     known_host_name,
+    load_known_hosts,
     record_trusted_key,
     run_agent,
+    served_host_key,
+    ssh_target,
 )
 
 
-def _ssh_target(host: str, ctx: BootstrapContext) -> tuple[str, int]:
-    """Hostname and port after ~/.ssh/config, as Fabric will use them."""
-    from fabric import Connection
-
-    conn = Connection(host, user=ctx.settings.user, port=ctx.settings.port)
-    return conn.host, int(conn.port)
-
-
 def reachability(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """TCP to the SSH port and an SSH banner, on every node and on the head's localhost."""
+    """TCP to the SSH port and an SSH banner on every node (the launching machine too when it is a
+    hostfile node: pdsh logs into it by that name)."""
     def probe(host: str) -> NodeOutcome:
-        target, port = ("127.0.0.1", ctx.settings.port or 22) if host == "localhost (head)" \
-            else _ssh_target(host, ctx)
+        target, port = ssh_target(host, ctx.settings)
         try:
             address = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)[0][4][0]
         except socket.gaierror as exc:
             return NodeOutcome(FAILED, error=f"cannot resolve {target}: {exc.strerror}",
                                fix=f"add {target} to DNS or /etc/hosts")
-        if host != "localhost (head)":
-            ctx.addresses[host] = str(address)
+        ctx.addresses[host] = str(address)
         try:
             with socket.create_connection((target, port), timeout=min(spec.timeout_s, 10)) as sock:
                 sock.settimeout(min(spec.timeout_s, 10))
                 banner = sock.recv(256).decode("latin-1").strip()
-        except ConnectionRefusedError:
-            where = "this machine" if host == "localhost (head)" else host
-            return NodeOutcome(FAILED, error=f"nothing listens on {target}:{port}: sshd is not running",
-                               fix=f"on {where}: sudo systemctl enable --now ssh   (Debian/Ubuntu; `sshd` "
-                                   "on RHEL)")
         except OSError as exc:
-            return NodeOutcome(FAILED, error=f"no SSH answer from {target}:{port}: {exc.strerror or exc}",
-                               fix=f"check that {target} is up and port {port} is open")
+            explained = explain(exc, host, ctx.settings)
+            return NodeOutcome(FAILED, error=str(explained), fix=explained.fix)
         if not banner.startswith("SSH-"):
             return NodeOutcome(FAILED, error=f"{target}:{port} answers but is not sshd ({banner[:40]!r})")
         return NodeOutcome(OK, [f"{banner.split()[0]} on {address}:{port}"])
 
-    report = ctx.per_node(spec, probe, [*ctx.live, "localhost (head)"])
-    head = report.outcomes.pop("localhost (head)", None)
-    if head is not None and head.status == FAILED:
-        report.note = (f"the head's own localhost: {head.error}. DeepSpeed's pdsh launcher logs into the "
-                       f"launching node too. Fix: {head.fix}")
-    return report
-
-
-def _fingerprint(key_type: str, b64: str) -> str:
-    digest = hashlib.sha256(base64.b64decode(b64)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return ctx.per_node(spec, probe)
 
 
 def host_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """Verify each node's host key against known_hosts; trust new ones only with --trust-new-hosts."""
-    import paramiko
-
-    known = paramiko.HostKeys()
-    for path in (Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")):
-        if path.is_file():
-            known.load(str(path))
+    known = load_known_hosts()
     changed: list[str] = []
 
     def probe(host: str) -> NodeOutcome:
-        target, port = _ssh_target(host, ctx)
+        target, port = ssh_target(host, ctx.settings)
         name = known_host_name(target, port)
         entry = known.lookup(name)
-        sock = socket.create_connection((target, port), timeout=ctx.settings.connect_timeout_s)
-        transport = paramiko.Transport(sock)
-        try:
-            if entry is not None:  # like OpenSSH: ask for the key type we already know first
-                options = transport.get_security_options()
-                options.key_types = [t for t in options.key_types if t in entry] + \
-                                    [t for t in options.key_types if t not in entry]
-            transport.start_client(timeout=ctx.settings.connect_timeout_s)
-            key = transport.get_remote_server_key()
-        finally:
-            transport.close()
+        # Like OpenSSH: ask for the key type already known first.
+        key = served_host_key(host, ctx.settings, prefer=list(entry) if entry is not None else None)
         ctx.host_keys[host] = (key.get_name(), key.get_base64())
-        fingerprint = _fingerprint(key.get_name(), key.get_base64())
+        fingerprint = key_fingerprint(key)
         if entry is not None and key.get_name() in entry:
             if entry[key.get_name()] == key:
                 return NodeOutcome(OK, [f"{key.get_name()} {fingerprint} known"])
@@ -133,7 +100,7 @@ def host_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         first = report.outcomes[changed[0]]
         errors = "; ".join(report.outcomes[h].error or h for h in changed)
         raise AbortBootstrap(f"{errors}. Refusing to go on: a changed key means a reinstalled node or "
-                             "someone in the middle", first.fix or "")
+                             "someone in the middle", first.fix or "", report)
     return report
 
 
@@ -186,17 +153,24 @@ def _key_body(line: str) -> str:
 def add_authorized_keys(conn: Any, keys: list[str], dry_run: bool) -> list[str]:
     """Append the missing ``keys`` to ~/.ssh/authorized_keys (backup first); return actions."""
     actions = [] if dry_run else ensure_ssh_dir(conn)
-    current = read_home_file(conn, ".ssh/authorized_keys") or ""
-    present = {_key_body(line) for line in current.splitlines() if line.strip() and not line.startswith("#")}
-    missing = [k for k in dict.fromkeys(keys) if _key_body(k) not in present]
-    if not missing:
+
+    def edit(current: str | None) -> tuple[str | None, str]:
+        text = current or ""
+        present = {_key_body(line) for line in text.splitlines() if line.strip() and not line.startswith("#")}
+        missing = [k for k in dict.fromkeys(keys) if _key_body(k) not in present]
+        if not missing:
+            return None, ""
+        comments = ", ".join(k.split()[2] if len(k.split()) > 2 else k.split()[0] for k in missing)
+        return text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(missing) + "\n", \
+            f"{len(missing)} key(s) ({comments})"
+
+    done = edit_home_file(conn, ".ssh/authorized_keys", edit, 0o600, dry_run)
+    if done is None:
         return actions
-    comments = ", ".join(k.split()[2] if len(k.split()) > 2 else k.split()[0] for k in missing)
+    what, backup = done
     if dry_run:
-        return [f"would add {len(missing)} key(s) to ~/.ssh/authorized_keys ({comments})"]
-    text = current + ("" if not current or current.endswith("\n") else "\n") + "\n".join(missing) + "\n"
-    backup = write_home_file(conn, ".ssh/authorized_keys", text, 0o600)
-    return [*actions, f"added {len(missing)} key(s) ({comments})" + (f", backup {backup}" if backup else "")]
+        return [f"would add {what} to ~/.ssh/authorized_keys"]
+    return [*actions, f"added {what}" + (f", backup {backup}" if backup else "")]
 
 
 def authorize_head(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
@@ -219,21 +193,27 @@ def authorize_head(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     report = ctx.per_node(spec, try_key)
     if not needs_password:
         return report
+    if ctx.settings.password is None and ctx.password_prompt is None:
+        if not ctx.dry_run:
+            raise AbortBootstrap(f"{', '.join(sorted(needs_password))} refuse this machine's key and no password "
+                                 "was given", "rerun with --ask-password (from a terminal) or --password-env VAR")
+        for host in needs_password:  # later steps cannot look without a login
+            ctx.failed[host] = "dry run: give --ask-password or --password-env to look further"
+    else:
+        ctx.ensure_password()  # asked here, once, and only because a node refused the key
     if ctx.dry_run:
-        if ctx.settings.password is None:
-            for host in needs_password:  # later steps cannot look without a login
-                ctx.failed[host] = "dry run: give --password-env to look further"
         for host in needs_password:
             report.outcomes[host] = NodeOutcome(WOULD_CHANGE, ["would log in with the password and add the "
                                                                "head's key to ~/.ssh/authorized_keys"])
         return report
-    ctx.ensure_password()
 
-    def push(host: str) -> NodeOutcome:
+    def push(host: str, sharing: list[str]) -> NodeOutcome:
         with connect(host, ctx.settings) as conn:
             return NodeOutcome(CHANGED, add_authorized_keys(conn, [ctx.head_public_key], dry_run=False))
 
-    report.outcomes.update(ctx.per_node(spec, push, needs_password).outcomes)
+    pushed = ctx.per_home(spec, push, needs_password)
+    report.outcomes.update(pushed.outcomes)
+    report.note = pushed.note
     return report
 
 
@@ -246,8 +226,9 @@ _NODE_KEY = (
 
 
 def node_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
-    """Every node has its own ed25519 key pair (private keys never leave their node)."""
-    def ensure(host: str) -> NodeOutcome:
+    """Every node has its own ed25519 key pair (private keys never leave their node); nodes that share
+    a home share the one pair in it."""
+    def ensure(host: str, sharing: list[str]) -> NodeOutcome:
         with connect(host, ctx.settings) as conn:
             create = ('made=1; ' if ctx.dry_run else
                       'mkdir -p -m 700 "$HOME/.ssh" && ssh-keygen -q -t ed25519 -N "" '
@@ -257,14 +238,15 @@ def node_keys(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
             made = lines[0] == "made=1"
             public = next((ln for ln in lines[1:] if ln.startswith("ssh-")), "")
             if public:
-                ctx.node_public_keys[host] = public
+                for node in sharing:
+                    ctx.node_public_keys[node] = public
             if made:
                 status = WOULD_CHANGE if ctx.dry_run else CHANGED
                 return NodeOutcome(status, ["would create ~/.ssh/id_ed25519" if ctx.dry_run
                                             else "created ~/.ssh/id_ed25519"])
             return NodeOutcome(OK, ["~/.ssh/id_ed25519 present"])
 
-    return ctx.per_node(spec, ensure)
+    return ctx.per_home(spec, ensure)
 
 
 def authorize_all(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
@@ -273,7 +255,7 @@ def authorize_all(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
 
     keys_pending = not ctx.head_public_key.startswith("ssh-") or len(ctx.node_public_keys) < len(ctx.live)
 
-    def ensure(host: str) -> NodeOutcome:
+    def ensure(host: str, sharing: list[str]) -> NodeOutcome:
         with connect(host, ctx.settings) as conn:
             actions = add_authorized_keys(conn, keys, ctx.dry_run)
         if ctx.dry_run and keys_pending:
@@ -282,66 +264,87 @@ def authorize_all(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
             return NodeOutcome(OK, [f"all {len(set(keys))} keys present"])
         return NodeOutcome(WOULD_CHANGE if ctx.dry_run else CHANGED, actions)
 
-    report = ctx.per_node(spec, ensure)
+    report = ctx.per_home(spec, ensure)
     missing = [h for h in ctx.live if h not in ctx.node_public_keys and not ctx.dry_run]
     if missing:
         report.note = f"no key known yet for {', '.join(missing)} (their node-keys step failed)"
     return report
 
 
-def _wanted_known_hosts(ctx: BootstrapContext, host: str) -> list[tuple[list[str], str]]:
-    """(names, 'type base64') each node must know; plus its own key under localhost."""
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+
+
+def _wanted_known_hosts(ctx: BootstrapContext, sharing: list[str]) -> list[tuple[list[str], str, str]]:
+    """(names, key type, base64) a known_hosts shared by the ``sharing`` nodes must hold: every node's
+    key under its hostfile name and address, and each sharing node's own key under localhost."""
     wanted = []
     for other, (key_type, b64) in ctx.host_keys.items():
         names = [other] + ([ctx.addresses[other]] if ctx.addresses.get(other) not in (None, other) else [])
-        if other == host:
-            names += ["localhost", "127.0.0.1"]
-        wanted.append((names, f"{key_type} {b64}"))
+        if other in sharing:
+            names += list(_LOOPBACK_NAMES)
+        wanted.append((names, key_type, b64))
     return wanted
+
+
+def plan_known_hosts(current: str, wanted: list[tuple[list[str], str, str]]) -> tuple[list[str], list[str]]:
+    """The lines to append to a known_hosts file, and the names it holds another key for.
+
+    A name is fine when any of its keys is the wanted one (OpenSSH accepts a host when one matches);
+    it conflicts when it holds a key of the same type that differs, except under localhost, which a
+    shared home holds for several nodes.
+    """
+    names = {name for entry_names, _, _ in wanted for name in entry_names}
+    known = known_host_entries(current.splitlines(), names)
+    add: list[str] = []
+    conflicts: list[str] = []
+    for entry_names, key_type, b64 in wanted:
+        want = fingerprint(b64)
+        missing = []
+        for name in entry_names:
+            keys = known.get(name, [])
+            if any(fp == want for _, fp in keys):
+                continue
+            if name in _LOOPBACK_NAMES or not any(kind == key_type for kind, _ in keys):
+                missing.append(name)
+            else:
+                conflicts.append(name)
+        if missing:
+            add.append(f"{','.join(missing)} {key_type} {b64}")
+    return add, conflicts
 
 
 def known_hosts(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """Every node's known_hosts knows every node's (verified) host key, by name and address."""
-    import paramiko
+    def ensure(host: str, sharing: list[str]) -> NodeOutcome:
+        wanted = _wanted_known_hosts(ctx, sharing)
+        conflicts: list[str] = []
 
-    def ensure(host: str) -> NodeOutcome:
+        def edit(current: str | None) -> tuple[str | None, str]:
+            text = current or ""
+            add, found = plan_known_hosts(text, wanted)
+            conflicts[:] = found
+            if found or not add:
+                return None, ""
+            return text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(add) + "\n", \
+                f"{len(add)} known_hosts line(s)"
+
         with connect(host, ctx.settings) as conn:
-            current = read_home_file(conn, ".ssh/known_hosts") or ""
-            parsed = paramiko.HostKeys()
-            for line in current.splitlines():
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-                if entry is not None:
-                    for name in entry.hostnames:
-                        parsed.add(name, entry.key.get_name(), entry.key)
-            add: list[str] = []
-            conflicts: list[str] = []
-            for names, key in _wanted_known_hosts(ctx, host):
-                key_type, b64 = key.split()
-                missing = []
-                for name in names:
-                    have = parsed.lookup(name)
-                    if have is None or key_type not in have:
-                        missing.append(name)
-                    elif have[key_type].get_base64() != b64 and name not in ("localhost", "127.0.0.1"):
-                        conflicts.append(name)
-                if missing:
-                    add.append(f"{','.join(missing)} {key}")
-            if conflicts:
-                return NodeOutcome(FAILED, error=f"~/.ssh/known_hosts on {host} holds a different key for "
-                                                 f"{', '.join(conflicts)}",
-                                   fix=f"on {host}: " + "; ".join(f"ssh-keygen -R {shlex.quote(n)}"
-                                                                 for n in conflicts) + "; then rerun")
-            if not add:
-                return NodeOutcome(OK, [f"{len(ctx.host_keys)} host keys known"])
-            if ctx.dry_run:
-                return NodeOutcome(WOULD_CHANGE, [f"would add {len(add)} known_hosts line(s)"])
-            ensure_ssh_dir(conn)
-            text = current + ("" if not current or current.endswith("\n") else "\n") + "\n".join(add) + "\n"
-            backup = write_home_file(conn, ".ssh/known_hosts", text, 0o600)
-            return NodeOutcome(CHANGED, [f"added {len(add)} known_hosts line(s)"
-                                         + (f", backup {backup}" if backup else "")])
+            if not ctx.dry_run:
+                ensure_ssh_dir(conn)
+            done = edit_home_file(conn, ".ssh/known_hosts", edit, 0o600, ctx.dry_run)
+        if conflicts:
+            return NodeOutcome(FAILED, error=f"~/.ssh/known_hosts on {host} holds a different key for "
+                                             f"{', '.join(conflicts)}",
+                               fix=f"on {host}: " + "; ".join(f"ssh-keygen -R {shlex.quote(n)}"
+                                                             for n in conflicts) + "; then rerun")
+        if done is None:
+            return NodeOutcome(OK, [f"{len(ctx.host_keys)} host keys known"])
+        what, backup = done
+        if ctx.dry_run:
+            return NodeOutcome(WOULD_CHANGE, [f"would add {what}"])
+        return NodeOutcome(CHANGED, [f"added {what}" + (f", backup {backup}" if backup else "")])
 
-    return ctx.per_node(spec, ensure)
+    return ctx.per_home(spec, ensure)
 
 
 def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
@@ -359,15 +362,14 @@ def ssh_mesh(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
             args = ["ssh-mesh", "--hosts", ",".join(names), "--timeout", "10"]
             if ctx.settings.port:
                 args += ["--port", str(ctx.settings.port)]
-            rows = run_agent(conn, args, timeout_s=spec.timeout_s - 5)
-        broken = [f"{host} -> {r['host']}: {r.get('error') or 'exit ' + str(r.get('rc'))}"
-                  for r in rows if not r["ok"]]
+            logins = from_jsonable(list[SshLoginProbe], run_agent(conn, args, timeout_s=spec.timeout_s - 5))
+        broken = [f"{host} -> {login.host}: {login.error}" for login in logins if not login.ok]
         if broken:
             if ctx.dry_run:
                 return NodeOutcome(WOULD_CHANGE, [f"{len(broken)} route(s) not working yet"])
             raise RemoteError("; ".join(broken), fix="rerun `clusterkit bootstrap`; if it persists: "
                                                      f"ssh -v from {host}")
-        return NodeOutcome(OK, [f"reaches all {len(rows)} nodes"])
+        return NodeOutcome(OK, [f"reaches all {len(logins)} nodes"])
 
     report = ctx.per_node(spec, verify)
     if len(names) < len(ctx.names):

@@ -1,20 +1,13 @@
-"""Checks: judges over facts. Importing this package registers every built-in check."""
+"""Checks: judges over facts. Importing a check module registers its checks."""
 
 from __future__ import annotations
 
-import importlib
-
-from clusterkit.checks.registry import REGISTRY, CheckSpec
-
-CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster")
+from clusterkit.checks.registry import CATALOGUE, CheckSpec
 
 
 def load_checks() -> dict[str, CheckSpec]:
-    """Import every check module (registration happens on import) and return the registry."""
-    for name in CHECK_MODULES:
-        try:
-            importlib.import_module(f"clusterkit.checks.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"clusterkit.checks.{name}":
-                raise
-    return REGISTRY
+    """Import every check module (registration happens on import) and return id -> check.
+
+    A module that fails to import is an error: a smaller catalogue would pass what it no longer checks.
+    """
+    return CATALOGUE.load()

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from clusterkit.checks.registry import ClusterView, NotApplicable, Problem, Severity, cluster_check
+from clusterkit.checks.registry import ClusterView, cluster_check
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import NotApplicable, Problem, Severity
 from clusterkit.nccl import select_interfaces
+
+
+def _over_ssh(view: ClusterView) -> None:
+    """Skip where the launch needs no SSH: one host, this machine."""
+    if view.probes is not None and view.probes.local_only:
+        raise NotApplicable("a launch on this machine alone needs no SSH between nodes")
 
 
 @cluster_check("node-unreachable", Severity.ERROR, tags=("ssh", "cluster"),
@@ -69,6 +76,31 @@ _SOFTWARE = {"python": "version", "torch": "torch_version", "torch CUDA": "torch
              "NCCL": "nccl_version", "DeepSpeed": "deepspeed_version"}
 
 
+def _machine_identity(facts: NodeFacts) -> object:
+    """Hostname and every non-loopback address: two hostfile entries with the same are one machine."""
+    network = facts.network
+    if isinstance(network, Unavailable) or isinstance(network.nics, Unavailable):
+        return Unavailable("interfaces unknown")
+    addresses = sorted(a.split("/")[0] for nic in network.nics if nic.kind != "loopback" for a in nic.ipv4)
+    if not addresses:
+        return Unavailable("no addresses")
+    return f"{facts.host.hostname} ({', '.join(addresses)})"
+
+
+@cluster_check("hostfile-duplicate-machine", Severity.ERROR, tags=("hostfile", "cluster"),
+               why="two hostfile entries for one machine (its name and its address, say) make DeepSpeed start two "
+                   "sets of ranks on the same GPUs: `Duplicate GPU detected`, or a hang at rendezvous",
+               fix="keep one entry per machine in the hostfile")
+def hostfile_duplicate_machine(view: ClusterView) -> Iterator[Problem]:
+    """Each hostfile entry is a different machine."""
+    for identity, hosts in _spread(view, _machine_identity).items():
+        if len(hosts) > 1:
+            lines = {h.name: h.entry.line for h in view.hosts}
+            yield Problem(f"{' and '.join(hosts)} are the same machine, {identity}",
+                          where=", ".join(f"{view.hostfile}:{lines[h]}" for h in hosts if h in lines),
+                          fix=f"keep one of {', '.join(hosts)} in the hostfile", host=hosts[-1])
+
+
 @cluster_check("software-versions-differ", Severity.ERROR, tags=("python", "torch", "deepspeed", "cluster"),
                why="ranks built from different torch/DeepSpeed/NCCL versions fail with config validation "
                    "errors, op mismatches or hung collectives",
@@ -96,20 +128,6 @@ def driver_versions_differ(view: ClusterView) -> Iterator[Problem]:
     """The NVIDIA driver and the GPU model are the same on every node."""
     yield from _differences(view, "NVIDIA driver", _driver)
     yield from _differences(view, "GPU model", _gpu_models)
-
-
-@cluster_check("interpreter-missing", Severity.ERROR, tags=("python", "launcher", "cluster"),
-               why="DeepSpeed's pdsh launcher runs the launching node's interpreter path on every node: "
-                   "`bash: /env/bin/python: No such file or directory`",
-               fix="put the env at the same absolute path on every node (conda-pack, unpack, conda-unpack)")
-def interpreter_missing(view: ClusterView) -> Iterator[Problem]:
-    """The training interpreter exists at the same path on every node."""
-    for name, facts in view.reachable().items():
-        env = facts.python_env
-        if not isinstance(env, Unavailable) and not env.exists:
-            yield Problem(f"interpreter {env.interpreter} does not exist on {name}", where=name,
-                          fix=f"create the env at {env.interpreter} on {name} (same path as on the head)",
-                          host=name)
 
 
 @cluster_check("code-path-missing", Severity.ERROR, tags=("launcher", "cluster"),
@@ -144,15 +162,16 @@ def clock_skew(view: ClusterView) -> Iterator[Problem]:
                fix="run `clusterkit bootstrap HOSTFILE` (all-to-all keys and known_hosts)")
 def ssh_mesh_broken(view: ClusterView) -> Iterator[Problem]:
     """Live logins by hostfile name work without a password or a prompt (ring or full mesh)."""
+    _over_ssh(view)
     if view.probes is None or not view.probes.ssh_mesh:
         raise NotApplicable("no live logins were tried (--mesh static); pairs are judged by ssh-trust-incomplete")
-    for source, row in view.probes.ssh_mesh.items():
-        if isinstance(row, Unavailable):
-            yield Problem(f"could not test SSH from {source}: {row.reason}", where=source, host=source)
+    for source, logins in view.probes.ssh_mesh.items():
+        if isinstance(logins, Unavailable):
+            yield Problem(f"could not test SSH from {source}: {logins.reason}", where=source, host=source)
             continue
-        for target, error in row.items():
-            if error:
-                yield Problem(f"ssh {source} -> {target} fails: {error}", where=f"{source} -> {target}",
+        for login in logins:
+            if not login.ok:
+                yield Problem(f"ssh {source} -> {login.host} fails: {login.error}", where=f"{source} -> {login.host}",
                               host=source)
 
 
@@ -170,6 +189,7 @@ def _known_for(known: dict[str, list[str]], name: str) -> list[str] | None:
                    "every known_hosts)")
 def ssh_trust_incomplete(view: ClusterView) -> Iterator[Problem]:
     """For every pair of nodes, one's key is authorized on the other and the other's host key is known."""
+    _over_ssh(view)
     trust = {}
     for name, facts in view.reachable().items():
         if not isinstance(facts.launcher, Unavailable) and not isinstance(facts.launcher.ssh_trust, Unavailable):
@@ -209,7 +229,8 @@ def ssh_trust_incomplete(view: ClusterView) -> Iterator[Problem]:
 @cluster_check("master-unreachable", Severity.ERROR, tags=("network", "rendezvous", "cluster"),
                why="every rank connects to MASTER_ADDR:MASTER_PORT first; one node that cannot ends in "
                    "a rendezvous timeout after minutes",
-               fix="pass --master_addr with an address all nodes route to, or open the port in the firewall")
+               fix="choose an address every node routes to (`clusterkit launch --master-addr A`, which "
+                   "passes deepspeed --master_addr A), or open the port in the firewall")
 def master_unreachable(view: ClusterView) -> Iterator[Problem]:
     """The rendezvous address DeepSpeed picks is reachable on the master port from every node."""
     if view.probes is None:
@@ -220,18 +241,22 @@ def master_unreachable(view: ClusterView) -> Iterator[Problem]:
     if master.port_free is False:
         yield Problem(f"port {master.port} is already in use on {master.host}", where=master.host,
                       fix=f"on {master.host}: ss -ltnp 'sport = :{master.port}' to see who holds it; "
-                          "stop it or pass --master_port", host=master.host)
+                          "stop it, or choose another port (`clusterkit launch --master-port P`, which passes "
+                          "deepspeed --master_port P; without it, launch picks a free port itself)", host=master.host)
         return
-    for host, error in master.reachable_from.items():
-        if error:
-            yield Problem(f"{host} cannot reach {master.address}:{master.port} on {master.host}: {error}",
-                          where=f"{host} -> {master.address}:{master.port}", host=host)
+    for host, connection in master.reachable_from.items():
+        if isinstance(connection, Unavailable):
+            continue  # not tested: the node's facts (or its probe) never came back, said elsewhere
+        if not connection.ok:
+            yield Problem(f"{host} cannot reach {master.address}:{master.port} on {master.host}: "
+                          f"{connection.error}", where=f"{host} -> {master.address}:{master.port}", host=host)
 
 
 @cluster_check("master-address-suspicious", Severity.WARNING, tags=("network", "rendezvous", "cluster"),
                why="without --master_addr DeepSpeed takes the first word of `hostname -I` on the first "
                    "host, which can be a docker or bridge address other nodes cannot route to",
-               fix="pass --master_addr explicitly (clusterkit launch does)")
+               fix="launch with `clusterkit launch` (it passes deepspeed --master_addr, tested from every "
+                   "node), or pass --master_addr to deepspeed yourself")
 def master_address_suspicious(view: ClusterView) -> Iterator[Problem]:
     """The address DeepSpeed would pick as MASTER_ADDR belongs to a real, routable interface."""
     if view.probes is None or isinstance(view.probes.master, Unavailable):
@@ -246,6 +271,19 @@ def master_address_suspicious(view: ClusterView) -> Iterator[Problem]:
                 yield Problem(f"DeepSpeed would use {master.address} ({nic.name}, a {nic.kind} interface) "
                               f"as MASTER_ADDR", where=master.host, host=master.host)
             return
+
+
+def _launching_machine(view: ClusterView) -> NodeFacts:
+    """The launching machine as the launcher sees it: DeepSpeed exports its environment and its
+    .deepspeed_env to every rank, whether it is a hostfile node or a login node outside the hostfile."""
+    if view.probes is None:
+        raise NotApplicable("no survey of the launching machine")
+    if view.probes.local_only:
+        raise NotApplicable("a launch on this machine alone exports nothing to other nodes")
+    here = view.probes.launch_facts
+    if isinstance(here, Unavailable):
+        raise NotApplicable(f"the launching machine's facts are unavailable: {here.reason}")
+    return here
 
 
 def _launch_env(facts: NodeFacts) -> dict[str, str]:
@@ -266,12 +304,9 @@ def _launch_env(facts: NodeFacts) -> dict[str, str]:
                    "(`clusterkit bootstrap` picks one)")
 def nccl_socket_ifname_unmatched(view: ClusterView) -> Iterator[Problem]:
     """The NCCL_SOCKET_IFNAME the launch node exports selects an addressed interface on every node."""
-    head = view.reachable().get(view.probes.head) if view.probes else None
-    if head is None:
-        raise NotApplicable("the launch node is not among the reachable hosts")
-    spec = _launch_env(head).get("NCCL_SOCKET_IFNAME")
+    spec = _launch_env(_launching_machine(view)).get("NCCL_SOCKET_IFNAME")
     if not spec:
-        raise NotApplicable("NCCL_SOCKET_IFNAME is not set on the launch node")
+        raise NotApplicable("NCCL_SOCKET_IFNAME is not set on the launching machine")
     for name, facts in view.reachable().items():
         if isinstance(facts.network, Unavailable) or isinstance(facts.network.nics, Unavailable):
             continue
@@ -282,30 +317,50 @@ def nccl_socket_ifname_unmatched(view: ClusterView) -> Iterator[Problem]:
                           where=name, host=name)
 
 
-@cluster_check("dsenv-inconsistent", Severity.WARNING, tags=("deepspeed", "env", "cluster"),
-               why="only the launching node's .deepspeed_env counts, so a launch from another node "
-                   "silently runs with other settings",
-               fix="write the same ~/.deepspeed_env on every node (`clusterkit bootstrap` does)")
-def dsenv_inconsistent(view: ClusterView) -> Iterator[Problem]:
-    """The ~/.deepspeed_env file says the same on every node."""
-    def home_file(facts: NodeFacts) -> object:
-        if isinstance(facts.launcher, Unavailable) or not facts.launcher.deepspeed_env_files:
-            return Unavailable("unknown")
-        file = facts.launcher.deepspeed_env_files[0]
-        if not file.exists:
-            return "(no file)"
-        if isinstance(file.lines, Unavailable):
-            return file.lines
-        entries, _ = parse_deepspeed_env(file.lines, file.path)
-        return " ".join(f"{k}={v}" for k, v in sorted(effective_values(entries).items())) or "(empty)"
+def _home_dsenv(facts: NodeFacts) -> object:
+    """What ~/.deepspeed_env exports, as one comparable line (or why it is unknown)."""
+    if isinstance(facts.launcher, Unavailable) or not facts.launcher.deepspeed_env_files:
+        return Unavailable("unknown")
+    file = facts.launcher.deepspeed_env_files[0]
+    if not file.exists:
+        return "(no file)"
+    if isinstance(file.lines, Unavailable):
+        return file.lines
+    entries, _ = parse_deepspeed_env(file.lines, file.path)
+    return " ".join(f"{k}={v}" for k, v in sorted(effective_values(entries).items())) or "(empty)"
 
-    groups = _spread(view, home_file)
+
+@cluster_check("dsenv-inconsistent", Severity.WARNING, tags=("deepspeed", "env", "cluster"),
+               why="DeepSpeed exports only the launching machine's .deepspeed_env to every rank: a launching "
+                   "machine without the nodes' settings (a login node outside the hostfile) sends no "
+                   "NCCL_SOCKET_IFNAME or PATH at all, and a launch from another node runs with other settings",
+               fix="write the same ~/.deepspeed_env on every node and on the launching machine "
+                   "(`clusterkit bootstrap` does)")
+def dsenv_inconsistent(view: ClusterView) -> Iterator[Problem]:
+    """The launching machine's ~/.deepspeed_env says what every node's says."""
+    groups = _spread(view, _home_dsenv)
+    head: str | None = None
+    if view.probes is not None and not view.probes.local_only and not view.probes.head_in_hostfile:
+        head = view.probes.head
+        value = _home_dsenv(_launching_machine(view))
+        if isinstance(value, str):
+            if len(groups) == 1 and value not in groups:  # every node agrees; the launching machine does not
+                nodes_value, hosts = next(iter(groups.items()))
+                yield Problem(f"~/.deepspeed_env on the launching machine {head} exports {value[:200]}, while "
+                              f"every node's exports {nodes_value[:200]}: DeepSpeed sends only the launching "
+                              "machine's", where=f"{head}:~/.deepspeed_env", host=head,
+                              fix=f"rerun `clusterkit bootstrap` from {head} (it writes the file there too), or "
+                                  f"copy it: scp {hosts[0]}:.deepspeed_env ~/")
+                return
+            groups.setdefault(value, []).append(head)
+    head = head or (view.probes.head if view.probes else None)
     if len(groups) > 1:
-        ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        ranked = sorted(groups.items(), key=lambda kv: (head not in kv[1], -len(kv[1])))
+        reference = f"the launching machine {head}" if head in ranked[0][1] else ", ".join(ranked[0][1])
         for value, hosts in ranked[1:]:
             for host in hosts:
-                yield Problem(f"~/.deepspeed_env on {host} differs from {', '.join(ranked[0][1])}: "
-                              f"{value[:200]}", where=host, host=host)
+                yield Problem(f"~/.deepspeed_env on {host} differs from the one on {reference}: {value[:200]}",
+                              where=host, host=host)
 
 
 @cluster_check("ib-inconsistent", Severity.WARNING, tags=("infiniband", "nccl", "cluster"),
@@ -317,7 +372,7 @@ def ib_inconsistent(view: ClusterView) -> Iterator[Problem]:
     def active_ports(facts: NodeFacts) -> object:
         if isinstance(facts.network, Unavailable) or isinstance(facts.network.ib_ports, Unavailable):
             return Unavailable("unknown")
-        return sum(1 for p in facts.network.ib_ports if p.state == "ACTIVE") > 0
+        return any(p.active for p in facts.network.ib_ports)
 
     groups = _spread(view, active_ports)
     if set(groups) == {"True", "False"}:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from clusterkit.checks.registry import NodeContext, Problem, Severity, node_check
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import Problem, Severity
 
 _SECTIONS = ("system", "nvidia", "network", "cuda", "python_env", "launcher")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts, Unavailable, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -296,7 +297,7 @@ def check_row_remap_pending(facts: NodeFacts, ctx: NodeContext) -> Iterator[Prob
     if not gpus:
         raise NotApplicable("no GPU reports row remapping (it exists on Ampere and later)")
     for gpu in gpus:
-        if gpu.remapped_rows.pending:
+        if gpu.remapped_rows.pending is True:  # a Maybe[bool]: Unavailable would be truthy
             yield Problem(f"GPU {gpu.index} has a row remapping pending: reset it to apply",
                           where=gpu_where(gpu),
                           fix=f"stop processes on GPU {gpu.index}; sudo nvidia-smi -r -i {gpu.index}")
@@ -347,7 +348,7 @@ def check_retired_pages(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]
         raise NotApplicable("no GPU reports page retirement (Ampere and later use row remapping)")
     for gpu in gpus:
         pages = gpu.retired_pages
-        if pages.pending:
+        if pages.pending is True:  # a Maybe[bool]: Unavailable would be truthy
             sbe = pages.single_bit if known(pages.single_bit) else "?"
             dbe = pages.double_bit if known(pages.double_bit) else "?"
             yield Problem(f"GPU {gpu.index} has a page retirement pending ({sbe} single-bit, {dbe} "

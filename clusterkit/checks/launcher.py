@@ -6,9 +6,10 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, launch_check, node_check
 from clusterkit.dsenv import DsEnvEntry, DsEnvProblem, parse_deepspeed_env
 from clusterkit.facts import LauncherFacts, NodeFacts, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 
 #: The first DeepSpeed release that double-quotes exported values (multinode_runner.add_export).
 DS_QUOTES_VALUES_SINCE = (0, 15, 2)
@@ -26,27 +27,41 @@ def _launcher(facts: NodeFacts) -> LauncherFacts:
     return require(facts.launcher, "launcher facts")
 
 
+def _pdsh_launch(ctx: NodeContext) -> None:
+    """Skip where DeepSpeed runs without pdsh: a one-host launch on this machine."""
+    if not ctx.multi_node:
+        raise NotApplicable("a launch on this machine alone starts its ranks without pdsh or SSH")
+
+
+def _reached_over_ssh(ctx: NodeContext) -> None:
+    """Skip where no SSH login reaches this machine (the launching machine outside the hostfile)."""
+    if not ctx.needs_sshd:
+        raise NotApplicable("no launch logs into this machine over SSH")
+
+
 # --------------------------------------------------------------------------------------- pdsh, ssh
 
 
-@node_check("pdsh-missing", Severity.ERROR, tags=("launcher", "pdsh"),
+@launch_check("pdsh-missing", Severity.ERROR, tags=("launcher", "pdsh"),
             why="DeepSpeed's default multi-node launcher is pdsh; without it the launch stops with "
                 "\"RuntimeError: launcher 'pdsh' not installed.\"",
             fix="sudo apt-get install -y pdsh   # RHEL: sudo dnf install -y pdsh pdsh-rcmd-ssh (EPEL)")
 def check_pdsh(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
-    """pdsh is installed."""
+    """pdsh is installed where jobs are launched from (workers need only sshd)."""
+    _pdsh_launch(ctx)
     launcher = _launcher(facts)
     if not known(launcher.pdsh_path):
         yield Problem(f"pdsh is not on the non-interactive PATH ({launcher.pdsh_path.reason})", where="PATH",
                       fix=_install(facts, "pdsh", "pdsh pdsh-rcmd-ssh   # from EPEL"))
 
 
-@node_check("pdsh-ssh-module-missing", Severity.ERROR, tags=("launcher", "pdsh"),
+@launch_check("pdsh-ssh-module-missing", Severity.ERROR, tags=("launcher", "pdsh"),
             why="DeepSpeed runs pdsh with PDSH_RCMD_TYPE=ssh; a pdsh without its ssh module cannot "
                 "reach any node.",
             fix="install pdsh's ssh module (RHEL/EPEL: sudo dnf install -y pdsh-rcmd-ssh)")
 def check_pdsh_ssh_module(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """pdsh has its ssh remote-command module."""
+    _pdsh_launch(ctx)
     launcher = _launcher(facts)
     require(launcher.pdsh_path, "pdsh")
     modules = require(launcher.pdsh_rcmd_modules, "pdsh rcmd modules")
@@ -55,12 +70,13 @@ def check_pdsh_ssh_module(facts: NodeFacts, ctx: NodeContext) -> Iterator[Proble
                       where="pdsh -V", fix=_install(facts, "pdsh", "pdsh-rcmd-ssh"))
 
 
-@node_check("pdsh-default-rcmd-rsh", Severity.INFO, tags=("launcher", "pdsh"),
+@launch_check("pdsh-default-rcmd-rsh", Severity.INFO, tags=("launcher", "pdsh"),
             why="pdsh's default remote command is rsh; DeepSpeed sets PDSH_RCMD_TYPE=ssh itself, but a "
                 "hand test like 'pdsh -w host hostname' fails with 'rcmd: socket: Permission denied'.",
             fix="test pdsh by hand with: pdsh -R ssh -w HOST hostname (or export PDSH_RCMD_TYPE=ssh)")
 def check_pdsh_default_rcmd(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """pdsh's default remote command (DeepSpeed overrides it with ssh)."""
+    _pdsh_launch(ctx)
     launcher = _launcher(facts)
     default = require(launcher.pdsh_default_rcmd, "pdsh default rcmd")
     if facts.env_vars.get("PDSH_RCMD_TYPE") == "ssh":
@@ -72,9 +88,11 @@ def check_pdsh_default_rcmd(facts: NodeFacts, ctx: NodeContext) -> Iterator[Prob
 @node_check("ssh-client-missing", Severity.ERROR, tags=("launcher", "ssh"),
             why="pdsh's ssh module and DeepSpeed's reachability test ('ssh HOST hostname') run the ssh "
                 "client.",
-            fix="sudo apt-get install -y openssh-client")
+            fix="sudo apt-get install -y openssh-client", on_launch_machine=True)
 def check_ssh_client(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """The ssh client is installed."""
+    if ctx.is_launch_node:
+        _pdsh_launch(ctx)
     launcher = _launcher(facts)
     if not known(launcher.ssh_path):
         yield Problem(f"ssh is not on the non-interactive PATH ({launcher.ssh_path.reason})", where="PATH",
@@ -87,6 +105,7 @@ def check_ssh_client(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
             fix="sudo apt-get install -y openssh-server && sudo service ssh start")
 def check_sshd(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """sshd listens on port 22."""
+    _reached_over_ssh(ctx)
     launcher = _launcher(facts)
     ports = require(launcher.sshd_listening_ports, "sshd listening ports")
     if 22 in ports:
@@ -111,6 +130,7 @@ def _writable_by_others(mode: int) -> bool:
             fix="chmod 700 ~/.ssh && chmod 600 ~/.ssh/authorized_keys")
 def check_ssh_modes(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """~/.ssh and authorized_keys are writable only by their owner."""
+    _reached_over_ssh(ctx)
     launcher = _launcher(facts)
     dir_mode = require(launcher.ssh_dir_mode, "~/.ssh mode")
     if _writable_by_others(dir_mode):
@@ -141,7 +161,8 @@ def quotes_values(facts: NodeFacts) -> bool:
     return True
 
 
-def _dsenv_files(facts: NodeFacts) -> list[tuple[str, list[DsEnvEntry], list[DsEnvProblem]]]:
+def _dsenv_files(facts: NodeFacts, ctx: NodeContext) -> list[tuple[str, list[DsEnvEntry], list[DsEnvProblem]]]:
+    _pdsh_launch(ctx)  # DeepSpeed reads .deepspeed_env only for a multi-node launch
     launcher = _launcher(facts)
     files = [f for f in launcher.deepspeed_env_files if f.exists]
     if not files:
@@ -158,34 +179,42 @@ def _dsenv_files(facts: NodeFacts) -> list[tuple[str, list[DsEnvEntry], list[DsE
             why="DeepSpeed reads .deepspeed_env with a bare split('='): a blank or comment line crashes "
                 "the runner ('ValueError: not enough values to unpack'), '# K=v' comments out the whole "
                 "remote command (nodes start nothing and exit 0), and quoting mistakes cut values.",
-            fix="keep only KEY=value lines: no comments, no blank lines, no quotes")
+            fix="keep only KEY=value lines: no comments, no blank lines, no quotes", on_launch_machine=True)
 def check_dsenv_invalid(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """.deepspeed_env files hold only lines DeepSpeed exports correctly."""
-    for _, _, problems in _dsenv_files(facts):
+    for _, _, problems in _dsenv_files(facts, ctx):
         for problem in problems:
             if problem.breaks_launch:
-                yield Problem(problem.message, where=problem.where, fix=problem.fix)
+                yield _dsenv_problem(problem.message, problem.where, problem.fix, ctx)
 
 
 @node_check("dsenv-risky", Severity.WARNING, tags=("launcher", "dsenv"),
             why="Lines DeepSpeed accepts but not as written: duplicate keys (last wins), stripped "
                 "whitespace, pdsh's %h/%n substitution, commands run at launch, a PATH that drops the "
                 "system directories, the same key in ~ and in the launch directory.",
-            fix="follow the fix on each line")
+            fix="follow the fix on each line", on_launch_machine=True)
 def check_dsenv_risky(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """.deepspeed_env files have no lines that work differently than they read."""
     seen: dict[str, str] = {}
-    for path, entries, problems in _dsenv_files(facts):
+    for path, entries, problems in _dsenv_files(facts, ctx):
         for problem in problems:
             if not problem.breaks_launch:
-                yield Problem(problem.message, where=problem.where, fix=problem.fix)
+                yield _dsenv_problem(problem.message, problem.where, problem.fix, ctx)
         for entry in {e.key: e for e in entries}.values():
             where = f"{path}:{entry.line}"
             if entry.key in seen:
-                yield Problem(f"{entry.key} is set in {seen[entry.key]} and {where}; DeepSpeed reads ~ first "
-                              "and the launch directory last, so the last one wins", where=where,
-                              fix=f"keep {entry.key} in one of the two files")
+                yield _dsenv_problem(f"{entry.key} is set in {seen[entry.key]} and {where}; DeepSpeed reads ~ "
+                                     "first and the launch directory last, so the last one wins", where,
+                                     f"keep {entry.key} in one of the two files", ctx)
             seen[entry.key] = where
+
+
+def _dsenv_problem(message: str, where: str, fix: str, ctx: NodeContext) -> Problem:
+    """DeepSpeed reads .deepspeed_env only where it is launched: elsewhere a bad line is a warning."""
+    if ctx.is_launch_node:
+        return Problem(message, where=where, fix=fix)
+    return Problem(f"{message} (this matters when a job is launched from {ctx.host})", where=where, fix=fix,
+                   severity=Severity.WARNING)
 
 
 # ---------------------------------------------------------------------------------- environment

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from clusterkit.checks.gpu import gpu_where, node_gpus
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.dsenv import parse_deepspeed_env
 from clusterkit.facts import IbPortFacts, NicFacts, NodeFacts, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 from clusterkit.nccl import DEFAULT_EXCLUDED_PREFIXES, select_interfaces
 
 #: NCCL's P2P matrix statuses (``nvidia-smi topo -p2p``) other than OK.
@@ -17,11 +18,6 @@ P2P_STATUS = {"CNS": "chipset not supported", "GNS": "GPU not supported", "TNS":
 
 def port_name(port: IbPortFacts) -> str:
     return f"{port.device} port {port.port}"
-
-
-def port_active(port: IbPortFacts) -> bool:
-    """sysfs says ``4: ACTIVE`` and ``5: LinkUp`` (collectors may keep or drop the number)."""
-    return "ACTIVE" in port.state.upper() and "LINKUP" in port.phys_state.upper().replace(" ", "")
 
 
 def _ib_disabled(facts: NodeFacts) -> bool:
@@ -45,7 +41,7 @@ def check_ib_port_down(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     if not ports:
         raise NotApplicable("no RDMA ports on this node")
     for port in ports:
-        if not port_active(port):
+        if not port.active:
             yield Problem(f"{port_name(port)} is {port.state} (physical: {port.phys_state})",
                           where=port_name(port),
                           fix=f"ibstat {port.device} {port.port}   # check cable, transceiver, switch port")
@@ -63,7 +59,7 @@ def check_ib_none_active(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem
         raise NotApplicable("no RDMA ports on this node")
     if _ib_disabled(facts):
         raise NotApplicable("NCCL_IB_DISABLE=1: NCCL does not use RDMA here")
-    if not any(port_active(port) for port in ports):
+    if not any(port.active for port in ports):
         yield Problem(f"none of the {len(ports)} RDMA port(s) is active "
                       f"({', '.join(f'{port_name(p)} {p.state}' for p in ports)})", where="RDMA ports")
 
@@ -74,7 +70,7 @@ def check_ib_none_active(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem
             fix="check the cable and transceiver; ibstat shows each port's rate")
 def check_ib_rate(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """Active RDMA ports of the same kind run at the same rate."""
-    active = [port for port in _ports(facts) if port_active(port) and known(port.rate_gbps)]
+    active = [port for port in _ports(facts) if port.active and known(port.rate_gbps)]
     if len(active) < 2:
         raise NotApplicable("fewer than two active RDMA ports with a known rate")
     for layer in sorted({port.link_layer for port in active}):
@@ -126,7 +122,7 @@ def check_nccl_ib_hca(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     if not chosen:
         yield Problem(f"NCCL_IB_HCA={value} selects none of this node's RDMA devices ({names})",
                       where="NCCL_IB_HCA")
-    elif not any(port_active(port) for port in chosen):
+    elif not any(port.active for port in chosen):
         yield Problem(f"NCCL_IB_HCA={value} selects only ports that are down "
                       f"({', '.join(port_name(p) for p in chosen)})", where="NCCL_IB_HCA")
 
@@ -139,7 +135,7 @@ def check_nccl_ib_disabled(facts: NodeFacts, ctx: NodeContext) -> Iterator[Probl
     """NCCL is allowed to use the node's active RDMA ports."""
     if not _ib_disabled(facts):
         raise NotApplicable("NCCL_IB_DISABLE is not set to 1")
-    active = [port_name(port) for port in _ports(facts) if port_active(port)]
+    active = [port_name(port) for port in _ports(facts) if port.active]
     if active:
         yield Problem(f"NCCL_IB_DISABLE=1 while {len(active)} RDMA port(s) are active ({', '.join(active)})",
                       where="NCCL_IB_DISABLE")

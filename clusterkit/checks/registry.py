@@ -1,65 +1,23 @@
-"""The check registry: judges that read facts and return problems, never gather anything.
+"""The doctor's checks: judges that read facts and return problems, never gather anything.
 
-A check is a function registered with :func:`node_check` or :func:`cluster_check`. Its docstring's
-first line is the summary; the decorator declares id, severity, tags, why it matters and the fix.
-It yields :class:`Problem` values (none means pass) or raises :class:`NotApplicable`. Any other
-exception becomes an ``internal-error`` finding, so one broken check never stops a run.
+A check is a function registered with :func:`node_check`, :func:`launch_check` or
+:func:`cluster_check`. Its docstring's first line is the summary; the decorator declares id, severity,
+tags, why it matters and the fix. It yields :class:`~clusterkit.findings.Problem` values (none means
+pass) or raises :class:`~clusterkit.findings.NotApplicable`; it runs through the one runner,
+:func:`clusterkit.findings.judge`, as config rules and log patterns do.
 """
 
 from __future__ import annotations
 
-import difflib
-import enum
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from clusterkit.errors import UsageError
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
+from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
 from clusterkit.inventory import ActiveHost
 
 CLUSTER_HOST = "cluster"
-INTERNAL_ERROR_ID = "internal-error"
-
-T = TypeVar("T")
-
-
-class Severity(enum.StrEnum):
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"error": 0, "warning": 1, "info": 2}[self.value]
-
-
-class Outcome(enum.StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """What a check found wrong. ``fix`` overrides the check's generic fix when it can be exact."""
-
-    message: str
-    where: str = ""
-    fix: str | None = None
-    host: str | None = None
-
-
-class NotApplicable(Exception):
-    """Raised by a check that does not apply here (no GPUs, no hostfile...)."""
-
-
-def require(value: Maybe[T], what: str) -> T:
-    """Return a read fact, or skip the check saying which fact was unavailable and why."""
-    if isinstance(value, Unavailable):
-        raise NotApplicable(f"{what} unavailable: {value.reason}")
-    return value
+CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster")
 
 
 @dataclass(frozen=True)
@@ -82,6 +40,10 @@ class NodeContext:
     expected_gpus: int | None = None
     #: True where jobs are launched from (this machine): pdsh and the master port matter there.
     is_launch_node: bool = True
+    #: False where no SSH reaches the node: a one-host launch on this machine, or a head outside the hostfile.
+    needs_sshd: bool = True
+    #: False for a one-host launch on this machine: DeepSpeed's runner then starts ranks without pdsh.
+    multi_node: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -93,6 +55,8 @@ class ClusterView:
     nodes: Mapping[str, Maybe[NodeFacts]]
     probes: ClusterProbes | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: The hostfile's path, for findings that name its lines.
+    hostfile: str = "hostfile"
 
     def reachable(self) -> dict[str, NodeFacts]:
         """Facts of the nodes that answered, in hostfile order."""
@@ -105,110 +69,102 @@ ClusterCheckFn = Callable[[ClusterView], Iterable[Problem]]
 
 
 @dataclass(frozen=True)
-class CheckSpec:
-    id: str
-    severity: Severity
-    tags: tuple[str, ...]
-    summary: str
-    why: str
-    fix: str
-    scope: str  # "node" or "cluster"
-    func: Callable[..., Iterable[Problem]]
+class NodeCheck(JudgeSpec):
+    """A check of one machine's facts."""
+
+    #: "node" (every hostfile node) or "launch" (only the launching machine).
+    scope: str
+    func: NodeCheckFn
+    #: A node check that also judges the launching machine (from its own view, even when it is not in the
+    #: hostfile); on a hostfile node that is the launching machine it is judged once, from that view.
+    on_launch_machine: bool = False
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One result line: a check's outcome on one host (``cluster`` for cluster-wide checks)."""
+class ClusterCheck(JudgeSpec):
+    """A check of all nodes together."""
 
-    check_id: str
-    severity: Severity
-    outcome: Outcome
-    host: str
-    where: str
-    message: str
-    why: str
-    fix: str
-
-    @property
-    def is_error(self) -> bool:
-        return self.outcome is Outcome.FAIL and self.severity is Severity.ERROR
+    func: ClusterCheckFn
+    scope: str = "cluster"
+    on_launch_machine: bool = False
 
 
-REGISTRY: dict[str, CheckSpec] = {}
+CheckSpec = NodeCheck | ClusterCheck
+CATALOGUE: Catalogue[CheckSpec] = Catalogue("check", "clusterkit.checks", CHECK_MODULES, "'clusterkit checks'")
+#: id -> check, filled as check modules are imported (:func:`clusterkit.checks.load_checks`).
+REGISTRY = CATALOGUE.by_id
 
 
-def _register(scope: str, check_id: str, severity: Severity, tags: Sequence[str], why: str,
-              fix: str) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
-    def decorate(func: Callable[..., Iterable[Problem]]) -> Callable[..., Iterable[Problem]]:
-        if check_id in REGISTRY:
-            raise RuntimeError(f"check id {check_id!r} registered twice")
-        summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else check_id
-        REGISTRY[check_id] = CheckSpec(check_id, severity, tuple(tags), summary, why, fix, scope, func)
+def _summary(func: Callable[..., object], check_id: str) -> str:
+    return (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else check_id
+
+
+def node_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str,
+               on_launch_machine: bool = False) -> Callable[[NodeCheckFn], NodeCheckFn]:
+    """Register a check that judges one node: ``func(facts: NodeFacts, ctx: NodeContext)``.
+
+    ``on_launch_machine``: it also judges the launching machine, even outside the hostfile.
+    """
+    def decorate(func: NodeCheckFn) -> NodeCheckFn:
+        CATALOGUE.add(NodeCheck(check_id, severity, tuple(tags), _summary(func, check_id), why, fix, "node", func,
+                                on_launch_machine))
         return func
-
     return decorate
 
 
-def node_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
-               ) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
-    """Register a check that judges one node: ``func(facts: NodeFacts, ctx: NodeContext)``."""
-    return _register("node", check_id, severity, tags, why, fix)
+def launch_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
+                 ) -> Callable[[NodeCheckFn], NodeCheckFn]:
+    """Register a check of the launching machine only (where ``deepspeed`` and pdsh run):
+    ``func(facts: NodeFacts, ctx: NodeContext)``."""
+    def decorate(func: NodeCheckFn) -> NodeCheckFn:
+        CATALOGUE.add(NodeCheck(check_id, severity, tuple(tags), _summary(func, check_id), why, fix, "launch", func))
+        return func
+    return decorate
 
 
 def cluster_check(check_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
-                  ) -> Callable[[Callable[..., Iterable[Problem]]], Callable[..., Iterable[Problem]]]:
+                  ) -> Callable[[ClusterCheckFn], ClusterCheckFn]:
     """Register a check that judges all nodes together: ``func(view: ClusterView)``."""
-    return _register("cluster", check_id, severity, tags, why, fix)
+    def decorate(func: ClusterCheckFn) -> ClusterCheckFn:
+        CATALOGUE.add(ClusterCheck(check_id, severity, tuple(tags), _summary(func, check_id), why, fix, func))
+        return func
+    return decorate
 
 
 def select_checks(only: Sequence[str] = (), skip: Sequence[str] = (), scope: str | None = None
                   ) -> list[CheckSpec]:
     """Checks chosen by ``--only``/``--skip`` (ids or tags). Unknown names are a usage error."""
-    known_names = set(REGISTRY) | {tag for spec in REGISTRY.values() for tag in spec.tags}
-    for name in [*only, *skip]:
-        if name not in known_names:
-            close = difflib.get_close_matches(name, sorted(known_names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UsageError(f"unknown check id or tag {name!r}{hint}; 'clusterkit checks' lists them")
-
-    def matches(spec: CheckSpec, names: Sequence[str]) -> bool:
-        return spec.id in names or any(tag in names for tag in spec.tags)
-
-    return [spec for spec in REGISTRY.values()
-            if (scope is None or spec.scope == scope)
-            and (not only or matches(spec, only))
-            and not matches(spec, skip)]
+    return [spec for spec in CATALOGUE.select(only, skip) if scope is None or spec.scope == scope]
 
 
-def _run_one(spec: CheckSpec, host: str, call: Callable[[], Iterable[Problem]]) -> list[Finding]:
-    def finding(outcome: Outcome, message: str, where: str = "", fix: str | None = None,
-                on_host: str | None = None) -> Finding:
-        return Finding(spec.id, spec.severity, outcome, on_host or host, where, message, spec.why,
-                       fix if fix is not None else spec.fix)
+def checks_for_machine(specs: Iterable[CheckSpec], *, node: bool, launch: bool,
+                       launch_judged_apart: bool = False) -> list[NodeCheck]:
+    """The node and launch checks that judge one machine.
 
-    problems: list[Problem] = []
-    try:
-        problems.extend(call())
-    except NotApplicable as exc:
-        if not problems:  # problems found before the check ran out of facts still stand
-            return [finding(Outcome.SKIP, str(exc))]
-    except Exception as exc:
-        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return [Finding(INTERNAL_ERROR_ID, Severity.ERROR, Outcome.FAIL, host, spec.id,
-                        f"check {spec.id} crashed: {tail}",
-                        "a crashed check cannot vouch for anything it covers",
-                        "rerun with CLUSTERKIT_DEBUG=1 and report the traceback")]
-    if not problems:
-        return [finding(Outcome.PASS, spec.summary)]
-    return [finding(Outcome.FAIL, p.message, p.where, p.fix, p.host) for p in problems]
+    ``node``: it is a hostfile node; ``launch``: jobs are launched from it, judged from its own view;
+    ``launch_judged_apart``: it is the launching machine, judged from its own view in another run, so
+    checks that also judge the launching machine are left out here (one file, one finding).
+    """
+    chosen = []
+    for spec in specs:
+        if not isinstance(spec, NodeCheck):
+            continue
+        if spec.scope == "launch":
+            wanted = launch
+        else:
+            wanted = (node and not (launch_judged_apart and spec.on_launch_machine)) or \
+                     (launch and spec.on_launch_machine)
+        if wanted:
+            chosen.append(spec)
+    return chosen
 
 
 def run_node_checks(specs: Iterable[CheckSpec], facts: NodeFacts, ctx: NodeContext) -> list[Finding]:
-    """Run node checks on one node's facts; never raises."""
+    """Run node and launching-machine checks on one machine's facts; never raises."""
     findings: list[Finding] = []
     for spec in specs:
-        if spec.scope == "node":
-            findings += _run_one(spec, ctx.host, lambda s=spec: s.func(facts, ctx))  # type: ignore[misc]
+        if isinstance(spec, NodeCheck):
+            findings += judge(spec, ctx.host, lambda s=spec: s.func(facts, ctx))  # type: ignore[misc]
     return findings
 
 
@@ -216,6 +172,6 @@ def run_cluster_checks(specs: Iterable[CheckSpec], view: ClusterView) -> list[Fi
     """Run cluster-wide checks; never raises."""
     findings: list[Finding] = []
     for spec in specs:
-        if spec.scope == "cluster":
-            findings += _run_one(spec, CLUSTER_HOST, lambda s=spec: s.func(view))  # type: ignore[misc]
+        if isinstance(spec, ClusterCheck):
+            findings += judge(spec, CLUSTER_HOST, lambda s=spec: s.func(view))  # type: ignore[misc]
     return findings

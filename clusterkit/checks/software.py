@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterator
 
 from clusterkit.checks.gpu import cpu_only_run, gpus_present, node_gpus, readable_gpus
-from clusterkit.checks.registry import NodeContext, NotApplicable, Problem, Severity, node_check, require
+from clusterkit.checks.registry import NodeContext, node_check
 from clusterkit.facts import NodeFacts, PythonEnvFacts, SharedLibFacts, known
+from clusterkit.findings import NotApplicable, Problem, Severity, require
 
 #: DeepSpeed's ``cuda_minor_mismatch_ok`` (op_builder/builder.py, 0.19.8): nvcc and torch may differ in
 #: minor version only when both are listed for that major. CUDA 13 has no entry: minors must match.
@@ -36,7 +37,7 @@ def usable_env(facts: NodeFacts) -> PythonEnvFacts:
     """The training interpreter's facts, or skip when it is missing or could not be probed."""
     env = require(facts.python_env, "Python environment facts")
     if not env.exists:
-        raise NotApplicable(f"interpreter {env.interpreter} does not exist (python-interpreter-unusable)")
+        raise NotApplicable(f"interpreter {env.interpreter} does not exist (interpreter-missing)")
     if not known(env.version):
         raise NotApplicable(f"interpreter {env.interpreter} could not be probed: {env.version.reason}")
     return env
@@ -62,18 +63,29 @@ def _all_ops_prebuilt(env: PythonEnvFacts) -> bool:
 # ------------------------------------------------------------------------------ interpreter, torch
 
 
-@node_check("python-interpreter-unusable", Severity.ERROR, tags=("python", "launcher"),
-            why="DeepSpeed's pdsh launcher runs the launch node's exact interpreter path on every node "
-                "('bash: /env/bin/python: No such file or directory' when it is missing there).",
-            fix="install the environment at the same absolute path on every node (clusterkit bootstrap "
-                "can copy it), or use a shared filesystem")
-def check_interpreter(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
-    """The training interpreter exists and runs."""
+@node_check("interpreter-missing", Severity.ERROR, tags=("python", "launcher"),
+            why="DeepSpeed's pdsh launcher runs the launching machine's exact interpreter path on every node: "
+                "`bash: /env/bin/python: No such file or directory` where it is missing",
+            fix="put the env at the same absolute path on every node (conda-pack, unpack, conda-unpack)")
+def check_interpreter_exists(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
+    """The training interpreter exists at the same path on every node."""
     env = require(facts.python_env, "Python environment facts")
     if not env.exists:
-        yield Problem(f"the training interpreter {env.interpreter} does not exist on this node",
-                      where=env.interpreter)
-    elif not known(env.version):
+        yield Problem(f"interpreter {env.interpreter} does not exist on {ctx.host}", where=env.interpreter,
+                      fix=f"create the env at {env.interpreter} on {ctx.host} (the same path as on the "
+                          "launching machine)")
+
+
+@node_check("python-interpreter-unusable", Severity.ERROR, tags=("python", "launcher"),
+            why="An interpreter that exists but cannot start (a missing libpython, a moved env whose "
+                "shebangs and prefix point elsewhere) fails every rank on the node.",
+            fix="repair or reinstall the environment at the same absolute path on every node")
+def check_interpreter(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
+    """The training interpreter runs."""
+    env = require(facts.python_env, "Python environment facts")
+    if not env.exists:
+        raise NotApplicable(f"interpreter {env.interpreter} does not exist (interpreter-missing)")
+    if not known(env.version):
         yield Problem(f"the training interpreter {env.interpreter} exists but could not run: "
                       f"{env.version.reason}", where=env.interpreter,
                       fix=f"{env.interpreter} -c 'import sys; print(sys.version)'   # shows the failure")

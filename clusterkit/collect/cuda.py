@@ -12,13 +12,11 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from clusterkit.collect.deadline import run_command
+from clusterkit.collect.options import CollectOptions
 from clusterkit.facts import CudaFacts, Maybe, SharedLibFacts, Unavailable, known
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 #: Library base names (soname up to ``.so``) that a DeepSpeed job loads.
 WANTED_LIBRARIES = ("libcudart", "libnccl", "libcublas", "libcublasLt", "libcuda", "libnvidia-ml")

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable, Generic, Protocol, TypeVar
 
-from clusterkit.collect.node import CollectOptions
 from clusterkit.collect.nvidia_smi import (
     KernelModule,
     P2pMatrix,
@@ -30,6 +29,7 @@ from clusterkit.collect.nvidia_smi import (
 )
 from clusterkit.collect.nvml import NvmlApi, PynvmlApi, read_nvml
 from clusterkit.collect.nvml_replay import REPLAY_ENV, ReplayDirectory, ReplayNvml
+from clusterkit.collect.options import CollectOptions
 from clusterkit.collect.xid import parse_xid_events, read_kernel_log
 from clusterkit.facts import GpuFacts, Maybe, NvidiaFacts, TopologyFacts, Unavailable, XidEvent
 

@@ -10,14 +10,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from clusterkit.collect.deadline import run_command
-from clusterkit.collect.sshtrust import collect_ssh_trust
+from clusterkit.collect.options import CollectOptions
+from clusterkit.collect.sshtrust import collect_ssh_trust, served_host_keys
 from clusterkit.facts import LauncherFacts, Maybe, TextFileFacts, Unavailable, known
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 TCP_LISTEN = "0A"
 #: DeepSpeed's runner: ``os.getenv("DS_ENV_FILE", ".deepspeed_env")`` in ``[expanduser("~"), "."]``.
@@ -195,9 +193,16 @@ def read_text_file(path: Path) -> TextFileFacts:
 
 
 def deepspeed_env_paths(environ: Mapping[str, str], home: str, cwd: str) -> list[Path]:
-    """Where DeepSpeed's runner looks for the env file, in its order (later files win)."""
+    """Where DeepSpeed's runner looks for the env file, in its order (later files win).
+
+    Launched from the home directory, both are one file (DeepSpeed reads it twice, to the same
+    effect): it is listed once.
+    """
     name = environ.get(DS_ENV_FILE_VARIABLE, DS_ENV_FILE_DEFAULT)
-    return [Path(home, name), Path(cwd, name)]
+    paths = [Path(home, name), Path(cwd, name)]
+    if os.path.realpath(paths[0]) == os.path.realpath(paths[1]):
+        return paths[:1]
+    return paths
 
 
 def _is_dir(path: Path) -> Maybe[bool]:
@@ -210,6 +215,15 @@ def _is_dir(path: Path) -> Maybe[bool]:
 def _which(program: str, environ: Mapping[str, str]) -> Maybe[str]:
     found = shutil.which(program, path=environ.get("PATH", ""))
     return found if found else Unavailable(f"{program} not found on PATH")
+
+
+def _served_keys(options: CollectOptions) -> Maybe[list[str]] | None:
+    """The host keys this node's sshd serves, where the head said how it reached it."""
+    if not options.sshd_address:
+        return None
+    host, _, port = options.sshd_address.rpartition(":")
+    addresses = [host.strip("[]"), "127.0.0.1"] if host.strip("[]") != "127.0.0.1" else ["127.0.0.1"]
+    return served_host_keys(addresses, int(port) if port.isdigit() else 22)
 
 
 def collect_launcher(options: CollectOptions, proc_root: str = "/proc",
@@ -241,5 +255,5 @@ def collect_launcher(options: CollectOptions, proc_root: str = "/proc",
         deepspeed_env_files=[read_text_file(path) for path in deepspeed_env_paths(env, home, options.cwd)],
         cwd=options.cwd,
         cwd_exists=_is_dir(Path(options.cwd)),
-        ssh_trust=collect_ssh_trust(home, options.peers, sshd_config_path),
+        ssh_trust=collect_ssh_trust(home, options.peers, sshd_config_path, served=_served_keys(options)),
     )

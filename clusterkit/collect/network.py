@@ -13,13 +13,11 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from clusterkit.collect.deadline import run_command
+from clusterkit.collect.options import CollectOptions
 from clusterkit.facts import IbPortFacts, Maybe, NetworkFacts, NicFacts, Unavailable, known
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 ARPHRD_INFINIBAND = 32
 ARPHRD_LOOPBACK = 772

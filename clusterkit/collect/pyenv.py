@@ -11,16 +11,14 @@ import json
 import pkgutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterkit.collect import probe_cache
 from clusterkit.collect.deadline import run_command
 from clusterkit.collect.ds_report import parse_ds_general_info, parse_ds_report
+from clusterkit.collect.options import CollectOptions
 from clusterkit.collect.pyprobe import MARKER
 from clusterkit.facts import DsOpFacts, Maybe, PythonEnvFacts, Unavailable, known
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 PROBE_MARKER = MARKER
 #: Time left to the rest of the section after the probe's own deadline.

@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from clusterkit.collect.deadline import call_with_deadline
+from clusterkit.collect.options import CollectOptions
 from clusterkit.facts import (
     DiskFacts,
     HostFacts,
@@ -28,9 +29,6 @@ from clusterkit.facts import (
     Unavailable,
     known,
 )
-
-if TYPE_CHECKING:
-    from clusterkit.collect.node import CollectOptions
 
 
 def _os_name() -> Maybe[str]:

@@ -6,6 +6,8 @@ The steps and their order come from ``playbooks/bootstrap.yaml``; see :mod:`clus
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 
@@ -27,9 +29,7 @@ def register(subparsers: Any) -> None:
                     "correct ~/.deepspeed_env. Every step checks first and only applies what is missing, so "
                     "reruns are safe and resume after a failure.",
     )
-    parser.add_argument("hostfile", help="DeepSpeed hostfile (HOST slots=N per line)")
-    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed-style subset of the hostfile")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
+    add_hostfile_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="connect and check, print every action, change nothing")
     parser.add_argument("--python", metavar="PATH",
@@ -44,31 +44,48 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clusterkit.bootstrap.context import BootstrapContext
+    from clusterkit.bootstrap.context import BootstrapContext, terminal_password_prompt
     from clusterkit.bootstrap.playbook import load_playbook
-    from clusterkit.bootstrap.runner import STEPS, run_playbook, succeeded, summary_table
+    from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded, summary_table
+    from clusterkit.launchsite import launch_place
 
     hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-    steps = load_playbook(args.playbook, set(STEPS))
+    steps = load_playbook(args.playbook, step_needs())
     if args.sync is not None and not args.sync.is_dir():
         raise UsageError(f"--sync {args.sync}: not a directory on this machine")
+    python = args.python or sys.executable
+    if not os.access(python, os.X_OK) or not Path(python).is_file():
+        raise UsageError(f"--python {python}: no such interpreter on this machine. DeepSpeed's runner starts "
+                         "every rank with the interpreter it runs under, so the env must be here and at the same "
+                         "path on every node")
+    place = launch_place([h.name for h in hosts])
+    if place.local_only:
+        print(f"{hosts[0].name} is this machine: DeepSpeed launches a one-host job here without SSH, pdsh or "
+              ".deepspeed_env, so there is nothing to set up. `clusterkit doctor` checks this machine.")
+        return int(ExitCode.OK)
     console = Console(stderr=True)
     settings = ssh_settings(args)
     if args.dry_run:  # trust new host keys for this look only; known_hosts and the trust log stay as they are
         settings = replace(settings, record_trust=False)
-    ctx = BootstrapContext(hosts=hosts, settings=settings, python=args.python or sys.executable,
-                           console=console, dry_run=args.dry_run, install_packages=args.install_packages,
-                           sync_dir=args.sync)
+    ctx = BootstrapContext(hosts=hosts, settings=settings, python=python, console=console, dry_run=args.dry_run,
+                           install_packages=args.install_packages, sync_dir=args.sync, head_entry=place.entry,
+                           python_named=args.python is not None,
+                           password_prompt=terminal_password_prompt if args.ask_password else None)
     reports = run_playbook(ctx, steps)
     console.print()
-    Console().print(summary_table(ctx, reports), soft_wrap=True)
+    out = Console()
+    out.print(summary_table(ctx, reports), soft_wrap=True)
     if not succeeded(reports):
-        Console().print("[bold red]bootstrap did not finish on every node[/]: fix what is listed above and "
-                        "rerun (finished steps are skipped).")
+        out.print("[bold red]bootstrap did not finish on every node[/]: fix what is listed above and rerun "
+                  "(finished steps are skipped).")
         return int(ExitCode.PROBLEMS)
     if args.dry_run:
-        Console().print("[yellow]dry run[/]: nothing was changed.")
-    else:
-        Console().print(f"[bold green]ready[/]: `clusterkit doctor {args.hostfile}` to verify, then "
-                        f"`deepspeed --hostfile {args.hostfile} train.py`.")
+        out.print("[yellow]dry run[/]: nothing was changed.")
+        return int(ExitCode.OK)
+    python_flag = f" --python {shlex.quote(python)}" if args.python else ""
+    hostfile = shlex.quote(args.hostfile)
+    # Commands on lines of their own, never wrapped: they are meant to be copied.
+    out.print("[bold green]ready.[/] Next, check the cluster, then launch:")
+    out.print(f"  clusterkit doctor {hostfile}{python_flag}", soft_wrap=True, highlight=False)
+    out.print(f"  clusterkit launch {hostfile}{python_flag} -- train.py", soft_wrap=True, highlight=False)
     return int(ExitCode.OK)

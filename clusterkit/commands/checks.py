@@ -6,10 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group
+from rich.padding import Padding
+from rich.text import Text
 
 from clusterkit.checks import load_checks
+
+_SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
+_SCOPES = {"node": "on every node", "launch": "on the launching machine", "cluster": "across nodes"}
 
 
 def register(subparsers: Any) -> None:
@@ -24,11 +28,17 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([{"id": s.id, "severity": s.severity.value, "scope": s.scope, "tags": list(s.tags),
                            "summary": s.summary, "why": s.why, "fix": s.fix} for s in specs], indent=2))
         return 0
-    table = Table(title=f"{len(specs)} checks", title_justify="left", expand=True)
-    for name in ("id", "severity", "scope", "tags"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("summary")
-    for s in specs:
-        table.add_row(s.id, s.severity.value, s.scope, ",".join(s.tags), s.summary)
-    Console().print(table)
+    console = Console()
+    scopes = {scope: [s for s in specs if s.scope == scope] for scope in _SCOPES}
+    console.print(Text(f"{len(specs)} checks: " + ", ".join(f"{len(scopes[scope])} {where}"
+                                                             for scope, where in _SCOPES.items())
+                       + " (--only/--skip take ids or tags)", style="bold"))
+    # A block per check rather than a table: at 80 columns, or piped, a table cuts ids and tags short.
+    for scope, chosen in scopes.items():
+        console.print(Text(f"\nchecks {_SCOPES[scope]}", style="underline"))
+        for spec in chosen:
+            head = Text.assemble((spec.id, "bold"), "  ",
+                                 (spec.severity.value, _SEVERITY_STYLE[spec.severity.value]),
+                                 ("  " + ",".join(spec.tags), "dim"))
+            console.print(Group(head, Padding(Text(spec.summary), (0, 0, 0, 4), expand=False)), soft_wrap=False)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,24 @@ from typing import Any
 
 from clusterkit.errors import UsageError
 from clusterkit.remote import SshSettings
+
+HOSTFILE_HELP = "DeepSpeed hostfile (HOST slots=N per line; file order is node rank)"
+
+
+def add_hostfile_arguments(parser: Any, *, positional: bool = True, required: bool = True,
+                           group: Any = None) -> None:
+    """HOSTFILE (a positional, or ``--hostfile H``) and DeepSpeed's ``--include``/``--exclude``.
+
+    ``group``: where ``--hostfile`` goes (a mutually exclusive group, say); the filters go on the parser.
+    """
+    if positional:
+        parser.add_argument("hostfile", metavar="HOSTFILE", nargs=None if required else "?", help=HOSTFILE_HELP)
+    else:
+        (group or parser).add_argument("--hostfile", metavar="H", help=HOSTFILE_HELP)
+    parser.add_argument("--include", default="", metavar="SPEC",
+                        help="DeepSpeed's --include: the NODE[:SLOT,...][@NODE...] to use")
+    parser.add_argument("--exclude", default="", metavar="SPEC",
+                        help="DeepSpeed's --exclude: the NODE[:SLOT,...][@NODE...] to leave out")
 
 
 def add_ssh_arguments(parser: Any, password: bool = False) -> None:
@@ -37,15 +54,14 @@ def id_list(text: str) -> list[str]:
 
 
 def ssh_settings(args: argparse.Namespace) -> SshSettings:
-    """Build SshSettings from parsed flags; asks for the password at most once."""
+    """Build SshSettings from parsed flags. ``--ask-password`` prompts later, and only when a node
+    refuses the key (see BootstrapContext.ensure_password)."""
     password = None
     env_var = getattr(args, "password_env", None)
     if env_var:
         if env_var not in os.environ:
             raise UsageError(f"--password-env {env_var}: that environment variable is not set")
         password = os.environ[env_var]
-    elif getattr(args, "ask_password", False):
-        password = getpass.getpass("SSH password for the nodes (used for first contact only, not stored): ")
     return SshSettings(user=args.user, port=args.ssh_port, identity_file=args.identity, password=password,
                        trust_new_hosts=args.trust_new_hosts, connect_timeout_s=args.connect_timeout)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clusterkit.commands.common import TrailingArgsParser
+from clusterkit.commands.common import TrailingArgsParser, add_hostfile_arguments
 from clusterkit.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from clusterkit.dsconfig.check import ConfigCheckReport
 
 
 def register(subparsers: Any) -> None:
@@ -35,10 +37,8 @@ def register(subparsers: Any) -> None:
                "--per_device_train_batch_size 4 --gradient_accumulation_steps 8 --bf16")
     check.add_argument("ds_config", metavar="DS_CONFIG", help="DeepSpeed config JSON file")
     where = check.add_mutually_exclusive_group()
-    where.add_argument("--hostfile", metavar="H", help="DeepSpeed hostfile: world size = sum of active slots")
+    add_hostfile_arguments(check, positional=False, group=where)
     where.add_argument("--world-size", type=int, metavar="N", help="number of ranks (GPUs) in the job")
-    check.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed --include filter")
-    check.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude filter")
     check.add_argument("--tp", type=int, default=1, metavar="N", help="tensor-parallel size (divides the "
                        "world into data-parallel groups)")
     check.add_argument("--pp", type=int, default=1, metavar="N", help="pipeline-parallel size")
@@ -92,10 +92,12 @@ def run_check(args: argparse.Namespace) -> int:
         shared_fs=SharedFs(args.shared_fs), hidden_size=hidden_size)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2, default=str))
-    elif sys.stdout.isatty():
-        render_rich(report, args.show_passed)
     else:
-        print(render_plain(report, args.show_passed), end="")
+        from rich.console import Console
+
+        from clusterkit.report import render_table
+
+        render_table(report, Console(), show_passed=args.show_passed)
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
 
 
@@ -107,103 +109,16 @@ def _resources(facts_path: str | None) -> Any:
     return local_resources()
 
 
-# ---------------------------------------------------------------------------------------- rendering
-
-
-def _header(report: Any) -> list[str]:
-    where = report.topology.describe() if report.topology else "world size unknown (no --hostfile/--world-size)"
-    lines = [f"{report.config.path}: DeepSpeed {report.deepspeed_version}, runner {report.runner.value}, "
-             f"{where}"]
-    lines += [f"  {line}" for line in report.summary.lines()]
-    return lines
-
-
-def _counts_line(report: Any) -> str:
-    c = report.counts()
-    return (f"{c['error']} error{'s' * (c['error'] != 1)}, {c['warning']} warning{'s' * (c['warning'] != 1)}, "
-            f"{c['info']} info, {c['pass']} passed, {c['skip']} skipped")
-
-
-def render_plain(report: Any, show_passed: bool = False) -> str:
-    """Findings as plain lines (for pipes and logs): ``severity rule where: message`` then the fix."""
-    from clusterkit.checks.registry import CLUSTER_HOST, Outcome, Severity
-    from clusterkit.dsconfig.rules import CONFIG_HOST
-
-    out = _header(report)
-    for severity in Severity:
-        for f in (f for f in report.findings if f.outcome is Outcome.FAIL and f.severity is severity):
-            host = f" [{f.host}]" if f.host not in (CONFIG_HOST, CLUSTER_HOST) else ""
-            out.append(f"{severity.value:7} {f.check_id}{host} {f.where}: {f.message}")
-            if severity is not Severity.INFO:
-                out.append(f"        fix: {f.fix}")
-    if show_passed:
-        for f in report.findings:
-            if f.outcome is not Outcome.FAIL:
-                out.append(f"{f.outcome.value:7} {f.check_id}: {f.message}")
-    out.append(_counts_line(report))
-    return "\n".join(out) + "\n"
-
-
-def render_rich(report: Any, show_passed: bool = False) -> None:
-    """Findings grouped by severity, errors first; one short block each (as the doctor prints them),
-    so a fix stays whole at any terminal width."""
-    from rich.console import Console
-    from rich.text import Text
-
-    from clusterkit.checks.registry import Outcome, Severity
-    from clusterkit.dsconfig.rules import CONFIG_HOST
-
-    console = Console()
-    header = _header(report)
-    console.print(Text(header[0], style="bold"), soft_wrap=True)
-    for line in header[1:]:
-        console.print(Text(line), soft_wrap=True)
-    console.print()
-    styles = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
-    marks = {Severity.ERROR: "✗", Severity.WARNING: "!", Severity.INFO: "i"}
-    for severity in Severity:
-        rows = [f for f in report.findings if f.outcome is Outcome.FAIL and f.severity is severity]
-        if not rows:
-            continue
-        console.print(Text(f"{severity.value} ({len(rows)})", style=styles[severity] + " underline"))
-        for f in rows:
-            head = Text(f" {marks[severity]} ", style=styles[severity])
-            if f.host != CONFIG_HOST:
-                head.append(f"[{f.host}] ", style="bold")
-            head.append(f.check_id, style=styles[severity])
-            head.append(f"  {f.where}", style="dim")
-            console.print(head, soft_wrap=True)
-            console.print(Text(f"   {f.message}"), soft_wrap=True)
-            if severity is not Severity.INFO:
-                console.print(Text(f"   fix: {f.fix}", style="green"), soft_wrap=True)
-        console.print()
-    if show_passed:
-        console.print(Text("passed and skipped", style="underline"))
-        for f in report.findings:
-            if f.outcome is not Outcome.FAIL:
-                mark, style = ("✓", "green") if f.outcome is Outcome.PASS else ("-", "dim")
-                console.print(Text(f" {mark} {f.check_id}: {f.message}", style=style), soft_wrap=True)
-        console.print()
-    style = "bold red" if report.has_errors else "yellow" if report.counts()["warning"] else "bold green"
-    console.print(Text(_counts_line(report), style=style))
-
-
-def report_to_json(report: Any) -> dict[str, Any]:
+def report_to_json(report: ConfigCheckReport) -> dict[str, Any]:
     """The ``clusterkit.config-check/v1`` document."""
-    from clusterkit.report import finding_to_json
+    from clusterkit.report import findings_document
 
     topology = report.topology
-    return {
-        "schema": "clusterkit.config-check/v1",
-        "config": report.config.path,
-        "deepspeed_version": report.deepspeed_version,
-        "runner": report.runner.value,
-        "topology": None if topology is None else {
+    return findings_document(
+        report, "clusterkit.config-check/v1", config=report.config.path,
+        deepspeed_version=report.deepspeed_version, runner=report.runner.value,
+        topology=None if topology is None else {
             "source": topology.source, "hosts": list(topology.hosts),
             "gpus_per_host": list(topology.gpus_per_host), "world_size": topology.world_size},
-        "resources": report.resources_source,
-        "summary": {**report.counts(), "ok": not report.has_errors},
-        "config_summary": dataclasses.asdict(report.summary),
-        "effective_config": report.effective,
-        "findings": [finding_to_json(f) for f in report.findings],
-    }
+        resources=report.resources_source, config_summary=dataclasses.asdict(report.summary),
+        effective_config=report.effective)

@@ -18,18 +18,14 @@ from rich.console import Console
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import (
     CheckSpec,
-    ClusterView,
-    NodeContext,
-    run_cluster_checks,
-    run_node_checks,
     select_checks,
 )
-from clusterkit.commands.common import add_ssh_arguments, id_list, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, id_list, ssh_settings
+from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode, UsageError
-from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
-from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
-from clusterkit.report import DoctorReport, render_json, render_junit, render_table
-from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions, survey_cluster
+from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.report import render_json, render_junit, render_table
+from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
 
 
 def register(subparsers: Any) -> None:
@@ -40,10 +36,7 @@ def register(subparsers: Any) -> None:
                     "NCCL, SSH/pdsh, shm, ulimits) and report what would break a DeepSpeed run, where, "
                     "and the command that fixes it. Without HOSTFILE, checks this machine.",
     )
-    parser.add_argument("hostfile", nargs="?", help="DeepSpeed hostfile (HOST slots=N per line)")
-    parser.add_argument("--include", default="", metavar="SPEC",
-                        help="DeepSpeed-style NODE[:SLOT,...][@NODE...] subset of the hostfile")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed-style subset to leave out")
+    add_hostfile_arguments(parser, required=False)
     parser.add_argument("--python", metavar="PATH",
                         help="training interpreter to inspect on every node (default: this interpreter, "
                              f"{sys.executable})")
@@ -80,36 +73,6 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
     return select_checks(args.only, args.skip)
 
 
-def gather_local(specs: list[CheckSpec], python: str | None, timeout_s: float, fresh: bool = False) -> DoctorReport:
-    """Collect this machine's facts in-process and judge them."""
-    from clusterkit.collect.node import CollectOptions, collect_node
-
-    started = time.time()
-    options = CollectOptions(section_timeout_s=timeout_s, use_probe_cache=not fresh)
-    if python:
-        options.python = python
-    facts = collect_node(options)
-    host = facts.host.hostname
-    findings = run_node_checks(specs, facts, NodeContext(host=host))
-    return DoctorReport(hosts=[host], facts={host: facts}, findings=findings, started_at=started,
-                        duration_s=time.time() - started)
-
-
-def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[str, Maybe[NodeFacts]],
-                  probes: ClusterProbes | None, started: float, hostfile: str) -> DoctorReport:
-    """Run node checks on every reachable node, then the cluster-wide checks."""
-    findings = []
-    for host in hosts:
-        node = facts.get(host.name, Unavailable("not collected"))
-        if not isinstance(node, Unavailable):
-            ctx = NodeContext(host=host.name, expected_gpus=len(host.slots),
-                              is_launch_node=probes is None or probes.head == host.name)
-            findings += run_node_checks(specs, node, ctx)
-    findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes))
-    return DoctorReport(hosts=[h.name for h in hosts], facts=facts, findings=findings, hostfile=hostfile,
-                        started_at=started, duration_s=time.time() - started)
-
-
 def run(args: argparse.Namespace) -> int:
     specs = _selected(args)
     err = Console(stderr=True)
@@ -119,14 +82,12 @@ def run(args: argparse.Namespace) -> int:
                                 probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
         if args.python:
             options.python = args.python
-        started = time.time()
-        facts, probes = survey_cluster(hosts, ssh_settings(args), options, err)
-        report = judge_cluster(specs, hosts, facts, probes, started, args.hostfile)
+        report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, args.hostfile, err)
     else:
         if args.include or args.exclude:
             raise UsageError("--include/--exclude need a HOSTFILE")
         with err.status("Collecting facts on this machine…", spinner="dots"):
-            report = gather_local(specs, args.python, args.timeout, fresh=args.fresh)
+            report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
     if args.workloads:  # clusterkit bench's workloads, after the checks; their findings join the report
         from clusterkit.commands.bench import workloads_for_doctor
 

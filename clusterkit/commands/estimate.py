@@ -13,7 +13,10 @@ import json
 import sys
 from typing import Any
 
-from clusterkit.errors import ExitCode, UsageError
+from clusterkit.commands.common import add_hostfile_arguments
+from clusterkit.dsconfig.estimate import gib
+from clusterkit.dsconfig.sizing import Sizing, SizingRequest, size_up
+from clusterkit.errors import ExitCode
 
 
 def register(subparsers: Any) -> None:
@@ -31,9 +34,7 @@ def register(subparsers: Any) -> None:
     model.add_argument("--hf-config", metavar="CONFIG_JSON", help="HF config.json to count parameters from")
     parser.add_argument("--largest-layer", metavar="N", help="parameters of the largest layer (default: "
                         "from --hf-config; with --params, the embedding of a typical LLM is guessed)")
-    parser.add_argument("--hostfile", metavar="H", help="DeepSpeed hostfile (nodes and GPUs per node)")
-    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed --include filter")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude filter")
+    add_hostfile_arguments(parser, positional=False)
     parser.add_argument("--nodes", type=int, metavar="N", help="number of nodes (without a hostfile)")
     parser.add_argument("--gpus-per-node", type=int, metavar="G", help="GPUs per node (without a hostfile)")
     parser.add_argument("--facts", metavar="FILE", help="doctor JSON (or one node's facts): GPU memory and "
@@ -47,113 +48,33 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _largest_layer_guess(total: int) -> int:
-    # No layer size given: assume a decoder LLM whose embedding (vocab 32k x hidden) is the largest
-    # layer, with hidden ~ sqrt(params / (12 x layers)) and ~32 layers: rough, and said so.
-    hidden = int((total / (12 * 32)) ** 0.5)
-    return max(1, 32000 * hidden)
-
-
-def _model(args: argparse.Namespace) -> tuple[int, int, str, list[str]]:
-    from clusterkit.dsconfig.hf_model import load_hf_config, parse_count
-
-    notes: list[str] = []
-    if args.hf_config:
-        size = load_hf_config(args.hf_config)
-        total, largest, source = size.total_params, size.largest_layer_params, f"{size.source}: {size.detail}"
-    else:
-        total, largest, source = parse_count(args.params), 0, "--params"
-        if not args.largest_layer:
-            largest = min(total, _largest_layer_guess(total))
-            notes.append(f"largest layer guessed as {largest:,} parameters (a 32k-vocab embedding); pass "
-                         "--largest-layer for ZeRO-3 numbers you can rely on")
-    if args.largest_layer:
-        largest = parse_count(args.largest_layer, "--largest-layer")
-    if largest > total:
-        raise UsageError(f"--largest-layer {largest:,} is larger than the model ({total:,})")
-    return total, largest, source, notes
-
-
-def gather(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Model size, cluster shape and capacity from the arguments; returns the plan and its context."""
-    from clusterkit.dsconfig.estimate import Capacity, plan_memory
-    from clusterkit.dsconfig.resources import (
-        ClusterResources,
-        load_facts_file,
-        local_resources,
-        min_known,
-        resources_from_facts,
-    )
-    from clusterkit.dsconfig.topology import topology_from_counts, topology_from_hostfile
-    from clusterkit.facts import Unavailable
-
-    if not 0 <= args.headroom < 1:
-        raise UsageError("--headroom must be in [0, 1)")
-    if (args.include or args.exclude) and not args.hostfile:
-        raise UsageError("--include/--exclude need --hostfile")
-    if args.hostfile and (args.nodes or args.gpus_per_node):
-        raise UsageError("give either --hostfile or --nodes/--gpus-per-node")
-    total, largest, source, notes = _model(args)
-    resources: ClusterResources = (resources_from_facts(load_facts_file(args.facts), f"--facts {args.facts}")
-                                   if args.facts else local_resources())
-    if args.hostfile:
-        topology = topology_from_hostfile(args.hostfile, args.include, args.exclude)
-    elif args.nodes or args.gpus_per_node:
-        topology = topology_from_counts(nodes=args.nodes or 1, gpus_per_node=args.gpus_per_node or 1)
-    else:
-        from clusterkit.dsconfig.topology import Topology
-
-        counts = {h: len(n.gpus) for h, n in resources.nodes.items() if not isinstance(n.gpus, Unavailable)}
-        if counts and all(counts.values()):
-            topology = Topology(tuple(counts), tuple(counts.values()), resources.source)
-        else:
-            topology = topology_from_counts(nodes=1, gpus_per_node=1)
-            notes.append("no hostfile and no GPUs found: estimating for 1 node x 1 GPU")
-    per_node = topology.gpus_per_node or max(topology.gpus_per_host)
-    if topology.gpus_per_node is None:
-        notes.append(f"nodes run different GPU counts; estimating with {per_node} per node")
-
-    only = next(iter(resources.nodes.values())) if len(resources.nodes) == 1 else None
-    mem: dict[str, int | None] = {}
-    gpu_sizes: list[Any] = []
-    for host in topology.hosts:
-        node = resources.node(host) or only
-        if node is None:
-            mem[host] = None
-            continue
-        if node is only and host != node.host:
-            notes.append(f"{host}: using {node.host}'s facts ({resources.source})")
-        available = node.mem_available_bytes
-        mem[host] = None if isinstance(available, Unavailable) else available
-        if not isinstance(node.gpus, Unavailable):
-            gpu_sizes += [g.memory_total_bytes for g in node.gpus]
-    gpu_bytes = int(args.gpu_memory * 2**30) if args.gpu_memory else min_known(gpu_sizes)
-    capacity = Capacity(gpu_bytes, mem, args.headroom)
-    plan = plan_memory(total, largest, topology.nodes, per_node, capacity, args.buffer_factor, tuple(notes))
-    return plan, {"model_source": source, "topology": topology, "resources": resources.source}
+def request_from(args: argparse.Namespace) -> SizingRequest:
+    return SizingRequest(params=args.params, hf_config=args.hf_config, largest_layer=args.largest_layer,
+                         hostfile=args.hostfile, include=args.include, exclude=args.exclude, nodes=args.nodes,
+                         gpus_per_node=args.gpus_per_node, facts=args.facts, gpu_memory_gib=args.gpu_memory,
+                         headroom=args.headroom, buffer_factor=args.buffer_factor)
 
 
 def run(args: argparse.Namespace) -> int:
-    plan, context = gather(args)
+    sizing = size_up(request_from(args))
     if args.json:
-        print(json.dumps(plan_to_json(plan, context), indent=2))
+        print(json.dumps(sizing_to_json(sizing), indent=2))
     else:
-        print(render_text(plan, context, color=sys.stdout.isatty()), end="")
-    nothing_fits = plan.capacity.gpu_bytes is not None and plan.recommended is None
+        print(render_text(sizing, color=sys.stdout.isatty()), end="")
+    nothing_fits = sizing.plan.capacity.gpu_bytes is not None and sizing.plan.recommended is None
     return int(ExitCode.PROBLEMS if nothing_fits else ExitCode.OK)
 
 
-def render_text(plan: Any, context: dict[str, Any], color: bool = False) -> str:
+def render_text(sizing: Sizing, color: bool = False) -> str:
     """The estimate table, the recommendation and the warnings as text."""
-    from clusterkit.dsconfig.estimate import gib
-
+    plan = sizing.plan
     cap = plan.capacity
     lines = [f"model: {plan.total_params:,} parameters, largest layer {plan.largest_layer_params:,} "
-             f"({context['model_source']})",
-             f"cluster: {context['topology'].describe()}; GPU {gib(cap.gpu_bytes)} "
+             f"({sizing.model_source})",
+             f"cluster: {sizing.topology.describe()}; GPU {gib(cap.gpu_bytes)} "
              f"({gib(cap.usable_gpu_bytes)} usable after {cap.gpu_headroom:.0%} headroom); "
              f"MemAvailable: " + ", ".join(f"{h} {gib(m)}" for h, m in cap.node_mem_available.items())
-             + f" ({context['resources']})", ""]
+             + f" ({sizing.resources_source})", ""]
     width = max(len(v.estimate.strategy.label) for v in plan.verdicts)
     header = f"{'strategy':<{width}} {'per GPU':>11} {'CPU/node':>11} {'NVMe/node':>11}  fits  formula"
     lines += [header, "-" * len(header)]
@@ -180,16 +101,16 @@ def render_text(plan: Any, context: dict[str, Any], color: bool = False) -> str:
     return text
 
 
-def plan_to_json(plan: Any, context: dict[str, Any]) -> dict[str, Any]:
+def sizing_to_json(sizing: Sizing) -> dict[str, Any]:
     """The ``clusterkit.estimate/v1`` document (bytes as integers)."""
-    topology = context["topology"]
+    plan, topology = sizing.plan, sizing.topology
     return {
         "schema": "clusterkit.estimate/v1",
         "model": {"total_params": plan.total_params, "largest_layer_params": plan.largest_layer_params,
-                  "source": context["model_source"]},
+                  "source": sizing.model_source},
         "cluster": {"source": topology.source, "hosts": list(topology.hosts),
                     "gpus_per_host": list(topology.gpus_per_host), "num_nodes": plan.num_nodes,
-                    "num_gpus_per_node": plan.num_gpus_per_node, "resources": context["resources"]},
+                    "num_gpus_per_node": plan.num_gpus_per_node, "resources": sizing.resources_source},
         "capacity": dataclasses.asdict(plan.capacity),
         "estimates": [{**dataclasses.asdict(v.estimate.strategy), "label": v.estimate.strategy.label,
                        "gpu_bytes": v.estimate.gpu_bytes, "cpu_bytes_per_node": v.estimate.cpu_bytes,

@@ -12,17 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from clusterkit.commands.common import add_ssh_arguments, add_trailing_args_parser, id_list, ssh_settings
+from clusterkit.commands.common import (
+    add_hostfile_arguments,
+    add_ssh_arguments,
+    add_trailing_args_parser,
+    id_list,
+    ssh_settings,
+)
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
+from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.launch import ConfigToCheck, PreflightRequest, exec_launch, preflight
 from clusterkit.launchline import (
     CONFIG_STYLES,
     HF_CONFIG_FLAG,
@@ -32,8 +37,8 @@ from clusterkit.launchline import (
     deepspeed_launcher,
     shell_line,
 )
+from clusterkit.launchsite import launch_place
 from clusterkit.report import DoctorReport, render_table, summary_line
-from clusterkit.survey import AUTO_PORT
 
 
 def register(subparsers: Any) -> None:
@@ -48,9 +53,7 @@ def register(subparsers: Any) -> None:
                "--deepspeed_config ds_config.json\n"
                "         clusterkit launch hostfile --print-only -- train.py   # print the line, run nothing",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("hostfile", metavar="HOSTFILE", help="DeepSpeed hostfile (HOST slots=N per line)")
-    parser.add_argument("--include", default="", metavar="SPEC", help="DeepSpeed --include: nodes/slots to use")
-    parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude: nodes/slots to leave out")
+    add_hostfile_arguments(parser)
     parser.add_argument("--python", metavar="PATH",
                         help="training env's interpreter, the same path on every node; its `deepspeed` script "
                              f"launches (default: this interpreter, {sys.executable})")
@@ -101,19 +104,27 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--deepspeed-config {config_path} differs from {named.flag} {named.path} in the "
                              "script's arguments; give one")
         config_path = named.path
+    place = launch_place([h.name for h in hosts])
     plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()), script=script,
                       script_args=script_args, include=args.include, exclude=args.exclude,
                       launcher=args.launcher, launcher_args=args.launcher_args, master_addr=args.master_addr,
                       master_port=args.master_port, ssh_port=args.ssh_port, module=args.module,
-                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style])
+                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style],
+                      force_multi=len(hosts) == 1 and not place.local_only, no_ssh_check=place.local_only)
+    if place.local_only and not plan.master_addr:
+        plan.master_addr = "127.0.0.1"  # every rank runs here; DeepSpeed would ssh to ask `hostname -I`
     err = Console(stderr=True)
     if not args.no_preflight:
         config = None
         if config_path:
             hf_style = (named.flag if named else plan.config_flag) == HF_CONFIG_FLAG
             config = ConfigToCheck(config_path, script_args, hf_style)
-        report, master = preflight(args, hosts, python, config, err)
-        plan.master_addr, plan.master_port = master
+        checked = preflight(PreflightRequest(
+            hosts=hosts, hostfile=args.hostfile, python=python, settings=ssh_settings(args), timeout_s=args.timeout,
+            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config), err)
+        report = checked.report
+        plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
+        _show_preflight(report, args.hostfile, err)
         if report.has_errors and not args.force:
             err.print(f"[bold red]not launching:[/] the preflight found {report.counts()['error']} error(s); "
                       "fix them (or pass --force to launch anyway)", soft_wrap=True)
@@ -123,69 +134,15 @@ def run(args: argparse.Namespace) -> int:
         print(shell_line(argv))
         return int(ExitCode.OK)
     err.print(Text.assemble(("launching: ", "bold"), shell_line(argv)), soft_wrap=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)  # DeepSpeed's runner takes this process over, signals and exit code included
+    exec_launch(argv)
 
 
-@dataclass(frozen=True)
-class ConfigToCheck:
-    """The DeepSpeed config the script will read, and how it gets it."""
-
-    path: str
-    script_args: list[str]
-    #: Passed as the HF Trainer's ``--deepspeed FILE``: "auto" values come from the script's arguments.
-    hf_trainer: bool
-
-
-def preflight(args: argparse.Namespace, hosts: list[ActiveHost], python: str, config: ConfigToCheck | None,
-              err: Console) -> tuple[DoctorReport, tuple[str | None, int | None]]:
-    """Survey and judge the nodes, check the config; print what failed. Returns the report and the
-    master address and port to launch with (those the survey tested)."""
-    from clusterkit.checks import load_checks
-    from clusterkit.checks.registry import select_checks
-    from clusterkit.commands.doctor import judge_cluster
-    from clusterkit.dsconfig.rules import load_rules
-    from clusterkit.facts import Unavailable
-    from clusterkit.survey import SurveyOptions, survey_cluster
-
-    load_checks()
-    rules = load_rules()
-    # The line names --master_addr, so DeepSpeed's own guess of it (this check's subject) does not apply.
-    skip = [name for name in args.skip if name not in rules] + ["master-address-suspicious"]
-    specs = select_checks(skip=skip)
-    options = SurveyOptions(python=python, timeout_s=args.timeout, master_addr=args.master_addr,
-                            master_port=AUTO_PORT if args.master_port is None else args.master_port)
-    started = time.time()
-    facts, probes = survey_cluster(hosts, ssh_settings(args), options, err)
-    report = judge_cluster(specs, hosts, facts, probes, started, args.hostfile)
-    if config is not None:
-        report.findings += [f for f in _config_findings(config, hosts, facts, args.hostfile)
-                            if f.check_id not in args.skip]
-    report.duration_s = time.time() - started
+def _show_preflight(report: DoctorReport, hostfile: str, err: Console) -> None:
+    """What failed (errors in full, other checks a line each), or one green line."""
     if report.failed:
         render_table(report, err, brief=True)
         if any(not f.is_error for f in report.failed):
-            err.print(f"(clusterkit doctor {args.hostfile} shows every finding with its fix)", style="dim",
+            err.print(f"(clusterkit doctor {hostfile} shows every finding with its fix)", style="dim",
                       soft_wrap=True)
     else:
         err.print(Text.assemble(("preflight: ", "green"), summary_line(report)), soft_wrap=True)
-    master = probes.master
-    if isinstance(master, Unavailable):
-        return report, (args.master_addr, args.master_port)
-    address = master.address if not isinstance(master.address, Unavailable) else args.master_addr
-    return report, (address, master.port)
-
-
-def _config_findings(config: ConfigToCheck, hosts: list[ActiveHost], facts: Any, hostfile: str) -> list[Any]:
-    from clusterkit.dsconfig.check import check_config
-    from clusterkit.dsconfig.load import load_ds_config
-    from clusterkit.dsconfig.resources import resources_from_facts
-    from clusterkit.dsconfig.rules import Runner
-    from clusterkit.dsconfig.topology import topology_from_hosts
-
-    report = check_config(load_ds_config(config.path), topology=topology_from_hosts(hosts, hostfile),
-                          trainer_argv=config.script_args,
-                          runner=Runner.HF_TRAINER if config.hf_trainer else Runner.DEEPSPEED,
-                          resources=resources_from_facts(facts, "the preflight survey"))
-    return list(report.findings)

@@ -3,20 +3,19 @@ beyond what the caller hands in, so tests drive it directly)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clusterkit.checks.registry import Finding, Outcome
 from clusterkit.dsconfig.hf_auto import HfSimulation, TrainerArgs, parse_trainer_args, simulate_hf_trainer
 from clusterkit.dsconfig.introspect import judge_with_deepspeed
 from clusterkit.dsconfig.load import DsConfig
 from clusterkit.dsconfig.resources import ClusterResources
-from clusterkit.dsconfig.rules import CheckInput, Runner, SharedFs, run_rules
+from clusterkit.dsconfig.rules import CONFIG_HOST, CheckInput, Runner, SharedFs, run_rules
 from clusterkit.dsconfig.summary import ConfigSummary, summarize
 from clusterkit.dsconfig.topology import Parallelism, Topology
 from clusterkit.facts import Maybe, Unavailable
+from clusterkit.findings import Finding
 
 
 @dataclass
@@ -33,15 +32,27 @@ class ConfigCheckReport:
     summary: ConfigSummary
     findings: list[Finding]
 
+    duration_s: float = 0.0
+
     @property
     def has_errors(self) -> bool:
         return any(f.is_error for f in self.findings)
 
-    def counts(self) -> dict[str, int]:
-        counts: Counter[str] = Counter()
-        for f in self.findings:
-            counts[f.severity.value if f.outcome is Outcome.FAIL else f.outcome.value] += 1
-        return {key: counts.get(key, 0) for key in ("error", "warning", "info", "pass", "skip")}
+    @property
+    def hosts(self) -> list[str]:
+        return []  # the findings are about one document (and the nodes a rule names)
+
+    def header(self) -> list[str]:
+        """What was checked: the config, DeepSpeed's version, the runner, the world, the batch."""
+        where = self.topology.describe() if self.topology else "world size unknown (no --hostfile/--world-size)"
+        return [f"{self.config.path}: DeepSpeed {self.deepspeed_version}, runner {self.runner.value}, {where}",
+                *(f"  {line}" for line in self.summary.lines())]
+
+    def missing(self) -> dict[str, str]:
+        return {}
+
+    def names_host(self, finding: Finding) -> bool:
+        return finding.host != CONFIG_HOST
 
 
 def choose_runner(explicit: Runner | None, trainer_argv: Sequence[str]) -> Runner:

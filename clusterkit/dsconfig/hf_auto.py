@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from clusterkit.dsconfig.load import KeyPath, iter_leaves
+from clusterkit.dsconfig.load import iter_leaves
 from clusterkit.errors import UsageError
+from clusterkit.findings import KeyPath
 
 AUTO = "auto"
 #: How AUTO_SOURCES says a runner leaves a key alone.

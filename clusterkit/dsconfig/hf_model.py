@@ -15,11 +15,11 @@ are out of scope: pass ``--params`` and ``--largest-layer`` for them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clusterkit.dsconfig.load import read_json_file
 from clusterkit.errors import InputError
 
 #: transformers' defaults for ``tie_word_embeddings`` where the config omits it.
@@ -51,14 +51,7 @@ def _int(cfg: dict[str, Any], path: str, *names: str, default: int | None = None
 def load_hf_config(path: str | Path) -> ModelSize:
     """Count the parameters of the model a HF config.json describes."""
     p = Path(path)
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("HF config.json not found", str(p)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", str(p), exc.lineno, exc.colno) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read HF config: {exc}", str(p)) from None
+    cfg = read_json_file(p, "HF config.json")
     if not isinstance(cfg, dict):
         raise InputError("a HF config.json is a JSON object", str(p))
     if isinstance(cfg.get("text_config"), dict) and "hidden_size" not in cfg:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import InputError
-
-KeyPath = tuple[str, ...]
+from clusterkit.findings import KeyPath
 
 #: json's own string scanner (C-accelerated), which typeshed does not declare.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
@@ -249,3 +248,17 @@ class _Positions:
                 return pos + 1
             pos = _skip_ws(text, pos + 1)
             index += 1
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """A JSON file's value; every way it can fail is an :class:`InputError` naming the file (and the
+    line and column of a syntax error). ``what`` names the file in the messages ("facts file")."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", str(p)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc.msg}", str(p), exc.lineno, exc.colno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what}: {exc}", str(p)) from None

@@ -6,12 +6,11 @@ Read from a doctor facts file (``--facts``) or from this machine. Anything that 
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from clusterkit.dsconfig.load import read_json_file
 from clusterkit.errors import InputError
 from clusterkit.facts import (
     FactsDecodeError,
@@ -62,14 +61,7 @@ def load_facts_file(path: str | Path) -> dict[str, Maybe[NodeFacts]]:
     is ``{"unavailable": reason}`` there and comes back as ``Unavailable``.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("facts file not found", str(p)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", str(p), exc.lineno, exc.colno) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read facts file: {exc}", str(p)) from None
+    doc = read_json_file(p, "facts file")
     if not isinstance(doc, dict):
         raise InputError("expected a JSON object (NodeFacts, or {\"facts\": {host: NodeFacts}})", str(p))
     try:
@@ -133,51 +125,17 @@ def resources_from_facts(facts: dict[str, Maybe[NodeFacts]], source: str) -> Clu
 # ------------------------------------------------------------------------------------ this machine
 
 
-def _local_gpus() -> Maybe[list[GpuInfo]]:
-    from clusterkit.collect.deadline import call_with_deadline
-    from clusterkit.collect.gpu import collect_nvidia
-    from clusterkit.collect.node import CollectOptions
-
-    def collect() -> Any:
-        return collect_nvidia(CollectOptions())
-
-    try:
-        nvidia = call_with_deadline(collect, 15.0, "NVML")
-    except Exception as exc:  # a collector bug must not stop a config check
-        return Unavailable(f"GPU collector failed: {type(exc).__name__}: {exc}")
-    if isinstance(nvidia, Unavailable):
-        return nvidia
-    gpus = getattr(nvidia, "gpus", Unavailable("GPU collector returned no GPU list"))
-    if isinstance(gpus, Unavailable):
-        return gpus
-    return [_gpu_info(g) for g in gpus]
+#: What the config check and the estimate read here: GPUs, RAM, DeepSpeed's ops (libaio), CUDA libraries.
+LOCAL_SECTIONS = ["system", "nvidia", "cuda", "python_env"]
 
 
-def _local_libaio() -> Maybe[bool]:
-    from clusterkit.collect.deadline import run_command
+def local_resources(timeout_s: float = 20.0) -> ClusterResources:
+    """This machine's resources, read by the doctor's own collectors, so a check with ``--facts`` from a
+    doctor run here and one without agree (one definition per fact: libaio is DeepSpeed's async_io op)."""
+    from clusterkit.collect.node import CollectOptions, collect_node
 
-    out = run_command(["ldconfig", "-p"], timeout_s=10.0)
-    if isinstance(out, Unavailable):
-        return out
-    if not out.ok:
-        return Unavailable(f"ldconfig -p failed: {out.tail(1)}")
-    return "libaio.so" in out.stdout
-
-
-def local_resources() -> ClusterResources:
-    """This machine's GPUs (NVML), RAM (MemAvailable) and libaio (``ldconfig -p``)."""
-    available: Maybe[int]
-    total: Maybe[int]
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        memory = psutil.virtual_memory()
-        available, total = int(memory.available), int(memory.total)
-    except Exception as exc:
-        available = total = Unavailable(f"psutil: {type(exc).__name__}: {exc}")
-    host = socket.gethostname()
-    node = NodeResources(host, _local_gpus(), available, total, _local_libaio())
-    return ClusterResources({host: node}, "this machine")
+    facts = collect_node(CollectOptions(sections=LOCAL_SECTIONS, section_timeout_s=timeout_s))
+    return resources_from_facts({socket.gethostname(): facts}, "this machine")
 
 
 def min_known(values: list[Maybe[int]]) -> int | None:

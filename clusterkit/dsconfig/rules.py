@@ -2,27 +2,26 @@
 
 A rule is a function registered with :func:`rule`, which declares its id, severity, tags, why it
 matters and its generic fix; the docstring's first line is the summary. It reads a
-:class:`CheckInput` and yields :class:`Issue` values (none means pass) or raises
-:class:`~clusterkit.checks.registry.NotApplicable` saying what it lacked. A rule that crashes becomes
-an ``internal-error`` finding; the other rules still run. Results are the same
-:class:`~clusterkit.checks.registry.Finding` values the doctor reports, so the renderers are shared.
+:class:`CheckInput` and yields :class:`~clusterkit.findings.Problem` values (a key ``path`` names the
+place in the config) or raises :class:`~clusterkit.findings.NotApplicable` saying what it lacked. Rules
+run through the same runner as the doctor's checks, with the same semantics, and give the same
+:class:`~clusterkit.findings.Finding` values, so the renderers are shared.
 """
 
 from __future__ import annotations
 
 import enum
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterkit.checks.registry import INTERNAL_ERROR_ID, Finding, NotApplicable, Outcome, Severity
 from clusterkit.dsconfig.hf_auto import AUTO, HfSimulation, TrainerArgs
 from clusterkit.dsconfig.introspect import DeepSpeedVerdict
-from clusterkit.dsconfig.load import DsConfig, KeyPath
+from clusterkit.dsconfig.load import DsConfig
 from clusterkit.dsconfig.resources import ClusterResources
 from clusterkit.dsconfig.topology import Parallelism, Topology
 from clusterkit.facts import Maybe, Unavailable
+from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
 
 CONFIG_HOST = "config"
 
@@ -91,42 +90,29 @@ class CheckInput:
         return value if isinstance(value, bool) else None
 
 
-@dataclass(frozen=True)
-class Issue:
-    """What a rule found. ``severity`` may lower the rule's own; ``host`` for a per-node problem."""
-
-    message: str
-    path: KeyPath = ()
-    fix: str | None = None
-    severity: Severity | None = None
-    host: str | None = None
-
-
-RuleFn = Callable[[CheckInput], Iterable[Issue]]
+RuleFn = Callable[[CheckInput], Iterable[Problem]]
+RULE_MODULES = ("rules_keys", "rules_batch", "rules_precision", "rules_zero", "rules_optim")
 
 
 @dataclass(frozen=True)
-class Rule:
-    id: str
-    severity: Severity
-    tags: tuple[str, ...]
-    summary: str
-    why: str
-    fix: str
+class Rule(JudgeSpec):
+    """A config rule: its declaration and the function that judges a :class:`CheckInput`."""
+
     func: RuleFn
 
 
-RULES: dict[str, Rule] = {}
+CATALOGUE: Catalogue[Rule] = Catalogue("config rule", "clusterkit.dsconfig", RULE_MODULES,
+                                       "'clusterkit config check --show-passed'")
+#: id -> rule, filled as rule modules are imported (:func:`load_rules`).
+RULES = CATALOGUE.by_id
 
 
 def rule(rule_id: str, severity: Severity, tags: Sequence[str], why: str, fix: str
          ) -> Callable[[RuleFn], RuleFn]:
     """Register a config rule."""
     def decorate(func: RuleFn) -> RuleFn:
-        if rule_id in RULES:
-            raise RuntimeError(f"config rule id {rule_id!r} registered twice")
         summary = (func.__doc__ or rule_id).strip().splitlines()[0]
-        RULES[rule_id] = Rule(rule_id, severity, tuple(tags), summary, why, fix, func)
+        CATALOGUE.add(Rule(rule_id, severity, tuple(tags), summary, why, fix, func))
         return func
 
     return decorate
@@ -134,44 +120,18 @@ def rule(rule_id: str, severity: Severity, tags: Sequence[str], why: str, fix: s
 
 def load_rules() -> dict[str, Rule]:
     """Import every rule module (they register themselves) and return the table."""
-    import importlib
-
-    for name in ("rules_keys", "rules_batch", "rules_precision", "rules_zero", "rules_optim"):
-        importlib.import_module(f"clusterkit.dsconfig.{name}")
-    return RULES
+    return CATALOGUE.load()
 
 
 def run_rules(check: CheckInput, rules: Iterable[Rule] | None = None) -> list[Finding]:
-    """Run rules in table order; never raises."""
+    """Run rules in table order through the one runner (:func:`clusterkit.findings.judge`); never raises.
+
+    A problem's key path becomes its ``file:line`` in the config.
+    """
     findings: list[Finding] = []
     for spec in (rules if rules is not None else load_rules().values()):
-        findings += _run_one(spec, check)
-    return findings
-
-
-def _run_one(spec: Rule, check: CheckInput) -> list[Finding]:
-    try:
-        issues = list(spec.func(check))
-    except NotApplicable as exc:
-        return [Finding(spec.id, spec.severity, Outcome.SKIP, CONFIG_HOST, check.config.path, str(exc),
-                        spec.why, spec.fix)]
-    except Exception as exc:
-        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return [Finding(INTERNAL_ERROR_ID, Severity.ERROR, Outcome.FAIL, CONFIG_HOST, spec.id,
-                        f"config rule {spec.id} crashed: {tail}",
-                        "a crashed rule cannot vouch for anything it covers",
-                        "rerun with CLUSTERKIT_DEBUG=1 and report the traceback")]
-    if not issues:
-        return [Finding(spec.id, spec.severity, Outcome.PASS, CONFIG_HOST, check.config.path, spec.summary,
-                        spec.why, spec.fix)]
-    findings = []
-    for issue in issues:
-        severity = spec.severity
-        if issue.severity is not None and issue.severity.rank > spec.severity.rank:
-            severity = issue.severity
-        findings.append(Finding(spec.id, severity, Outcome.FAIL, issue.host or CONFIG_HOST,
-                                check.config.where(issue.path), issue.message, spec.why,
-                                issue.fix if issue.fix is not None else spec.fix))
+        findings += judge(spec, CONFIG_HOST, lambda s=spec: s.func(check),  # type: ignore[misc]
+                          default_where=check.config.path, place=check.config.where)
     return findings
 
 

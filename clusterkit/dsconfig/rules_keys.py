@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from clusterkit.checks.registry import NotApplicable, Severity
 from clusterkit.dsconfig.introspect import DeepSpeedVerdict, ParseIssue
 from clusterkit.dsconfig.load import dotted
-from clusterkit.dsconfig.rules import CheckInput, Issue, rule
+from clusterkit.dsconfig.rules import CheckInput, rule
 from clusterkit.facts import Unavailable
+from clusterkit.findings import NotApplicable, Problem, Severity
 
 #: Fixes for DeepSpeed messages whose remedy is not in the message itself.
 _FIX_FOR_MESSAGE = {
@@ -42,51 +42,51 @@ def _did_you_mean(issue: ParseIssue) -> tuple[str, str | None]:
       why="DeepSpeed's config models forbid unknown keys: deepspeed.initialize fails with a pydantic "
           "ValidationError ('Extra inputs are not permitted')",
       fix="rename the key to one DeepSpeed knows, or remove it")
-def unknown_key(check: CheckInput) -> Iterator[Issue]:
+def unknown_key(check: CheckInput) -> Iterator[Problem]:
     """Every key inside a validated section (zero_optimization, fp16, bf16...) is one DeepSpeed knows."""
     version = _verdict(check).version
     for issue in _issues(check, "unknown-key"):
         hint, fix = _did_you_mean(issue)
-        yield Issue(f"{dotted(issue.path)}: not a key DeepSpeed {version} knows{hint}", issue.path, fix=fix)
+        yield Problem(f"{dotted(issue.path)}: not a key DeepSpeed {version} knows{hint}", path=issue.path, fix=fix)
 
 
 @rule("ignored-key", Severity.WARNING, ["keys"],
       why="DeepSpeed silently ignores keys it does not read (at the top level and in plain sections such "
           "as activation_checkpointing or checkpoint): a typo there turns a feature off without a word",
       fix="rename the key to one DeepSpeed reads, or remove it")
-def ignored_key(check: CheckInput) -> Iterator[Issue]:
+def ignored_key(check: CheckInput) -> Iterator[Problem]:
     """No key that DeepSpeed would silently ignore."""
     verdict = _verdict(check)
     if not verdict.complete:
         raise NotApplicable("DeepSpeed's parser stopped early; ignored keys are judged on a complete parse")
     for issue in _issues(check, "ignored-key"):
         hint, fix = _did_you_mean(issue)
-        yield Issue(f"{issue.message}{hint}", issue.path, fix=fix)
+        yield Problem(f"{issue.message}{hint}", path=issue.path, fix=fix)
 
 
 @rule("removed-key", Severity.ERROR, ["keys"],
       why="DeepSpeed refuses config blocks of features it has removed (DeepSpeedConfigError)",
       fix="remove the block (the message says what replaces it)")
-def removed_key(check: CheckInput) -> Iterator[Issue]:
+def removed_key(check: CheckInput) -> Iterator[Problem]:
     """No block of a feature DeepSpeed has removed."""
     for issue in _issues(check, "removed-key"):
-        yield Issue(f"{dotted(issue.path)}: {issue.message}", issue.path, fix=f"remove {dotted(issue.path)}")
+        yield Problem(f"{dotted(issue.path)}: {issue.message}", path=issue.path, fix=f"remove {dotted(issue.path)}")
 
 
 @rule("deepspeed-rejects", Severity.ERROR, ["keys"],
       why="the installed DeepSpeed's own config parser refuses this value; deepspeed.initialize would fail",
       fix="change the value as DeepSpeed's message says")
-def deepspeed_rejects(check: CheckInput) -> Iterator[Issue]:
+def deepspeed_rejects(check: CheckInput) -> Iterator[Problem]:
     """DeepSpeed's own config parser accepts every value."""
     for issue in _issues(check, "invalid-value", "rejected"):
         fix = next((f for needle, f in _FIX_FOR_MESSAGE.items() if needle in issue.message), None)
-        yield Issue(issue.message, issue.path, fix=fix)
+        yield Problem(issue.message, path=issue.path, fix=fix)
 
 
 @rule("deepspeed-warning", Severity.WARNING, ["keys"],
       why="DeepSpeed logs these while reading the config (deprecated keys, settings it overrides)",
       fix="follow DeepSpeed's message")
-def deepspeed_warning(check: CheckInput) -> Iterator[Issue]:
+def deepspeed_warning(check: CheckInput) -> Iterator[Problem]:
     """DeepSpeed logs no warning while reading the config."""
     for issue in _issues(check, "warning"):
-        yield Issue(f"DeepSpeed: {issue.message}", issue.path, severity=Severity.WARNING)
+        yield Problem(f"DeepSpeed: {issue.message}", path=issue.path, severity=Severity.WARNING)

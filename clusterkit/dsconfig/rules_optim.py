@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from clusterkit.checks.registry import NotApplicable, Severity
 from clusterkit.dsconfig.introspect import deepspeed_config_module, suggest
-from clusterkit.dsconfig.rules import CheckInput, Issue, Runner, rule
+from clusterkit.dsconfig.rules import CheckInput, Runner, rule
 from clusterkit.facts import Unavailable
+from clusterkit.findings import NotApplicable, Problem, Severity
 
 #: Parameters DeepSpeed pops before constructing an Adam-type optimizer (engine.py).
 _ADAM_POPPED = ("torch_adam", "adam_w_mode", "fp32_optimizer_states", "foreach")
@@ -103,7 +103,7 @@ def _optimizer(check: CheckInput) -> tuple[str, dict[str, Any]] | None:
       why="DeepSpeed builds its own optimizers (adam, adamw, lamb, lion, adagrad...) or looks the name up "
           "in torch.optim; anything else fails at deepspeed.initialize",
       fix="use a DeepSpeed optimizer name (\"AdamW\") or a torch.optim class name")
-def optimizer_type(check: CheckInput) -> Iterator[Issue]:
+def optimizer_type(check: CheckInput) -> Iterator[Problem]:
     """optimizer.type names an optimizer DeepSpeed can build."""
     found = _optimizer(check)
     if found is None:
@@ -112,16 +112,16 @@ def optimizer_type(check: CheckInput) -> Iterator[Issue]:
     if deepspeed_optimizer(type_name, check.offload_device("offload_optimizer") != "none", params) is None:
         close = suggest(type_name, _optimizer_names())
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        yield Issue(f"optimizer.type {type_name!r} is neither a DeepSpeed optimizer nor in torch.optim: "
+        yield Problem(f"optimizer.type {type_name!r} is neither a DeepSpeed optimizer nor in torch.optim: "
                     f"AttributeError: module 'torch.optim' has no attribute '{type_name}'{hint}",
-                    ("optimizer", "type"), fix=f"set optimizer.type to {close[0]!r}" if close else None)
+                    path=("optimizer", "type"), fix=f"set optimizer.type to {close[0]!r}" if close else None)
 
 
 @rule("optimizer-params", Severity.ERROR, ["optimizer"],
       why="optimizer.params are passed as keyword arguments to the optimizer's constructor; an unknown "
           "one fails with TypeError: got an unexpected keyword argument",
       fix="rename or remove the parameter")
-def optimizer_params(check: CheckInput) -> Iterator[Issue]:
+def optimizer_params(check: CheckInput) -> Iterator[Problem]:
     """optimizer.params are all accepted by the optimizer DeepSpeed will build."""
     found = _optimizer(check)
     if found is None:
@@ -131,15 +131,15 @@ def optimizer_params(check: CheckInput) -> Iterator[Issue]:
     if choice is None or choice.cls is None or "*" in choice.accepted:
         raise NotApplicable(f"parameters of {type_name!r} cannot be checked")
     if "max_grad_norm" in params:
-        yield Issue("optimizer.params.max_grad_norm: DeepSpeed refuses it ('max_grad_norm' is not supported "
-                    "as an optimizer parameter)", ("optimizer", "params", "max_grad_norm"),
+        yield Problem("optimizer.params.max_grad_norm: DeepSpeed refuses it ('max_grad_norm' is not supported "
+                    "as an optimizer parameter)", path=("optimizer", "params", "max_grad_norm"),
                     fix="move the value to the top-level \"gradient_clipping\"")
     for key in params:
         if key != "max_grad_norm" and key not in choice.accepted:
             close = suggest(key, choice.accepted)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            yield Issue(f"optimizer.params.{key} is not a parameter of {choice.cls.__name__} (what "
-                        f"DeepSpeed builds for {type_name!r}){hint}", ("optimizer", "params", key),
+            yield Problem(f"optimizer.params.{key} is not a parameter of {choice.cls.__name__} (what "
+                        f"DeepSpeed builds for {type_name!r}){hint}", path=("optimizer", "params", key),
                         fix=f"rename it to {close[0]!r}" if close else f"remove optimizer.params.{key}")
 
 
@@ -147,7 +147,7 @@ def optimizer_params(check: CheckInput) -> Iterator[Issue]:
       why="with ZeRO on, DeepSpeed asserts its optimizer is one it tested unless allowed: 'You are using "
           "an untested ZeRO Optimizer. Please add <\"zero_allow_untested_optimizer\": true>'",
       fix="use Adam/AdamW/Adagrad/Lion, or set \"zero_allow_untested_optimizer\": true")
-def zero_untested_optimizer(check: CheckInput) -> Iterator[Issue]:
+def zero_untested_optimizer(check: CheckInput) -> Iterator[Problem]:
     """A ZeRO config's optimizer is one DeepSpeed supports under ZeRO (or it is explicitly allowed)."""
     found = _optimizer(check)
     if found is None or check.zero_stage() == 0:
@@ -161,15 +161,15 @@ def zero_untested_optimizer(check: CheckInput) -> Iterator[Issue]:
     from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS
 
     if choice.cls not in ZERO_SUPPORTED_OPTIMIZERS:
-        yield Issue(f"optimizer.type {type_name!r} builds {choice.cls.__name__}, which ZeRO has not tested: "
-                    "DeepSpeed stops unless zero_allow_untested_optimizer is true", ("optimizer", "type"))
+        yield Problem(f"optimizer.type {type_name!r} builds {choice.cls.__name__}, which ZeRO has not tested: "
+                    "DeepSpeed stops unless zero_allow_untested_optimizer is true", path=("optimizer", "type"))
 
 
 @rule("scheduler-type", Severity.ERROR, ["scheduler"],
       why="DeepSpeed looks scheduler.type up in deepspeed.runtime.lr_schedules, then in "
           "torch.optim.lr_scheduler ('DeepSpeed does not recognize LR scheduler')",
       fix="use WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest or a torch scheduler name")
-def scheduler_type(check: CheckInput) -> Iterator[Issue]:
+def scheduler_type(check: CheckInput) -> Iterator[Problem]:
     """scheduler.type names a scheduler DeepSpeed can build, with parameters it accepts."""
     import torch
     from deepspeed.runtime import lr_schedules
@@ -184,8 +184,8 @@ def scheduler_type(check: CheckInput) -> Iterator[Issue]:
                                                           if n[0].isupper()]
         close = suggest(name, names)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        yield Issue(f"scheduler.type {name!r}: DeepSpeed does not recognize LR scheduler {name}{hint}",
-                    ("scheduler", "type"), fix=f"set scheduler.type to {close[0]!r}" if close else None)
+        yield Problem(f"scheduler.type {name!r}: DeepSpeed does not recognize LR scheduler {name}{hint}",
+                    path=("scheduler", "type"), fix=f"set scheduler.type to {close[0]!r}" if close else None)
         return
     params = section.get("params")
     accepted = _parameters(cls)
@@ -194,8 +194,8 @@ def scheduler_type(check: CheckInput) -> Iterator[Issue]:
             if key not in accepted:
                 close = suggest(key, accepted)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                yield Issue(f"scheduler.params.{key} is not a parameter of {name}{hint}",
-                            ("scheduler", "params", key),
+                yield Problem(f"scheduler.params.{key} is not a parameter of {name}{hint}",
+                            path=("scheduler", "params", key),
                             fix=f"rename it to {close[0]!r}" if close else f"remove scheduler.params.{key}")
 
 
@@ -205,7 +205,7 @@ def scheduler_type(check: CheckInput) -> Iterator[Issue]:
           "unless zero_force_ds_cpu_optimizer is false",
       fix="declare the optimizer in the config (\"optimizer\": {\"type\": \"AdamW\", ...}) so DeepSpeed "
           "builds DeepSpeedCPUAdam")
-def offload_cpu_optimizer(check: CheckInput) -> Iterator[Issue]:
+def offload_cpu_optimizer(check: CheckInput) -> Iterator[Problem]:
     """Optimizer offload gets DeepSpeed's CPU optimizer (CPU Adam)."""
     if check.offload_device("offload_optimizer") == "none" or check.zero_stage() == 0:
         raise NotApplicable("no optimizer offload")
@@ -215,13 +215,13 @@ def offload_cpu_optimizer(check: CheckInput) -> Iterator[Issue]:
         client = "the HF Trainer creates a torch optimizer" if check.runner is Runner.HF_TRAINER else \
             "your code must pass the optimizer"
         if forced:
-            yield Issue(f"offload_optimizer is on but the config has no optimizer, so {client}: DeepSpeed "
+            yield Problem(f"offload_optimizer is on but the config has no optimizer, so {client}: DeepSpeed "
                         "raises ZeRORuntimeException ('You are using ZeRO-Offload with a client provided "
-                        "optimizer') unless it is a DeepSpeedCPUAdam", ("optimizer",),
+                        "optimizer') unless it is a DeepSpeedCPUAdam", path=("optimizer",),
                         severity=Severity.ERROR if check.runner is Runner.HF_TRAINER else Severity.WARNING)
         else:
-            yield Issue("zero_force_ds_cpu_optimizer is false: a client optimizer steps on the CPU, which is "
-                        "usually several times slower than DeepSpeedCPUAdam", ("zero_force_ds_cpu_optimizer",),
+            yield Problem("zero_force_ds_cpu_optimizer is false: a client optimizer steps on the CPU, which is "
+                        "usually several times slower than DeepSpeedCPUAdam", path=("zero_force_ds_cpu_optimizer",),
                         severity=Severity.WARNING)
         return
     type_name, params = found
@@ -231,12 +231,12 @@ def offload_cpu_optimizer(check: CheckInput) -> Iterator[Issue]:
     if choice.cls.__name__.startswith("DeepSpeedCPU"):
         return
     if type_name.lower() == "lamb":
-        yield Issue("optimizer.type lamb with offload_optimizer: DeepSpeed builds FusedLamb, a GPU-only "
-                    "kernel, for CPU-resident optimizer states", ("optimizer", "type"),
+        yield Problem("optimizer.type lamb with offload_optimizer: DeepSpeed builds FusedLamb, a GPU-only "
+                    "kernel, for CPU-resident optimizer states", path=("optimizer", "type"),
                     fix="use AdamW (DeepSpeedCPUAdam) with offload, or drop offload_optimizer")
     else:
-        yield Issue(f"optimizer.type {type_name!r} with offload_optimizer runs {choice.cls.__name__} on the "
-                    "CPU: slow, and not DeepSpeed's CPU Adam", ("optimizer", "type"), severity=Severity.WARNING,
+        yield Problem(f"optimizer.type {type_name!r} with offload_optimizer runs {choice.cls.__name__} on the "
+                    "CPU: slow, and not DeepSpeed's CPU Adam", path=("optimizer", "type"), severity=Severity.WARNING,
                     fix="use \"AdamW\" (or Adagrad/Lion) so DeepSpeed builds its CPU implementation")
 
 
@@ -244,7 +244,7 @@ def offload_cpu_optimizer(check: CheckInput) -> Iterator[Issue]:
       why="with an optimizer in the DeepSpeed config the HF Trainer does not build its own: --adafactor "
           "is refused and --optim is ignored; scheduler pairing depends on the transformers version",
       fix="configure the optimizer in one place only")
-def hf_optimizer_scheduler(check: CheckInput) -> Iterator[Issue]:
+def hf_optimizer_scheduler(check: CheckInput) -> Iterator[Problem]:
     """The HF Trainer's optimizer/scheduler arguments and the DeepSpeed config agree on who builds what."""
     if check.runner is not Runner.HF_TRAINER or check.trainer is None:
         raise NotApplicable("no HF Trainer arguments after '--'")
@@ -252,17 +252,17 @@ def hf_optimizer_scheduler(check: CheckInput) -> Iterator[Issue]:
     has_optimizer = "optimizer" in check.config.data
     has_scheduler = "scheduler" in check.config.data
     if has_optimizer and args.adafactor:
-        yield Issue("--adafactor with an optimizer in the DeepSpeed config: the HF Trainer stops with "
+        yield Problem("--adafactor with an optimizer in the DeepSpeed config: the HF Trainer stops with "
                     "'--adafactor was passed, but also found `optimizer` configured in the DeepSpeed config. "
-                    "Only one optimizer can be configured.'", ("optimizer",),
+                    "Only one optimizer can be configured.'", path=("optimizer",),
                     fix="remove --adafactor, or the optimizer section")
     if has_optimizer and "optim" in args.given:
-        yield Issue(f"--optim {args.optim} is ignored: the DeepSpeed config's optimizer "
-                    f"({check.value('optimizer', 'type')}) is used", ("optimizer",), severity=Severity.WARNING,
+        yield Problem(f"--optim {args.optim} is ignored: the DeepSpeed config's optimizer "
+                    f"({check.value('optimizer', 'type')}) is used", path=("optimizer",), severity=Severity.WARNING,
                     fix="remove --optim, or remove the optimizer section to let the HF Trainer build it")
     if has_optimizer and not has_scheduler:
-        yield Issue(f"DeepSpeed optimizer with the HF scheduler (--lr_scheduler_type {args.lr_scheduler_type}):"
+        yield Problem(f"DeepSpeed optimizer with the HF scheduler (--lr_scheduler_type {args.lr_scheduler_type}):"
                     " transformers >= 4.33 wraps it for DeepSpeed; older releases refuse this combination "
-                    "(not verified here: transformers is not a clusterkit dependency)", ("optimizer",),
+                    "(not verified here: transformers is not a clusterkit dependency)", path=("optimizer",),
                     severity=Severity.INFO, fix="add a scheduler section (e.g. WarmupDecayLR with \"auto\" "
                                                 "params) if your transformers is older than 4.33")

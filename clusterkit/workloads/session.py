@@ -7,6 +7,7 @@ all hosts or a subset, shows live progress per node, and returns the outcome wit
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -141,8 +142,9 @@ class WorkloadContext:
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
 
-    @property
+    @functools.cached_property
     def local(self) -> bool:
+        """Every rank runs on this machine (one host, and it is this machine)."""
         return is_local(self.names)
 
     def ranks_per_node(self, hosts: Sequence[ActiveHost] | None = None) -> dict[str, int]:
@@ -163,21 +165,15 @@ class WorkloadContext:
         whole = self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
         include = "" if [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole] \
             else include_spec(chosen)
+        # One active host: DeepSpeed's runner starts it on this machine unless told --force_multi; when
+        # it is this machine, no SSH at all and the master is loopback (as clusterkit launch does).
+        here = len(chosen) == 1 and (self.local or is_local([chosen[0].name]))
         plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=script_path,
                           script_args=[*args, run_id_argument(run_id)], include=include, launcher=self.launcher,
-                          master_addr=self.master_addr, master_port=master_port or self.master_port,
-                          ssh_port=self.settings.port)
+                          master_addr=self.master_addr or ("127.0.0.1" if here else None),
+                          master_port=master_port or self.master_port, ssh_port=self.settings.port,
+                          force_multi=len(chosen) == 1 and not here, no_ssh_check=here)
         argv = build_launch_line(plan)
-        if len(chosen) == 1 and not self.local:
-            # DeepSpeed's runner launches a single host on the launching machine itself, whichever host
-            # it is, unless told to go through the multi-node launcher anyway.
-            argv[1:1] = ["--force_multi"]
-        if self.local:
-            # A one-host hostfile of this machine: DeepSpeed launches locally, but still checks SSH to
-            # it and cannot guess a master address without pdsh; neither is needed here.
-            argv[1:1] = ["--no_ssh_check"]
-            if not self.master_addr:
-                argv[argv.index("--launcher"):argv.index("--launcher")] = ["--master_addr", "127.0.0.1"]
         return argv
 
     def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,

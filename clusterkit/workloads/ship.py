@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import shlex
-import socket
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +67,10 @@ def _base_dir_shell(workdir: str | None) -> str:
 
 
 def is_local(hosts: list[str]) -> bool:
-    """A launch DeepSpeed runs on this machine only (one host, named as this machine)."""
-    return len(hosts) == 1 and hosts[0] in LOCAL_NAMES | {socket.gethostname(), socket.getfqdn()}
+    """A launch DeepSpeed runs on this machine only: one host, and it is this machine."""
+    from clusterkit.launchsite import launch_place
+
+    return bool(hosts) and launch_place(hosts).local_only
 
 
 @dataclass

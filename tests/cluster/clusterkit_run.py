@@ -21,10 +21,13 @@ def clusterkit(node: Node, args: str, *, timeout: float = 240, env: dict[str, st
 
 
 def bootstrap(cluster: Cluster, python: str, extra: str = "", *, password: bool = True,
-              timeout: float = 300) -> CommandResult:
-    """``clusterkit bootstrap ~/hostfile`` from node1, the head (the password via --password-env)."""
-    head = cluster.nodes[0]
-    head.put_file("/home/ckuser/hostfile", cluster.hostfile_text())
+              timeout: float = 300, head: Node | None = None, hostfile: str | None = None) -> CommandResult:
+    """``clusterkit bootstrap ~/hostfile`` from ``head`` (default node1; the password via --password-env).
+
+    ``hostfile``: its text (default: every node by name).
+    """
+    head = head or cluster.nodes[0]
+    head.put_file("/home/ckuser/hostfile", hostfile if hostfile is not None else cluster.hostfile_text())
     flags = f"--python {python} --connect-timeout 3 {extra}"
     if password:
         flags += " --password-env CK_PASSWORD --trust-new-hosts"
@@ -32,9 +35,11 @@ def bootstrap(cluster: Cluster, python: str, extra: str = "", *, password: bool 
                       env={"CK_PASSWORD": cluster.password} if password else None)
 
 
-def doctor_json(cluster: Cluster, python: str, extra: str = "", timeout: float = 180) -> dict[str, Any]:
-    """``clusterkit doctor ~/hostfile --json`` from node1; the parsed report."""
-    result = clusterkit(cluster.nodes[0], f"doctor ~/hostfile --json --python {python} {extra}", timeout=timeout)
+def doctor_json(cluster: Cluster, python: str, extra: str = "", timeout: float = 180,
+                head: Node | None = None) -> dict[str, Any]:
+    """``clusterkit doctor ~/hostfile --json`` from ``head`` (default node1); the parsed report."""
+    result = clusterkit(head or cluster.nodes[0], f"doctor ~/hostfile --json --python {python} {extra}",
+                        timeout=timeout)
     assert result.rc in (0, 1), result.stderr[-3000:]
     report: dict[str, Any] = json.loads(result.stdout)
     return report

@@ -27,10 +27,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-def launch_or_skip(n: int, name_prefix: str = "node") -> Cluster:
+def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False) -> Cluster:
     """Start a cluster, or skip the test with the reason this machine cannot run one."""
     try:
-        return Cluster.launch(n, name_prefix)
+        return Cluster.launch(n, name_prefix, shared_home=shared_home)
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -60,8 +60,8 @@ def cluster_python(cluster: Cluster) -> str:
 def start_cluster() -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
-    def start(n: int = 2, name_prefix: str = "node") -> Cluster:
-        started.append(launch_or_skip(n, name_prefix))
+    def start(n: int = 2, name_prefix: str = "node", *, shared_home: bool = False) -> Cluster:
+        started.append(launch_or_skip(n, name_prefix, shared_home=shared_home))
         return started[-1]
 
     yield start

@@ -45,8 +45,10 @@ class Cluster:
     password: ClassVar[str] = TEST_PASSWORD
     _indexes_in_use: ClassVar[set[int]] = set()
 
-    def __init__(self, index: int, n: int, name_prefix: str) -> None:
+    def __init__(self, index: int, n: int, name_prefix: str, shared_home: bool = False) -> None:
         self.index = index
+        #: Every node mounts one /home, as with NFS: one ~/.ssh, one ~/.deepspeed_env for all.
+        self.shared_home = shared_home
         self.subnet = SUBNET.format(index=index)
         self.bridge = f"{system.NAME_PREFIX}br{index}"
         self.bridge_ip = f"{self.subnet}.1"
@@ -61,25 +63,28 @@ class Cluster:
 
     @classmethod
     @contextmanager
-    def start(cls, n: int, name_prefix: str = "node", **options: float) -> Iterator[Cluster]:
+    def start(cls, n: int, name_prefix: str = "node", **options: float | bool) -> Iterator[Cluster]:
         """Start ``n`` nodes named ``{name_prefix}1..n``; stop and clean up on leaving, however."""
-        cluster = cls.launch(n, name_prefix, **options)
+        cluster = cls.launch(n, name_prefix, **options)  # type: ignore[arg-type]
         try:
             yield cluster
         finally:
             cluster.stop()
 
     @classmethod
-    def launch(cls, n: int, name_prefix: str = "node", *, lock_timeout: float = 240,
-               boot_timeout: float = 60) -> Cluster:
-        """Start ``n`` nodes; the caller must call stop(). Raises ClusterUnavailable where impossible."""
+    def launch(cls, n: int, name_prefix: str = "node", *, lock_timeout: float = 1800,
+               boot_timeout: float = 60, shared_home: bool = False) -> Cluster:
+        """Start ``n`` nodes; the caller must call stop(). Raises ClusterUnavailable where impossible.
+
+        ``shared_home``: one /home for every node, as with NFS.
+        """
         if not 1 <= n <= 200:
             raise ValueError(f"a cluster has 1 to 200 nodes, not {n}")
         system.check_host()
         system.RUN_LOCK.acquire(lock_timeout)
         index = min(set(range(256)) - cls._indexes_in_use)
         cls._indexes_in_use.add(index)
-        cluster = cls(index, n, name_prefix)
+        cluster = cls(index, n, name_prefix, shared_home)
         try:
             # Holding the lock, anything of ours that no live cluster of this process owns is a
             # leftover of a run that crashed before it could clean up.
@@ -112,9 +117,9 @@ class Cluster:
                  *(f"{node.ip}\t{node.name}" for node in self.nodes)]
         return "\n".join(lines) + "\n"
 
-    def hostfile_text(self, slots: int = 1) -> str:
-        """A DeepSpeed hostfile naming every node."""
-        return "".join(f"{node.name} slots={slots}\n" for node in self.nodes)
+    def hostfile_text(self, slots: int = 1, nodes: list[Node] | None = None, by_ip: bool = False) -> str:
+        """A DeepSpeed hostfile naming every node (or ``nodes``), by name or by address."""
+        return "".join(f"{node.ip if by_ip else node.name} slots={slots}\n" for node in (nodes or self.nodes))
 
     def hostfile(self, slots: int = 1) -> Path:
         """Write hostfile_text() on the host and return its path (put_file it for use inside a node)."""
@@ -173,6 +178,8 @@ class Cluster:
         deadline = started + timeout
         uid, gid = system.ensure_user(self.user, self.password)
         self.state_dir.mkdir(mode=0o755)
+        if self.shared_home:
+            (self.state_dir / "shared-home").mkdir(mode=0o755)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         for node in self.nodes:
             node._prepare(uid, gid, self.hosts_text())

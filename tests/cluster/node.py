@@ -7,14 +7,17 @@ at /home, /opt, /tmp, /root, /etc/ssh and /etc/hosts. Everything else is shared.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
+import select
 import selectors
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import termios
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -70,7 +73,9 @@ class Node:
         self.netns = f"{system.NAME_PREFIX}{cluster.index}n{number}"
         self.veth = f"{system.NAME_PREFIX}{cluster.index}v{number}"
         self.root = cluster.state_dir / name
-        self.home = self.root / "home" / cluster.user
+        #: Host side of the node's /home: its own, or one directory every node mounts (an NFS-like share).
+        self.home_root = cluster.state_dir / "shared-home" if cluster.shared_home else self.root / "home"
+        self.home = self.home_root / cluster.user
         self.opt = self.root / "opt"
         self.tmp = self.root / "tmp"
         self.etc_ssh = self.root / "etc-ssh"
@@ -91,7 +96,7 @@ class Node:
     def host_path(self, path_in_node: str) -> Path:
         """Where a path in one of the node's private directories lives on the host."""
         path = PurePosixPath(path_in_node)
-        for private, on_host in (("/home", self.root / "home"), ("/opt", self.opt), ("/tmp", self.tmp),
+        for private, on_host in (("/home", self.home_root), ("/opt", self.opt), ("/tmp", self.tmp),
                                  ("/etc/ssh", self.etc_ssh), ("/root", self.root_home)):
             if path.is_relative_to(private):
                 return on_host / path.relative_to(private)
@@ -109,18 +114,8 @@ class Node:
         ``timeout`` seconds is killed and NodeCommandTimeout raised; ``check`` raises on non-zero exit.
         Background children that keep stdout open make this wait for them: redirect their output.
         """
-        if self.init_pid is None:
-            raise ClusterError(f"{self.name} is down (killed); call boot() first")
         account = pwd.getpwnam(user or self.cluster.user)
-        argv = [tool("nsenter"), "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--"]
-        if account.pw_uid != 0:
-            argv += [tool("setpriv"), f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
-                     "--init-groups"]
-        environment = {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name,
-                       "SHELL": account.pw_shell or "/bin/bash", "LANG": "C.UTF-8",
-                       "PATH": ROOT_PATH if account.pw_uid == 0 else USER_PATH, **(env or {})}
-        argv += ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in environment.items()),
-                 "/bin/bash", "-lc" if login else "-c", f"cd ~ 2>/dev/null || cd /\n{cmd}"]
+        argv = self._argv(cmd, account.pw_name, env, login)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -142,11 +137,78 @@ class Node:
                                f"stdout: {out[-2000:]}\nstderr: {err[-2000:]}")
         return result
 
+    def run_in_terminal(self, cmd: str, answers: Mapping[str, str], timeout: float = 300,
+                        env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run ``cmd`` as the test user on a terminal of its own (a pty, its controlling tty), typing
+        ``answers[prompt]`` each time ``prompt`` appears in the output, as a person would.
+
+        Returns the exit code and everything the terminal showed (stdout and stderr together); the
+        prompts seen are in ``stderr`` as one line each, so tests can count them.
+        """
+        argv = self._argv(cmd, self.cluster.user, env, login=False)
+        main, child = os.openpty()
+
+        def controlling_terminal() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, preexec_fn=controlling_terminal,
+                                close_fds=True)
+        os.close(child)
+        shown = b""
+        prompts: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise NodeCommandTimeout(f"{self.name}: `{cmd}` still running after {timeout}s",
+                                             shown.decode(errors="replace"), "")
+                ready, _, _ = select.select([main], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(main, 4096)
+                    except OSError:  # EIO: every process left the terminal
+                        chunk = b""
+                    if not chunk and proc.poll() is not None:
+                        break
+                    shown += chunk
+                    text = shown.decode(errors="replace")
+                    for prompt, answer in answers.items():
+                        if text.count(prompt) > prompts.count(prompt):
+                            prompts.append(prompt)
+                            os.write(main, answer.encode() + b"\n")
+                elif proc.poll() is not None:
+                    break
+        finally:
+            if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            os.close(main)
+        return CommandResult(proc.returncode, shown.decode(errors="replace").replace("\r\n", "\n"),
+                             "\n".join(prompts))
+
     def put_file(self, path_in_node: str, text: str, mode: int = 0o644, user: str | None = None) -> None:
         """Write ``text`` to a file in the node as ``user`` (default: the test user), making parent dirs."""
         path = shlex.quote(path_in_node)
         self.run(f'mkdir -p "$(dirname {path})" && cat > {path} && chmod {mode:o} {path}', user=user,
                  input=text, check=True)
+
+    def _argv(self, cmd: str, user: str, env: Mapping[str, str] | None, login: bool) -> list[str]:
+        """The host command that runs ``cmd`` in the node as ``user``, with a non-interactive SSH
+        session's environment (plus ``env``), from the user's home."""
+        if self.init_pid is None:
+            raise ClusterError(f"{self.name} is down (killed); call boot() first")
+        account = pwd.getpwnam(user)
+        argv = [tool("nsenter"), "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--"]
+        if account.pw_uid != 0:
+            argv += [tool("setpriv"), f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+                     "--init-groups"]
+        environment = {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name,
+                       "SHELL": account.pw_shell or "/bin/bash", "LANG": "C.UTF-8",
+                       "PATH": ROOT_PATH if account.pw_uid == 0 else USER_PATH, **(env or {})}
+        return [*argv, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in environment.items()),
+                "/bin/bash", "-lc" if login else "-c", f"cd ~ 2>/dev/null || cd /\n{cmd}"]
 
     def read_file(self, path_in_node: str, user: str = "root") -> str:
         """The text of a file as the node sees it."""
@@ -309,6 +371,24 @@ class Node:
         self._sshd_overrides = overrides
         self.restart_sshd()
 
+    def serve_host_key_from_its_own_path(self) -> str:
+        """sshd serves a new host key named in an included file only root can read, as hardened images
+        do; the stale ``/etc/ssh/ssh_host_ed25519_key.pub`` stays. Returns the served public key line."""
+        keys = self.etc_ssh / "keys"
+        keys.mkdir(exist_ok=True)
+        for old in keys.glob("host_ed25519*"):
+            old.unlink()
+        subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", f"root@{self.name}-own",
+                        "-f", str(keys / "host_ed25519")], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL)
+        included = self.etc_ssh / "sshd_config.d"
+        included.mkdir(exist_ok=True)
+        conf = included / "10-host-key.conf"
+        conf.write_text("HostKey /etc/ssh/keys/host_ed25519\n")
+        conf.chmod(0o600)
+        self.set_sshd_options({"Include": "/etc/ssh/sshd_config.d/*.conf", "HostKey": ""})
+        return (keys / "host_ed25519.pub").read_text().strip()
+
     def regenerate_host_keys(self) -> None:
         """Give the node a new host key (as after a reinstall) and restart sshd with it."""
         for key in self.etc_ssh.glob("ssh_host_*"):
@@ -322,9 +402,11 @@ class Node:
         """Kill the test user's processes in the node; empty its home and the node's /tmp."""
         uid = pwd.getpwnam(self.cluster.user).pw_uid
         system.signal_pids([pid for pid in self.pids() if _owner(pid) == uid], signal.SIGKILL)
-        for directory, keep in ((self.home, ""), (self.tmp, PurePosixPath(HARNESS_DIR).name)):
+        # Mount points of the repo and venv (a clone under /tmp) stay: removing one unmounts it in the node.
+        kept = {self.host_path(HARNESS_DIR), *(self.host_path(p) for p in pyenv.paths_nodes_need())}
+        for directory in (self.home, self.tmp):
             for entry in directory.iterdir():
-                if entry.name == keep:
+                if any(entry == k or k.is_relative_to(entry) for k in kept):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
@@ -343,6 +425,8 @@ class Node:
         if self._sshd_overrides:
             self._sshd_overrides = {}
             (self.etc_ssh / "sshd_config").write_text(self._sshd_config_text({}))
+            shutil.rmtree(self.etc_ssh / "sshd_config.d", ignore_errors=True)
+            shutil.rmtree(self.etc_ssh / "keys", ignore_errors=True)
             self.restart_sshd()
         elif not self.sshd_listening():
             self.restart_sshd()
@@ -350,14 +434,18 @@ class Node:
     # --- lifecycle (used by Cluster) -------------------------------------------------------------
 
     def _sshd_config_text(self, overrides: Mapping[str, str]) -> str:
+        """The node's sshd_config: an ``Include`` first (sshd takes the first value it reads), then the
+        options; an option overridden with "" is left out."""
         options = {**DEFAULT_SSHD_OPTIONS, **overrides}
-        lines = ["# written by tests/cluster/harness.py", f"ListenAddress {self.ip}:22",
-                 "ListenAddress 127.0.0.1:22", *(f"{key} {value}" for key, value in options.items())]
+        include = options.pop("Include", "")
+        lines = ["# written by tests/cluster/harness.py", *([f"Include {include}"] if include else []),
+                 f"ListenAddress {self.ip}:22", "ListenAddress 127.0.0.1:22",
+                 *(f"{key} {value}" for key, value in options.items() if value)]
         return "\n".join(lines) + "\n"
 
     def _prepare(self, uid: int, gid: int, hosts_text: str) -> None:
         for directory in (self.etc_ssh, self.opt, self.tmp, self.root_home, self.home):
-            directory.mkdir(parents=True)
+            directory.mkdir(parents=True, exist_ok=directory == self.home and self.cluster.shared_home)
         os.chown(self.home, uid, gid)
         self.tmp.chmod(0o1777)
         self.root_home.chmod(0o711)  # lets the test user reach the shared interpreter under /root
@@ -365,8 +453,8 @@ class Node:
         # PID 1 of the node: bash reaps every orphan handed to it while it waits.
         self.host_path(f"{HARNESS_DIR}/init.sh").write_text(
             "trap '' TERM INT HUP\nwhile :; do sleep 3600 & wait $! || true; done\n")
-        for needed in pyenv.root_dirs_nodes_need():
-            self.host_path(needed).mkdir(parents=True)
+        for needed in pyenv.paths_nodes_need():
+            self.host_path(needed).mkdir(parents=True, exist_ok=True)
         for name in ("ssh_config", "moduli"):
             if Path("/etc/ssh", name).exists():
                 shutil.copy(Path("/etc/ssh", name), self.etc_ssh / name)
@@ -381,20 +469,21 @@ class Node:
 
     def _anchor_script(self) -> str:
         q = shlex.quote
-        shared_root = "".join(f"mount --bind {q(d)} {q(str(self.host_path(d)))}\n"
-                              for d in pyenv.root_dirs_nodes_need())
+        # The repo, venv and interpreter go into the private directories' host-side copies first, and
+        # those are mounted with --rbind, which carries them along.
+        shared = "".join(f"mount --bind {q(d)} {q(str(self.host_path(d)))}\n" for d in pyenv.paths_nodes_need())
         # /tmp last: the state directory (under the host's /tmp) is hidden once it is mounted.
         return f"""set -euo pipefail
 ip addr replace {self.ip}/24 dev eth0
 ip link set lo up
 ip link set eth0 up
 echo {q(self.name)} > /proc/sys/kernel/hostname
-mount --bind {q(str(self.etc_ssh))} /etc/ssh
+{shared}mount --bind {q(str(self.etc_ssh))} /etc/ssh
 mount --bind {q(str(self.root / 'hosts'))} /etc/hosts
-mount --bind {q(str(self.root / 'home'))} /home
-mount --bind {q(str(self.opt))} /opt
-{shared_root}mount --rbind {q(str(self.root_home))} /root
-mount --bind {q(str(self.tmp))} /tmp
+mount --rbind {q(str(self.home_root))} /home
+mount --rbind {q(str(self.opt))} /opt
+mount --rbind {q(str(self.root_home))} /root
+mount --rbind {q(str(self.tmp))} /tmp
 /usr/sbin/sshd -t
 /usr/sbin/sshd -E /etc/ssh/sshd.log
 echo ready

@@ -65,19 +65,28 @@ def site_packages(prefix: Path | str, version: str) -> Path:
     return Path(prefix) / "lib" / f"python{version}" / "site-packages"
 
 
-def root_dirs_nodes_need() -> list[str]:
-    """Top-level entries of /root (e.g. ``/root/.pyenv``) holding the interpreter, the venv or the repo.
+#: Directories each node has a private copy of (see node.py): what lives under them must be mounted in.
+PRIVATE_DIRS = ("/home", "/opt", "/tmp", "/root")
 
-    Nodes get a private /root; these entries are bind-mounted into it so the test user can run the
-    shared interpreter, as on an image where it is installed for everyone.
+
+def paths_nodes_need() -> list[str]:
+    """The repo, the shared venv and the interpreter it was made from, where they sit under a directory
+    that nodes have privately (a clone under ``/root``, ``/home/me`` or ``/tmp``, a pyenv under /root).
+
+    Nodes get these bind-mounted at the same path, as on an image or a shared filesystem where they
+    are installed for everyone; anywhere else (``/usr``, ``/work``) nodes see them already.
     """
-    needed = set()
     venv = shared_venv()
-    for path in (os.path.realpath(base_interpreter(venv)), os.path.realpath(venv), str(REPO_ROOT)):
-        parts = Path(path).parts
-        if len(parts) > 2 and parts[1] == "root":
-            needed.add(f"/root/{parts[2]}")
-    return sorted(needed)
+    base_prefix = Path(os.path.realpath(base_interpreter(venv))).parent.parent
+    wanted = sorted({os.path.realpath(p) for p in (REPO_ROOT, venv, base_prefix)})
+    needed: list[str] = []
+    for path in wanted:
+        if not any(Path(path).is_relative_to(private) for private in PRIVATE_DIRS):
+            continue
+        if any(Path(path).is_relative_to(outer) for outer in needed):
+            continue  # a venv inside the repo comes with it
+        needed.append(path)
+    return needed
 
 
 def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = False) -> str:

@@ -35,7 +35,8 @@ def test_doctor_finds_each_planted_fault_on_the_node_that_has_it(bootstrapped: C
         trust = failures(report, "ssh-trust-incomplete")
         assert [(f["host"], f["message"]) for f in trust] == [
             ("node3", "node3's keys are not in ~/.ssh/authorized_keys on node2")]
-        assert [f["host"] for f in failures(report, "pdsh-missing")] == ["node2"]
+        # pdsh runs only where jobs are launched from (node1 here): a worker without it is fine.
+        assert failures(report, "pdsh-missing") == []
         torch = [f for f in failures(report, "software-versions-differ") if "torch differs" in f["message"]]
         assert [f["host"] for f in torch] == ["node3"]
         assert "2.0.0 on node3" in torch[0]["message"]
@@ -86,7 +87,8 @@ def test_a_node_killed_mid_bootstrap_is_reported_and_a_rerun_finishes(
     run.join(300)
     first = result["first"]
     assert first.rc == 1, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "node3: " in first.stdout and "failed" in first.stdout.split("node3: ", 1)[1].splitlines()[0]
+    assert "node3: " in first.stdout and "FAILED" in first.stdout.split("node3: ", 1)[1].splitlines()[0]
+    assert "EOFError" not in first.stdout + first.stderr  # a lost connection is said in words
     for node in clean_cluster.nodes[:2]:  # the others finished every step
         assert "NCCL_SOCKET_IFNAME=" in node.read_file("/home/ckuser/.deepspeed_env")
 

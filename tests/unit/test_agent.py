@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.agent import RESULT_MARKER
-from clusterkit.facts import NodeFacts, from_jsonable
+from clusterkit.agent import AGENT_PROTOCOL, RESULT_MARKER
+from clusterkit.facts import SCHEMA_VERSION, CollectReply, ConnectProbe, PortHoldProbe, from_jsonable
 from clusterkit.remote import RemoteError, agent_zipapp, parse_agent_output
 
 PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python")
+WIRE = {"protocol": AGENT_PROTOCOL, "schema_version": SCHEMA_VERSION}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def interpreters() -> list[str]:
 @pytest.mark.parametrize("python", interpreters())
 def test_agent_collects_facts_with_a_bare_system_python(python: str, zipapp: Path) -> None:
     out = run_agent_locally(python, zipapp, "collect", "--python", sys.executable, "--timeout", "60")
-    facts = from_jsonable(NodeFacts, parse_agent_output(out, "local").result["facts"])
+    facts = from_jsonable(CollectReply, parse_agent_output(out, "local").result).facts
     assert facts.host.agent_python.startswith(subprocess.check_output(
         [python, "-c", "import platform; print(platform.python_version())"], text=True).strip())
 
@@ -56,7 +57,7 @@ def test_agent_zipapp_carries_pynvml_so_nodes_need_no_install(zipapp: Path) -> N
 
 def test_result_line_is_found_among_login_banner_noise() -> None:
     noise = "Welcome to node7!\nyour quota: 90%\n"
-    line = RESULT_MARKER + json.dumps({"protocol": 2, "result": {"x": 1}, "clock_unix": 1000.5})
+    line = RESULT_MARKER + json.dumps({**WIRE, "result": {"x": 1}, "clock_unix": 1000.5})
     reply = parse_agent_output(noise + line + "\n", "node7", received_at=1000.0)
     assert reply.result == {"x": 1}
     assert reply.clock_offset_s == 0.5
@@ -68,7 +69,7 @@ def test_missing_result_line_is_a_remote_error_with_the_output_tail() -> None:
 
 
 def test_agent_error_is_reported_with_its_reason() -> None:
-    line = RESULT_MARKER + json.dumps({"protocol": 1, "error": "OSError: boom"})
+    line = RESULT_MARKER + json.dumps({**WIRE, "error": "OSError: boom"})
     with pytest.raises(RemoteError, match="agent on node7 failed: OSError: boom"):
         parse_agent_output(line, "node7")
 
@@ -81,7 +82,7 @@ def test_listen_reports_a_busy_port(zipapp: Path) -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         out = run_agent_locally("/usr/bin/python3", zipapp, "listen", "--port", str(port), "--seconds", "1")
-    assert parse_agent_output(out, "local").result["free"] is False
+    assert from_jsonable(PortHoldProbe, parse_agent_output(out, "local").result).free is False
 
 
 def test_connect_reaches_a_listener(zipapp: Path) -> None:
@@ -93,7 +94,7 @@ def test_connect_reaches_a_listener(zipapp: Path) -> None:
         port = server.getsockname()[1]
         out = run_agent_locally("/usr/bin/python3", zipapp, "connect", "--host", "127.0.0.1", "--port",
                                 str(port), "--timeout", "3")
-    assert parse_agent_output(out, "local").result["ok"] is True
+    assert from_jsonable(ConnectProbe, parse_agent_output(out, "local").result).ok is True
 
 
 def test_collect_runs_the_probes_beside_the_facts(zipapp: Path) -> None:
@@ -105,11 +106,11 @@ def test_collect_runs_the_probes_beside_the_facts(zipapp: Path) -> None:
     out = run_agent_locally("/usr/bin/python3", zipapp, "collect", "--python", "/usr/bin/python3",
                             "--timeout", "30", "--listen-port", str(port), "--listen-expect", "1",
                             "--listen-seconds", "10", "--connect", f"127.0.0.1:{port}", "--peers", "nodeA")
-    result = parse_agent_output(out, "local").result
-    assert result["listen"]["free"] is True and result["listen"]["accepted"] == ["127.0.0.1"]
-    assert result["connect"]["ok"] is True
-    facts = from_jsonable(NodeFacts, result["facts"])
-    assert facts.launcher.ssh_trust.known_hosts == {"nodeA": []}  # type: ignore[union-attr]
+    reply = from_jsonable(CollectReply, parse_agent_output(out, "local").result)
+    assert reply.listen == PortHoldProbe(port, True, "", ["127.0.0.1"])
+    assert reply.connect is not None and reply.connect.ok
+    assert reply.ssh is None
+    assert reply.facts.launcher.ssh_trust.known_hosts == {"nodeA": []}  # type: ignore[union-attr]
 
 
 def test_the_agent_archive_is_the_same_from_one_run_to_the_next() -> None:
@@ -117,3 +118,17 @@ def test_the_agent_archive_is_the_same_from_one_run_to_the_next() -> None:
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
                for _ in range(2)}
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize(("wire", "said", "fix"), [
+    ({"protocol": AGENT_PROTOCOL - 1, "schema_version": SCHEMA_VERSION}, "the node's agent is older", "rm -rf"),
+    ({"protocol": AGENT_PROTOCOL + 1, "schema_version": SCHEMA_VERSION}, "the node's agent is newer",
+     "upgrade clusterkit on this machine"),
+    ({}, "speaks protocol None", "upgrade clusterkit"),
+])
+def test_an_agent_of_another_version_is_refused_saying_which_side_to_upgrade(
+        wire: dict[str, int], said: str, fix: str) -> None:
+    line = RESULT_MARKER + json.dumps({**wire, "result": {}})
+    with pytest.raises(RemoteError, match=said) as caught:
+        parse_agent_output(line, "node7")
+    assert caught.value.fix is not None and fix in caught.value.fix

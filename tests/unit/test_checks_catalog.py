@@ -14,17 +14,15 @@ from hypothesis import strategies as st
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import (
-    INTERNAL_ERROR_ID,
     REGISTRY,
     NodeContext,
-    Outcome,
-    Problem,
-    Severity,
+    checks_for_machine,
     node_check,
     run_node_checks,
     select_checks,
 )
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import INTERNAL_ERROR_ID, Outcome, Problem, Severity
 from tests.factories import cpu_only_node, h100_fixture_node, healthy_gpu_node, with_gpu
 
 MY_MODULES = ("gpu", "system", "software", "network", "launcher")
@@ -33,7 +31,8 @@ ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)+$")
 
 def node_findings(facts: NodeFacts, expected_gpus: int | None = None) -> list[Any]:
     load_checks()
-    return run_node_checks(select_checks(scope="node"), facts, NodeContext("node-0", expected_gpus=expected_gpus))
+    specs = checks_for_machine(select_checks(), node=True, launch=True)  # this machine, as doctor sees it
+    return run_node_checks(specs, facts, NodeContext("node-0", expected_gpus=expected_gpus))
 
 
 def failing(facts: NodeFacts, expected_gpus: int | None = None) -> dict[str, str]:
@@ -45,7 +44,8 @@ def failing(facts: NodeFacts, expected_gpus: int | None = None) -> dict[str, str
 
 def test_there_are_at_least_25_node_checks() -> None:
     load_checks()
-    mine = [s for s in REGISTRY.values() if s.scope == "node" and s.func.__module__.rsplit(".", 1)[-1] in MY_MODULES]
+    mine = [s for s in REGISTRY.values()
+            if s.scope in ("node", "launch") and s.func.__module__.rsplit(".", 1)[-1] in MY_MODULES]
     assert len(mine) >= 25
 
 
@@ -173,21 +173,14 @@ def test_every_skip_says_why() -> None:
 
 
 def test_problems_found_before_a_check_gives_up_are_kept() -> None:
-    from clusterkit.checks.registry import (
-        CheckSpec,
-        NodeContext,
-        NotApplicable,
-        Outcome,
-        Problem,
-        Severity,
-        run_node_checks,
-    )
+    from clusterkit.checks.registry import NodeCheck, NodeContext, run_node_checks
+    from clusterkit.findings import NotApplicable, Outcome, Problem, Severity
     from tests.factories import healthy_gpu_node
 
     def half(facts: object, ctx: object) -> Iterator[Problem]:
         yield Problem("GPU 0 is bad", where="GPU 0")
         raise NotApplicable("GPU 1 unreadable")
 
-    spec = CheckSpec("half-check", Severity.ERROR, (), "summary", "why", "fix", "node", half)
+    spec = NodeCheck("half-check", Severity.ERROR, (), "summary", "why", "fix", "node", half)
     findings = run_node_checks([spec], healthy_gpu_node(), NodeContext(host="n"))
     assert [(f.outcome, f.message) for f in findings] == [(Outcome.FAIL, "GPU 0 is bad")]

@@ -8,6 +8,7 @@ import pytest
 
 from clusterkit.checks.launcher import quotes_values
 from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.findings import Severity
 from tests.factories import (
     CheckCase,
     assert_case,
@@ -45,6 +46,8 @@ CASES: list[CheckCase] = [
     fail("pdsh-missing", "rocky", lambda: rhel(launcher(pdsh_path=NOT_FOUND)), "pdsh",
          fix_contains="sudo dnf install -y pdsh pdsh-rcmd-ssh"),
     passes("pdsh-missing", "installed", healthy_gpu_node),
+    skips("pdsh-missing", "one-host-launch-here", lambda: launcher(pdsh_path=NOT_FOUND),
+          "starts its ranks without pdsh", context={"multi_node": False}),
     fail("pdsh-ssh-module-missing", "rsh-only", lambda: rhel(launcher(pdsh_rcmd_modules=["rsh", "exec"])),
          "pdsh has no ssh module (rcmd modules: rsh, exec)", fix_contains="sudo dnf install -y pdsh-rcmd-ssh"),
     passes("pdsh-ssh-module-missing", "has-ssh", healthy_gpu_node),
@@ -60,6 +63,8 @@ CASES: list[CheckCase] = [
     fail("sshd-not-listening", "other-port", lambda: launcher(sshd_listening_ports=[2222]),
          "sshd listens on port 2222, not 22", fix_contains="--ssh_port 2222"),
     passes("sshd-not-listening", "port-22", lambda: launcher(sshd_listening_ports=[22, 2222])),
+    skips("sshd-not-listening", "login-node-outside-the-hostfile", lambda: launcher(sshd_listening_ports=[]),
+          "no launch logs into this machine over SSH", context={"needs_sshd": False}),
     fail("ssh-dir-permissions", "group-writable", lambda: launcher(ssh_dir_mode=0o775, authorized_keys_mode=0o666),
          "~/.ssh has mode 0775: writable by group or others", count=2, fix_contains="chmod 600 ~/.ssh/authorized_keys"),
     passes("ssh-dir-permissions", "tidy", healthy_gpu_node),
@@ -74,6 +79,11 @@ CASES: list[CheckCase] = [
          fix_contains="remove the quotes: TRAIN_ARGS=--fp16 --zero 3"),
     fail("dsenv-invalid", "old-deepspeed-unquoted", lambda: dsenv("TRAIN_ARGS=--fp16 --zero 3", deepspeed="0.14.4"),
          "exports it without quotes"),
+    fail("dsenv-invalid", "on-a-worker-it-is-a-warning", lambda: dsenv("A=1", ""),
+         "(this matters when a job is launched from gpu-node-0)", severity=Severity.WARNING,
+         context={"is_launch_node": False}),
+    skips("dsenv-invalid", "one-host-launch-reads-no-file", lambda: dsenv("A=1", ""), "without pdsh",
+          context={"multi_node": False}),
     passes("dsenv-invalid", "clean", healthy_gpu_node),
     passes("dsenv-invalid", "warnings-only", lambda: dsenv("A=1", "A=2")),
     skips("dsenv-invalid", "no-file", lambda: launcher(deepspeed_env_files=[dsenv_file(None)]), "no .deepspeed_env"),

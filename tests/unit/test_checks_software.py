@@ -45,8 +45,11 @@ def nvcc(version: str, torch_cuda: str = "13.0") -> NodeFacts:
 
 
 CASES: list[CheckCase] = [
-    fail("python-interpreter-unusable", "missing", lambda: env(exists=False, version=Unavailable("no such file")),
-         "the training interpreter /opt/venv/bin/python does not exist on this node"),
+    fail("interpreter-missing", "missing", lambda: env(exists=False, version=Unavailable("no such file")),
+         "interpreter /opt/venv/bin/python does not exist on gpu-node-0", where="/opt/venv/bin/python"),
+    passes("interpreter-missing", "present", healthy_gpu_node),
+    skips("python-interpreter-unusable", "missing-is-one-error-not-two",
+          lambda: env(exists=False, version=Unavailable("no such file")), "(interpreter-missing)"),
     fail("python-interpreter-unusable", "broken", lambda: env(version=Unavailable("exited 127: libpython3.12.so.1.0: "
                                                                                   "cannot open shared object file")),
          "exists but could not run: exited 127"),

@@ -126,8 +126,10 @@ def test_env_file_paths_are_where_deepspeeds_runner_looks() -> None:
                                                             Path("/work/.deepspeed_env")]
     assert deepspeed_env_paths({"DS_ENV_FILE": "ds.env"}, "/home/a", "/work") == [
         Path("/home/a/ds.env"), Path("/work/ds.env")]
-    # os.path.join semantics: an absolute DS_ENV_FILE is read from the same place twice.
-    assert deepspeed_env_paths({"DS_ENV_FILE": "/etc/ds.env"}, "/h", "/w") == [Path("/etc/ds.env")] * 2
+    # os.path.join semantics: an absolute DS_ENV_FILE is read from the same place twice: one file.
+    assert deepspeed_env_paths({"DS_ENV_FILE": "/etc/ds.env"}, "/h", "/w") == [Path("/etc/ds.env")]
+    # Launched from the home directory, ~ and . are one file too (listed once, judged once).
+    assert deepspeed_env_paths({}, "/home/a", "/home/a") == [Path("/home/a/.deepspeed_env")]
 
 
 def test_the_installed_runner_still_reads_those_paths() -> None:

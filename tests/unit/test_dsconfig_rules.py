@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from clusterkit.checks.registry import Finding, Outcome, Severity
 from clusterkit.dsconfig.check import check_config
 from clusterkit.dsconfig.load import parse_ds_config
 from clusterkit.dsconfig.resources import ClusterResources, resources_from_facts
 from clusterkit.dsconfig.rules import Runner, SharedFs, load_rules
 from clusterkit.dsconfig.topology import topology_from_counts, topology_from_hostfile
 from clusterkit.facts import NodeFacts
+from clusterkit.findings import Finding, Outcome, Severity
 from tests.factories import h100_fixture_node, healthy_gpu_node, make_host, with_all_gpus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "dsconfig"

@@ -13,9 +13,12 @@ from clusterkit.dsenv import (
     DsEnvEntry,
     effective_values,
     merge_deepspeed_env,
+    merge_path,
     parse_deepspeed_env,
     pdsh_export_prefix,
     render_deepspeed_env,
+    repair_deepspeed_env,
+    update_deepspeed_env,
 )
 
 PATH = "/root/.deepspeed_env"
@@ -199,3 +202,58 @@ def test_render_writes_plain_key_value_lines() -> None:
 def test_render_refuses_entries_deepspeed_would_mangle(entry: DsEnvEntry) -> None:
     with pytest.raises(ValueError):
         render_deepspeed_env([entry])
+
+
+# ------------------------------------------------------------------------------- rewriting a file
+
+
+def test_a_quoted_value_is_mended_with_its_line_and_the_lints_reason() -> None:
+    entries, notes = repair_deepspeed_env(["A=1", 'FOO="quoted value"', "# note", "B='x y'"], "n2:~/.deepspeed_env")
+    assert [(e.key, e.value) for e in entries] == [("A", "1"), ("FOO", "quoted value"), ("B", "x y")]
+    assert notes[0].startswith("n2:~/.deepspeed_env:2: removed the quotes around FOO's value (FOO's value is "
+                               "already in double quotes")
+    assert notes[1].startswith("n2:~/.deepspeed_env:4: removed the quotes around B's value")
+    assert notes[2].startswith("n2:~/.deepspeed_env:3: left out (comment line")
+    assert "it stays in the backup" in notes[2]
+
+
+def test_a_value_that_cannot_be_written_is_left_out_and_said() -> None:
+    entries, notes = repair_deepspeed_env(['X=a"b', "DIR=C:\\dir\\", "OK=1"], "f")
+    assert [e.key for e in entries] == ["OK"]
+    assert notes[0].startswith("f:1: left out X (X's value contains a double quote")
+    assert notes[1].startswith("f:2: left out DIR (DIR's value ends with a backslash")
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30), max_size=8))
+@settings(max_examples=200)
+def test_any_file_can_be_rewritten_without_an_exception(lines: list[str]) -> None:
+    update = update_deepspeed_env("\n".join(lines), {"PATH": "/env/bin:/usr/bin", "NCCL_SOCKET_IFNAME": "eth0"},
+                                  "f", "/env/bin")
+    entries, problems = parse_deepspeed_env(update.text.splitlines(), "f")
+    assert not [p for p in problems if p.breaks_launch]
+    assert effective_values(entries)["NCCL_SOCKET_IFNAME"] == "eth0"
+
+
+def test_the_users_path_entries_are_kept_after_the_envs_bin() -> None:
+    merged, said = merge_path("/custom/bin:/usr/bin", "/opt/env/bin", ["/opt/env/bin", "/usr/local/bin", "/usr/bin"])
+    assert merged == "/opt/env/bin:/custom/bin:/usr/bin:/usr/local/bin"
+    assert said == ["PATH: /opt/env/bin added first; kept /custom/bin, /usr/bin; added /usr/local/bin from this shell"]
+    assert merge_path(merged, "/opt/env/bin", ["/opt/env/bin", "/usr/local/bin", "/usr/bin"]) == (merged, [])
+
+
+def test_a_path_with_the_env_later_gets_it_moved_first() -> None:
+    merged, said = merge_path("/usr/bin:/opt/env/bin", "/opt/env/bin", ["/usr/bin"])
+    assert merged == "/opt/env/bin:/usr/bin"
+    assert said == ["PATH: /opt/env/bin put first; kept /usr/bin"]
+
+
+def test_an_update_says_each_change_and_a_second_one_changes_nothing() -> None:
+    current = 'PATH=/custom/bin:/usr/bin\nFOO="quoted value"\n'
+    values = {"PATH": "/opt/env/bin:/usr/bin", "NCCL_SOCKET_IFNAME": "eth0"}
+    first = update_deepspeed_env(current, values, "n2:~/.deepspeed_env", "/opt/env/bin")
+    assert first.text == "PATH=/opt/env/bin:/custom/bin:/usr/bin\nFOO=quoted value\nNCCL_SOCKET_IFNAME=eth0\n"
+    assert first.changes[0].startswith("n2:~/.deepspeed_env:2: removed the quotes around FOO's value")
+    assert first.changes[1:] == ["PATH: /opt/env/bin added first; kept /custom/bin, /usr/bin",
+                                 "set NCCL_SOCKET_IFNAME=eth0"]
+    second = update_deepspeed_env(first.text, values, "n2:~/.deepspeed_env", "/opt/env/bin")
+    assert (second.text, second.changes) == (first.text, [])

@@ -17,6 +17,8 @@ from clusterkit.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = "clusterkit/workloads/zero_smoke.py"
+#: A host that is not this machine and that no resolver knows (RFC 6761 reserves .invalid).
+UNREACHABLE = "no-such-node.invalid"
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +111,7 @@ def test_two_different_configs_are_refused(hostfile: Path, capsys: pytest.Captur
 
 def test_a_preflight_error_stops_the_launch(tmp_path: Path, fake_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     unreachable = tmp_path / "hostfile"
-    unreachable.write_text("127.0.0.1 slots=1\n")
+    unreachable.write_text(f"{UNREACHABLE} slots=1\n")
     code = main(["launch", str(unreachable), "--python", str(fake_env), "--ssh-port", str(closed_port()),
                  "--connect-timeout", "2", "--timeout", "10", "--", SMOKE])
     captured = capsys.readouterr()
@@ -123,7 +125,7 @@ def test_a_preflight_error_stops_the_launch(tmp_path: Path, fake_env: Path, caps
 def test_force_launches_despite_preflight_errors(tmp_path: Path, fake_env: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     unreachable = tmp_path / "hostfile"
-    unreachable.write_text("127.0.0.1 slots=1\n")
+    unreachable.write_text(f"{UNREACHABLE} slots=1\n")
     code = main(["launch", str(unreachable), "--python", str(fake_env), "--ssh-port", str(closed_port()),
                  "--connect-timeout", "2", "--timeout", "10", "--force", "--print-only", "--", SMOKE])
     captured = capsys.readouterr()

@@ -101,3 +101,11 @@ def test_installed_deepspeeds_runner_reads_the_line_as_intended() -> None:
 def test_the_printed_line_splits_back_into_exactly_the_same_words(words: list[str]) -> None:
     argv = build_launch_line(plan(script_args=words))
     assert shlex.split(shell_line(argv)) == argv
+
+
+def test_one_remote_host_goes_through_the_multi_node_launcher_and_one_local_host_needs_no_ssh() -> None:
+    runner = pytest.importorskip("deepspeed.launcher.runner")
+    remote = runner.parse_args(build_launch_line(plan(force_multi=True))[1:])
+    local = runner.parse_args(build_launch_line(plan(no_ssh_check=True, master_addr="127.0.0.1"))[1:])
+    assert (remote.force_multi, remote.no_ssh_check) == (True, False)
+    assert (local.force_multi, local.no_ssh_check, local.master_addr) == (False, True, "127.0.0.1")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from clusterkit.bootstrap.playbook import load_playbook, parse_playbook
-from clusterkit.bootstrap.runner import STEPS
+from clusterkit.bootstrap.runner import step_needs
 from clusterkit.errors import InputError
 
-KNOWN = set(STEPS)
+KNOWN = step_needs()
 
 
 def test_shipped_playbook_runs_every_step_once_in_a_sensible_order() -> None:
@@ -28,7 +28,7 @@ def test_code_sync_only_runs_with_sync() -> None:
     ("text", "needle"),
     [
         ("steps:\n  - id: reachability\n  - id: teleport\n", "play.yaml:3: unknown step 'teleport'"),
-        ("steps:\n  - id: pdsh\n  - id: pdsh\n", "play.yaml:3: step 'pdsh' listed twice"),
+        ("steps:\n  - id: head-key\n  - id: head-key\n", "play.yaml:3: step 'head-key' listed twice"),
         ("steps:\n  - id: pdsh\n    timeout: -1\n", "play.yaml:2: timeout must be a positive number"),
         ("steps:\n  - id: pdsh\n    retries: 3\n", "play.yaml:2: unknown key(s) retries"),
         ("steps:\n  - id: pdsh\n    when: always\n", "play.yaml:2: when: 'always'"),
@@ -40,3 +40,16 @@ def test_bad_playbooks_name_the_line(text: str, needle: str) -> None:
     with pytest.raises(InputError) as err:
         parse_playbook(text, "play.yaml", KNOWN)
     assert needle in str(err.value)
+
+
+def test_a_step_listed_before_what_it_needs_is_refused_with_its_line() -> None:
+    text = ("steps:\n  - id: reachability\n  - id: host-keys\n  - id: head-key\n  - id: authorize-head\n"
+            "  - id: authorize-all\n  - id: node-keys\n")
+    with pytest.raises(InputError, match=r"play.yaml:6: step 'authorize-all' needs 'node-keys' before it"):
+        parse_playbook(text, "play.yaml", KNOWN)
+
+
+def test_the_built_in_playbook_lists_every_step_after_what_it_needs() -> None:
+    ids = [s.id for s in load_playbook(None, KNOWN)]
+    for position, step in enumerate(ids):
+        assert set(KNOWN[step]) <= set(ids[:position]), step

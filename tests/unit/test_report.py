@@ -7,9 +7,17 @@ import xml.etree.ElementTree as ET
 
 from rich.console import Console
 
-from clusterkit.checks.registry import Finding, Outcome, Severity
 from clusterkit.facts import Unavailable
-from clusterkit.report import JSON_SCHEMA, DoctorReport, render_json, render_junit, render_table, summary_line
+from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.report import (
+    JSON_SCHEMA,
+    DoctorReport,
+    group_findings,
+    render_json,
+    render_junit,
+    render_table,
+    summary_line,
+)
 
 
 def finding(check: str, severity: Severity, outcome: Outcome, host: str = "node1", where: str = "",
@@ -56,7 +64,7 @@ def test_brief_table_keeps_fixes_for_errors_and_gives_other_checks_one_line_with
     console = Console(record=True, width=160)
     render_table(report, console, brief=True)
     text = console.export_text()
-    assert " ! ulimit-memlock-low [node1, node2] 8 MiB" in text
+    assert " ! ulimit-memlock-low [node[1-2]] 8 MiB" in text
     assert text.count("the fix") == 1  # the error's block only
     assert "no /opt/env" in text
 
@@ -82,3 +90,34 @@ def test_junit_fails_only_error_findings_and_marks_skips() -> None:
     assert cases["nvlink-link-down"].find("skipped") is not None
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     assert suites["node1"].get("failures") == "1"
+
+
+def test_identical_findings_on_many_hosts_are_one_block_with_a_host_list() -> None:
+    hosts = [f"node{i:02d}" for i in range(1, 65)]
+    findings = [Finding("pdsh-missing", Severity.ERROR, Outcome.FAIL, host, "PATH",
+                        f"pdsh is not on {host}'s PATH", "why", f"on {host}: sudo apt-get install -y pdsh")
+                for host in hosts]
+    findings.append(Finding("clock-skew", Severity.WARNING, Outcome.FAIL, "node07", "node07",
+                            "clock on node07 is +3.00s off", "why", "chrony"))
+    console = Console(record=True, width=100)
+    render_table(DoctorReport(hosts=hosts, facts={}, findings=findings), console)
+    text = console.export_text()
+    assert text.count("pdsh-missing") == 1
+    assert " ✗ [node[01-64]] pdsh-missing  PATH" in text
+    assert "pdsh is not on node[01-64]'s PATH" in text
+    assert "fix: on node[01-64]: sudo apt-get install -y pdsh" in text
+    assert " ! [node07] clock-skew  node07" in text
+
+
+def test_findings_that_differ_beyond_the_host_name_stay_apart() -> None:
+    findings = [Finding("clock-skew", Severity.WARNING, Outcome.FAIL, host, host, f"clock on {host} is {off} off",
+                        "why", "chrony") for host, off in (("node1", "+2s"), ("node10", "+2s"), ("node2", "-5s"))]
+    groups = group_findings(findings)
+    assert [g.hosts for g in groups] == [["node1", "node10"], ["node2"]]
+    assert groups[0].text(findings[0].message) == "clock on node[1,10] is +2s off"
+
+
+def test_json_keeps_one_finding_per_host() -> None:
+    findings = [finding("pdsh-missing", Severity.ERROR, Outcome.FAIL, host=h) for h in ("node1", "node2")]
+    doc = json.loads(render_json(DoctorReport(hosts=["node1", "node2"], facts={}, findings=findings)))
+    assert [f["host"] for f in doc["findings"]] == ["node1", "node2"]

@@ -35,7 +35,7 @@ def test_one_remote_host_goes_through_pdsh_not_the_local_path() -> None:
     ctx = context()
     one = [ActiveHost("node2", (0,), HOSTFILE.entry("node2"))]
     argv = ctx.command_line("/s.py", [], one, "abc123")
-    assert argv[1] == "--force_multi"
+    assert "--force_multi" in argv[:argv.index("/s.py")] and "--no_ssh_check" not in argv
     assert argv[argv.index("--include") + 1] == "node2:0"
 
 
@@ -43,8 +43,8 @@ def test_this_machine_alone_launches_locally_without_ssh() -> None:
     local = parse_hostfile("localhost slots=2\n", "hostfile-localhost-2")
     ctx = WorkloadContext(hosts=select_hosts(local), hostfile="/tmp/h", python="/opt/env/bin/python")
     argv = ctx.command_line("/s.py", [], ctx.hosts, "abc123")
-    assert argv[:8] == ["/opt/env/bin/deepspeed", "--no_ssh_check", "--hostfile", "/tmp/h", "--master_addr",
-                        "127.0.0.1", "--launcher", "pdsh"]
+    assert argv == ["/opt/env/bin/deepspeed", "--hostfile", "/tmp/h", "--launcher", "pdsh", "--no_ssh_check",
+                    "--master_addr", "127.0.0.1", "--master_port", "29500", "/s.py", "--ck-run-id=abc123"]
 
 
 def test_ranks_are_numbered_in_hostfile_then_slot_order() -> None:

@@ -1,0 +1,74 @@
+"""The doctor as a library: read this machine or survey the nodes, run the checks, return the report.
+
+Commands (doctor, launch's preflight, the workloads' pre-checks) call these; they parse arguments and
+render, nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+
+from clusterkit.checks.registry import (
+    CheckSpec,
+    ClusterView,
+    NodeContext,
+    checks_for_machine,
+    run_cluster_checks,
+    run_node_checks,
+)
+from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
+from clusterkit.inventory import ActiveHost
+from clusterkit.remote import SshSettings
+from clusterkit.report import DoctorReport
+from clusterkit.survey import SurveyOptions, survey_cluster
+
+
+def doctor_here(specs: list[CheckSpec], python: str | None, timeout_s: float, fresh: bool = False) -> DoctorReport:
+    """Collect this machine's facts in-process and judge them."""
+    from clusterkit.collect.node import CollectOptions, collect_node
+
+    started = time.time()
+    options = CollectOptions(section_timeout_s=timeout_s, use_probe_cache=not fresh)
+    if python:
+        options.python = python
+    facts = collect_node(options)
+    host = facts.host.hostname
+    findings = run_node_checks(checks_for_machine(specs, node=True, launch=True), facts, NodeContext(host=host))
+    return DoctorReport(hosts=[host], facts={host: facts}, findings=findings, started_at=started,
+                        duration_s=time.time() - started)
+
+
+def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[str, Maybe[NodeFacts]],
+                  probes: ClusterProbes | None, started: float, hostfile: str) -> DoctorReport:
+    """Run node checks on every reachable node, launch checks on this machine, then cluster-wide checks."""
+    findings = []
+    launch_name = probes.head if probes is not None else None
+    local_only = probes is not None and probes.local_only
+    for host in hosts:
+        node = facts.get(host.name, Unavailable("not collected"))
+        if isinstance(node, Unavailable):
+            continue
+        is_launch = host.name == launch_name
+        chosen = checks_for_machine(specs, node=True, launch=local_only and is_launch,
+                                    launch_judged_apart=is_launch and not local_only)
+        ctx = NodeContext(host=host.name, expected_gpus=len(host.slots), is_launch_node=is_launch,
+                          needs_sshd=not local_only, multi_node=not local_only)
+        findings += run_node_checks(chosen, node, ctx)
+    if probes is not None and launch_name is not None and not local_only:
+        here = probes.launch_facts
+        if not isinstance(here, Unavailable):
+            ctx = NodeContext(host=launch_name, is_launch_node=True, needs_sshd=probes.head_in_hostfile)
+            findings += run_node_checks(checks_for_machine(specs, node=False, launch=True), here, ctx)
+    findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes, hostfile=hostfile))
+    return DoctorReport(hosts=[h.name for h in hosts], facts=facts, findings=findings, hostfile=hostfile,
+                        started_at=started, duration_s=time.time() - started)
+
+
+def doctor_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], settings: SshSettings, options: SurveyOptions,
+                   hostfile: str, console: Console | None = None) -> tuple[DoctorReport, ClusterProbes]:
+    """Survey every node (one SSH session each) and judge them; the report and what the survey probed."""
+    started = time.time()
+    facts, probes = survey_cluster(hosts, settings, options, console)
+    return judge_cluster(specs, hosts, facts, probes, started, hostfile), probes

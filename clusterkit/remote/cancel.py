@@ -1,0 +1,68 @@
+"""Cancelling one host's work: what a task opened for a host is closed when that host's deadline passes.
+
+:func:`clusterkit.remote.fanout.fan_out` runs each host's task inside a :class:`CancelScope`;
+connections and transports register their ``close`` with :func:`on_cancel`. Closing them wakes a
+thread stuck reading from a frozen node, so it ends instead of piling up behind the deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+
+_current = threading.local()
+
+
+class CancelScope:
+    """Callbacks to run once when a host's work is given up (thread-safe, idempotent)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    def add(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if not self.cancelled.is_set():
+                self._callbacks.append(callback)
+                return
+        _quietly(callback)  # already given up: close at once
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.cancelled.is_set():
+                return
+            self.cancelled.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _quietly(callback)
+
+
+def _quietly(callback: Callable[[], object]) -> None:
+    with suppress(Exception):  # closing what is already broken may raise; the host is given up anyway
+        callback()
+
+
+@contextmanager
+def running_in(scope: CancelScope) -> Iterator[CancelScope]:
+    """Make ``scope`` the current thread's: :func:`on_cancel` registers with it."""
+    previous = getattr(_current, "scope", None)
+    _current.scope = scope
+    try:
+        yield scope
+    finally:
+        _current.scope = previous
+
+
+def on_cancel(callback: Callable[[], object]) -> None:
+    """Run ``callback`` if the current host's work is given up (no-op outside a fan-out)."""
+    scope: CancelScope | None = getattr(_current, "scope", None)
+    if scope is not None:
+        scope.add(callback)
+
+
+def cancelled() -> bool:
+    """Whether the current host's work was given up (for loops that can stop early)."""
+    scope: CancelScope | None = getattr(_current, "scope", None)
+    return scope is not None and scope.cancelled.is_set()
