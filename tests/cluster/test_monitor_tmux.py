@@ -23,7 +23,7 @@ from tests.cluster.harness import Cluster
 from tests.cluster.node import Node
 
 SESSION = "ckmon"
-SMOKE = "clusterkit/workloads/zero_smoke.py"
+SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 
 # The module's setup bootstraps the cluster and starts training (minutes) inside the one test's time.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(shutil.which("tmux") is None,
