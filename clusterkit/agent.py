@@ -170,6 +170,12 @@ def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
     return ssh_logins(_split(args.hosts), args.timeout, args.port)
 
 
+def cmd_stream(args: argparse.Namespace) -> None:
+    from clusterkit.collect.sampler import stream
+
+    stream(args.interval, args.count, args.slow_every, args.nvml_timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusterkit-agent")
     sub = parser.add_subparsers(dest="command")
@@ -205,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--port", type=int, required=True)
     connect.add_argument("--timeout", type=float, default=5.0)
     connect.set_defaults(func=lambda a: reach(a.host, a.port, a.timeout))
+    sample = sub.add_parser("stream", help="print a monitor sample every interval until stdout closes")
+    sample.add_argument("--interval", type=float, default=1.0)
+    sample.add_argument("--count", type=int, default=0, help="stop after this many samples (0: never)")
+    sample.add_argument("--slow-every", type=int, default=0, help="PCIe throughput and energy every N samples")
+    sample.add_argument("--nvml-timeout", type=float, default=2.0)
+    sample.set_defaults(func=cmd_stream, streams=True)
     return parser
 
 
@@ -213,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
+    if getattr(args, "streams", False):  # samples go out as they come, with no result line
+        args.func(args)
+        return 0
     try:
         emit(args.func(args))
     except Exception as exc:  # the head turns this into a per-host error, with the reason

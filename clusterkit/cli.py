@@ -26,8 +26,10 @@ COMMAND_MODULES = (
     "config",
     "estimate",
     "launch",
+    "bench",
     "agent",
     "slurm",
+    "monitor",
 )
 
 EPILOG = """exit codes:

@@ -262,7 +262,8 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         return edit
 
     def ensure(host: str, sharing: list[str]) -> NodeOutcome:
-        missing = [h for h in sharing if h in no_python]
+        # In a dry run, env-push has only said it would install the env there: not a missing env.
+        missing = [h for h in sharing if h in no_python and not (ctx.dry_run and h in ctx.env_installs)]
         if missing:
             return NodeOutcome(FAILED, error=f"interpreter {ctx.python} does not exist on {', '.join(missing)}: "
                                              "DeepSpeed runs it there; PATH would name an env that is not there",

@@ -111,6 +111,10 @@ class BootstrapContext:
     home_ids: dict[str, str] = field(default_factory=dict)
     #: The hostfile entry that is this machine (the launching machine), or None (a login node).
     head_entry: str | None = None
+    #: ``python`` was named with --python (a training env to ship), not clusterkit's own interpreter.
+    python_named: bool = False
+    #: Hosts that get the training env from env-push in this run (in a dry run: would get it).
+    env_installs: set[str] = field(default_factory=set)
     _head_home_id: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -21,6 +21,7 @@ from clusterkit.bootstrap.context import (
     StepReport,
 )
 from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.envpack.bootstrap_step import env_push
 
 StepFn = Callable[[BootstrapContext, StepSpec], StepReport]
 
@@ -44,6 +45,7 @@ STEPS: dict[str, Step] = {
     "ssh-mesh": Step(ssh_steps.ssh_mesh, ("authorize-all", "known-hosts")),
     "pdsh": Step(cluster_steps.pdsh, ("authorize-head",)),
     "code-sync": Step(cluster_steps.code_sync, ("authorize-head",)),
+    "env-push": Step(env_push, ("ssh-mesh",)),  # relays node to node over the mesh
     "deepspeed-env": Step(cluster_steps.deepspeed_env, ("reachability", "authorize-head")),
 }
 

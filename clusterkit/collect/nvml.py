@@ -102,6 +102,10 @@ class NvmlApi(Protocol):
     def numa_node(self, index: int) -> int: ...
     def compute_process_count(self, index: int) -> int: ...
     def cuda_compute_capability(self, index: int) -> tuple[int, int]: ...
+    # The monitor's per-process and slow queries (doctor does not call them).
+    def compute_processes(self, index: int) -> list[tuple[int, int | None]]: ...  # (pid, bytes)
+    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]: ...  # (tx, rx) KB/s
+    def total_energy_mj(self, index: int) -> int: ...
 
 
 @dataclass
@@ -556,6 +560,25 @@ class PynvmlApi:
     def compute_process_count(self, index: int) -> int:
         return len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle(index)))
 
+    def compute_processes(self, index: int) -> list[tuple[int, int | None]]:
+        found = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle(index))
+        return [(int(p.pid), process_memory(getattr(p, "usedGpuMemory", None))) for p in found]
+
+    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]:
+        nvml, handle = self._nvml, self._handle(index)
+        return (int(nvml.nvmlDeviceGetPcieThroughput(handle, nvml.NVML_PCIE_UTIL_TX_BYTES)),
+                int(nvml.nvmlDeviceGetPcieThroughput(handle, nvml.NVML_PCIE_UTIL_RX_BYTES)))
+
+    def total_energy_mj(self, index: int) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle(index)))
+
     def cuda_compute_capability(self, index: int) -> tuple[int, int]:
         major, minor = self._nvml.nvmlDeviceGetCudaComputeCapability(self._handle(index))
         return int(major), int(minor)
+
+
+def process_memory(value: object) -> int | None:
+    """A process's GPU memory as NVML reports it; "not available" is None or 2**64-1 there."""
+    if isinstance(value, int) and 0 <= value < (1 << 63):
+        return value
+    return None

@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clusterkit.collect.nvml import NvmlCallError
+from clusterkit.collect.nvml import NvmlCallError, process_memory
 from clusterkit.facts import Maybe, Unavailable
 
 #: Environment variable naming a readings file that ``collect_nvidia`` replays instead of this machine.
@@ -245,6 +245,17 @@ class ReplayNvml:
 
     def compute_process_count(self, index: int) -> int:
         return len(self._get(index, "ComputeRunningProcesses"))
+
+    def compute_processes(self, index: int) -> list[tuple[int, int | None]]:
+        found = self._get(index, "ComputeRunningProcesses")
+        return [(int(p["pid"]), process_memory(p.get("usedGpuMemory"))) for p in found if isinstance(p, dict)]
+
+    def pcie_throughput_kbs(self, index: int) -> tuple[int, int]:
+        rates = self._get(index, "PcieThroughput")  # {TX, RX} in KB/s
+        return int(rates["TX"]), int(rates["RX"])
+
+    def total_energy_mj(self, index: int) -> int:
+        return int(self._get(index, "TotalEnergyConsumption"))
 
     def cuda_compute_capability(self, index: int) -> tuple[int, int]:
         major, minor = self._get(index, "CudaComputeCapability")

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, record_trust=False)
     ctx = BootstrapContext(hosts=hosts, settings=settings, python=python, console=console, dry_run=args.dry_run,
                            install_packages=args.install_packages, sync_dir=args.sync, head_entry=place.entry,
+                           python_named=args.python is not None,
                            password_prompt=terminal_password_prompt if args.ask_password else None)
     reports = run_playbook(ctx, steps)
     console.print()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def register(subparsers: Any) -> None:
                         help="skip the cross-node probes (SSH all-to-all, master port)")
     add_ssh_arguments(parser)
     add_slurm_arguments(parser)
+    from clusterkit.commands.bench import add_doctor_flag
+
+    add_doctor_flag(parser)
     parser.set_defaults(run=run)
 
 
@@ -92,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--include/--exclude need a HOSTFILE")
         with err.status("Collecting facts on this machine…", spinner="dots"):
             report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
+    if args.workloads:  # clusterkit bench's workloads, after the checks; their findings join the report
+        from clusterkit.commands.bench import workloads_for_doctor
+
+        report.findings += workloads_for_doctor(args, dict(report.facts))
+        report.duration_s = time.time() - report.started_at
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:

@@ -8,6 +8,7 @@ import platform
 from typing import Any
 
 from clusterkit import __version__
+from clusterkit.commands import envpack
 from clusterkit.facts import Maybe, NodeFacts, Unavailable
 
 _SHOWN_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_HOME", "TORCH_CUDA_ARCH_LIST", "LD_LIBRARY_PATH")
@@ -19,6 +20,7 @@ def register(subparsers: Any) -> None:
                         help="training interpreter to describe (default: this one)")
     parser.add_argument("--json", action="store_true", help="print the same information as JSON")
     parser.set_defaults(run=run)
+    envpack.register_subcommands(parser)  # clusterkit env pack | push | verify
 
 
 def _text(value: Maybe[Any]) -> str:

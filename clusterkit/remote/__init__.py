@@ -4,7 +4,11 @@
 - :mod:`~clusterkit.remote.fanout`: a task per host in parallel, each under its deadline, cancelled
   (connections closed) when it passes; progress to any listener;
 - :mod:`~clusterkit.remote.openssh`: the same settings as ``ssh`` arguments, for rsync, pdsh and hops;
-- :mod:`~clusterkit.remote.agent`: the agent shipped to nodes and its typed, versioned replies.
+- :mod:`~clusterkit.remote.agent`: the agent shipped to nodes and its typed, versioned replies;
+- :mod:`~clusterkit.remote.stream`: a long-lived channel per host that yields lines as they arrive,
+  reconnects with backoff, and keeps the host's state (connected, stale, lost) as a value;
+- :mod:`~clusterkit.remote.transfer`: files streamed from disk (never held in memory) to one host or,
+  along a pipelined node-to-node relay (``relay_hop.py`` on each node), to many.
 """
 
 from __future__ import annotations

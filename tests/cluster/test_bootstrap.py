@@ -65,7 +65,7 @@ def test_deepspeeds_own_pdsh_launcher_runs_a_zero_step_across_the_nodes(
     deepspeed = training_python.rsplit("/", 1)[0] + "/deepspeed"
     result = cluster.nodes[0].run(
         f"cd {shlex.quote(str(REPO))} && {deepspeed} --hostfile ~/hostfile --launcher pdsh "
-        "clusterkit/workloads/zero_smoke.py --steps 2 --stage 2", timeout=300)
+        "clusterkit/workloads/scripts/zero_smoke.py --steps 2 --stage 2", timeout=300)
     assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "world size 3" in result.stdout
     assert "ZERO SMOKE OK" in result.stdout

@@ -20,7 +20,7 @@ from tests.cluster.harness import Cluster
 
 PROMPT = "SSH password for the nodes"
 CONFIG = "tests/fixtures/launch/zero3_cpu_3ranks.json"
-SCRIPT = "clusterkit/workloads/zero_smoke.py"
+SCRIPT = "clusterkit/workloads/scripts/zero_smoke.py"
 
 
 def readme_first_day() -> list[str]:

@@ -11,7 +11,7 @@ from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
 
-SMOKE = "clusterkit/workloads/zero_smoke.py"
+SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 CONFIGS = "tests/fixtures/launch"
 
 

@@ -16,7 +16,7 @@ import pytest
 from clusterkit.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = "clusterkit/workloads/zero_smoke.py"
+SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 #: A host that is not this machine and that no resolver knows (RFC 6761 reserves .invalid).
 UNREACHABLE = "no-such-node.invalid"
 

@@ -1,6 +1,6 @@
 """A few ZeRO training steps on a tiny model, started by DeepSpeed's own launcher.
 
-``deepspeed --num_gpus 1 clusterkit/workloads/zero_smoke.py --steps 2`` (or ``--hostfile H`` across
+``deepspeed --num_gpus 1 clusterkit/workloads/scripts/zero_smoke.py --steps 2`` (or ``--hostfile H`` across
 nodes) proves that DeepSpeed can initialise its distributed backend, partition optimizer state and
 step on these nodes.
 It uses torch's AdamW so no DeepSpeed op has to be JIT-compiled (that takes minutes); bf16 on CUDA,

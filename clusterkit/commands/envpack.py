@@ -1,0 +1,140 @@
+"""``clusterkit env pack | push | verify``: a training env packed once, on every node at the same path, proven.
+
+They hang under ``clusterkit env`` (which, without a subcommand, still prints this machine's versions)
+because they are about the same thing: the training env, first described, then shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
+from clusterkit.errors import ExitCode, UsageError
+
+DEFAULT_OUTPUT = Path("~/.cache/clusterkit/envpack")
+
+
+def register_subcommands(env_parser: Any) -> None:
+    """Add pack/push/verify under the ``env`` parser."""
+    sub = env_parser.add_subparsers(dest="env_command", metavar="{pack,push,verify}")
+    pack = sub.add_parser("pack", help="pack a conda env or venv into a checksummed .tar.zst with a manifest",
+                          description="Pack a conda env (conda-pack, zstd, threads) or a venv (tar, zstd) once. "
+                                      "Refuses what cannot travel (editable installs, deleted conda files, a "
+                                      "removed package cache) with the way out.")
+    pack.add_argument("prefix", nargs="?", type=Path, help="the env's directory (default: --python's env)")
+    pack.add_argument("--python", metavar="PATH", help="the env's interpreter instead of PREFIX")
+    pack.add_argument("-o", "--output-dir", type=Path, default=DEFAULT_OUTPUT,
+                      help=f"where the archive and its manifest go (default: {DEFAULT_OUTPUT})")
+    pack.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
+    pack.add_argument("--threads", type=int, default=0, help="compression threads (default: every CPU)")
+    pack.add_argument("--ignore-missing-files", action="store_true",
+                      help="pack a conda env whose managed files were deleted, WITHOUT them (they are listed)")
+    pack.add_argument("--allow-editable", action="store_true",
+                      help="pack editable installs as they are (their code must exist on every node)")
+    pack.add_argument("--allow-uncached", action="store_true",
+                      help="pack conda packages whose package cache was removed (safe at the same path)")
+    pack.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    pack.set_defaults(run=run_pack)
+    for name, helptext in (("push", "broadcast a packed env to every node, unpack it at the same path, verify"),
+                           ("verify", "check the env on every node against the head's manifest")):
+        parser = sub.add_parser(name, help=helptext, description=helptext)
+        add_hostfile_arguments(parser)
+        parser.add_argument("archive", type=Path, help="the .tar.zst from `clusterkit env pack` (or its .json)")
+        parser.add_argument("--staging", metavar="DIR", help="where nodes keep the archive (default: "
+                                                             "PREFIX/../.clusterkit-envpack)")
+        parser.add_argument("--timeout", type=float, default=900, metavar="S",
+                            help="per-node limit for unpacking (default 900)")
+        parser.add_argument("--stall-timeout", type=float, default=30, metavar="S",
+                            help="a hop that receives nothing this long is given up (default 30)")
+        parser.add_argument("--json", action="store_true", help="print per-node outcomes as JSON")
+        if name == "push":
+            parser.add_argument("--dry-run", action="store_true", help="survey and say what would be done")
+            parser.add_argument("--remove-archive", action="store_true",
+                                help="delete each node's archive once unpacked (a rerun then resends)")
+        add_ssh_arguments(parser)
+        parser.set_defaults(run=run_push if name == "push" else run_verify)
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from clusterkit.envpack.pack import PackOptions, env_prefix_of, pack_env
+
+    if args.prefix is None and args.python is None:
+        raise UsageError("say which env: clusterkit env pack PREFIX (or --python PATH)")
+    prefix = args.prefix if args.prefix is not None else env_prefix_of(args.python)
+    console = Console(stderr=True)
+    options = PackOptions(output_dir=args.output_dir.expanduser(), level=args.level, threads=args.threads,
+                          ignore_missing_files=args.ignore_missing_files, allow_editable=args.allow_editable,
+                          allow_uncached=args.allow_uncached)
+    with console.status(f"packing {prefix} ..."):
+        archive, manifest = pack_env(prefix, options)
+    if args.json:
+        print(manifest.to_json())
+        return int(ExitCode.OK)
+    for note in manifest.notes:
+        console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
+    for dropped in manifest.dropped_files:
+        console.print(f"  [yellow]left out[/]: {dropped}", highlight=False, soft_wrap=True)
+    print(f"{archive}  ({manifest.kind} env {manifest.prefix}, {manifest.size / 1e6:.1f} MB, sha256 "
+          f"{manifest.sha256[:16]}..., {manifest.packed_with}, {manifest.pack_seconds:.1f}s)")
+    return int(ExitCode.OK)
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Any, list[str]]:
+    from clusterkit.envpack.pack import Manifest, manifest_path
+    from clusterkit.inventory import load_hostfile, select_hosts
+
+    archive = args.archive
+    if archive.suffix == ".json":
+        archive = archive.with_name(archive.name[:-len(".json")])
+    if not archive.is_file():
+        raise UsageError(f"{archive}: no such archive (make one with `clusterkit env pack`)")
+    manifest = Manifest.load(manifest_path(archive))
+    hosts = [h.name for h in select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)]
+    return archive, manifest, hosts
+
+
+def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
+    from clusterkit.envpack.view import outcome_text
+
+    if args.json:
+        print(json.dumps({h: {"status": r.status, "actions": r.actions, "error": r.error, "fix": r.fix}
+                          for h, r in report.nodes.items()}, indent=2))
+    else:
+        Console().print(outcome_text(report, title), soft_wrap=True)
+    return int(ExitCode.PROBLEMS if report.failed else ExitCode.OK)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from clusterkit.envpack.push import PushOptions, push_env
+    from clusterkit.envpack.view import RelayView
+
+    archive, manifest, hosts = _load(args)
+    settings = ssh_settings(args)
+    if args.dry_run:
+        settings = replace(settings, record_trust=False)
+    console = Console(stderr=True)
+    options = PushOptions(staging_dir=args.staging, dry_run=args.dry_run, stall_s=args.stall_timeout,
+                          unpack_timeout_s=args.timeout, remove_archive=args.remove_archive)
+    with RelayView(manifest.size, console) as view:
+        report = push_env(archive, manifest, hosts, settings, options, view,
+                          lambda text: console.print(f"[bold]{text}[/]", highlight=False), view.round)
+    title = f"env push: {manifest.prefix} ({manifest.archive})" + (" (dry run: nothing changed)" if args.dry_run
+                                                                  else "")
+    return _finish(report, args, title)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from clusterkit.envpack.push import PushOptions, push_env
+
+    archive, manifest, hosts = _load(args)
+    console = Console(stderr=True)
+    options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout)
+    report = push_env(archive, manifest, hosts, ssh_settings(args), options, None,
+                      lambda text: console.print(f"[bold]{text}[/]", highlight=False))
+    return _finish(report, args, f"env verify: {manifest.prefix} ({manifest.archive})")

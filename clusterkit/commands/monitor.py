@@ -1,0 +1,179 @@
+"""``clusterkit monitor [HOSTFILE]``: a live view of every node and rank while training runs.
+
+Picks a source (agents streaming over SSH, this machine, or ``--replay``), optionally records it,
+then either runs the Textual app or, with ``--once``, waits for a first full round and prints it
+(``--json`` for scripts). Samples, streams and alerts live elsewhere; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
+from clusterkit.errors import ExitCode, UsageError
+from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.monitor.progress import LogFollower, Progress
+from clusterkit.monitor.sources import (
+    LiveSource,
+    Recorder,
+    ReplaySource,
+    Source,
+    agent_stream_command,
+    local_stream_command,
+)
+from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
+from clusterkit.remote.stream import ProcessOpener, SshOpener
+from clusterkit.tui.thresholds import Thresholds, all_alerts
+
+JSON_SCHEMA_VERSION = 1
+
+
+def register(subparsers: Any) -> None:
+    fields = ", ".join(f.name for f in dataclasses.fields(Thresholds))
+    parser = subparsers.add_parser(
+        "monitor",
+        help="live view of every node, GPU and training rank (Textual), or --once --json for scripts",
+        description="Stream one sample per interval from an agent on every node over one SSH channel each "
+                    "(GPUs from NVML, CPU, RAM, network, and the training ranks found by their RANK/LOCAL_RANK "
+                    "environment) and show them: a row per node, a node's GPUs with history, the job's ranks, "
+                    "alerts and stragglers. Without HOSTFILE, this machine.",
+        epilog="keys in the view: enter node, j job view, s/r sort, f faults only, / filter, ? help, q quit. "
+               "exit codes with --once: 0 every node answered and no critical alert, 1 otherwise.")
+    add_hostfile_arguments(parser, required=False)
+    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="sampling interval on the nodes (default: 1)")
+    parser.add_argument("--slow-every", type=int, default=0, metavar="N",
+                        help="also read PCIe throughput and energy every N samples (default: 0, never; "
+                             "each read blocks NVML ~20 ms per GPU)")
+    parser.add_argument("--once", action="store_true",
+                        help="wait for a first full round of samples (or the replay's end), print it, exit")
+    parser.add_argument("--json", action="store_true", help="with --once: print JSON instead of a table")
+    parser.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                        help="with --once: give up on silent nodes after this long (default: connect timeout "
+                             "+ 3 intervals)")
+    parser.add_argument("--record", metavar="FILE", help="write every sample and link change to FILE (JSON lines)")
+    parser.add_argument("--replay", metavar="FILE", help="play a recording instead of connecting")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="replay speed (default: 1 = real time; 0 = paused, n steps one interval)")
+    parser.add_argument("--log", metavar="FILE",
+                        help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
+                             "step time from DeepSpeed's progress lines")
+    parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"change a threshold (repeatable); names: {fields}")
+    add_ssh_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
+    if args.replay:
+        if args.hostfile or args.record:
+            raise UsageError("--replay plays a recording: give no HOSTFILE and no --record with it")
+        return ReplaySource(args.replay, speed=args.speed)
+    if args.interval <= 0:
+        raise UsageError(f"--interval {args.interval:g}: must be more than 0")
+    if args.hostfile:
+        active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
+        hosts = [h.name for h in active]
+        slots = {h.name: len(h.slots) for h in active}
+        settings = ssh_settings(args)
+        from clusterkit.remote import ship_agent
+
+        opener: Any = SshOpener(settings, prepare=lambda conn: ship_agent(conn, max(15.0, settings.connect_timeout_s)))
+        command = agent_stream_command(args.interval, args.slow_every)
+    else:
+        import socket
+
+        hosts, slots = [socket.gethostname()], {}
+        opener, command = ProcessOpener(), local_stream_command(args.interval, args.slow_every)
+    recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
+    return LiveSource(hosts, slots, opener, command, args.interval, stale_after_s=thresholds.stale_after_s,
+                      lost_after_s=thresholds.lost_after_s, recorder=recorder)
+
+
+def wait_for_round(source: Source, deadline_s: float) -> None:
+    """Until every node sent two samples (so rates are known) or the deadline passes."""
+    if isinstance(source, ReplaySource):
+        source.seek(source.end_time)
+        return
+    source.start()
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        source.tick()
+        with source.state.lock:
+            if all(len(v.history) >= 2 for v in source.state.nodes.values()):
+                break
+        time.sleep(0.05)
+    source.tick()
+
+
+def report(source: Source, thresholds: Thresholds, log: LogFollower | None = None) -> dict[str, Any]:
+    """The state as plain data: nodes, ranks, stragglers and alerts (the ``--json`` document)."""
+    state = source.state
+    summaries = summarize_cluster(state, thresholds.stale_after_s)
+    ranks = rank_rows(state, thresholds.stale_after_s, thresholds.stall_after_s)
+    stragglers = find_stragglers(state, thresholds.stale_after_s, thresholds.straggler_ratio,
+                                 thresholds.straggler_window)
+    alerts = all_alerts(summaries, ranks, stragglers, state, thresholds)
+    gpus = {h: [dataclasses.asdict(g) for g in (v.last.gpus if v.last else ())] for h, v in state.nodes.items()}
+    return {"schema": JSON_SCHEMA_VERSION, "time": state.now, "live": source.live,
+            "nodes": [dict(dataclasses.asdict(s), gpus=gpus[s.host]) for s in summaries],
+            "ranks": [dataclasses.asdict(r) for r in ranks],
+            "stragglers": [dataclasses.asdict(s) for s in stragglers],
+            "alerts": [dataclasses.asdict(a) for a in alerts],
+            "progress": dataclasses.asdict(log.poll()) if log else None,
+            "thresholds": dataclasses.asdict(thresholds)}
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    from clusterkit.tui import cells
+
+    table = Table(title="clusterkit monitor", title_justify="left")
+    for column in ("node", "status", "age", "GPUs", "util avg", "worst temp", "CPU", "ranks", "why"):
+        table.add_column(column)
+    for n in doc["nodes"]:
+        table.add_row(n["host"], cells.status(n["status"]), cells.age(n["age_s"]), str(n["gpus_up"]),
+                      cells.pct(n["util_avg"]), "-" if n["worst_temp_c"] is None else f"{n['worst_temp_c']:.0f}°C",
+                      cells.pct(n["cpu_pct"]), str(n["ranks"]), n["why"] or "")
+    console = Console()
+    console.print(table)
+    for r in doc["ranks"]:
+        console.print(f"rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['status']}")
+    if doc["progress"]:
+        console.print("job: " + Progress(**doc["progress"]).describe())
+    for a in doc["alerts"]:
+        console.print(f"[{'bold red' if a['level'] == 'crit' else 'yellow'}]{a['level']}[/] {a['host']}: {a['text']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    thresholds = Thresholds.for_interval(args.interval).with_overrides(args.alert)
+    if args.json and not args.once:
+        raise UsageError("--json prints one round for scripts: use it with --once")
+    source = build_source(args, thresholds)
+    log = LogFollower(args.log) if args.log else None
+    if args.once:
+        try:
+            wait_for_round(source, args.wait if args.wait is not None
+                           else args.connect_timeout + 3 * args.interval + 2)
+            doc = report(source, thresholds, log)
+        finally:
+            source.stop()
+        if args.json:
+            json.dump(doc, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print_table(doc)
+        bad = any(n["status"] != "up" for n in doc["nodes"]) or any(a["level"] == "crit" for a in doc["alerts"])
+        return ExitCode.PROBLEMS if bad else ExitCode.OK
+    from clusterkit.tui.app import MonitorApp
+
+    title = f"clusterkit monitor {args.hostfile or args.replay or 'this machine'}"
+    MonitorApp(source, thresholds, title=title, log=log).run()
+    return ExitCode.OK

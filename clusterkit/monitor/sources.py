@@ -1,0 +1,247 @@
+"""Where samples come from: live agents over SSH, this machine, or a recording; and the recorder.
+
+A ``Source`` feeds a ``ClusterState``. The UI calls ``tick()`` on a timer (a replay at speed moves
+its clock there, a live source sets ``now`` to the wall clock) and ``step()`` to move a stepped
+replay one interval on. Live sources do their work in stream threads; nothing here blocks the caller.
+
+Recording format (``--record FILE``; JSON lines): a header
+``{"k": "header", "v": 1, "hosts": [...], "slots": {...}, "interval": 1.0}``, then in arrival order
+``{"k": "sample", "h": HOST, "rx": HEAD_TIME, "s": SAMPLE}`` (``SAMPLE`` exactly as the agent sent
+it) and ``{"k": "link", "h": HOST, "rx": HEAD_TIME, "status": ..., "error": ..., "connects": N}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from clusterkit.collect.sampler import SAMPLE_MARKER
+from clusterkit.errors import InputError
+from clusterkit.monitor.model import SampleError
+from clusterkit.monitor.state import ClusterState
+from clusterkit.remote.stream import ChannelOpener, LineStream, StreamState
+
+RECORDING_VERSION = 1
+
+
+class Source(Protocol):
+    state: ClusterState
+    #: True when the data is happening now (ages use the wall clock).
+    live: bool
+
+    def start(self) -> None: ...
+    def tick(self) -> None: ...
+    def step(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
+class Recorder:
+    """Writes what a source receives as JSON lines; thread-safe, flushed every line."""
+
+    def __init__(self, path: str | Path, hosts: list[str], slots: dict[str, int], interval_s: float,
+                 started: float | None = None) -> None:
+        # Open for the whole run (closed by close()), not per line.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._write({"k": "header", "v": RECORDING_VERSION, "hosts": hosts, "slots": slots,
+                     "interval": interval_s, "started": round(time.time() if started is None else started, 3)})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
+                self._file.flush()
+
+    def sample(self, host: str, raw: Any, received_at: float) -> None:
+        self._write({"k": "sample", "h": host, "rx": round(received_at, 3), "s": raw})
+
+    def link(self, state: StreamState) -> None:
+        self._write({"k": "link", "h": state.host, "rx": round(state.since, 3), "status": state.status,
+                     "error": state.error, "connects": state.connects})
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+# ------------------------------------------------------------------------------------------ replay
+
+
+def load_recording(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and the records of a recording; ``InputError`` names file:line on a bad line."""
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the recording: {exc.strerror}", str(path)) from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"not a JSON line ({exc})", str(path), number) from None
+        kind = record.get("k") if isinstance(record, dict) else None
+        if header is None:
+            if kind != "header":
+                raise InputError("a recording starts with a header line ({\"k\": \"header\", ...}); "
+                                 "this is not a clusterkit monitor recording", str(path), number)
+            if record.get("v") != RECORDING_VERSION:
+                raise InputError(f"recording format {record.get('v')!r}, this clusterkit reads "
+                                 f"{RECORDING_VERSION}", str(path), number)
+            header = record
+        elif kind in ("sample", "link") and isinstance(record.get("h"), str) and \
+                isinstance(record.get("rx"), (int, float)):
+            records.append(record)
+        else:
+            raise InputError(f"unknown record {str(record)[:60]!r} (expected k=sample or k=link with h and rx)",
+                             str(path), number)
+    if header is None:
+        raise InputError("empty recording", str(path))
+    records.sort(key=lambda r: float(r["rx"]))
+    return header, records
+
+
+class ReplaySource:
+    """A recording played into a ``ClusterState``: at ``speed`` x real time on ``tick()``, or one
+    interval per ``step()`` when ``speed`` is 0 (stepped: tests and snapshots)."""
+
+    live = False
+
+    def __init__(self, path: str | Path, speed: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.header, self._records = load_recording(path)
+        hosts = [str(h) for h in self.header.get("hosts") or []]
+        slots = {str(k): int(v) for k, v in (self.header.get("slots") or {}).items()}
+        self.interval_s = float(self.header.get("interval") or 1.0)
+        self.state = ClusterState(hosts, slots, self.interval_s)
+        self.speed = speed
+        self._clock = clock
+        self._next = 0
+        self.start_time = float(self._records[0]["rx"]) if self._records else 0.0
+        self.end_time = float(self._records[-1]["rx"]) if self._records else 0.0
+        self.position = self.start_time - self.interval_s
+        self._started_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._next >= len(self._records)
+
+    def start(self) -> None:
+        self._started_at = self._clock()
+
+    def stop(self) -> None:
+        return None
+
+    def seek(self, position: float) -> None:
+        """Apply every record up to recording time ``position`` (forward only)."""
+        while self._next < len(self._records) and float(self._records[self._next]["rx"]) <= position:
+            self._apply(self._records[self._next])
+            self._next += 1
+        self.position = position
+        self.state.set_now(position)
+
+    def advance(self, seconds: float) -> None:
+        self.seek(self.position + seconds)
+
+    def step(self) -> bool:
+        if self.finished:
+            return False
+        self.advance(self.interval_s)
+        return True
+
+    def tick(self) -> None:
+        if self.speed > 0 and self._started_at is not None and not self.finished:
+            self.seek(self.start_time + (self._clock() - self._started_at) * self.speed)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        host, at = str(record["h"]), float(record["rx"])
+        if record["k"] == "sample":
+            self.state.apply_raw(host, record.get("s"), at)
+        else:
+            self.state.apply_link(StreamState(host, record.get("status", "lost"), at, error=record.get("error"),
+                                              connects=int(record.get("connects") or 0)))
+
+
+# -------------------------------------------------------------------------------------------- live
+
+
+def agent_stream_command(interval_s: float, slow_every: int = 0) -> str:
+    """The shell command that runs ``agent stream`` from the agent directory on a node."""
+    from clusterkit.remote import agent_remote_path
+
+    args = f"stream --interval {interval_s:g} --slow-every {int(slow_every)}"
+    return (f'a={agent_remote_path()}; PY="$(command -v python3)" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
+            f'exec "$PY" -I -S "$a" {args}')
+
+
+def local_stream_command(interval_s: float, slow_every: int = 0) -> str:
+    """``agent stream`` on this machine with clusterkit's own interpreter."""
+    import sys
+
+    return (f"exec {shlex.quote(sys.executable)} -m clusterkit.agent stream --interval {interval_s:g} "
+            f"--slow-every {int(slow_every)}")
+
+
+class LiveSource:
+    """One ``LineStream`` per host; samples and link states go into the state (and the recorder)."""
+
+    live = True
+
+    def __init__(self, hosts: list[str], slots: dict[str, int], opener: ChannelOpener, command: str,
+                 interval_s: float, *, stale_after_s: float, lost_after_s: float,
+                 recorder: Recorder | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.state = ClusterState(hosts, slots, interval_s)
+        self.recorder = recorder
+        self._clock = clock
+        self.streams = [LineStream(h, command, opener, self._on_line, self._on_state,
+                                   stale_after_s=stale_after_s, lost_after_s=lost_after_s, clock=clock)
+                        for h in hosts]
+
+    def start(self) -> None:
+        self.state.set_now(self._clock())
+        for stream in self.streams:
+            stream.start()
+
+    def tick(self) -> None:
+        self.state.set_now(self._clock())
+
+    def step(self) -> bool:
+        return False
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Every stream flagged and closed first, then joined under one deadline: a frozen host
+        (a thread stuck in connect) costs at most ``timeout_s`` in all."""
+        for stream in self.streams:
+            stream.request_stop()
+        deadline = time.monotonic() + timeout_s
+        for stream in self.streams:
+            stream.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _on_line(self, host: str, line: str, received_at: float) -> None:
+        if not line.startswith(SAMPLE_MARKER):
+            return  # a login banner or a warning: not ours
+        try:
+            raw = json.loads(line[len(SAMPLE_MARKER):])
+        except ValueError as exc:
+            with self.state.lock:
+                self.state.node(host).error = str(SampleError(f"sample line is not JSON: {exc}"))
+            return
+        if self.recorder is not None:
+            self.recorder.sample(host, raw, received_at)
+        self.state.apply_raw(host, raw, received_at)
+
+    def _on_state(self, state: StreamState) -> None:
+        if self.recorder is not None:
+            self.recorder.link(state)
+        self.state.apply_link(state)

@@ -1,0 +1,410 @@
+"""One hop of a pipelined relay, run ON A NODE by its ``python3`` (stdlib only, Python 3.8+).
+
+The head streams a file into the first node's hop; every hop writes what it receives to its own
+disk while forwarding it, unchanged, to the next node's hop over ``ssh`` (the node-to-node SSH that
+bootstrap sets up). So a chain of N nodes takes about one transfer's time, and every link carries
+the file once. Each hop:
+
+- resumes a partial copy (``PATH.partial``): bytes it already has are hashed from disk, not rewritten;
+- computes the sha256 while writing and renames the copy into place only when it matches;
+- keeps forwarding when its own disk is full or its copy is bad, so one node never starts the rest;
+- reports on stdout, one ``@@ckrelay {json}`` line per event, and passes its successors' lines up;
+- gives up on an upstream that sends nothing for ``stall_s`` (its partial copy stays for a resume).
+
+Started as ``python3 -I -S -c BOOT BLOB SPEC`` (see ``clusterkit.remote.transfer``): BLOB is this
+file (zlib, base64) so a hop can start the next one the same way, SPEC the hop's JSON (base64).
+Also answers ``"op": "probe"``: the state of a copy, as one JSON line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+MARKER = "@@ckrelay "
+BOOT = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),"
+        "'clusterkit-relay-hop','exec'))")
+CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on; Linux's value
+
+
+def widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: a sixteenth of the wake-ups of sshd, this hop and ssh per byte."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
+PROGRESS_EVERY_S = 0.5
+_out_lock = threading.Lock()
+
+
+def emit(event: dict[str, Any]) -> None:
+    line = MARKER + json.dumps(event, sort_keys=True) + "\n"
+    with _out_lock:
+        os.write(1, line.encode("utf-8"))
+
+
+def remote_command(python: str, blob: str, spec: dict[str, Any]) -> str:
+    """The shell command that starts a hop (or a probe) with ``spec`` on a node."""
+    encoded = base64.b64encode(json.dumps(spec).encode("utf-8")).decode("ascii")
+    return f"{python} -I -S -c {shlex.quote(BOOT)} {blob} {encoded}"
+
+
+def human(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000.0
+    return f"{n} B"
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes for an unprivileged user at ``path`` or its nearest existing parent."""
+    stats = os.statvfs(existing_parent(path))
+    return stats.f_bavail * stats.f_frsize
+
+
+def existing_parent(path: str) -> Path:
+    """``path`` or its nearest parent that exists."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def hash_file(path: str, limit: int | None = None) -> Any:
+    digest = hashlib.sha256()
+    remaining = limit
+    with open(path, "rb") as f:
+        while remaining is None or remaining > 0:
+            block = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return digest
+
+
+# ------------------------------------------------------------------------------------------ probe
+
+def probe(spec: dict[str, Any]) -> None:
+    path, size = spec["path"], spec["size"]
+    state: dict[str, Any] = {"state": "missing", "bytes": 0, "free": None, "writable": False, "error": None}
+    final, partial = Path(path), Path(path + ".partial")
+    try:
+        state["free"] = free_bytes(str(final.parent))
+        state["writable"] = os.access(existing_parent(str(final.parent)), os.W_OK)
+        if final.is_file():
+            have = final.stat().st_size
+            state["bytes"] = have
+            if have != size:
+                state["state"] = "wrong"
+                state["error"] = f"holds {human(have)}, the file has {human(size)}"
+            elif spec.get("rehash") and hash_file(path).hexdigest() != spec["sha256"]:
+                state["state"] = "wrong"
+                state["error"] = "its sha256 does not match"
+            else:
+                state["state"] = "complete"
+        elif partial.is_file():
+            state["state"] = "partial"
+            state["bytes"] = min(partial.stat().st_size, size)
+    except OSError as exc:
+        state["error"] = f"{exc.filename or path}: {exc.strerror}"
+    print(json.dumps(state))
+
+
+# -------------------------------------------------------------------------------------------- hop
+
+class Downstream:
+    """The next hop: an ssh child fed through its stdin; its events are passed up as they come."""
+
+    def __init__(self, spec: dict[str, Any], blob: str) -> None:
+        self.label = spec["next"][0]
+        child = dict(spec, label=self.label, next=spec["next"][1:])
+        argv = [*spec["ssh"], self.label, remote_command(spec.get("python", "python3"), blob, child)]
+        self.finals: set[str] = set()
+        self.stderr_tail: list[str] = []
+        self.last_event = time.monotonic()
+        self.alive = True
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, bufsize=0)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        widen_pipe(self.proc.stdin.fileno())
+        self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        self._threads = [threading.Thread(target=self._pump_events, daemon=True),
+                         threading.Thread(target=self._pump_stderr, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump_events(self) -> None:
+        for raw in iter(self.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(MARKER):
+                self.last_event = time.monotonic()
+                try:
+                    event = json.loads(line[len(MARKER):])
+                except ValueError:
+                    continue
+                if event.get("ev") in ("done", "failed"):
+                    self.finals.add(event.get("host"))
+                with _out_lock:
+                    os.write(1, raw if raw.endswith(b"\n") else raw + b"\n")
+
+    def _pump_stderr(self) -> None:
+        for raw in iter(self.stderr.readline, b""):
+            text = raw.decode("utf-8", "replace").strip()
+            if text:
+                self.stderr_tail = [*self.stderr_tail, text][-4:]
+
+    def send(self, data: bytes, position: int) -> None:
+        if not self.alive:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.stdin.fileno(), view)
+                view = view[written:]
+        except OSError as exc:
+            self.lost(position, exc.strerror or str(exc))
+
+    def lost(self, position: int, why: str) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        # Give ssh a moment to exit and say why (connection refused, host key, no python3...).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=3)
+        self._threads[1].join(timeout=2)  # ssh's last words may still be in the pipe
+        detail = " | ".join(self.stderr_tail[-2:]) or why
+        emit({"ev": "lost", "host": self.label, "pos": position, "error": detail})
+
+    def finish(self, stall_s: float) -> None:
+        """Close the stream and wait while the successors still report; then report the next hop's end."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
+        while self.proc.poll() is None:
+            if time.monotonic() - self.last_event > stall_s:
+                self.proc.kill()
+                break
+            time.sleep(0.1)
+        self.proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.label not in self.finals and self.alive:
+            detail = " | ".join(self.stderr_tail[-2:]) or f"exit status {self.proc.returncode}"
+            emit({"ev": "lost", "host": self.label, "pos": None, "error": detail})
+
+
+class Copy:
+    """This node's copy: PATH.partial, locked, resumed, hashed as it grows, renamed when it is right."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.label = spec["label"]
+        self.path = spec["path"]
+        self.partial = self.path + ".partial"
+        self.size = spec["size"]
+        self.sha256 = spec["sha256"]
+        self.digest = hashlib.sha256()
+        self.have = 0
+        self.file: IO[bytes] | None = None
+        self.lock: IO[str] | None = None
+        self.error: str | None = None
+
+    def open(self, offset: int) -> bool:
+        """Prepare to receive the stream from ``offset``; False (with self.error) when this node cannot."""
+        try:
+            directory = str(Path(self.path).parent)
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self._lock()
+            if Path(self.partial).is_file():
+                self.have = min(Path(self.partial).stat().st_size, self.size)
+            if self.have < offset:
+                self.have = 0  # a gap: start over (the head streams from the smallest offset)
+                if offset:
+                    self.error = "its partial copy is shorter than where the stream starts; rerun to resend"
+                    return False
+            needed = self.size - self.have
+            free = free_bytes(directory)
+            if free < needed:
+                self.error = (f"no space left on {self.label}: {directory} has {human(free)} free, "
+                              f"the copy needs {human(needed)} more ({human(self.size)} in all)")
+                return False
+            if self.have:
+                self.digest = hash_file(self.partial, self.have)
+            self.file = open(self.partial, "ab" if self.have else "wb")  # noqa: SIM115 (held across calls)
+            self.file.truncate(self.have)
+            return True
+        except OSError as exc:
+            self.error = f"{exc.filename or self.path} on {self.label}: {exc.strerror}"
+            return False
+
+    def _lock(self) -> None:
+        self.lock = open(self.partial + ".lock", "a+")  # noqa: SIM115 (held until the process ends)
+        for _ in range(50):
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                _end_stale_hop(self.lock)
+                time.sleep(0.1)
+        else:
+            raise OSError(errno.EBUSY, "another transfer holds this copy", self.partial)
+        self.lock.seek(0)
+        self.lock.truncate()
+        self.lock.write(str(os.getpid()))
+        self.lock.flush()
+
+    def write(self, data: bytes, position: int) -> None:
+        """Append the part of ``data`` (stream bytes from ``position``) this copy lacks."""
+        if self.file is None:
+            return
+        skip = max(0, self.have - position)
+        if skip >= len(data):
+            return
+        part = memoryview(data)[skip:]
+        try:
+            self.file.write(part)
+        except OSError as exc:
+            self.abandon(exc)
+            return
+        self.digest.update(part)
+        self.have += len(part)
+
+    def abandon(self, exc: OSError) -> None:
+        directory = str(Path(self.path).parent)
+        if exc.errno == errno.ENOSPC:
+            self.error = (f"no space left on {self.label}: {directory} filled up at {human(self.have)} of "
+                          f"{human(self.size)} ({human(free_bytes(directory))} free)")
+        else:
+            self.error = f"writing {self.partial} on {self.label} failed: {exc.strerror}"
+        self._close()
+        _unlink(self.partial)
+
+    def finish(self) -> bool:
+        """True when the copy is complete and right (then it is in place); else self.error says why."""
+        if self.file is None:
+            return False
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as exc:
+            self.abandon(exc)
+            return False
+        self._close()
+        if self.have < self.size:
+            self.error = (f"the stream ended at {human(self.have)} of {human(self.size)} (upstream lost); "
+                          "partial copy kept for a resume")
+            return False
+        if self.digest.hexdigest() != self.sha256:
+            self.error = (f"checksum mismatch on {self.label}: got sha256 {self.digest.hexdigest()[:16]}..., "
+                          f"expected {self.sha256[:16]}...; the bad copy was deleted")
+            _unlink(self.partial)
+            return False
+        Path(self.partial).replace(self.path)
+        _unlink(self.partial + ".lock")
+        return True
+
+    def _close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+
+
+def _end_stale_hop(lock_file: IO[str]) -> None:
+    """A hop left over from a broken relay still holds the copy: end it if it is one of ours."""
+    try:
+        lock_file.seek(0)
+        pid = int(lock_file.read().strip() or 0)
+        ours = pid and pid != os.getpid() and b"clusterkit-relay-hop" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if ours:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def hop(spec: dict[str, Any], blob: str) -> None:
+    started = time.monotonic()
+    offset = int(spec.get("offset", 0))
+    stall_s = float(spec.get("stall_s", 60))
+    widen_pipe(0)
+    downstream = Downstream(spec, blob) if spec.get("next") else None
+    copy = Copy(spec)
+    writing = copy.open(offset)
+    emit({"ev": "start", "host": copy.label, "have": copy.have, "pos": offset})
+    if not writing:
+        emit({"ev": "failed", "host": copy.label, "error": copy.error})
+    position = offset
+    last_report = 0.0
+    stalled = False
+    while True:
+        ready, _, _ = select.select([0], [], [], stall_s)
+        if not ready:
+            stalled = True
+            break
+        data = os.read(0, CHUNK)
+        if not data:
+            break
+        if downstream is not None:
+            downstream.send(data, position)
+        if writing:
+            copy.write(data, position)
+            if copy.error:
+                writing = False
+                emit({"ev": "failed", "host": copy.label, "error": copy.error})
+        position += len(data)
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_EVERY_S:
+            last_report = now
+            emit({"ev": "progress", "host": copy.label, "pos": position})
+    if writing:
+        if stalled:
+            copy.error = (f"no data from upstream for {stall_s:.0f}s at {human(position)} of "
+                          f"{human(copy.size)}; partial copy kept for a resume")
+            copy._close()
+            emit({"ev": "failed", "host": copy.label, "error": copy.error, "pos": position})
+        elif copy.finish():
+            emit({"ev": "done", "host": copy.label, "pos": position,
+                  "seconds": round(time.monotonic() - started, 3)})
+        else:
+            emit({"ev": "failed", "host": copy.label, "error": copy.error, "pos": position})
+    if downstream is not None:
+        downstream.finish(stall_s)
+
+
+def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    blob = sys.argv[1]
+    spec = json.loads(base64.b64decode(sys.argv[2]).decode("utf-8"))
+    if spec.get("op") == "probe":
+        probe(spec)
+    else:
+        hop(spec, blob)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""`clusterkit env pack/push/verify` with a real conda env on the namespace cluster, and its faults.
+
+The env is made offline by rattler from the synthetic local channel (tests/synthetic_conda.py) into
+node1's private /opt/envs/ckconda, placeholders written for that path. torch and deepspeed are not
+conda packages here: like the nodes' training env (tests/cluster/pyenv.py), the env gets a ``.pth``
+line naming the shared venv's site-packages, so ``import torch, deepspeed`` works in it and is checked
+on every node; the ``.pth`` travels in the archive as an ordinary unmanaged file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import synthetic_conda
+from tests.cluster import pyenv
+from tests.cluster.clusterkit_run import bootstrap, clusterkit, doctor_json, failures
+from tests.cluster.conftest import launch_or_skip
+from tests.cluster.harness import Cluster
+from tests.cluster.node import CommandResult
+
+PREFIX = "/opt/envs/ckconda"
+PACKS = "/home/ckuser/packs"
+STAGED_DIR = "/opt/envs/.clusterkit-envpack"
+
+
+@pytest.fixture(scope="module")
+def envcluster() -> Iterator[Cluster]:
+    cluster = launch_or_skip(4, "env")
+    try:
+        python = cluster.install_python_env()
+        result = bootstrap(cluster, python)
+        assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        for node in cluster.nodes:
+            node.run(f"mkdir -p /opt/envs && chown {cluster.user}: /opt/envs", user="root", check=True)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def archive(envcluster: Cluster) -> tuple[str, dict[str, object]]:
+    """The conda env installed on node1 (the head) and packed there; (archive path, manifest)."""
+    head = envcluster.nodes[0]
+    channel = synthetic_conda.build_channel()
+    synthetic_conda.install_env(channel, head.host_path(PREFIX), as_prefix=PREFIX)
+    venv = pyenv.shared_venv()
+    version = pyenv.python_version(venv)
+    (pyenv.site_packages(head.host_path(PREFIX), version) / pyenv.PTH_NAME).write_text(
+        f"{pyenv.site_packages(venv, version)}\n")
+    head.run(f"chown -R {envcluster.user}: {PREFIX}", user="root", check=True)  # the user's own env
+    packed = clusterkit(head, f"env pack {PREFIX} -o {PACKS} --json", timeout=300)
+    assert packed.rc == 0, packed.stderr[-3000:]
+    manifest = json.loads(packed.stdout)
+    return f"{PACKS}/{manifest['archive']}", manifest
+
+
+def push(cluster: Cluster, archive_path: str, extra: str = "", timeout: float = 400) -> CommandResult:
+    head = cluster.nodes[0]
+    head.put_file("/home/ckuser/hostfile", cluster.hostfile_text())
+    return clusterkit(head, f"env push ~/hostfile {archive_path} --connect-timeout 3 --stall-timeout 20 --json "
+                            f"{extra}", timeout=timeout)
+
+
+def outcomes(result: CommandResult) -> dict[str, dict[str, object]]:
+    assert result.stdout.strip().startswith("{"), result.stdout[-2000:] + result.stderr[-3000:]
+    parsed: dict[str, dict[str, object]] = json.loads(result.stdout)
+    return parsed
+
+
+def statuses(result: CommandResult) -> dict[str, object]:
+    return {host: outcome["status"] for host, outcome in outcomes(result).items()}
+
+
+def remove_env(cluster: Cluster, name: str) -> None:
+    cluster.node(name).run(f"rm -rf {PREFIX} {STAGED_DIR}", check=True)
+
+
+@pytest.fixture(scope="module")
+def pushed(envcluster: Cluster, archive: tuple[str, dict[str, object]]) -> CommandResult:
+    return push(envcluster, archive[0])
+
+
+def test_the_env_lands_on_every_node_and_the_head_keeps_its_own(pushed: CommandResult) -> None:
+    assert pushed.rc == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+    assert statuses(pushed) == {"env1": "up to date", "env2": "installed", "env3": "installed", "env4": "installed"}
+    assert "is the env the archive was packed from" in " ".join(outcomes(pushed)["env1"]["actions"])  # type: ignore[arg-type]
+    for host in ("env2", "env3", "env4"):
+        actions = " ".join(outcomes(pushed)[host]["actions"])  # type: ignore[arg-type]
+        assert "verified: python" in actions and "package set matches" in actions, actions
+        assert "torch" in actions and "deepspeed" in actions, actions
+
+
+def test_the_manifest_records_the_hash_and_what_must_import(archive: tuple[str, dict[str, object]]) -> None:
+    _, manifest = archive
+    assert re.fullmatch(r"[0-9a-f]{64}", str(manifest["sha256"]))
+    assert set(manifest["imports"]) == {"torch", "deepspeed"}  # type: ignore[arg-type]
+    assert manifest["kind"] == "conda" and manifest["prefix"] == PREFIX
+    assert ["bin/ckdemo", f"bin/python{pyenv.python_version(pyenv.shared_venv())}", ""] in manifest["shebangs"]  # type: ignore[operator]
+
+
+def test_prefix_placeholders_of_every_kind_were_rewritten_on_every_node(envcluster: Cluster,
+                                                                       pushed: CommandResult) -> None:
+    version = pyenv.python_version(pyenv.shared_venv())
+    for node in envcluster.nodes[1:]:
+        text = node.read_file(f"{PREFIX}/share/ckdemo/prefix.txt")
+        assert text == f"prefix={PREFIX}\n"
+        shebang = node.read_file(f"{PREFIX}/bin/ckdemo").splitlines()[0]
+        assert shebang == f"#!{PREFIX}/bin/python{version}"
+        binary = node.host_path(f"{PREFIX}/lib/ckdemo/prefix.bin").read_bytes()
+        assert f"{PREFIX}/lib\x00".encode() in binary
+        assert b"_h_env_placehold" not in binary
+        libpython = node.host_path(f"{PREFIX}/lib/libpython{version}.so.1.0")
+        if libpython.exists() and len(sys.base_prefix) >= synthetic_conda.MAX_TEST_PREFIX:
+            data = libpython.read_bytes()
+            assert PREFIX.encode() in data and sys.base_prefix.encode() not in data
+
+
+def test_the_env_runs_on_every_node_over_non_interactive_ssh(envcluster: Cluster, pushed: CommandResult) -> None:
+    head = envcluster.nodes[0]
+    for node in envcluster.nodes:
+        # PATH has no env bin/ here: the console script's own shebang must find the env's python.
+        ran = head.run(f"ssh -o BatchMode=yes {node.name} {PREFIX}/bin/ckdemo", timeout=60)
+        assert ran.rc == 0, ran.stderr
+        assert ran.stdout.startswith(f"ckdemo 1.0 python {PREFIX}/bin/python"), ran.stdout
+        code = shlex.quote("import sys, torch, deepspeed; print(sys.prefix)")
+        imports = head.run(f"ssh -o BatchMode=yes {node.name} {shlex.quote(f'{PREFIX}/bin/python -c {code}')}",
+                           timeout=120)
+        assert (imports.rc, imports.stdout.strip().splitlines()[-1:]) == (0, [PREFIX]), imports.stderr[-2000:]
+
+
+def test_a_rerun_sends_nothing(envcluster: Cluster, archive: tuple[str, dict[str, object]],
+                               pushed: CommandResult) -> None:
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stderr[-3000:]
+    assert set(statuses(again).values()) == {"up to date"}
+    assert "broadcast" not in again.stderr
+
+
+def test_verify_passes_on_every_node(envcluster: Cluster, archive: tuple[str, dict[str, object]],
+                                     pushed: CommandResult) -> None:
+    head = envcluster.nodes[0]
+    result = clusterkit(head, f"env verify ~/hostfile {archive[0]} --connect-timeout 3 --json", timeout=300)
+    assert result.rc == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert set(statuses(result).values()) == {"up to date"}
+
+
+def test_the_doctors_env_consistency_checks_pass_after_a_push(envcluster: Cluster, pushed: CommandResult) -> None:
+    report = doctor_json(envcluster, f"{PREFIX}/bin/python",
+                         "--only env-hash-differs,software-versions-differ,interpreter-missing --connect-timeout 3")
+    assert report["hosts"] == envcluster.names
+    for check in ("env-hash-differs", "software-versions-differ", "interpreter-missing"):
+        assert failures(report, check) == [], failures(report, check)
+
+
+def test_a_corrupted_archive_on_one_node_is_caught_by_its_checksum_and_resent(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    node3 = envcluster.node("env3")
+    node3.run(f"rm -rf {PREFIX}", check=True)
+    staged = node3.host_path(f"{STAGED_DIR}/{Path(archive[0]).name}")
+    data = bytearray(staged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    staged.write_bytes(bytes(data))
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert statuses(again) == {"env1": "up to date", "env2": "up to date", "env3": "installed",
+                               "env4": "up to date"}
+    actions = " ".join(outcomes(again)["env3"]["actions"])  # type: ignore[arg-type]
+    assert "sha256 does not match" in actions and "replaced" in actions, actions
+
+
+def test_a_damaged_partial_copy_is_caught_in_flight_and_resent(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    node2 = envcluster.node("env2")
+    remove_env(envcluster, "env2")
+    node2.run(f"mkdir -p {STAGED_DIR} && head -c 1000000 /dev/urandom > {STAGED_DIR}/{Path(archive[0]).name}.partial",
+              check=True)
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert statuses(again)["env2"] == "installed"
+    actions = " ".join(outcomes(again)["env2"]["actions"])  # type: ignore[arg-type]
+    assert "checksum mismatch on env2" in actions and "round 2" in actions, actions
+
+
+def test_a_node_whose_disk_is_too_small_is_named_with_the_space_needed_then_a_rerun_fills_it(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    node4 = envcluster.node("env4")
+    remove_env(envcluster, "env4")
+    node4.run(f"mount -t tmpfs -o size=8m tmpfs /opt/envs && chown {envcluster.user}: /opt/envs", user="root",
+              check=True)
+    try:
+        full = push(envcluster, archive[0])
+        assert full.rc == 1
+        assert statuses(full) == {"env1": "up to date", "env2": "up to date", "env3": "up to date",
+                                  "env4": "failed"}
+        error = str(outcomes(full)["env4"]["error"])
+        assert error.startswith("no space on env4: /opt/envs has 8.4 MB free, the env needs "), error
+        assert "(archive " in error and "+ unpacked " in error
+    finally:
+        node4.run("umount /opt/envs", user="root", check=True)
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert statuses(again)["env4"] == "installed"
+
+
+def test_a_node_killed_mid_broadcast_is_routed_around_and_a_rerun_completes_it(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    for name in ("env2", "env3", "env4"):
+        remove_env(envcluster, name)
+    for node in envcluster.nodes:
+        node.shape("12mbit", burst="64kbit")
+    name = Path(archive[0]).name
+    partial3 = envcluster.node("env3").host_path(f"{STAGED_DIR}/{name}.partial")
+    result: list[CommandResult] = []
+    runner = threading.Thread(target=lambda: result.append(push(envcluster, archive[0], timeout=600)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (partial3.exists() and partial3.stat().st_size > 2_000_000):
+            time.sleep(0.1)
+        assert partial3.exists(), "the relay never reached env3"
+        envcluster.node("env2").kill()
+        runner.join(timeout=600)
+    finally:
+        for node in envcluster.nodes:
+            if node.is_up:
+                node.unshape()
+    cut = result[0]
+    assert cut.rc == 1, cut.stdout[-2000:] + cut.stderr[-3000:]
+    assert statuses(cut) == {"env1": "up to date", "env2": "failed", "env3": "installed", "env4": "installed"}
+    assert "env2" in str(outcomes(cut)["env2"]["error"])
+    for host in ("env3", "env4"):
+        actions = " ".join(outcomes(cut)[host]["actions"])  # type: ignore[arg-type]
+        assert "round 2" in actions, actions
+    envcluster.node("env2").heal()
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert statuses(again) == {"env1": "up to date", "env2": "installed", "env3": "up to date",
+                               "env4": "up to date"}
+
+
+def test_bootstrap_pushes_the_env_only_where_its_package_set_differs_and_a_rerun_changes_nothing(
+        envcluster: Cluster, pushed: CommandResult) -> None:
+    remove_env(envcluster, "env3")
+    python = f"{PREFIX}/bin/python"
+    looked = bootstrap(envcluster, python, "--dry-run", password=False)
+    # deepspeed-env (a later step) knows env-push would install the interpreter it looks for on env3.
+    assert looked.rc == 0, looked.stdout + looked.stderr[-3000:]
+    assert step_status(looked.stdout, "env3", "deepspeed-env") in ("ok", "would change"), looked.stdout
+    assert step_status(looked.stdout, "env3", "env-push") == "would change", looked.stdout + looked.stderr[-3000:]
+    assert all(step_status(looked.stdout, h, "env-push") == "ok" for h in ("env1", "env2", "env4")), looked.stdout
+    assert re.search(rf"env3: {PREFIX}/bin/python is missing; would pack {PREFIX} \(conda\) and push it",
+                     looked.stderr), looked.stderr[-3000:]
+    assert not envcluster.node("env3").host_path(PREFIX).exists()
+    first = bootstrap(envcluster, python, password=False)
+    assert first.rc == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    summary = first.stdout[first.stdout.index("bootstrap summary"):]
+    assert step_status(summary, "env3", "env-push") == "changed", summary
+    for host in ("env1", "env2", "env4"):  # the head holds the source env; the others match it
+        assert step_status(summary, host, "env-push") == "ok", summary
+    ran = envcluster.nodes[0].run(f"ssh -o BatchMode=yes env3 {PREFIX}/bin/ckdemo", timeout=60)
+    assert ran.rc == 0 and ran.stdout.startswith("ckdemo 1.0"), ran.stderr
+    again = bootstrap(envcluster, python, password=False)
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "changed" not in again.stdout
+
+
+def step_status(summary: str, host: str, step: str) -> str | None:
+    """In bootstrap's summary line for ``host`` ("changed a, b; ok c, d"), the status listing ``step``."""
+    line = next(ln for ln in summary.splitlines() if ln.strip().startswith(f"{host}: "))
+    for group in line.split(": ", 1)[1].split("; "):
+        for status in ("would change", "changed", "ok", "failed", "skipped"):
+            if group.lower().startswith(f"{status} ") and step in group[len(status) + 1:].split(", "):
+                return status
+    return None
