@@ -20,7 +20,7 @@ from tests.cluster.node import CommandResult
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.system import ClusterUnavailable
 
-SMOKE = "clusterkit/workloads/zero_smoke.py"
+SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 
 
 @pytest.fixture(scope="module")
