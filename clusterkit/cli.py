@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "launch",
     "bench",
     "agent",
+    "slurm",
     "monitor",
 )
 

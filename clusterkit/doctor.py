@@ -21,6 +21,7 @@ from clusterkit.checks.registry import (
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost
 from clusterkit.remote import SshSettings
+from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport
 from clusterkit.survey import SurveyOptions, survey_cluster
 
@@ -46,6 +47,7 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
     findings = []
     launch_name = probes.head if probes is not None else None
     local_only = probes is not None and probes.local_only
+    via_slurm = probes is not None and probes.transport == "slurm"
     for host in hosts:
         node = facts.get(host.name, Unavailable("not collected"))
         if isinstance(node, Unavailable):
@@ -54,12 +56,13 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
         chosen = checks_for_machine(specs, node=True, launch=local_only and is_launch,
                                     launch_judged_apart=is_launch and not local_only)
         ctx = NodeContext(host=host.name, expected_gpus=len(host.slots), is_launch_node=is_launch,
-                          needs_sshd=not local_only, multi_node=not local_only)
+                          needs_sshd=not local_only and not via_slurm, multi_node=not local_only, via_slurm=via_slurm)
         findings += run_node_checks(chosen, node, ctx)
     if probes is not None and launch_name is not None and not local_only:
         here = probes.launch_facts
         if not isinstance(here, Unavailable):
-            ctx = NodeContext(host=launch_name, is_launch_node=True, needs_sshd=probes.head_in_hostfile)
+            ctx = NodeContext(host=launch_name, is_launch_node=True, via_slurm=via_slurm,
+                              needs_sshd=probes.head_in_hostfile and not via_slurm)
             findings += run_node_checks(checks_for_machine(specs, node=False, launch=True), here, ctx)
     findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes, hostfile=hostfile))
     return DoctorReport(hosts=[h.name for h in hosts], facts=facts, findings=findings, hostfile=hostfile,
@@ -67,8 +70,10 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
 
 
 def doctor_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], settings: SshSettings, options: SurveyOptions,
-                   hostfile: str, console: Console | None = None) -> tuple[DoctorReport, ClusterProbes]:
-    """Survey every node (one SSH session each) and judge them; the report and what the survey probed."""
+                   hostfile: str, console: Console | None = None, slurm: Allocation | None = None
+                   ) -> tuple[DoctorReport, ClusterProbes]:
+    """Survey every node (one SSH session each, or one srun step over a Slurm allocation) and judge them;
+    the report and what the survey probed."""
     started = time.time()
-    facts, probes = survey_cluster(hosts, settings, options, console)
+    facts, probes = survey_cluster(hosts, settings, options, console, slurm)
     return judge_cluster(specs, hosts, facts, probes, started, hostfile), probes

@@ -436,6 +436,78 @@ class CollectReply:
     connect: ConnectProbe | None = None
 
 
+# -------------------------------------------------------------------------------------------- Slurm
+
+
+@dataclass
+class SlurmNodeFacts:
+    """One node as slurmctld sees it (``scontrol show node``), with the reason an admin gave (``sinfo -R``)."""
+
+    name: str
+    #: scontrol's state words: ``IDLE``, ``MIXED+DRAIN``, ``DOWN+NOT_RESPONDING``...
+    state: str
+    reason: str = ""
+    #: Who set the reason and when, as ``sinfo -R`` prints them ("" when unknown).
+    reason_user: str = ""
+    reason_time: str = ""
+    address: str = ""
+    cpus: Maybe[int] = Unavailable("not reported")
+    #: GPUs in the node's configured gres (``Gres=gpu:a100:8``); 0 when it has none.
+    gpus: Maybe[int] = Unavailable("not reported")
+    partitions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SlurmJobFacts:
+    """The allocation clusterkit runs in (``scontrol show job -d``)."""
+
+    job_id: str
+    partition: str
+    nodes: list[str]
+    #: None: no limit.
+    time_limit_s: int | None
+    #: Time limit minus run time, when both are known.
+    time_left_s: int | None
+    #: ``--cpus-per-task`` of the allocation (None for Slurm's default of one).
+    cpus_per_task: int | None
+    #: node -> GPUs the job holds there (its per-node GRES); absent when it holds none.
+    gpus_per_node: dict[str, int] = field(default_factory=dict)
+    #: node -> CPUs the job holds there.
+    cpus_per_node: dict[str, int] = field(default_factory=dict)
+    #: Tasks per node the allocation asked for (``--ntasks-per-node``), None when not given.
+    tasks_per_node: int | None = None
+
+
+@dataclass
+class SlurmLaunchIntent:
+    """What a launch under Slurm will ask for, for the checks that weigh it against the allocation."""
+
+    #: ``srun`` (clusterkit's line: one task per node running DeepSpeed's launch.py) or ``slurm``
+    #: (DeepSpeed's own Slurm launcher: ``srun -n WORLD python script``).
+    launcher: str
+    ranks_per_node: int
+    #: CPUs each node's task gets (``srun --cpus-per-task``); None: Slurm's default of one.
+    cpus_per_node_task: int | None
+    #: DataLoader worker processes per rank, when the training command says (``--dataloader_num_workers``).
+    dataloader_workers: int | None = None
+    #: Seconds between checkpoints when the command says, and where it says it.
+    checkpoint_interval_s: float | None = None
+    checkpoint_source: str = ""
+    #: The training command saves no checkpoint at all (``--save_strategy no``).
+    no_checkpoints: bool = False
+
+
+@dataclass
+class SlurmFacts:
+    """Slurm's view of the run, read on the head: the job, its nodes (and the partition's), the version."""
+
+    version: Maybe[str]
+    job: Maybe[SlurmJobFacts]
+    #: The job's nodes and every other node of its partition(s), in slurmctld's order.
+    nodes: Maybe[list[SlurmNodeFacts]]
+    launch: SlurmLaunchIntent | None = None
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 
@@ -474,6 +546,10 @@ class ClusterProbes:
     #: The launching machine as the launcher itself sees it (read in-process, not over SSH): its pdsh,
     #: its .deepspeed_env files and the NCCL_* variables DeepSpeed exports from its environment.
     launch_facts: Maybe[NodeFacts] = Unavailable("not collected")
+    #: How the head reached the nodes: ``ssh`` (one session per node) or ``slurm`` (one srun step).
+    transport: str = "ssh"
+    #: Slurm's own view (job, node states and reasons) when the nodes came from a Slurm allocation.
+    slurm: Maybe[SlurmFacts] = Unavailable("not run through Slurm")
 
 
 # --------------------------------------------------------------------------------------------- codec

@@ -23,10 +23,11 @@ from clusterkit.dsconfig.load import load_ds_config
 from clusterkit.dsconfig.resources import resources_from_facts
 from clusterkit.dsconfig.rules import Runner, load_rules
 from clusterkit.dsconfig.topology import topology_from_hosts
-from clusterkit.facts import Maybe, NodeFacts, Unavailable
+from clusterkit.facts import Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
 from clusterkit.findings import Finding
 from clusterkit.inventory import ActiveHost
 from clusterkit.remote import SshSettings
+from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_cluster
 
@@ -59,6 +60,10 @@ class PreflightRequest:
     #: Doctor check ids/tags and config rule ids to leave out.
     skip: Sequence[str] = ()
     config: ConfigToCheck | None = None
+    #: Reach the nodes through srun in this allocation (the hosts are its nodes) instead of SSH.
+    slurm: Allocation | None = None
+    #: What the launch will ask of Slurm, for the Slurm checks to weigh against the allocation.
+    slurm_intent: SlurmLaunchIntent | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ def preflight(request: PreflightRequest, console: Console | None = None) -> Pref
     options = SurveyOptions(python=request.python, timeout_s=request.timeout_s, master_addr=request.master_addr,
                             master_port=AUTO_PORT if request.master_port is None else request.master_port)
     started = time.time()
-    facts, probes = survey_cluster(request.hosts, request.settings, options, console)
+    facts, probes = survey_cluster(request.hosts, request.settings, options, console, request.slurm)
+    if request.slurm_intent is not None and not isinstance(probes.slurm, Unavailable):
+        probes.slurm.launch = request.slurm_intent
     report = judge_cluster(specs, request.hosts, facts, probes, started, request.hostfile)
     if request.config is not None:
         report.findings += [f for f in config_findings(request.config, request.hosts, facts, request.hostfile)
@@ -106,4 +113,22 @@ def exec_launch(argv: Sequence[str]) -> NoReturn:
     """Replace this process with DeepSpeed's runner: its signals and its exit code are the job's."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], list(argv))
+    os.execvp(argv[0], list(argv))
+
+
+def run_launch(argv: Sequence[str]) -> int:
+    """Run the launch line as a child and return its exit code, passing Ctrl-C and SIGTERM on to it:
+    for a launch inside an allocation clusterkit made, which it must release once the job ends."""
+    import signal
+    import subprocess
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = subprocess.Popen(list(argv))
+    forwarded = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in forwarded.items():
+            signal.signal(sig, handler)

@@ -46,6 +46,8 @@ from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_
 if TYPE_CHECKING:
     from fabric import Connection
 
+    from clusterkit.remote.slurm import Allocation
+
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
 #: ``SurveyOptions.master_port`` value meaning: DeepSpeed's default if free on the first host, else any free port.
 AUTO_PORT = 0
@@ -60,6 +62,8 @@ _PICK_PORT = ("import socket\n"
               "        s.bind(('', port)); print(s.getsockname()[1]); break\n"
               "    except OSError: pass\n"
               "    finally: s.close()\n")
+#: The same script, for the Slurm transport's first-node step.
+PICK_PORT_SCRIPT = _PICK_PORT
 
 
 @dataclass
@@ -200,12 +204,19 @@ LAUNCH_SECTIONS = ["launcher", "python_env"]
 
 
 def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: SurveyOptions,
-                   console: Console | None = None) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
+                   console: Console | None = None, slurm: Allocation | None = None
+                   ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
     """Every node's facts and probes in parallel; a dead or frozen node costs one timeout, nothing more.
 
     A single active host that is this machine is read in-process, with no SSH: DeepSpeed launches it
     the same way. The launching machine (this one) is always read in-process too, beside the nodes.
+    With ``slurm`` (the allocation holding ``hosts``) the nodes are reached through srun instead of SSH
+    (:mod:`clusterkit.survey_slurm`).
     """
+    if slurm is not None:
+        from clusterkit.survey_slurm import default_agent_dir, survey_over_slurm
+
+        return survey_over_slurm(hosts, slurm, options, console, default_agent_dir())
     console = console or Console(stderr=True)
     names = [h.name for h in hosts]
     place = launch_place(names)

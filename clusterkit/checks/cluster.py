@@ -13,9 +13,11 @@ from clusterkit.nccl import select_interfaces
 
 
 def _over_ssh(view: ClusterView) -> None:
-    """Skip where the launch needs no SSH: one host, this machine."""
+    """Skip where the launch needs no SSH: one host, this machine, or ranks started by srun."""
     if view.probes is not None and view.probes.local_only:
         raise NotApplicable("a launch on this machine alone needs no SSH between nodes")
+    if view.probes is not None and view.probes.transport == "slurm":
+        raise NotApplicable("srun starts the ranks under Slurm: no SSH between nodes")
 
 
 @cluster_check("node-unreachable", Severity.ERROR, tags=("ssh", "cluster"),

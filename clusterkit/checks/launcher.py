@@ -27,14 +27,22 @@ def _launcher(facts: NodeFacts) -> LauncherFacts:
     return require(facts.launcher, "launcher facts")
 
 
+def _not_over_slurm(ctx: NodeContext) -> None:
+    """Skip where srun starts the ranks (a Slurm allocation): no pdsh, no SSH between nodes."""
+    if ctx.via_slurm:
+        raise NotApplicable("srun starts the ranks under Slurm: no pdsh or SSH is involved")
+
+
 def _pdsh_launch(ctx: NodeContext) -> None:
-    """Skip where DeepSpeed runs without pdsh: a one-host launch on this machine."""
+    """Skip where DeepSpeed runs without pdsh: a one-host launch on this machine, or under Slurm."""
+    _not_over_slurm(ctx)
     if not ctx.multi_node:
         raise NotApplicable("a launch on this machine alone starts its ranks without pdsh or SSH")
 
 
 def _reached_over_ssh(ctx: NodeContext) -> None:
     """Skip where no SSH login reaches this machine (the launching machine outside the hostfile)."""
+    _not_over_slurm(ctx)
     if not ctx.needs_sshd:
         raise NotApplicable("no launch logs into this machine over SSH")
 
@@ -91,6 +99,7 @@ def check_pdsh_default_rcmd(facts: NodeFacts, ctx: NodeContext) -> Iterator[Prob
             fix="sudo apt-get install -y openssh-client", on_launch_machine=True)
 def check_ssh_client(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """The ssh client is installed."""
+    _not_over_slurm(ctx)
     if ctx.is_launch_node:
         _pdsh_launch(ctx)
     launcher = _launcher(facts)
@@ -228,6 +237,7 @@ def _dsenv_problem(message: str, where: str, fix: str, ctx: NodeContext) -> Prob
                 "~/.bashrc")
 def check_cuda_visible_devices(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """CUDA_VISIBLE_DEVICES is not set in the non-interactive environment."""
+    _not_over_slurm(ctx)  # Slurm sets it for the GPUs it gives a task: judged by slurm-gpus-hidden
     value = facts.env_vars.get("CUDA_VISIBLE_DEVICES")
     if value is not None:
         yield Problem(f"CUDA_VISIBLE_DEVICES={value} is set in the non-interactive environment",

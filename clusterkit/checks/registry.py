@@ -17,7 +17,7 @@ from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity
 from clusterkit.inventory import ActiveHost
 
 CLUSTER_HOST = "cluster"
-CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster")
+CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster", "slurm")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class NodeContext:
     needs_sshd: bool = True
     #: False for a one-host launch on this machine: DeepSpeed's runner then starts ranks without pdsh.
     multi_node: bool = True
+    #: Ranks are started by srun inside a Slurm allocation: no pdsh, no SSH between nodes.
+    via_slurm: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 

@@ -16,7 +16,7 @@ EXACT = (
     "DS_SKIP_CUDA_CHECK", "DS_BUILD_OPS", "DS_ACCELERATOR", "VIRTUAL_ENV", "CONDA_PREFIX",
     "CONDA_DEFAULT_ENV", "PYTHONPATH", "HOME", "USER", "SHELL", "OMP_NUM_THREADS",
 )
-PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_COMM_WORLD_", "SLURM_", "PMI_", "TORCH_NCCL_", "NVIDIA_")
+PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_COMM_WORLD_", "SLURM_", "SRUN_", "PMI_", "TORCH_NCCL_", "NVIDIA_")
 
 
 def collect_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -21,11 +21,13 @@ from clusterkit.checks.registry import (
     select_checks,
 )
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, id_list, ssh_settings
+from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.report import render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
+from clusterkit.survey_slurm import allocation_hostfile
 
 
 def register(subparsers: Any) -> None:
@@ -62,6 +64,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the cross-node probes (SSH all-to-all, master port)")
     add_ssh_arguments(parser)
+    add_slurm_arguments(parser)
     from clusterkit.commands.bench import add_doctor_flag
 
     add_doctor_flag(parser)
@@ -76,12 +79,17 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
 def run(args: argparse.Namespace) -> int:
     specs = _selected(args)
     err = Console(stderr=True)
-    if args.hostfile:
+    options = SurveyOptions(timeout_s=args.timeout, master_port=args.master_port,
+                            probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
+    if args.python:
+        options.python = args.python
+    if use_slurm(args, args.hostfile):
+        with slurm_allocation(args) as alloc:
+            nodes = allocation_hostfile(alloc)
+            hosts = select_hosts(nodes, args.include, args.exclude)
+            report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, nodes.path, err, slurm=alloc)
+    elif args.hostfile:
         hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-        options = SurveyOptions(timeout_s=args.timeout, master_port=args.master_port,
-                                probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
-        if args.python:
-            options.python = args.python
         report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, args.hostfile, err)
     else:
         if args.include or args.exclude:

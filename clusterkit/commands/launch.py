@@ -25,6 +25,8 @@ from clusterkit.commands.common import (
     id_list,
     ssh_settings,
 )
+from clusterkit.commands.launch_slurm import launch_over_slurm
+from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.launch import ConfigToCheck, PreflightRequest, exec_launch, preflight
@@ -39,6 +41,7 @@ from clusterkit.launchline import (
 )
 from clusterkit.launchsite import launch_place
 from clusterkit.report import DoctorReport, render_table, summary_line
+from clusterkit.slurmlaunch import SLURM_LAUNCHERS
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +56,7 @@ def register(subparsers: Any) -> None:
                "--deepspeed_config ds_config.json\n"
                "         clusterkit launch hostfile --print-only -- train.py   # print the line, run nothing",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_hostfile_arguments(parser)
+    add_hostfile_arguments(parser, required=False)
     parser.add_argument("--python", metavar="PATH",
                         help="training env's interpreter, the same path on every node; its `deepspeed` script "
                              f"launches (default: this interpreter, {sys.executable})")
@@ -68,7 +71,9 @@ def register(subparsers: Any) -> None:
                              "after testing it from every node)")
     parser.add_argument("--master-port", type=int, metavar="PORT",
                         help="rendezvous port (default: 29500 if free on the first host, else a free one)")
-    parser.add_argument("--launcher", default="pdsh", help="DeepSpeed multi-node launcher (default: pdsh)")
+    parser.add_argument("--launcher", help="DeepSpeed multi-node launcher (default: pdsh; under Slurm: srun, "
+                        "clusterkit's srun line running DeepSpeed's launch.py on each node, or slurm, DeepSpeed's "
+                        "own Slurm launcher)")
     parser.add_argument("--launcher-args", default="", metavar="ARGS", help="passed as --launcher_args")
     parser.add_argument("--module", action="store_true", help="the script is a module name (python -m)")
     parser.add_argument("--print-only", action="store_true",
@@ -80,7 +85,13 @@ def register(subparsers: Any) -> None:
                         help="comma-separated doctor check ids/tags or config rule ids to leave out")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="per-node deadline for the preflight survey (default: 30)")
+    parser.add_argument("--cpus-per-task", type=int, metavar="N",
+                        help="under Slurm: CPUs for each node's task, shared by its ranks (default: all the job "
+                             "holds on the node)")
+    parser.add_argument("--checkpoint-every", metavar="DURATION",
+                        help="under Slurm: how often the job checkpoints (30m, 2h), judged against the time limit")
     add_ssh_arguments(parser)
+    add_slurm_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -96,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(launcher, os.X_OK):
         raise ClusterkitError(f"no DeepSpeed launcher at {launcher}; fix: {python} -m pip install deepspeed "
                               "(or pass --python with the training env's interpreter)")
-    hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
+    slurm = use_slurm(args, args.hostfile)
+    _check_launcher(args, slurm)
     config_path = args.deepspeed_config
     named = config_in_args(script_args)
     if named is not None:
@@ -104,10 +116,21 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--deepspeed-config {config_path} differs from {named.flag} {named.path} in the "
                              "script's arguments; give one")
         config_path = named.path
+    config = None
+    if config_path and not args.no_preflight:
+        hf_style = (named.flag if named else CONFIG_STYLES[args.config_style]) == HF_CONFIG_FLAG
+        config = ConfigToCheck(config_path, script_args, hf_style)
+    if slurm:
+        base = LaunchPlan(python=python, hostfile="", script=script, script_args=script_args,
+                          launcher_args=args.launcher_args, master_addr=args.master_addr,
+                          master_port=args.master_port, module=args.module, deepspeed_config=args.deepspeed_config,
+                          config_flag=CONFIG_STYLES[args.config_style])
+        return launch_over_slurm(args, base, config, _show_preflight)
+    hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
     place = launch_place([h.name for h in hosts])
     plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()), script=script,
                       script_args=script_args, include=args.include, exclude=args.exclude,
-                      launcher=args.launcher, launcher_args=args.launcher_args, master_addr=args.master_addr,
+                      launcher=args.launcher or "pdsh", launcher_args=args.launcher_args, master_addr=args.master_addr,
                       master_port=args.master_port, ssh_port=args.ssh_port, module=args.module,
                       deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style],
                       force_multi=len(hosts) == 1 and not place.local_only, no_ssh_check=place.local_only)
@@ -115,10 +138,6 @@ def run(args: argparse.Namespace) -> int:
         plan.master_addr = "127.0.0.1"  # every rank runs here; DeepSpeed would ssh to ask `hostname -I`
     err = Console(stderr=True)
     if not args.no_preflight:
-        config = None
-        if config_path:
-            hf_style = (named.flag if named else plan.config_flag) == HF_CONFIG_FLAG
-            config = ConfigToCheck(config_path, script_args, hf_style)
         checked = preflight(PreflightRequest(
             hosts=hosts, hostfile=args.hostfile, python=python, settings=ssh_settings(args), timeout_s=args.timeout,
             master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config), err)
@@ -135,6 +154,18 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     err.print(Text.assemble(("launching: ", "bold"), shell_line(argv)), soft_wrap=True)
     exec_launch(argv)
+
+
+def _check_launcher(args: argparse.Namespace, slurm: bool) -> None:
+    """The launcher fits the transport; a launch needs a HOSTFILE or Slurm."""
+    if not slurm and not args.hostfile:
+        raise UsageError("give a HOSTFILE, or launch inside a Slurm allocation (or with --slurm): "
+                         "clusterkit launch HOSTFILE -- train.py ARGS")
+    if slurm and args.launcher not in (None, *SLURM_LAUNCHERS):
+        raise UsageError(f"--launcher {args.launcher} under Slurm: use srun (the default) or slurm; for pdsh over "
+                         "SSH give a HOSTFILE (and --no-slurm inside an allocation)")
+    if not slurm and args.launcher == "srun":
+        raise UsageError("--launcher srun needs Slurm: launch inside an allocation, or pass --slurm")
 
 
 def _show_preflight(report: DoctorReport, hostfile: str, err: Console) -> None:

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""`clusterkit doctor` over SSH and over Slurm on the same nodes: wall time and the head's CPU time.
+
+One namespace cluster of N compute nodes plus a head (a login node outside the hostfile and the
+allocations, as on a real cluster), with Slurm on it (tests/cluster/slurm.py) and the head's key
+authorized on every node and their host keys in its known_hosts (what the SSH transport needs; nodes
+do not trust each other, so SSH-trust findings are errors here, at the same cost of judging).
+For each size (1, 3 and N nodes by default) the head runs, in turn within each round:
+
+  ssh:   clusterkit doctor hostfile-K --json            (one SSH session and agent run per node)
+  slurm: salloc -w bench[1-K] clusterkit doctor --json   (one srun step with a task per node)
+
+The head's CPU time is user+system of clusterkit and everything it waited for (srun included; salloc
+itself and slurmctld are not the head's work, slurmctld's share is printed apart). One warm-up per
+size and transport ships the agent and fills the probe caches, then ROUNDS rounds interleave sizes and
+transports, so slow spells of this shared machine hit all alike; the table gives medians. Then a
+least-squares line cpu = a + b * nodes per transport, extrapolated to 1,000 nodes. All nodes share this
+machine's cores, so wall times grow with nodes here; the head's CPU is what this measures. Prints;
+asserts nothing. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.cluster.harness import Cluster  # noqa: E402
+from tests.cluster.node import Node  # noqa: E402
+from tests.cluster.slurm import SlurmCluster  # noqa: E402
+
+#: Runs a command and prints its wall time and the CPU time of it and every process it waited for.
+MEASURE = ("import resource, subprocess, sys, time; t = time.monotonic(); "
+           "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+           "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "print('@@measure', rc, time.monotonic() - t, u.ru_utime + u.ru_stime)")
+
+
+def ctld_cpu(slurm: SlurmCluster) -> float:
+    """slurmctld's CPU seconds so far (utime + stime from /proc)."""
+    proc = slurm._slurmctld
+    if proc is None:
+        return 0.0
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(slurm: SlurmCluster, head: Node, command: str) -> tuple[float, float, float]:
+    """(wall s, head CPU s, slurmctld CPU s) of ``command`` run on the head."""
+    before = ctld_cpu(slurm)
+    out = head.run(command, timeout=900)
+    after = ctld_cpu(slurm)
+    for line in out.stdout.splitlines():
+        if line.startswith("@@measure"):
+            _, rc, wall, cpu = line.split()
+            if int(rc) not in (0, 1):
+                raise SystemExit(f"`{command}` exited {rc}: {out.stderr[-2000:]}")
+            return float(wall), float(cpu), after - before
+    raise SystemExit(f"`{command}` printed no measurement: {out.stdout[-1000:]} {out.stderr[-2000:]}")
+
+
+def authorize_head(head: Node, nodes: list[Node]) -> None:
+    """The head logs into every node with its key, knowing their host keys (no bootstrap: no mesh)."""
+    head.run("mkdir -p -m 700 ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519", check=True)
+    key = head.read_file(f"/home/{head.cluster.user}/.ssh/id_ed25519.pub")
+    known = "".join(f"{n.name},{n.ip} {' '.join(n.host_public_key().split()[:2])}\n" for n in nodes)
+    head.put_file(f"/home/{head.cluster.user}/.ssh/known_hosts", known)
+    for node in nodes:
+        node.run("mkdir -p -m 700 ~/.ssh", check=True)
+        node.put_file(f"/home/{node.cluster.user}/.ssh/authorized_keys", key, mode=0o600)
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares a, b of y = a + b * x."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else 0.0
+    return mean_y - slope * mean_x, slope
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # through the context managers: the cluster and Slurm are stopped
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1,3,16", help="node counts (default 1,3,16)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    parser.add_argument("--timeout", type=float, default=120, help="doctor's per-node deadline (default 120: "
+                        "every node's agent shares this machine's cores)")
+    args = parser.parse_args()
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    biggest = max(sizes)
+    python = sys.executable
+    with Cluster.start(biggest + 1, "bench") as cluster, SlurmCluster.start(cluster) as slurm:
+        env_python = cluster.install_python_env()
+        computes, head = cluster.nodes[:biggest], cluster.nodes[biggest]
+        hostfile = "".join(f"{n.name} slots=1\n" for n in computes)
+        authorize_head(head, computes)
+        lines = hostfile.splitlines()
+        for size in sizes:
+            head.put_file(f"/home/{cluster.user}/hostfile-{size}", "\n".join(lines[:size]) + "\n")
+        clusterkit = f"cd {shlex.quote(str(REPO))} && {shlex.quote(python)} -c {shlex.quote(MEASURE)} " \
+                     f"{shlex.quote(python)} -m clusterkit doctor --json --timeout {args.timeout:g} " \
+                     f"--python {env_python}"
+
+        def command(transport: str, size: int) -> str:
+            if transport == "ssh":
+                return f"{clusterkit} ~/hostfile-{size}"
+            nodelist = ",".join(n.name for n in computes[:size])
+            return f"salloc --quiet -N{size} -w {nodelist} /bin/bash -c {shlex.quote(clusterkit)}"
+
+        transports = ("ssh", "slurm")
+        for size in sizes:
+            for transport in transports:
+                run_measured(slurm, head, command(transport, size))  # warm-up
+        results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for _ in range(args.rounds):
+            for size in sizes:
+                for transport in transports:
+                    measured = run_measured(slurm, head, command(transport, size))
+                    results.setdefault((transport, size), []).append(measured)
+                    time.sleep(0.5)
+    print(f"clusterkit doctor from a head outside the nodes, median of {args.rounds} (warm; one shared 2-core "
+          "machine runs every node)")
+    print(f"{'nodes':>5}  {'transport':9}  {'wall s':>7}  {'head CPU s':>10}  {'slurmctld CPU s':>15}")
+    medians: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for size in sizes:
+        for transport in transports:
+            runs = results[(transport, size)]
+            medians[(transport, size)] = tuple(statistics.median(r[i] for r in runs) for i in range(3))  # type: ignore[assignment]
+            wall, cpu, ctld = medians[(transport, size)]
+            shown = f"{ctld:15.2f}" if transport == "slurm" else f"{'-':>15}"
+            print(f"{size:>5}  {transport:9}  {wall:7.2f}  {cpu:10.2f}  {shown}")
+    print("\nhead CPU = a + b * nodes (least squares over the sizes above), extrapolated:")
+    for transport in transports:
+        a, b = fit([(size, medians[(transport, size)][1]) for size in sizes])
+        print(f"  {transport:6} a = {a:.3f} s, b = {b * 1000:.1f} ms/node -> 1,000 nodes: {a + 1000 * b:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
