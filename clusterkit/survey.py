@@ -30,14 +30,13 @@ from clusterkit.facts import (
     ClusterProbes,
     CollectReply,
     ConnectProbe,
-    FactsDecodeError,
     MasterProbe,
     Maybe,
     NodeFacts,
     SshLoginProbe,
     Unavailable,
-    from_jsonable,
 )
+from clusterkit.facts_codec import FactsDecodeError, from_jsonable
 from clusterkit.inventory import ActiveHost
 from clusterkit.launchsite import LaunchPlace, launch_place
 from clusterkit.progress import NodeProgress

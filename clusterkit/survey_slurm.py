@@ -23,15 +23,14 @@ from rich.console import Console
 from clusterkit.facts import (
     ClusterProbes,
     CollectReply,
-    FactsDecodeError,
     MasterProbe,
     Maybe,
     NodeFacts,
     SlurmFacts,
     SlurmNodeFacts,
     Unavailable,
-    from_jsonable,
 )
+from clusterkit.facts_codec import FactsDecodeError, from_jsonable
 from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
 from clusterkit.launchsite import launch_place
 from clusterkit.progress import NodeProgress

@@ -23,7 +23,8 @@ from clusterkit.bootstrap.context import (
 from clusterkit.bootstrap.files import edit_home_file, ensure_ssh_dir
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.collect.sshtrust import fingerprint, known_host_entries
-from clusterkit.facts import SshLoginProbe, from_jsonable
+from clusterkit.facts import SshLoginProbe
+from clusterkit.facts_codec import from_jsonable
 from clusterkit.remote import (
     RemoteError,
     connect,

@@ -12,14 +12,8 @@ from pathlib import Path
 
 from clusterkit.dsconfig.load import read_json_file
 from clusterkit.errors import InputError
-from clusterkit.facts import (
-    FactsDecodeError,
-    GpuFacts,
-    Maybe,
-    NodeFacts,
-    Unavailable,
-    from_jsonable,
-)
+from clusterkit.facts import GpuFacts, Maybe, NodeFacts, Unavailable
+from clusterkit.facts_codec import FactsDecodeError, from_jsonable
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Any
 
 from clusterkit.collect.nvidia_smi import SmiQuery, parse_smi_query_xml
 from clusterkit.collect.nvml import normalize_bus_id
-from clusterkit.facts import GpuFacts, Maybe, NodeFacts, NvidiaFacts, Unavailable, from_jsonable
+from clusterkit.facts import GpuFacts, Maybe, NodeFacts, NvidiaFacts, Unavailable
+from clusterkit.facts_codec import from_jsonable
 
 DOCTOR_SCHEMA = "clusterkit.doctor/v1"
 _ACTIVE_LINK = re.compile(r"^\s*Link\s+\d+:\s*[\d.]+\s*GB/s", re.MULTILINE)

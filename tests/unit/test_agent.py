@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from clusterkit.agent import AGENT_PROTOCOL, RESULT_MARKER
-from clusterkit.facts import SCHEMA_VERSION, CollectReply, ConnectProbe, PortHoldProbe, from_jsonable
+from clusterkit.facts import SCHEMA_VERSION, CollectReply, ConnectProbe, PortHoldProbe
+from clusterkit.facts_codec import from_jsonable
 from clusterkit.remote import RemoteError, agent_zipapp, parse_agent_output
 
 PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python")

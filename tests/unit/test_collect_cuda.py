@@ -20,7 +20,8 @@ from clusterkit.collect.cuda import (
     scan_library_path,
 )
 from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import CudaFacts, Unavailable, from_jsonable, known, to_jsonable
+from clusterkit.facts import CudaFacts, Unavailable, known, to_jsonable
+from clusterkit.facts_codec import from_jsonable
 
 H100 = Path(__file__).resolve().parents[1] / "fixtures" / "h100-x1"
 LDCONFIG_H100 = (H100 / "ldconfig-p-filtered.txt").read_text()

@@ -12,15 +12,8 @@ from clusterkit.collect.gpu import LiveWorld, ReplayWorld, collect_nvidia
 from clusterkit.collect.node import CollectOptions, collect_node
 from clusterkit.collect.nvml import NvmlApi, NvmlNotFoundError
 from clusterkit.collect.nvml_replay import REPLAY_ENV, ReplayNvml
-from clusterkit.facts import (
-    GpuFacts,
-    Maybe,
-    NvidiaFacts,
-    TopologyFacts,
-    Unavailable,
-    from_jsonable,
-    to_jsonable,
-)
+from clusterkit.facts import GpuFacts, Maybe, NvidiaFacts, TopologyFacts, Unavailable, to_jsonable
+from clusterkit.facts_codec import from_jsonable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100-x1" / "nvml-readings.json"

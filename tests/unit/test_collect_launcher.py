@@ -24,7 +24,8 @@ from clusterkit.collect.launcher import (
     read_text_file,
 )
 from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import LauncherFacts, Unavailable, from_jsonable, known, to_jsonable
+from clusterkit.facts import LauncherFacts, Unavailable, known, to_jsonable
+from clusterkit.facts_codec import from_jsonable
 
 PROC = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic-proc-gpu-node"
 PDSH_V = "pdsh-2.34 (+readline+debug)\nrcmd modules: ssh,rsh,exec (default: rsh)\nmisc modules: genders\n"

@@ -22,7 +22,8 @@ from clusterkit.collect.network import (
     read_nics,
 )
 from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import NetworkFacts, Unavailable, from_jsonable, known, to_jsonable
+from clusterkit.facts import NetworkFacts, Unavailable, known, to_jsonable
+from clusterkit.facts_codec import from_jsonable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EIGHT_IB = FIXTURES / "synthetic-sysfs-8ib-bond"

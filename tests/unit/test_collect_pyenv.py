@@ -25,7 +25,8 @@ from clusterkit.collect.pyenv import (
     probe_source,
     run_probe,
 )
-from clusterkit.facts import PythonEnvFacts, Unavailable, from_jsonable, known, to_jsonable
+from clusterkit.facts import PythonEnvFacts, Unavailable, known, to_jsonable
+from clusterkit.facts_codec import from_jsonable
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PYTHON38 = "/root/.pyenv/versions/3.8.18/bin/python"

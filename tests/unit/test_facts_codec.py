@@ -11,15 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clusterkit.collect.node import CollectOptions, collect_node
-from clusterkit.facts import (
-    FactsDecodeError,
-    NodeFacts,
-    PythonEnvFacts,
-    Unavailable,
-    from_jsonable,
-    known,
-    to_jsonable,
-)
+from clusterkit.facts import NodeFacts, PythonEnvFacts, Unavailable, known, to_jsonable
+from clusterkit.facts_codec import FactsDecodeError, from_jsonable
 
 
 def test_unavailable_is_encoded_with_its_reason() -> None:
