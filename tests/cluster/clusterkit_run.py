@@ -35,6 +35,15 @@ def bootstrap(cluster: Cluster, python: str, extra: str = "", *, password: bool 
                       env={"CK_PASSWORD": cluster.password} if password else None)
 
 
+def bootstrapped_from_bare_homes(cluster: Cluster, python: str) -> Cluster:
+    """The cluster healed, every home emptied, then bootstrapped from node1 (which must succeed)."""
+    cluster.heal()
+    cluster.reset_homes()
+    result = bootstrap(cluster, python)
+    assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return cluster
+
+
 def doctor_json(cluster: Cluster, python: str, extra: str = "", timeout: float = 180,
                 head: Node | None = None) -> dict[str, Any]:
     """``clusterkit doctor ~/hostfile --json`` from ``head`` (default node1); the parsed report."""

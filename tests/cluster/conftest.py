@@ -11,11 +11,13 @@ Where no cluster can run (not root, no network namespaces, no sshd) the tests sk
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.harness import Cluster
+from tests.cluster.slurm import SlurmCluster
 from tests.cluster.system import ClusterUnavailable
 
 _HERE = Path(__file__).parent
@@ -33,6 +35,19 @@ def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = Fal
         return Cluster.launch(n, name_prefix, shared_home=shared_home)
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@contextmanager
+def slurm_on(cluster: Cluster, *, gpus_per_node: int = 0) -> Iterator[SlurmCluster]:
+    """Slurm started on ``cluster`` and stopped after, or the test skipped with why it cannot run here."""
+    try:
+        started = SlurmCluster.launch(cluster, gpus_per_node=gpus_per_node)
+    except ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="module")

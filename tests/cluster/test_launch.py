@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit
+from tests.cluster.clusterkit_run import REPO, bootstrapped_from_bare_homes, clusterkit
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
 
@@ -22,11 +22,7 @@ def training_python(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="module")
 def bootstrapped(cluster: Cluster, training_python: str) -> Cluster:
-    cluster.heal()
-    cluster.reset_homes()
-    result = bootstrap(cluster, training_python)
-    assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return cluster
+    return bootstrapped_from_bare_homes(cluster, training_python)
 
 
 def launch(cluster: Cluster, python: str, args: str, timeout: float = 300) -> CommandResult:

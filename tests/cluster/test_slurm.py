@@ -15,24 +15,18 @@ import pytest
 
 from tests.cluster import pyenv
 from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit, failures
+from tests.cluster.conftest import slurm_on
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
 from tests.cluster.slurm import SlurmCluster
-from tests.cluster.system import ClusterUnavailable
 
 SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 
 
 @pytest.fixture(scope="module")
 def slurm(cluster: Cluster) -> Iterator[SlurmCluster]:
-    try:
-        started = SlurmCluster.launch(cluster)
-    except ClusterUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
+    with slurm_on(cluster) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")

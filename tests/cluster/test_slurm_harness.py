@@ -7,26 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.conftest import launch_or_skip
+from tests.cluster.conftest import slurm_on
 from tests.cluster.harness import Cluster
 from tests.cluster.slurm import SLURMD_TIMEOUT_S, SlurmCluster
-from tests.cluster.system import ClusterUnavailable
 
 
 @pytest.fixture(scope="module")
-def slurm() -> Iterator[SlurmCluster]:
-    cluster = launch_or_skip(3)
-    try:
-        try:
-            started = SlurmCluster.launch(cluster)
-        except ClusterUnavailable as exc:
-            pytest.skip(str(exc))
-        try:
-            yield started
-        finally:
-            started.stop()
-    finally:
-        cluster.stop()
+def slurm(cluster: Cluster) -> Iterator[SlurmCluster]:
+    with slurm_on(cluster) as started:
+        yield started
 
 
 def test_one_srun_step_runs_a_task_on_every_node_as_the_user(slurm: SlurmCluster) -> None:

@@ -15,7 +15,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -23,10 +23,9 @@ from clusterkit.workloads.diagnose import Diagnosis, diagnose
 from clusterkit.workloads.session import outcome_from_record
 from tests import workload_fixtures
 from tests.cluster import pyenv
-from tests.cluster.clusterkit_run import REPO, bootstrap
+from tests.cluster.clusterkit_run import REPO, bootstrapped_from_bare_homes
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult, Node
-from tests.cluster.system import ClusterError, ClusterUnavailable
 from tests.cluster.workloads_env import install_env_with_optimizer_ops
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -39,28 +38,13 @@ SHARED_ARGS = f" --workdir {SHARED} --shared-workdir"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    try:
-        started = Cluster.launch(3, lock_timeout=3600)
-    except (ClusterUnavailable, ClusterError) as exc:
-        pytest.skip(str(exc))
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture(scope="module")
 def training_python(cluster: Cluster) -> str:
     return install_env_with_optimizer_ops(cluster)
 
 
 @pytest.fixture(scope="module")
 def bootstrapped(cluster: Cluster, training_python: str) -> Cluster:
-    cluster.heal()
-    cluster.reset_homes()
-    result = bootstrap(cluster, training_python)
-    assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bootstrapped_from_bare_homes(cluster, training_python)
     SHARED.mkdir(parents=True, exist_ok=True)
     os.chown(SHARED, pwd.getpwnam(cluster.user).pw_uid, pwd.getpwnam(cluster.user).pw_gid)
     SHARED.chmod(0o700)

@@ -10,28 +10,14 @@ deadline, not a hang (test_workload_faults.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.clusterkit_run import bootstrap
+from tests.cluster.clusterkit_run import bootstrapped_from_bare_homes
 from tests.cluster.harness import Cluster
-from tests.cluster.system import ClusterError, ClusterUnavailable
 from tests.cluster.workloads_env import bench, bench_json, finding_ids, install_env_with_optimizer_ops
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    try:  # other sessions' cluster tests may hold the machine's cluster lock for a while
-        started = Cluster.launch(3, lock_timeout=3600)
-    except (ClusterUnavailable, ClusterError) as exc:
-        pytest.skip(str(exc))
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +27,7 @@ def training_python(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="module")
 def bootstrapped(cluster: Cluster, training_python: str) -> Cluster:
-    cluster.heal()
-    cluster.reset_homes()
-    result = bootstrap(cluster, training_python)
-    assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return cluster
+    return bootstrapped_from_bare_homes(cluster, training_python)
 
 
 def test_every_collective_is_correct_on_every_rank_and_set_against_the_link(bootstrapped: Cluster,
