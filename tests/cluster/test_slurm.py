@@ -1,5 +1,6 @@
 """clusterkit on a real Slurm cluster (slurmctld, a slurmd per namespace node, munge): doctor through one
-srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, and SSH outside an allocation."""
+srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, env push by sbcast, a workload
+launched over srun, and SSH outside an allocation."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.cluster import pyenv
 from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit, failures
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
+from tests.cluster.packed_env import PREFIX, install_and_pack, make_env_parents
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.system import ClusterUnavailable
 
@@ -148,6 +150,24 @@ def test_slurm_hostfile_writes_the_allocation_for_deepspeed(healthy: SlurmCluste
     result = in_allocation(healthy, "slurm hostfile", salloc="-N3 --ntasks-per-node=2")
     assert result.rc == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["node1 slots=2", "node2 slots=2", "node3 slots=2"]
+
+
+def test_env_push_inside_an_allocation_goes_by_sbcast_and_is_verified_on_every_node(healthy: SlurmCluster) -> None:
+    cluster = healthy.cluster
+    make_env_parents(cluster)
+    archive, _ = install_and_pack(cluster, cluster.nodes[0])
+    pushed = in_allocation(healthy, f"env push {archive} --json --timeout 300")
+    assert pushed.rc == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+    outcomes = json.loads(pushed.stdout)
+    assert {host: o["status"] for host, o in outcomes.items()} == \
+        {"node1": "up to date", "node2": "installed", "node3": "installed"}
+    assert "sbcast" in pushed.stderr
+    for host in ("node2", "node3"):
+        actions = " ".join(outcomes[host]["actions"])
+        assert "sbcast copy checked" in actions and "verified: python" in actions, actions
+        assert "torch" in actions and "deepspeed" in actions, actions
+        ran = cluster.node(host).run(f"{PREFIX}/bin/ckdemo", timeout=60)
+        assert ran.stdout.startswith(f"ckdemo 1.0 python {PREFIX}/bin/python"), ran.stdout + ran.stderr
 
 
 def test_outside_an_allocation_the_same_commands_go_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
