@@ -170,6 +170,24 @@ def test_env_push_inside_an_allocation_goes_by_sbcast_and_is_verified_on_every_n
         assert ran.stdout.startswith(f"ckdemo 1.0 python {PREFIX}/bin/python"), ran.stdout + ran.stderr
 
 
+def test_a_collectives_run_inside_an_allocation_starts_through_srun(healthy: SlurmCluster,
+                                                                    training_python: str) -> None:
+    ran = in_allocation(healthy, f"bench collectives --python {training_python} --ops all_reduce --sizes 64K "
+                                 "--iters 2 --json", timeout=400)
+    assert ran.rc == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    doc = json.loads(ran.stdout)
+    words = shlex.split(doc["command"])
+    assert words[0] == "srun" and words[1].startswith("--jobid=") and "--label" in words
+    assert "--nodelist=node[1-3]" in words
+    sweep = doc["result"]
+    assert sweep["world_size"] == 3 and sweep["backend"] == "gloo"
+    assert sorted(sweep["hosts"]) == ["node1", "node2", "node3"]
+    assert [row["size"] for row in sweep["ops"]["all_reduce"]["rows"]] == [65536]
+    assert sweep["ops"]["all_reduce"]["wrong"] == 0
+    assert doc["expected_busbw_gbs"] == pytest.approx(1.25)  # the nodes' facts came through srun too
+    assert doc["ok"] is True
+
+
 def test_outside_an_allocation_the_same_commands_go_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
     cluster = healthy.cluster
     cluster.reset_homes()
