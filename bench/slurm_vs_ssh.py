@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""`clusterkit doctor` over SSH and over Slurm on the same nodes: wall time and the head's CPU time.
+"""`clusterkit doctor` and `clusterkit env push` over SSH and over Slurm on the same nodes: wall time and
+the head's CPU time.
 
 One namespace cluster of N compute nodes plus a head (a login node outside the hostfile and the
 allocations, as on a real cluster), with Slurm on it (tests/cluster/slurm.py) and the head's key
-authorized on every node and their host keys in its known_hosts (what the SSH transport needs; nodes
-do not trust each other, so SSH-trust findings are errors here, at the same cost of judging).
-For each size (1, 3 and N nodes by default) the head runs, in turn within each round:
+authorized on every node and their host keys in its known_hosts (what the SSH transport needs). With
+env push, the nodes get the head's key pair too: its relay has each node log in to the next. For each
+size (1, 3 and N nodes by default) the head runs, in turn within each round:
 
-  ssh:   clusterkit doctor hostfile-K --json            (one SSH session and agent run per node)
-  slurm: salloc -w bench[1-K] clusterkit doctor --json   (one srun step with a task per node)
+  doctor   ssh:   clusterkit doctor hostfile-K --json              (an SSH session and agent run per node)
+           slurm: salloc -w bench[1-K] clusterkit doctor --json     (one srun step with a task per node)
+  env push ssh:   clusterkit env push hostfile-K ARCHIVE --json     (the relay, then unpack and verify per node)
+           slurm: salloc -w bench[1-K] clusterkit env push ARCHIVE  (sbcast, then one srun step per stage)
+
+env push sends a real conda env (tests/cluster/packed_env.py: rattler, offline, packed on the head)
+and every push is a whole one: the env and its staged archive are removed from the nodes before it
+(not timed).
 
 The head's CPU time is user+system of clusterkit and everything it waited for (srun included; salloc
 itself and slurmctld are not the head's work, slurmctld's share is printed apart). One warm-up per
@@ -35,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.cluster.harness import Cluster  # noqa: E402
 from tests.cluster.node import Node  # noqa: E402
+from tests.cluster.packed_env import PREFIX, STAGED_DIR, install_and_pack, make_env_parents  # noqa: E402
 from tests.cluster.slurm import SlurmCluster  # noqa: E402
 
 #: Runs a command and prints its wall time and the CPU time of it and every process it waited for.
@@ -53,15 +61,16 @@ def ctld_cpu(slurm: SlurmCluster) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(slurm: SlurmCluster, head: Node, command: str) -> tuple[float, float, float]:
-    """(wall s, head CPU s, slurmctld CPU s) of ``command`` run on the head."""
+def run_measured(slurm: SlurmCluster, head: Node, command: str, ok: tuple[int, ...] = (0, 1)
+                 ) -> tuple[float, float, float]:
+    """(wall s, head CPU s, slurmctld CPU s) of ``command`` run on the head; it must exit with one of ``ok``."""
     before = ctld_cpu(slurm)
     out = head.run(command, timeout=900)
     after = ctld_cpu(slurm)
     for line in out.stdout.splitlines():
         if line.startswith("@@measure"):
             _, rc, wall, cpu = line.split()
-            if int(rc) not in (0, 1):
+            if int(rc) not in ok:
                 raise SystemExit(f"`{command}` exited {rc}: {out.stderr[-2000:]}")
             return float(wall), float(cpu), after - before
     raise SystemExit(f"`{command}` printed no measurement: {out.stdout[-1000:]} {out.stderr[-2000:]}")
@@ -76,6 +85,15 @@ def authorize_head(head: Node, nodes: list[Node]) -> None:
     for node in nodes:
         node.run("mkdir -p -m 700 ~/.ssh", check=True)
         node.put_file(f"/home/{node.cluster.user}/.ssh/authorized_keys", key, mode=0o600)
+
+
+def share_head_keys(head: Node, nodes: list[Node]) -> None:
+    """Every node gets the head's key pair and known_hosts: env push's relay hops log in to the next node."""
+    home = f"/home/{head.cluster.user}/.ssh"
+    files = {name: head.read_file(f"{home}/{name}") for name in ("id_ed25519", "id_ed25519.pub", "known_hosts")}
+    for node in nodes:
+        for name, text in files.items():
+            node.put_file(f"{home}/{name}", text, mode=0o600 if name == "id_ed25519" else 0o644)
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -98,54 +116,76 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
     parser.add_argument("--timeout", type=float, default=120, help="doctor's per-node deadline (default 120: "
                         "every node's agent shares this machine's cores)")
+    parser.add_argument("--commands", default="doctor,env-push",
+                        help="what to measure, of doctor and env-push (default: both)")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
+    commands = [c.strip() for c in args.commands.split(",") if c.strip()]
+    if not set(commands) <= {"doctor", "env-push"}:
+        parser.error(f"--commands: {args.commands}: choose from doctor, env-push")
     biggest = max(sizes)
     python = sys.executable
+    transports = ("ssh", "slurm")
+    results: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
     with Cluster.start(biggest + 1, "bench") as cluster, SlurmCluster.start(cluster) as slurm:
         env_python = cluster.install_python_env()
         computes, head = cluster.nodes[:biggest], cluster.nodes[biggest]
         hostfile = "".join(f"{n.name} slots=1\n" for n in computes)
         authorize_head(head, computes)
+        archive = ""
+        if "env-push" in commands:
+            share_head_keys(head, computes)
+            make_env_parents(cluster)
+            archive, _ = install_and_pack(cluster, head)
         lines = hostfile.splitlines()
         for size in sizes:
             head.put_file(f"/home/{cluster.user}/hostfile-{size}", "\n".join(lines[:size]) + "\n")
-        clusterkit = f"cd {shlex.quote(str(REPO))} && {shlex.quote(python)} -c {shlex.quote(MEASURE)} " \
-                     f"{shlex.quote(python)} -m clusterkit doctor --json --timeout {args.timeout:g} " \
-                     f"--python {env_python}"
+        measured = f"cd {shlex.quote(str(REPO))} && {shlex.quote(python)} -c {shlex.quote(MEASURE)} " \
+                   f"{shlex.quote(python)} -m clusterkit"
+        clusterkit = {"doctor": f"{measured} doctor --json --timeout {args.timeout:g} --python {env_python}",
+                      "env-push": f"{measured} env push --json --connect-timeout 10 {archive}"}
 
-        def command(transport: str, size: int) -> str:
+        def command(what: str, transport: str, size: int) -> str:
             if transport == "ssh":
-                return f"{clusterkit} ~/hostfile-{size}"
+                return f"{clusterkit[what]} ~/hostfile-{size}" if what == "doctor" else \
+                    clusterkit[what].replace(" env push ", f" env push ~/hostfile-{size} ")
             nodelist = ",".join(n.name for n in computes[:size])
-            return f"salloc --quiet -N{size} -w {nodelist} /bin/bash -c {shlex.quote(clusterkit)}"
+            return f"salloc --quiet -N{size} -w {nodelist} /bin/bash -c {shlex.quote(clusterkit[what])}"
 
-        transports = ("ssh", "slurm")
-        for size in sizes:
-            for transport in transports:
-                run_measured(slurm, head, command(transport, size))  # warm-up
-        results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-        for _ in range(args.rounds):
+        def measure(what: str, transport: str, size: int) -> tuple[float, float, float]:
+            if what == "env-push":
+                for node in computes[:size]:
+                    node.run(f"rm -rf {PREFIX} {STAGED_DIR}", check=True)
+            # doctor's findings (exit 1) are fine here; a push that failed on a node would not measure a push.
+            return run_measured(slurm, head, command(what, transport, size), (0,) if what == "env-push" else (0, 1))
+
+        for what in commands:
             for size in sizes:
                 for transport in transports:
-                    measured = run_measured(slurm, head, command(transport, size))
-                    results.setdefault((transport, size), []).append(measured)
-                    time.sleep(0.5)
-    print(f"clusterkit doctor from a head outside the nodes, median of {args.rounds} (warm; one shared 2-core "
-          "machine runs every node)")
-    print(f"{'nodes':>5}  {'transport':9}  {'wall s':>7}  {'head CPU s':>10}  {'slurmctld CPU s':>15}")
-    medians: dict[tuple[str, int], tuple[float, float, float]] = {}
-    for size in sizes:
+                    measure(what, transport, size)  # warm-up
+        for _ in range(args.rounds):
+            for what in commands:
+                for size in sizes:
+                    for transport in transports:
+                        results.setdefault((what, transport, size), []).append(measure(what, transport, size))
+                        time.sleep(0.5)
+    for what in commands:
+        print(f"clusterkit {what.replace('-', ' ')} from a head outside the nodes, median of {args.rounds} (warm; "
+              "one shared 2-core machine runs every node)")
+        print(f"{'nodes':>5}  {'transport':9}  {'wall s':>7}  {'head CPU s':>10}  {'slurmctld CPU s':>15}")
+        medians: dict[tuple[str, int], tuple[float, float, float]] = {}
+        for size in sizes:
+            for transport in transports:
+                runs = results[(what, transport, size)]
+                medians[(transport, size)] = tuple(statistics.median(r[i] for r in runs) for i in range(3))  # type: ignore[assignment]
+                wall, cpu, ctld = medians[(transport, size)]
+                shown = f"{ctld:15.2f}" if transport == "slurm" else f"{'-':>15}"
+                print(f"{size:>5}  {transport:9}  {wall:7.2f}  {cpu:10.2f}  {shown}")
+        print("\nhead CPU = a + b * nodes (least squares over the sizes above), extrapolated:")
         for transport in transports:
-            runs = results[(transport, size)]
-            medians[(transport, size)] = tuple(statistics.median(r[i] for r in runs) for i in range(3))  # type: ignore[assignment]
-            wall, cpu, ctld = medians[(transport, size)]
-            shown = f"{ctld:15.2f}" if transport == "slurm" else f"{'-':>15}"
-            print(f"{size:>5}  {transport:9}  {wall:7.2f}  {cpu:10.2f}  {shown}")
-    print("\nhead CPU = a + b * nodes (least squares over the sizes above), extrapolated:")
-    for transport in transports:
-        a, b = fit([(size, medians[(transport, size)][1]) for size in sizes])
-        print(f"  {transport:6} a = {a:.3f} s, b = {b * 1000:.1f} ms/node -> 1,000 nodes: {a + 1000 * b:.1f} s")
+            a, b = fit([(size, medians[(transport, size)][1]) for size in sizes])
+            print(f"  {transport:6} a = {a:.3f} s, b = {b * 1000:.1f} ms/node -> 1,000 nodes: {a + 1000 * b:.1f} s")
+        print()
     return 0
 
 

@@ -3,7 +3,9 @@
 Every workload runs inside the training env through DeepSpeed's own launcher across the hostfile
 (NCCL on GPUs, gloo on CPU), under a deadline, with live progress per node. Failures come back as
 findings (cause, node and rank, fix) with each failing rank's log tail. Without a hostfile the
-workload runs on this machine (``--slots`` ranks).
+workload runs on this machine (``--slots`` ranks). collectives and zero run in a Slurm allocation as
+doctor does (inside one without a HOSTFILE, or ``--slurm``): started by srun, as ``clusterkit launch``
+starts a job there (:mod:`clusterkit.workloads.slurm`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,14 @@ from rich.console import Console
 from rich.text import Text
 
 from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.facts import Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 
 WORKLOADS = ("collectives", "gpu", "zero")
+#: The workloads that run in a Slurm allocation through srun (the others go over SSH only).
+SLURM_WORKLOADS = ("collectives", "zero")
 
 
 def register(subparsers: Any) -> None:
@@ -67,6 +73,23 @@ def register(subparsers: Any) -> None:
     from clusterkit.commands import bench_gpu_zero
 
     bench_gpu_zero.register(commands, _common)
+    for name in SLURM_WORKLOADS:
+        workload = commands.choices[name]
+        add_slurm_arguments(workload)
+        workload.set_defaults(run=_in_allocation(workload.get_default("run")))
+
+
+def _in_allocation(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` inside the Slurm allocation when the command goes through Slurm (``args.allocation``)."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        if not use_slurm(args, args.hostfile):
+            return run(args)
+        with slurm_allocation(args) as alloc:
+            args.allocation = alloc
+            return run(args)
+
+    return wrapped
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +171,8 @@ def hosts_and_hostfile(args: argparse.Namespace) -> tuple[list[ActiveHost], str]
 def make_context(args: argparse.Namespace, console: Console) -> Any:
     from clusterkit.workloads.session import WorkloadContext
 
+    if getattr(args, "allocation", None) is not None:
+        return _slurm_context(args, console)
     hosts, hostfile = hosts_and_hostfile(args)
     python = args.python or sys.executable
     whole = select_hosts(load_hostfile(args.hostfile)) if args.hostfile else None
@@ -156,6 +181,27 @@ def make_context(args: argparse.Namespace, console: Console) -> Any:
                            console=console, workdir=args.workdir,
                            shared_workdir=getattr(args, "shared_workdir", False), master_addr=args.master_addr,
                            master_port=args.master_port, launcher=args.launcher, deadline_s=args.deadline)
+
+
+def _slurm_context(args: argparse.Namespace, console: Console) -> Any:
+    import os
+
+    from clusterkit.commands.launch_slurm import deepspeed_env_values
+    from clusterkit.slurmlaunch import runner_exports
+    from clusterkit.survey_slurm import allocation_hostfile
+    from clusterkit.workloads.slurm import SlurmWorkloadContext
+
+    alloc = args.allocation
+    nodes = allocation_hostfile(alloc)
+    hosts = select_hosts(nodes, args.include, args.exclude)
+    cwd = str(Path.cwd())
+    cpus = min((alloc.job.cpus_per_node.get(h.name, 0) for h in hosts), default=0) or None
+    return SlurmWorkloadContext(hosts=hosts, hostfile=nodes.path, python=args.python or sys.executable,
+                                hostfile_hosts=select_hosts(nodes), settings=ssh_settings(args), console=console,
+                                workdir=args.workdir, shared_workdir=args.shared_workdir,
+                                master_addr=args.master_addr, master_port=args.master_port, launcher="srun",
+                                deadline_s=args.deadline, cwd=cwd, alloc=alloc, cpus_per_task=cpus,
+                                exports=runner_exports(cwd, os.environ.get("PYTHONPATH"), deepspeed_env_values(cwd)))
 
 
 def gather_facts(args: argparse.Namespace, ctx: Any) -> dict[str, Maybe[NodeFacts]]:
@@ -174,6 +220,12 @@ def gather_facts(args: argparse.Namespace, ctx: Any) -> dict[str, Maybe[NodeFact
             return {ctx.names[0]: collect_node(options)}
     from clusterkit.survey import SurveyOptions, survey_cluster
 
+    if getattr(args, "allocation", None) is not None:
+        from clusterkit.survey_slurm import survey_over_slurm
+
+        facts, _ = survey_over_slurm(ctx.hosts, args.allocation, SurveyOptions(python=ctx.python,
+                                     timeout_s=args.timeout, probes=False), ctx.console)
+        return facts
     facts, _ = survey_cluster(ctx.hosts, ctx.settings, SurveyOptions(python=ctx.python, timeout_s=args.timeout,
                                                                      probes=False), ctx.console)
     return facts

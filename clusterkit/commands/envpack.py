@@ -2,12 +2,18 @@
 
 They hang under ``clusterkit env`` (which, without a subcommand, still prints this machine's versions)
 because they are about the same thing: the training env, first described, then shipped.
+
+push and verify take the nodes from a HOSTFILE (over SSH), or from Slurm as doctor does (inside an
+allocation without a HOSTFILE, or ``--slurm``): then every stage is one srun step and the archive goes
+by sbcast (:mod:`clusterkit.envpack.slurm_push`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
+from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.errors import ExitCode, UsageError
 
 DEFAULT_OUTPUT = Path("~/.cache/clusterkit/envpack")
@@ -43,8 +50,10 @@ def register_subcommands(env_parser: Any) -> None:
     pack.set_defaults(run=run_pack)
     for name, helptext in (("push", "broadcast a packed env to every node, unpack it at the same path, verify"),
                            ("verify", "check the env on every node against the head's manifest")):
-        parser = sub.add_parser(name, help=helptext, description=helptext)
-        add_hostfile_arguments(parser)
+        parser = sub.add_parser(name, help=helptext, description=helptext + ". The nodes: HOSTFILE over SSH, "
+                                "or Slurm's (inside an allocation without a HOSTFILE, or --slurm): one srun step "
+                                "per stage, the archive by sbcast")
+        add_hostfile_arguments(parser, required=False)
         parser.add_argument("archive", type=Path, help="the .tar.zst from `clusterkit env pack` (or its .json)")
         parser.add_argument("--staging", metavar="DIR", help="where nodes keep the archive (default: "
                                                              "PREFIX/../.clusterkit-envpack)")
@@ -58,6 +67,7 @@ def register_subcommands(env_parser: Any) -> None:
             parser.add_argument("--remove-archive", action="store_true",
                                 help="delete each node's archive once unpacked (a rerun then resends)")
         add_ssh_arguments(parser)
+        add_slurm_arguments(parser)
         parser.set_defaults(run=run_push if name == "push" else run_verify)
 
 
@@ -85,18 +95,37 @@ def run_pack(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _load(args: argparse.Namespace) -> tuple[Path, Any, list[str]]:
+def _load(args: argparse.Namespace) -> tuple[Path, Any]:
     from clusterkit.envpack.pack import Manifest, manifest_path
-    from clusterkit.inventory import load_hostfile, select_hosts
 
+    if not args.hostfile and not use_slurm(args, None):
+        raise UsageError(f"say which nodes: clusterkit env {args.env_command} HOSTFILE ARCHIVE, or run it inside "
+                         "a Slurm allocation (or with --slurm)")
     archive = args.archive
     if archive.suffix == ".json":
         archive = archive.with_name(archive.name[:-len(".json")])
     if not archive.is_file():
         raise UsageError(f"{archive}: no such archive (make one with `clusterkit env pack`)")
-    manifest = Manifest.load(manifest_path(archive))
-    hosts = [h.name for h in select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)]
-    return archive, manifest, hosts
+    return archive, Manifest.load(manifest_path(archive))
+
+
+@contextmanager
+def _nodes(args: argparse.Namespace, options: Any) -> Iterator[tuple[list[str], Any]]:
+    """The hosts and how to reach them: the HOSTFILE over SSH, or the Slurm allocation through srun."""
+    from clusterkit.inventory import load_hostfile, select_hosts
+
+    if use_slurm(args, args.hostfile):
+        from clusterkit.envpack.slurm_push import slurm_channel
+        from clusterkit.survey_slurm import allocation_hostfile
+
+        with slurm_allocation(args) as alloc:
+            hosts = [h.name for h in select_hosts(allocation_hostfile(alloc), args.include, args.exclude)]
+            yield hosts, slurm_channel(alloc, options)
+        return
+    settings = ssh_settings(args)
+    if getattr(args, "dry_run", False):
+        settings = replace(settings, record_trust=False)
+    yield [h.name for h in select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)], settings
 
 
 def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
@@ -114,15 +143,12 @@ def run_push(args: argparse.Namespace) -> int:
     from clusterkit.envpack.push import PushOptions, push_env
     from clusterkit.envpack.view import RelayView
 
-    archive, manifest, hosts = _load(args)
-    settings = ssh_settings(args)
-    if args.dry_run:
-        settings = replace(settings, record_trust=False)
+    archive, manifest = _load(args)
     console = Console(stderr=True)
     options = PushOptions(staging_dir=args.staging, dry_run=args.dry_run, stall_s=args.stall_timeout,
                           unpack_timeout_s=args.timeout, remove_archive=args.remove_archive)
-    with RelayView(manifest.size, console) as view:
-        report = push_env(archive, manifest, hosts, settings, options, view,
+    with _nodes(args, options) as (hosts, channel), RelayView(manifest.size, console) as view:
+        report = push_env(archive, manifest, hosts, channel, options, view,
                           lambda text: console.print(f"[bold]{text}[/]", highlight=False), view.round)
     title = f"env push: {manifest.prefix} ({manifest.archive})" + (" (dry run: nothing changed)" if args.dry_run
                                                                   else "")
@@ -132,9 +158,10 @@ def run_push(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from clusterkit.envpack.push import PushOptions, push_env
 
-    archive, manifest, hosts = _load(args)
+    archive, manifest = _load(args)
     console = Console(stderr=True)
     options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout)
-    report = push_env(archive, manifest, hosts, ssh_settings(args), options, None,
-                      lambda text: console.print(f"[bold]{text}[/]", highlight=False))
+    with _nodes(args, options) as (hosts, channel):
+        report = push_env(archive, manifest, hosts, channel, options, None,
+                          lambda text: console.print(f"[bold]{text}[/]", highlight=False))
     return _finish(report, args, f"env verify: {manifest.prefix} ({manifest.archive})")

@@ -6,6 +6,7 @@ prints one JSON line. ``verify`` runs under the env's own interpreter, the rest 
 - ``survey``: is the env installed (its ``.clusterkit-envpack.json``), is there room and a writable
   parent for it, are ``tar``/``zstd`` there, does a venv's base interpreter exist; and it leaves a
   marker beside the prefix so the head can tell which nodes share that directory (``markers``).
+  A spec without ``host`` (one srun step's, the same on every node) takes the node's Slurm name.
 - ``unpack``: into a temporary directory beside the prefix, then ``conda-unpack``'s own records are
   applied by the env's own python with the real prefix, console-script shebangs made absolute again,
   and only then renamed into place: a half-unpacked env is never at the real path.
@@ -70,8 +71,8 @@ def survey(spec: dict[str, Any]) -> dict[str, Any]:
     base = spec.get("base_python")
     if base:
         report["base_python"] = os.access(base, os.X_OK)
-    if spec.get("marker") and report["writable"]:
-        marker = marker_dir / f"{MARKER_PREFIX}{spec['marker']}"
+    if spec.get("run") and report["writable"]:
+        marker = marker_dir / f"{MARKER_PREFIX}{spec['run']}-{spec['host']}"
         with contextlib.suppress(OSError):
             marker.write_text(spec.get("host", ""))
             report["marker"] = str(marker)
@@ -80,15 +81,14 @@ def survey(spec: dict[str, Any]) -> dict[str, Any]:
 
 def markers(spec: dict[str, Any]) -> dict[str, Any]:
     """The hosts whose survey markers this node sees; removes its own."""
-    directory = Path(spec["parent"])
+    directory = existing_parent(Path(spec["prefix"]).parent)
     seen = []
     with contextlib.suppress(OSError):
         for entry in directory.iterdir():
             if entry.name.startswith(f"{MARKER_PREFIX}{spec['run']}-"):
                 seen.append(entry.read_text().strip())
-    if spec.get("own"):
-        with contextlib.suppress(OSError):
-            Path(spec["own"]).unlink()
+    with contextlib.suppress(OSError):
+        (directory / f"{MARKER_PREFIX}{spec['run']}-{spec['host']}").unlink()
     return {"seen": sorted(seen)}
 
 
@@ -241,6 +241,8 @@ def verify(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     spec = json.loads(base64.b64decode(sys.argv[2]).decode("utf-8"))
+    # One command for every node (a Slurm step) names no host: each node fills in its own name.
+    spec["host"] = spec.get("host") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     op = spec["op"]
     try:
         result = {"survey": survey, "markers": markers, "unpack": unpack, "verify": verify}[op](spec)

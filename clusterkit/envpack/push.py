@@ -9,6 +9,10 @@
 3. unpack on each of them in parallel (temporary directory, conda-unpack with the env's python, rename);
 4. verify with the env's own interpreter: it starts, its package set matches the head's, and torch and
    deepspeed import where they do on the head.
+
+How nodes are reached is a :class:`NodeChannel`: over SSH (:class:`SshChannel`, the relay above), or
+through Slurm (:class:`clusterkit.envpack.slurm_push.SlurmChannel`: one srun step per stage, sbcast).
+The stages and their judgement are the same whichever carries them.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
-from clusterkit.remote import RemoteError, SshSettings, connect, fan_out
+from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
 from clusterkit.remote.transfer import (
     Delivery,
     Listener,
@@ -82,40 +86,87 @@ def staging_path(manifest: Manifest, options: PushOptions) -> str:
 def _run_node_env(conn: Any, python: str, spec: dict[str, Any], timeout_s: float, isolated: bool = True
                   ) -> dict[str, Any]:
     result = conn.run(node_env_command(python, spec, isolated_site=isolated), hide=True, warn=True, timeout=timeout_s)
-    if result.exited == 127:
-        raise RemoteError(f"{conn.host}: {python} not found", fix=f"install python3 on {conn.host}"
+    return node_env_result(conn.host, python, int(result.exited), str(result.stdout), str(result.stderr), spec["op"])
+
+
+def node_env_result(host: str, python: str, exit_code: int, stdout: str, stderr: str, op: str) -> dict[str, Any]:
+    """node_env's JSON answer from what its command printed on ``host``; RemoteError when there is none."""
+    if exit_code == 127:
+        raise RemoteError(f"{host}: {python} not found", fix=f"install python3 on {host}"
                           if python == "python3" else None)
     try:
-        return parse_node_env_output(str(result.stdout), f"{spec['op']} on {conn.host}")
+        return parse_node_env_output(stdout, f"{op} on {host}")
     except Exception as exc:
-        tail = " | ".join(str(result.stderr).strip().splitlines()[-2:])
+        tail = " | ".join(stderr.strip().splitlines()[-2:])
         raise RemoteError(f"{exc}{': ' + tail if tail else ''}") from None
 
 
-def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: SshSettings,
+class NodeChannel(Protocol):
+    """How a push reaches its nodes: runs node_env's operations there, and delivers the archive."""
+
+    #: The command that redoes a push this way (in fixes).
+    push_command: str
+
+    def run_op(self, hosts: Sequence[str], python: str, spec: dict[str, Any], timeout_s: float,
+               isolated: bool = True) -> dict[str, HostResult[dict[str, Any]]]:
+        """node_env ``spec`` (the same for every host; each fills in its ``host``) run with ``python``."""
+        ...
+
+    def deliver(self, archive: Path, remote: RemoteFile, hosts: list[str], say: Callable[[str], None],
+                listener: Listener | None, round_listener: Callable[[int, list[str], int], None] | None
+                ) -> tuple[dict[str, Delivery], str]:
+        """The archive onto ``hosts`` (each copy checked); per-host deliveries and the path to unpack from."""
+        ...
+
+
+@dataclass
+class SshChannel:
+    """Nodes over SSH from the head; the archive by the pipelined relay."""
+
+    settings: SshSettings
+    options: PushOptions
+    push_command: str = "clusterkit env push HOSTFILE ARCHIVE"
+
+    def run_op(self, hosts: Sequence[str], python: str, spec: dict[str, Any], timeout_s: float,
+               isolated: bool = True) -> dict[str, HostResult[dict[str, Any]]]:
+        def task(host: str) -> dict[str, Any]:
+            with connect(host, self.settings) as conn:
+                return _run_node_env(conn, python, {**spec, "host": host}, timeout_s, isolated)
+
+        return fan_out(list(hosts), task, timeout_s, settings=self.settings)
+
+    def deliver(self, archive: Path, remote: RemoteFile, hosts: list[str], say: Callable[[str], None],
+                listener: Listener | None, round_listener: Callable[[int, list[str], int], None] | None
+                ) -> tuple[dict[str, Delivery], str]:
+        say(f"broadcast {human_bytes(remote.size)} to {len(hosts)} node(s) (relay: head -> "
+            f"{' -> '.join(hosts[:4])}{' -> ...' if len(hosts) > 4 else ''})")
+        options = self.options
+        relay_options = RelayOptions(hop_ssh=node_ssh_argv(self.settings), python=options.python,
+                                     stall_s=options.stall_s, probe_timeout_s=options.survey_timeout_s,
+                                     max_rounds=options.max_rounds)
+        return broadcast(archive, remote, hosts, self.settings, relay_options, listener, round_listener), remote.path
+
+
+def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: SshSettings | NodeChannel,
              options: PushOptions, listener: Listener | None = None,
              phase: Callable[[str], None] | None = None,
              round_listener: Callable[[int, list[str], int], None] | None = None) -> PushReport:
-    """Make ``manifest``'s env present and verified on every host; per-host outcomes, never an exception."""
+    """Make ``manifest``'s env present and verified on every host; per-host outcomes, never an exception.
+
+    ``settings``: SSH settings (the nodes over SSH), or a :class:`NodeChannel` that reaches them another way."""
+    channel = SshChannel(settings, options) if isinstance(settings, SshSettings) else settings
     say = phase or (lambda _text: None)
     report = PushReport({h: NodeResult(h, FAILED) for h in hosts})
     run_id = uuid.uuid4().hex[:12]
     prefix = manifest.prefix
     say(f"survey: is {prefix} there, room for {human_bytes(manifest.size + manifest.unpacked_bytes)}, tools")
-
-    def survey(host: str) -> dict[str, Any]:
-        with connect(host, settings) as conn:
-            return _run_node_env(conn, options.python, {"op": "survey", "host": host, "prefix": prefix,
-                                                        "marker": f"{run_id}-{host}",
-                                                        "base_python": manifest.base_python},
-                                 options.survey_timeout_s)
-
-    surveys = fan_out(list(hosts), survey, options.survey_timeout_s, settings=settings)
+    surveys = channel.run_op(hosts, options.python, {"op": "survey", "prefix": prefix, "run": run_id,
+                                                     "base_python": manifest.base_python}, options.survey_timeout_s)
     reachable = [h for h in hosts if surveys[h].ok and surveys[h].value is not None]
     for host in hosts:
         if host not in reachable:
             report.nodes[host] = NodeResult(host, FAILED, error=surveys[host].error, fix=surveys[host].fix)
-    groups = _shared_groups(reachable, {h: surveys[h].value or {} for h in reachable}, run_id, settings, options)
+    groups = _shared_groups(reachable, run_id, prefix, channel, options)
     need: list[str] = []
     for host in reachable:
         info = surveys[host].value or {}
@@ -137,7 +188,7 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
         if options.verify_only:
             result.status = FAILED
             result.error = f"{prefix} on {host} is " + ("another build of the env" if installed else "missing")
-            result.fix = f"clusterkit env push HOSTFILE {archive}"
+            result.fix = channel.push_command.replace("ARCHIVE", str(archive))
             continue
         problem = _cannot_install(host, info, manifest)
         if problem:
@@ -150,11 +201,7 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
         need.append(host)
     if need:
         remote = RemoteFile(staging_path(manifest, options), manifest.size, manifest.sha256)
-        say(f"broadcast {human_bytes(manifest.size)} to {len(need)} node(s) (relay: head -> "
-            f"{' -> '.join(need[:4])}{' -> ...' if len(need) > 4 else ''})")
-        relay_options = RelayOptions(hop_ssh=node_ssh_argv(settings), python=options.python, stall_s=options.stall_s,
-                                     probe_timeout_s=options.survey_timeout_s, max_rounds=options.max_rounds)
-        report.deliveries = broadcast(archive, remote, need, settings, relay_options, listener, round_listener)
+        report.deliveries, unpack_from = channel.deliver(archive, remote, need, say, listener, round_listener)
         landed = []
         for host in need:
             delivery = report.deliveries[host]
@@ -169,7 +216,7 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
                 result.error, result.fix = delivery.error, delivery.fix
         if landed:
             say(f"unpack to {prefix} on {len(landed)} node(s)")
-            _unpack(landed, remote.path, manifest, settings, options, report)
+            _unpack(landed, unpack_from, manifest, channel, options, report)
     to_verify = [h for h in reachable if report.nodes[h].status in (INSTALLED, SHARED)
                  or (options.verify_only and report.nodes[h].status == UP_TO_DATE)]
     for host in list(to_verify):
@@ -181,7 +228,7 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
     if to_verify and not options.dry_run:
         say(f"verify on {len(to_verify)} node(s): {prefix}/bin/python starts, package set, "
             f"{', '.join(manifest.imports) or 'no torch/deepspeed'} import")
-        verify_nodes(to_verify, manifest, settings, options, report)
+        verify_nodes(to_verify, manifest, channel, options, report)
     return report
 
 
@@ -209,35 +256,26 @@ def _cannot_install(host: str, info: dict[str, Any], manifest: Manifest) -> tupl
     return None
 
 
-def _shared_groups(hosts: list[str], surveys: dict[str, dict[str, Any]], run_id: str, settings: SshSettings,
-                   options: PushOptions) -> dict[str, str]:
+def _shared_groups(hosts: list[str], run_id: str, prefix: str, channel: NodeChannel, options: PushOptions
+                   ) -> dict[str, str]:
     """host -> the first host (hostfile order) that sees the same directory beside the prefix."""
-    def look(host: str) -> list[str]:
-        info = surveys[host]
-        with connect(host, settings) as conn:
-            seen = _run_node_env(conn, options.python, {"op": "markers", "parent": info.get("parent", "/"),
-                                                        "run": run_id, "own": info.get("marker")},
-                                 options.survey_timeout_s)
-        return [str(h) for h in seen.get("seen", [])]
-
-    looks = fan_out(hosts, look, options.survey_timeout_s, settings=settings)
+    looks = channel.run_op(hosts, options.python, {"op": "markers", "prefix": prefix, "run": run_id},
+                           options.survey_timeout_s)
     leaders: dict[str, str] = {}
     for host in hosts:
-        seen = set(looks[host].value or []) | {host}
+        seen = {str(h) for h in (looks[host].value or {}).get("seen", [])} | {host}
         leaders[host] = next(h for h in hosts if h in seen)
     return leaders
 
 
-def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, settings: SshSettings, options: PushOptions,
+def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, channel: NodeChannel, options: PushOptions,
             report: PushReport) -> None:
-    def unpack(host: str) -> dict[str, Any]:
-        spec = {"op": "unpack", "host": host, "archive": archive_path, "prefix": manifest.prefix,
-                "kind": manifest.kind, "unpacked_bytes": manifest.unpacked_bytes, "shebangs": manifest.shebangs,
-                "marker": manifest.installed_marker(), "remove_archive": options.remove_archive}
-        with connect(host, settings) as conn:
-            return _run_node_env(conn, options.python, spec, options.unpack_timeout_s)
-
-    results = fan_out(hosts, unpack, options.unpack_timeout_s, settings=settings)
+    spec = {"op": "unpack", "archive": archive_path, "prefix": manifest.prefix,
+            "kind": manifest.kind, "unpacked_bytes": manifest.unpacked_bytes, "shebangs": manifest.shebangs,
+            "marker": manifest.installed_marker(),
+            # An archive read where it lies (a filesystem shared with this machine) is not the nodes' to delete.
+            "remove_archive": options.remove_archive and archive_path == staging_path(manifest, options)}
+    results = channel.run_op(hosts, options.python, spec, options.unpack_timeout_s)
     for host in hosts:
         outcome, result = report.nodes[host], results[host]
         value = result.value or {}
@@ -251,17 +289,14 @@ def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, settings: S
             outcome.fix = result.fix or value.get("fix")
 
 
-def verify_nodes(hosts: list[str], manifest: Manifest, settings: SshSettings, options: PushOptions,
+def verify_nodes(hosts: list[str], manifest: Manifest, channel: SshSettings | NodeChannel, options: PushOptions,
                  report: PushReport) -> None:
     """Run the env's own python on each host and compare with the head's manifest."""
+    if isinstance(channel, SshSettings):
+        channel = SshChannel(channel, options)
     python = f"{manifest.prefix}/bin/python"
-
-    def check(host: str) -> dict[str, Any]:
-        with connect(host, settings) as conn:
-            return _run_node_env(conn, python, {"op": "verify", "imports": sorted(manifest.imports)},
-                                 options.verify_timeout_s, isolated=False)
-
-    results = fan_out(hosts, check, options.verify_timeout_s, settings=settings)
+    results = channel.run_op(hosts, python, {"op": "verify", "imports": sorted(manifest.imports)},
+                             options.verify_timeout_s, isolated=False)
     for host in hosts:
         outcome, result = report.nodes[host], results[host]
         if not result.ok or result.value is None:
@@ -271,7 +306,7 @@ def verify_nodes(hosts: list[str], manifest: Manifest, settings: SshSettings, op
         problems = verification_problems(result.value, manifest)
         if problems:
             outcome.status, outcome.error = FAILED, f"{python} on {host}: " + "; ".join(problems)
-            outcome.fix = f"clusterkit env push HOSTFILE ARCHIVE (reinstalls {manifest.prefix} on {host})"
+            outcome.fix = f"{channel.push_command} (reinstalls {manifest.prefix} on {host})"
         else:
             imported = ", ".join(f"{k} {v}" for k, v in sorted(manifest.imports.items()))
             outcome.actions.append(f"verified: python {result.value['python']}, package set matches"

@@ -5,8 +5,8 @@
     outcome = supervise(launch, cleanup=kill_remote_ranks, on_line=print)
 
 - The runner runs in its own session; its output is read line by line as it comes, each line split
-  into the node (pdsh's ``host: `` prefix, or the only host of a local launch), the rank (the
-  workload scripts' ``[ck:rank=R] `` tag) and the text.
+  into the node (pdsh's ``host: `` prefix, srun's ``--label`` task number, or the only host of a local
+  launch), the rank (the workload scripts' ``[ck:rank=R] `` tag) and the text.
 - Past the deadline, or ``grace_s`` after a node's launcher reported a failed rank (the others then
   usually wait on it in a collective), the whole process group is killed (runner, pdsh, ssh and,
   for a local launch, the ranks), then ``cleanup(run_id)`` kills the ranks left on the nodes by the
@@ -38,6 +38,10 @@ _RANK_TAG = re.compile(r"^\[ck:rank=(\d+)\] ?")
 _RANK_FAILED = re.compile(r"exits with return code = (-?\d+)")
 #: pdsh, on the head, when a node's remote command ended badly.
 _PDSH_NODE_FAILED = re.compile(r"^pdsh@[^:]+: ([^:\s]+): ssh exited with exit code (\d+)")
+#: srun, on the head, when a node's task (its launch.py) ended badly.
+_SRUN_TASK_FAILED = re.compile(r"^srun: error: ([^:\s]+): task \d+: Exited with exit code (\d+)")
+#: srun --label's prefix: the task's number (one task per node, in the step's node order).
+_SRUN_LABEL = re.compile(r"^\s*(\d+): ")
 
 
 def new_run_id() -> str:
@@ -79,6 +83,8 @@ class Launch:
     env: dict[str, str] | None = None
     #: How long the other ranks may go on once one node reported a failed rank.
     grace_s: float = 15.0
+    #: A launch through ``srun --label``: task number -> node (None: pdsh's or a local launch's output).
+    task_nodes: list[str] | None = None
 
 
 @dataclass
@@ -143,12 +149,17 @@ class RunOutcome:
         return "\n".join(line.render() for line in self.lines)
 
 
-def split_line(raw: str, hosts: Sequence[str]) -> tuple[str | None, int | None, str]:
-    """(node, rank, text) of a raw output line; pdsh's ``host: `` prefix counts only for known hosts."""
+def split_line(raw: str, hosts: Sequence[str], task_nodes: Sequence[str] | None = None
+               ) -> tuple[str | None, int | None, str]:
+    """(node, rank, text) of a raw output line; pdsh's ``host: `` prefix counts only for known hosts,
+    srun's ``N: `` label only with ``task_nodes``."""
     node: str | None = hosts[0] if len(hosts) == 1 else None  # a local launch: every line is that host's
     text = raw
+    labelled = _SRUN_LABEL.match(raw) if task_nodes else None
     head, sep, rest = raw.partition(": ")
-    if sep and head in hosts:  # pdsh's prefix (a one-host launch through pdsh has it too)
+    if task_nodes and labelled and int(labelled.group(1)) < len(task_nodes):
+        node, text = task_nodes[int(labelled.group(1))], raw[labelled.end():]
+    elif sep and head in hosts:  # pdsh's prefix (a one-host launch through pdsh has it too)
         node, text = head, rest
     rank: int | None = None
     tagged = _RANK_TAG.match(text)
@@ -163,8 +174,8 @@ def failure_signal(line: LogLine) -> bool:
     found = _RANK_FAILED.search(line.text)
     if found and found.group(1) != "0":
         return True
-    pdsh = _PDSH_NODE_FAILED.match(line.text)
-    return bool(pdsh and pdsh.group(2) != "0")
+    node_failed = _PDSH_NODE_FAILED.match(line.text) or _SRUN_TASK_FAILED.match(line.text)
+    return bool(node_failed and node_failed.group(2) != "0")
 
 
 Cleanup = Callable[[str], dict[str, str]]
@@ -187,7 +198,7 @@ def supervise(launch: Launch, cleanup: Cleanup | None = None,
     def pump(stream: IO[bytes], name: str) -> None:
         for raw in iter(stream.readline, b""):
             decoded = raw.decode("utf-8", "replace").rstrip("\r\n")
-            node, rank, text = split_line(decoded, launch.hosts)
+            node, rank, text = split_line(decoded, launch.hosts, launch.task_nodes)
             line = LogLine(time.monotonic() - started, name, node, rank, text, decoded)
             with lock:
                 lines.append(line)

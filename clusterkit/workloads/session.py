@@ -23,6 +23,7 @@ from clusterkit.progress import NodeProgress
 from clusterkit.remote import SshSettings
 from clusterkit.workloads.diagnose import Diagnosis, diagnose
 from clusterkit.workloads.run import (
+    Cleanup,
     Launch,
     LogLine,
     RunOutcome,
@@ -44,6 +45,8 @@ class WorkloadRun:
     rank_hosts: dict[int, str]
     outcome: RunOutcome
     diagnosis: Diagnosis
+    #: srun --label's task number -> node, for a launch through srun.
+    task_nodes: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,6 +64,7 @@ def run_record(run: WorkloadRun) -> dict[str, Any]:
     """Everything a run printed, line by line as the runner printed it, with how it ended (``--log``)."""
     outcome = run.outcome
     return {"workload": run.title, "hosts": run.hosts, "rank_hosts": {str(r): h for r, h in run.rank_hosts.items()},
+            **({"task_nodes": run.task_nodes} if run.task_nodes else {}),
             "argv": outcome.argv, "run_id": outcome.run_id, "returncode": outcome.returncode,
             "timed_out": outcome.timed_out, "stopped_after_failure": outcome.stopped_after_failure,
             "start_error": outcome.start_error, "duration_s": round(outcome.duration_s, 3),
@@ -73,7 +77,7 @@ def outcome_from_record(record: dict[str, Any]) -> tuple[RunOutcome, dict[int, s
     hosts = list(record["hosts"])
     lines = []
     for seconds, stream, raw in record["lines"]:
-        node, rank, text = split_line(raw, hosts)
+        node, rank, text = split_line(raw, hosts, record.get("task_nodes"))
         lines.append(LogLine(float(seconds), str(stream), node, rank, text, raw))
     outcome = RunOutcome(list(record["argv"]), str(record.get("run_id", "")), record.get("returncode"),
                          float(record.get("duration_s", 0.0)), lines, timed_out=bool(record.get("timed_out")),
@@ -176,6 +180,14 @@ class WorkloadContext:
         argv = build_launch_line(plan)
         return argv
 
+    def task_nodes(self, names: list[str]) -> list[str] | None:
+        """Which node each labelled task of the launch line is (None: the line labels lines with hosts)."""
+        return None
+
+    def cleanup_for(self, names: list[str]) -> Cleanup:
+        """What kills a run's processes left on ``names`` after it was stopped."""
+        return remote_cleanup(names if not self.local else ["localhost"], self.settings)
+
     def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
                master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
                quiet: bool = False) -> WorkloadRun:
@@ -186,8 +198,8 @@ class WorkloadContext:
         argv = self.command_line(self.shipped().script(script), args, chosen, run_id, master_port)
         layout = rank_layout(chosen)
         launch = Launch(argv=argv, cwd=self.cwd, deadline_s=deadline_s or self.deadline_s, hosts=names,
-                        run_id=run_id, env=env, grace_s=self.grace_s)
-        cleanup = remote_cleanup(names if not self.local else ["localhost"], self.settings)
+                        run_id=run_id, env=env, grace_s=self.grace_s, task_nodes=self.task_nodes(names))
+        cleanup = self.cleanup_for(names)
         if quiet:
             outcome = supervise(launch, cleanup=cleanup)
         else:
@@ -195,7 +207,7 @@ class WorkloadContext:
                 tracker = _ProgressTracker(progress, layout)
                 outcome = supervise(launch, cleanup=cleanup, on_line=tracker.on_line)
                 tracker.finish(outcome)
-        run = WorkloadRun(title, names, layout, outcome, diagnose(outcome, layout, title))
+        run = WorkloadRun(title, names, layout, outcome, diagnose(outcome, layout, title), launch.task_nodes)
         self.runs.append(run)
         return run
 

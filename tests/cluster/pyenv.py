@@ -10,6 +10,7 @@ as a real node does not have clusterkit preinstalled.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -140,8 +141,10 @@ def _install_prebuilt_ops(cluster: Cluster, path: str) -> None:
     venv = shared_venv()
     version = python_version(venv)
     shared_site = site_packages(venv, version)
+    # The venv's path too: the op's build.ninja names its include directories, and torch rebuilds an op whose
+    # build.ninja differs (a worktree's venv would otherwise rebuild the op in every process group).
     key = (f"torch-{_dist_version(shared_site, 'torch')}-deepspeed-{_dist_version(shared_site, 'deepspeed')}"
-           f"-py{version}{path.replace('/', '_')}")
+           f"-py{version}{path.replace('/', '_')}-{hashlib.sha256(str(venv).encode()).hexdigest()[:8]}")
     cache = PREBUILT_OPS_CACHE / key
     extensions = f"{path}/torch_extensions"
     user = cluster.user

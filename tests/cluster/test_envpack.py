@@ -1,10 +1,7 @@
 """`clusterkit env pack/push/verify` with a real conda env on the namespace cluster, and its faults.
 
-The env is made offline by rattler from the synthetic local channel (tests/synthetic_conda.py) into
-node1's private /opt/envs/ckconda, placeholders written for that path. torch and deepspeed are not
-conda packages here: like the nodes' training env (tests/cluster/pyenv.py), the env gets a ``.pth``
-line naming the shared venv's site-packages, so ``import torch, deepspeed`` works in it and is checked
-on every node; the ``.pth`` travels in the archive as an ordinary unmanaged file.
+The env (tests/cluster/packed_env.py) is made offline by rattler into node1's private /opt/envs/ckconda
+and packed there; it imports the shared venv's torch and deepspeed through a ``.pth`` line.
 """
 
 from __future__ import annotations
@@ -26,10 +23,7 @@ from tests.cluster.clusterkit_run import bootstrap, clusterkit, doctor_json, fai
 from tests.cluster.conftest import launch_or_skip
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
-
-PREFIX = "/opt/envs/ckconda"
-PACKS = "/home/ckuser/packs"
-STAGED_DIR = "/opt/envs/.clusterkit-envpack"
+from tests.cluster.packed_env import PREFIX, STAGED_DIR, install_and_pack, make_env_parents
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +33,7 @@ def envcluster() -> Iterator[Cluster]:
         python = cluster.install_python_env()
         result = bootstrap(cluster, python)
         assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        for node in cluster.nodes:
-            node.run(f"mkdir -p /opt/envs && chown {cluster.user}: /opt/envs", user="root", check=True)
+        make_env_parents(cluster)
         yield cluster
     finally:
         cluster.stop()
@@ -49,18 +42,7 @@ def envcluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def archive(envcluster: Cluster) -> tuple[str, dict[str, object]]:
     """The conda env installed on node1 (the head) and packed there; (archive path, manifest)."""
-    head = envcluster.nodes[0]
-    channel = synthetic_conda.build_channel()
-    synthetic_conda.install_env(channel, head.host_path(PREFIX), as_prefix=PREFIX)
-    venv = pyenv.shared_venv()
-    version = pyenv.python_version(venv)
-    (pyenv.site_packages(head.host_path(PREFIX), version) / pyenv.PTH_NAME).write_text(
-        f"{pyenv.site_packages(venv, version)}\n")
-    head.run(f"chown -R {envcluster.user}: {PREFIX}", user="root", check=True)  # the user's own env
-    packed = clusterkit(head, f"env pack {PREFIX} -o {PACKS} --json", timeout=300)
-    assert packed.rc == 0, packed.stderr[-3000:]
-    manifest = json.loads(packed.stdout)
-    return f"{PACKS}/{manifest['archive']}", manifest
+    return install_and_pack(envcluster, envcluster.nodes[0])
 
 
 def push(cluster: Cluster, archive_path: str, extra: str = "", timeout: float = 400) -> CommandResult:

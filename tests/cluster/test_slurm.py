@@ -1,5 +1,6 @@
 """clusterkit on a real Slurm cluster (slurmctld, a slurmd per namespace node, munge): doctor through one
-srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, and SSH outside an allocation."""
+srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, env push by sbcast, a workload
+launched over srun, and SSH outside an allocation."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit, failures
 from tests.cluster.conftest import slurm_on
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
+from tests.cluster.packed_env import PREFIX, install_and_pack, make_env_parents
 from tests.cluster.slurm import SlurmCluster
 
 SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
@@ -142,6 +144,42 @@ def test_slurm_hostfile_writes_the_allocation_for_deepspeed(healthy: SlurmCluste
     result = in_allocation(healthy, "slurm hostfile", salloc="-N3 --ntasks-per-node=2")
     assert result.rc == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["node1 slots=2", "node2 slots=2", "node3 slots=2"]
+
+
+def test_env_push_inside_an_allocation_goes_by_sbcast_and_is_verified_on_every_node(healthy: SlurmCluster) -> None:
+    cluster = healthy.cluster
+    make_env_parents(cluster)
+    archive, _ = install_and_pack(cluster, cluster.nodes[0])
+    pushed = in_allocation(healthy, f"env push {archive} --json --timeout 300")
+    assert pushed.rc == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+    outcomes = json.loads(pushed.stdout)
+    assert {host: o["status"] for host, o in outcomes.items()} == \
+        {"node1": "up to date", "node2": "installed", "node3": "installed"}
+    assert "sbcast" in pushed.stderr
+    for host in ("node2", "node3"):
+        actions = " ".join(outcomes[host]["actions"])
+        assert "sbcast copy checked" in actions and "verified: python" in actions, actions
+        assert "torch" in actions and "deepspeed" in actions, actions
+        ran = cluster.node(host).run(f"{PREFIX}/bin/ckdemo", timeout=60)
+        assert ran.stdout.startswith(f"ckdemo 1.0 python {PREFIX}/bin/python"), ran.stdout + ran.stderr
+
+
+def test_a_collectives_run_inside_an_allocation_starts_through_srun(healthy: SlurmCluster,
+                                                                    training_python: str) -> None:
+    ran = in_allocation(healthy, f"bench collectives --python {training_python} --ops all_reduce --sizes 64K "
+                                 "--iters 2 --json", timeout=400)
+    assert ran.rc == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    doc = json.loads(ran.stdout)
+    words = shlex.split(doc["command"])
+    assert words[0] == "srun" and words[1].startswith("--jobid=") and "--label" in words
+    assert "--nodelist=node[1-3]" in words
+    sweep = doc["result"]
+    assert sweep["world_size"] == 3 and sweep["backend"] == "gloo"
+    assert sorted(sweep["hosts"]) == ["node1", "node2", "node3"]
+    assert [row["size"] for row in sweep["ops"]["all_reduce"]["rows"]] == [65536]
+    assert sweep["ops"]["all_reduce"]["wrong"] == 0
+    assert doc["expected_busbw_gbs"] == pytest.approx(1.25)  # the nodes' facts came through srun too
+    assert doc["ok"] is True
 
 
 def test_outside_an_allocation_the_same_commands_go_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
