@@ -169,7 +169,7 @@ def test_the_master_port_is_taken(bootstrapped: Cluster, training_python: str) -
                  check=True)
         fault(bootstrapped, training_python, "master-port-busy",
               "a python listener holding port 29500 on node1; bench collectives --master-port 29500 from node1",
-              args=SMALL + " --master-port 29500")
+              args=SMALL + " --master-port 29500 --deadline 120")
     finally:
         head.run(f"kill {holder}")
 
@@ -177,8 +177,8 @@ def test_the_master_port_is_taken(bootstrapped: Cluster, training_python: str) -
 def test_a_master_address_nobody_listens_on(bootstrapped: Cluster, training_python: str) -> None:
     node2 = bootstrapped.nodes[1]
     fault(bootstrapped, training_python, "rendezvous-unreachable",
-          f"bench collectives --master-addr {node2.ip} (node2, where nothing listens on the port) --deadline 40",
-          args=SMALL + f" --master-addr {node2.ip} --deadline 40")
+          f"bench collectives --master-addr {node2.ip} (node2, where nothing listens on the port) --deadline 60",
+          args=SMALL + f" --master-addr {node2.ip} --deadline 60")
 
 
 # ------------------------------------------------------------------------------ interpreter / module
