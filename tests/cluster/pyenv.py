@@ -138,14 +138,8 @@ def _install_prebuilt_ops(cluster: Cluster, path: str) -> None:
     PREBUILT_OPS_CACHE and copied to each node; a ``.pth`` line points the env's TORCH_EXTENSIONS_DIR
     at it, as on a node where the ops were built before.
     """
-    venv = shared_venv()
-    version = python_version(venv)
-    shared_site = site_packages(venv, version)
-    # The venv's path too: the op's build.ninja names its include directories, and torch rebuilds an op whose
-    # build.ninja differs (a worktree's venv would otherwise rebuild the op in every process group).
-    key = (f"torch-{_dist_version(shared_site, 'torch')}-deepspeed-{_dist_version(shared_site, 'deepspeed')}"
-           f"-py{version}{path.replace('/', '_')}-{hashlib.sha256(str(venv).encode()).hexdigest()[:8]}")
-    cache = PREBUILT_OPS_CACHE / key
+    version = python_version(shared_venv())
+    cache = PREBUILT_OPS_CACHE / prebuilt_ops_key(path)
     extensions = f"{path}/torch_extensions"
     user = cluster.user
     for node in cluster.nodes:
@@ -166,6 +160,19 @@ def _install_prebuilt_ops(cluster: Cluster, path: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(cache, target)
         node.run(f"chown -R {user}: {extensions}", user="root", check=True)
+
+
+def prebuilt_ops_key(env: str) -> str:
+    """The name of a cache of DeepSpeed ops built for the env at ``env``: the versions and both paths.
+
+    The venv's path too: an op's build.ninja names its include directories, and torch rebuilds an op
+    whose build.ninja differs (a clone's own venv would otherwise rebuild the op in every process group).
+    """
+    venv = shared_venv()
+    version = python_version(venv)
+    shared_site = site_packages(venv, version)
+    return (f"torch-{_dist_version(shared_site, 'torch')}-deepspeed-{_dist_version(shared_site, 'deepspeed')}"
+            f"-py{version}{env.replace('/', '_')}-{hashlib.sha256(str(venv).encode()).hexdigest()[:8]}")
 
 
 def _env_site_packages(node: Node, path: str) -> Path:

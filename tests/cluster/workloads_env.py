@@ -36,11 +36,7 @@ def install_env_with_optimizer_ops(cluster: Cluster) -> str:
     python = cluster.install_python_env(prebuilt_ops=True)
     env = pyenv.DEFAULT_ENV
     extensions = f"{env}/torch_extensions"
-    venv = pyenv.shared_venv()
-    site = pyenv.site_packages(venv, pyenv.python_version(venv))
-    key = (f"torch-{pyenv._dist_version(site, 'torch')}-deepspeed-{pyenv._dist_version(site, 'deepspeed')}"
-           f"-py{pyenv.python_version(venv)}{env.replace('/', '_')}")
-    cache = CACHE / key
+    cache = CACHE / pyenv.prebuilt_ops_key(env)
     first = cluster.nodes[0]
     if not cache.exists():
         builders = "; ".join(f"B.{name}().load()" for name in OPTIMIZER_OPS)
