@@ -4,6 +4,10 @@ Each test plants one fault on the 3-node cluster, runs ``clusterkit bench`` from
 and diagnoses the captured run as the command does. With ``CLUSTERKIT_WRITE_FIXTURES=1`` the captured
 logs are kept as ``tests/fixtures/workload-logs/<name>.json`` (with how each was produced), which the
 unit tests diagnose offline.
+
+A default run plants one fault of each kind (launcher, SSH, rendezvous, interpreter, extension build,
+memory, a frozen node); ``CLUSTERKIT_ALL_FAULTS=1`` (implied by ``CLUSTERKIT_WRITE_FIXTURES=1``) plants
+every one. Each skipped fault's captured log is still diagnosed by the unit tests.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from tests.cluster.node import CommandResult, Node
 from tests.cluster.workloads_env import install_env_with_optimizer_ops
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+ALL_FAULTS = "1" in (os.environ.get("CLUSTERKIT_ALL_FAULTS"), os.environ.get("CLUSTERKIT_WRITE_FIXTURES"))
+#: A second fault of a kind already planted: run with CLUSTERKIT_ALL_FAULTS=1 (each costs a launch).
+another_of_its_kind = pytest.mark.skipif(
+    not ALL_FAULTS, reason="another fault of a kind already planted; CLUSTERKIT_ALL_FAULTS=1 plants it too "
+                           "(its captured log is diagnosed by tests/unit/test_workloads_diagnose.py)")
 LOG = "/tmp/ck-fault.json"
 SMALL = "collectives ~/hostfile --ops all_reduce --sizes 64K --iters 2 --no-expect"
 #: Under the repo, which every node mounts at the same path: scripts written there need no SSH, so a
@@ -113,6 +122,7 @@ def test_pdsh_missing_on_the_launching_node(bootstrapped: Cluster, training_pyth
         bootstrapped.nodes[0].unhide_binary("/usr/bin/pdsh")
 
 
+@another_of_its_kind
 def test_a_blank_line_in_deepspeed_env(bootstrapped: Cluster, training_python: str) -> None:
     head = bootstrapped.nodes[0]
     restore = keep_file(head, "/home/ckuser/.deepspeed_env")
@@ -144,6 +154,7 @@ def test_the_launching_nodes_key_is_refused_by_a_node(bootstrapped: Cluster, tra
         restore()
 
 
+@another_of_its_kind
 def test_a_node_missing_from_known_hosts(bootstrapped: Cluster, training_python: str) -> None:
     head = bootstrapped.nodes[0]
     restore = keep_file(head, "/home/ckuser/.ssh/known_hosts")
@@ -174,6 +185,7 @@ def test_the_master_port_is_taken(bootstrapped: Cluster, training_python: str) -
         head.run(f"kill {holder}")
 
 
+@another_of_its_kind
 def test_a_master_address_nobody_listens_on(bootstrapped: Cluster, training_python: str) -> None:
     node2 = bootstrapped.nodes[1]
     fault(bootstrapped, training_python, "rendezvous-unreachable",
@@ -193,6 +205,7 @@ def test_the_interpreter_is_missing_on_a_node(bootstrapped: Cluster, training_py
         install_env_with_optimizer_ops(bootstrapped)
 
 
+@another_of_its_kind
 def test_the_launch_directory_exists_only_on_the_launching_node(bootstrapped: Cluster, training_python: str) -> None:
     bootstrapped.nodes[0].run("mkdir -p /tmp/only-on-node1", check=True)
     # The workload itself gets by (its script path is absolute); a job with relative paths would not.
@@ -202,6 +215,7 @@ def test_the_launch_directory_exists_only_on_the_launching_node(bootstrapped: Cl
           cwd="/tmp/only-on-node1", fails=False)
 
 
+@another_of_its_kind
 def test_deepspeed_is_not_importable_on_a_node(bootstrapped: Cluster, training_python: str) -> None:
     node3 = bootstrapped.nodes[2]
     pth = pyenv.site_packages(node3.host_path(pyenv.DEFAULT_ENV), pyenv.python_version(pyenv.shared_venv()))
@@ -213,6 +227,7 @@ def test_deepspeed_is_not_importable_on_a_node(bootstrapped: Cluster, training_p
         (pth / (pyenv.PTH_NAME + ".off")).rename(pth / pyenv.PTH_NAME)
 
 
+@another_of_its_kind
 def test_a_shared_library_of_torch_is_missing_on_a_node(bootstrapped: Cluster, training_python: str) -> None:
     node3 = bootstrapped.nodes[2]
     venv = pyenv.shared_venv()
@@ -244,6 +259,7 @@ def test_ninja_is_missing_on_a_node(bootstrapped: Cluster, training_python: str)
         env_ninja.symlink_to(target)
 
 
+@another_of_its_kind
 def test_the_compiler_is_missing_on_a_node(bootstrapped: Cluster, training_python: str) -> None:
     node2 = bootstrapped.nodes[1]
     node2.hide_binary("/usr/bin/c++")
@@ -260,6 +276,7 @@ def test_the_compiler_is_missing_on_a_node(bootstrapped: Cluster, training_pytho
 # ------------------------------------------------------------------------------------- cuda / gloo
 
 
+@another_of_its_kind
 def test_cuda_asked_of_a_cpu_only_torch(bootstrapped: Cluster, training_python: str) -> None:
     head = bootstrapped.nodes[0]
     restore = keep_file(head, "/home/ckuser/.deepspeed_env")
@@ -272,6 +289,7 @@ def test_cuda_asked_of_a_cpu_only_torch(bootstrapped: Cluster, training_python: 
         restore()
 
 
+@another_of_its_kind
 def test_gloo_told_to_use_an_interface_the_nodes_lack(bootstrapped: Cluster, training_python: str) -> None:
     head = bootstrapped.nodes[0]
     restore = keep_file(head, "/home/ckuser/.deepspeed_env")
@@ -286,6 +304,7 @@ def test_gloo_told_to_use_an_interface_the_nodes_lack(bootstrapped: Cluster, tra
 # ----------------------------------------------------------------------------------- memory / kill
 
 
+@another_of_its_kind
 def test_a_node_whose_ranks_run_out_of_memory(bootstrapped: Cluster, training_python: str) -> None:
     node3 = bootstrapped.nodes[2]
     python = node3.host_path(training_python)
