@@ -57,6 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def place_late_positionals(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Positionals given after options (``env push HOSTFILE --json ARCHIVE``), which argparse leaves over
+    when an optional positional comes first. A command names its positionals in ``late_positionals``;
+    they are filled from the right, so one value is the last of them. Returns what is still unplaced.
+    """
+    slots: tuple[str, ...] = getattr(args, "late_positionals", ())
+    if not slots:
+        return extra
+    given = [getattr(args, slot) for slot in slots if getattr(args, slot) is not None]
+    late = [word for word in extra if not word.startswith("-")]
+    values = given + late
+    if len(values) > len(slots):
+        return extra
+    for slot in slots:
+        setattr(args, slot, None)
+    for slot, value in zip(slots[len(slots) - len(values):], values, strict=True):
+        setattr(args, slot, value)
+    return [word for word in extra if word.startswith("-")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run clusterkit; returns the process exit code (see EPILOG)."""
     debug = os.environ.get("CLUSTERKIT_DEBUG") == "1"
@@ -64,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        extra = place_late_positionals(args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse already printed usage and the error
         code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
         return int(code)

@@ -54,7 +54,9 @@ def register_subcommands(env_parser: Any) -> None:
                                 "or Slurm's (inside an allocation without a HOSTFILE, or --slurm): one srun step "
                                 "per stage, the archive by sbcast")
         add_hostfile_arguments(parser, required=False)
-        parser.add_argument("archive", type=Path, help="the .tar.zst from `clusterkit env pack` (or its .json)")
+        parser.add_argument("archive", nargs="?", metavar="ARCHIVE",
+                            help="the .tar.zst from `clusterkit env pack` (or its .json)")
+        parser.set_defaults(late_positionals=("hostfile", "archive"))
         parser.add_argument("--staging", metavar="DIR", help="where nodes keep the archive (default: "
                                                              "PREFIX/../.clusterkit-envpack)")
         parser.add_argument("--timeout", type=float, default=900, metavar="S",
@@ -101,7 +103,9 @@ def _load(args: argparse.Namespace) -> tuple[Path, Any]:
     if not args.hostfile and not use_slurm(args, None):
         raise UsageError(f"say which nodes: clusterkit env {args.env_command} HOSTFILE ARCHIVE, or run it inside "
                          "a Slurm allocation (or with --slurm)")
-    archive = args.archive
+    if not args.archive:
+        raise UsageError(f"which env? clusterkit env {args.env_command} [HOSTFILE] ARCHIVE")
+    archive = Path(args.archive)
     if archive.suffix == ".json":
         archive = archive.with_name(archive.name[:-len(".json")])
     if not archive.is_file():
