@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
+    # The planted workload faults last: under a time budget (tests/conftest.py) they are what gives way.
+    items.sort(key=lambda item: item.path.name == "test_workload_faults.py")
 
 
 def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False) -> Cluster:
