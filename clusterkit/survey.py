@@ -238,13 +238,9 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
         if result.ok and result.value is not None:
             readings[name] = result.value
             facts[name] = result.value.reply.facts
-            offset = result.value.clock_offset_s
-            offsets[name] = offset if offset is not None else Unavailable("the agent sent no clock")
+            offsets[name] = clock_offset(result.value.clock_offset_s)
         else:
-            facts[name] = Unavailable(result.error or "no answer")
-            offsets[name] = Unavailable("node unreachable")
-            if result.fix:
-                fixes[name] = result.fix
+            note_unanswered(name, result.error, result.fix, facts, offsets, fixes)
     mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}
     master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
     if options.probes:
@@ -254,6 +250,20 @@ def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: 
                                 unreachable_fixes=fixes, mesh_mode=options.mesh, head_in_hostfile=place.in_hostfile,
                                 launch_facts=launch.get("facts", Unavailable(
                                     f"this machine's facts took longer than {options.timeout_s:g}s")))
+
+
+def clock_offset(offset: float | None) -> Maybe[float]:
+    """A node's clock offset as its reply gave it (an agent that sent no clock leaves it unknown)."""
+    return offset if offset is not None else Unavailable("the agent sent no clock")
+
+
+def note_unanswered(name: str, error: str | None, fix: str | None, facts: dict[str, Maybe[NodeFacts]],
+                    offsets: dict[str, Maybe[float]], fixes: dict[str, str]) -> None:
+    """A node that gave no facts: why, in place of its facts and clock, and the fix when the failure has one."""
+    facts[name] = Unavailable(error or "no answer")
+    offsets[name] = Unavailable("node unreachable")
+    if fix:
+        fixes[name] = fix
 
 
 def _survey_here(name: str, options: SurveyOptions, console: Console

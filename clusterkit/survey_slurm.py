@@ -43,7 +43,9 @@ from clusterkit.survey import (
     LAUNCH_SECTIONS,
     PICK_PORT_SCRIPT,
     SurveyOptions,
+    clock_offset,
     collect_here,
+    note_unanswered,
 )
 
 #: States in which a node runs no task at all (a draining node still runs its job's steps).
@@ -175,13 +177,9 @@ def survey_over_slurm(hosts: Sequence[ActiveHost], alloc: Allocation, options: S
                 continue
             readings[name] = reading
             facts[name] = reading.facts
-            offset = result.value.clock_offset_s
-            offsets[name] = offset if offset is not None else Unavailable("the agent sent no clock")
+            offsets[name] = clock_offset(result.value.clock_offset_s)
         else:
-            facts[name] = Unavailable(result.error or "no answer")
-            offsets[name] = Unavailable("node unreachable")
-            if result.fix:
-                fixes[name] = result.fix
+            note_unanswered(name, result.error, result.fix, facts, offsets, fixes)
     if options.probes:
         master = _master_probe(names, runnable, addresses, port, master_error, readings)
     return {n: facts[n] for n in names}, ClusterProbes(
