@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
+from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.transfer import (
     Delivery,
     Listener,
     RelayOptions,
     RemoteFile,
     broadcast,
-    human_bytes,
     node_ssh_argv,
 )
 

@@ -24,8 +24,9 @@ from typing import Any
 from clusterkit.envpack.pack import node_env_command
 from clusterkit.envpack.push import PushOptions, node_env_result
 from clusterkit.remote import HostResult, RemoteError
+from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.slurm import Allocation, broadcast_file, run_on_nodes
-from clusterkit.remote.transfer import Delivery, HopEvent, Listener, RemoteFile, human_bytes
+from clusterkit.remote.transfer import Delivery, HopEvent, Listener, RemoteFile
 
 SEES = "@@ckenv-sees@@"
 NO_DIR = "@@ckenv-no-dir@@"

@@ -32,6 +32,7 @@ from typing import Any
 
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, explain, fan_out
 from clusterkit.remote.openssh import ssh_argv
+from clusterkit.remote.relay_hop import human as human_bytes
 
 HOP_SOURCE = Path(__file__).with_name("relay_hop.py")
 MARKER = "@@ckrelay "
@@ -121,15 +122,6 @@ def hop_blob() -> str:
 def hop_command(python: str, spec: dict[str, Any]) -> str:
     encoded = base64.b64encode(json.dumps(spec).encode()).decode("ascii")
     return f"{python} -I -S -c {shlex.quote(_BOOT)} {hop_blob()} {encoded}"
-
-
-def human_bytes(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 # ------------------------------------------------------------------------------------------- probe
