@@ -8,6 +8,7 @@ thread stuck reading from a frozen node, so it ends instead of piling up behind 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -66,3 +67,42 @@ def cancelled() -> bool:
     """Whether the current host's work was given up (for loops that can stop early)."""
     scope: CancelScope | None = getattr(_current, "scope", None)
     return scope is not None and scope.cancelled.is_set()
+
+
+class IdleWatchdog:
+    """Cancels ``scope`` once :meth:`alive` has not been called for ``limit_s`` seconds.
+
+    A paramiko channel timeout bounds a wait for the peer's SSH window, not a socket write: when the
+    peer vanishes with the kernel's send buffer full, paramiko retries that write until TCP gives up
+    (``tcp_retries2``: about 15 minutes). Closing the transport is what ends it.
+    """
+
+    def __init__(self, scope: CancelScope, limit_s: float) -> None:
+        self.scope, self.limit_s = scope, limit_s
+        self.fired = False
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="idle-watchdog", daemon=True)
+
+    def alive(self) -> None:
+        """Something moved: start the idle clock again."""
+        self._last = time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self._last
+
+    def __enter__(self) -> IdleWatchdog:
+        self._last = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.limit_s / 4)):
+            if self.idle_s() > self.limit_s:
+                self.fired = True
+                self.scope.cancel()
+                return

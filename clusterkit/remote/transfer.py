@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, explain, fan_out
+from clusterkit.remote.cancel import CancelScope, IdleWatchdog, running_in
 from clusterkit.remote.openssh import ssh_argv
 from clusterkit.remote.relay_hop import human as human_bytes
 
@@ -157,9 +158,12 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
     finals: dict[str, HostResult[int]] = {}
     last_event = [time.monotonic()]
     lock = threading.Lock()
+    # Past the stall limits below: the first hop vanished while a socket write was blocked.
+    watchdog = IdleWatchdog(CancelScope(), 2 * options.stall_s + 15)
 
     def handle(event: HopEvent) -> None:
         last_event[0] = event.at
+        watchdog.alive()
         with lock:
             if event.kind == "done":
                 finals.setdefault(event.host, HostResult(event.host, value=remote.size))
@@ -174,7 +178,7 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
     first = chain[0]
     stderr_tail: list[str] = []
     try:
-        with connect(first, settings) as conn:
+        with watchdog, running_in(watchdog.scope), connect(first, settings) as conn:
             channel = conn.client.get_transport().open_session(timeout=settings.connect_timeout_s)
             channel.exec_command(hop_command(options.python, spec))
             readers = [threading.Thread(target=_read_events, args=(channel, handle), daemon=True),
@@ -186,6 +190,7 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
                 stream.seek(offset)
                 while block := stream.read(CHUNK):
                     channel.sendall(block)
+                    watchdog.alive()
             channel.shutdown_write()
             while not channel.exit_status_ready():
                 if time.monotonic() - last_event[0] > 2 * options.stall_s + 10:
@@ -199,7 +204,8 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
                 why = " | ".join(stderr_tail[-2:]) or f"exit status {status}"
                 handle(HopEvent(first, "failed", None, f"the relay on {first} failed: {why}", time.monotonic()))
     except Exception as exc:  # the first hop is lost: the whole chain behind it gets nothing more
-        err = explain(exc, first, settings)
+        err = (f"{first} stopped answering: nothing moved for {watchdog.limit_s:.0f}s" if watchdog.fired
+               else explain(exc, first, settings))
         handle(HopEvent(first, "lost", None, f"lost {first} while sending: {err}", time.monotonic()))
     return {host: finals.get(host) or HostResult(host, error="no result: cut off behind a lost node")
             for host in chain}

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from clusterkit.remote import SshSettings, connect, fan_out
+from clusterkit.remote.cancel import CancelScope, IdleWatchdog
 from clusterkit.remote.fanout import GRACE_S, live_fan_out_threads
 
 
@@ -70,3 +71,38 @@ def test_a_late_answer_after_the_deadline_does_not_replace_the_timeout() -> None
     release.set()
     time.sleep(0.2)
     assert results["slow"].error is not None and results["slow"].value is None
+
+
+def test_an_idle_watchdog_ends_a_write_blocked_on_a_peer_that_stopped_reading() -> None:
+    # What paramiko does to a vanished peer once the send buffer is full: the write waits for TCP to
+    # give up (~15 minutes). The watchdog closes the socket after its limit and the write ends.
+    sender, silent_peer = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    scope = CancelScope()
+    ended: list[BaseException] = []
+
+    def write_forever() -> None:
+        try:
+            while True:
+                sender.sendall(b"x" * 65536)
+        except OSError as exc:
+            ended.append(exc)
+
+    with IdleWatchdog(scope, limit_s=0.5) as watchdog:
+        scope.add(lambda: sender.shutdown(socket.SHUT_RDWR))
+        writer = threading.Thread(target=write_forever, daemon=True)
+        writer.start()
+        writer.join(timeout=10)
+    silent_peer.close()
+    sender.close()
+    assert watchdog.fired and scope.cancelled.is_set()
+    assert not writer.is_alive() and ended
+
+
+def test_an_idle_watchdog_fed_in_time_never_fires() -> None:
+    scope = CancelScope()
+    with IdleWatchdog(scope, limit_s=0.4) as watchdog:
+        for _ in range(10):
+            time.sleep(0.1)
+            watchdog.alive()
+    assert not watchdog.fired and not scope.cancelled.is_set()
