@@ -3,7 +3,7 @@
 Every workload runs inside the training env through DeepSpeed's own launcher across the hostfile
 (NCCL on GPUs, gloo on CPU), under a deadline, with live progress per node. Failures come back as
 findings (cause, node and rank, fix) with each failing rank's log tail. Without a hostfile the
-workload runs on this machine (``--slots`` ranks). collectives and zero run in a Slurm allocation as
+workload runs on this machine (``--slots`` ranks). Every workload runs in a Slurm allocation as
 doctor does (inside one without a HOSTFILE, or ``--slurm``): started by srun, as ``clusterkit launch``
 starts a job there (:mod:`clusterkit.workloads.slurm`).
 """
@@ -29,7 +29,7 @@ from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 
 WORKLOADS = ("collectives", "gpu", "zero")
 #: The workloads that run in a Slurm allocation through srun (the others go over SSH only).
-SLURM_WORKLOADS = ("collectives", "zero")
+SLURM_WORKLOADS = ("collectives", "find-slow", "traffic", "gpu", "zero")
 
 
 def register(subparsers: Any) -> None:

@@ -25,7 +25,7 @@ from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
-from clusterkit.report import render_json, render_junit, render_table
+from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
 from clusterkit.survey_slurm import allocation_hostfile
 
@@ -88,19 +88,18 @@ def run(args: argparse.Namespace) -> int:
             nodes = allocation_hostfile(alloc)
             hosts = select_hosts(nodes, args.include, args.exclude)
             report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, nodes.path, err, slurm=alloc)
-    elif args.hostfile:
-        hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-        report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, args.hostfile, err)
+            args.allocation = alloc  # the workloads start through srun in the same allocation
+            _run_workloads(args, report)
     else:
-        if args.include or args.exclude:
-            raise UsageError("--include/--exclude need a HOSTFILE")
-        with err.status("Collecting facts on this machine…", spinner="dots"):
-            report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
-    if args.workloads:  # clusterkit bench's workloads, after the checks; their findings join the report
-        from clusterkit.commands.bench import workloads_for_doctor
-
-        report.findings += workloads_for_doctor(args, dict(report.facts))
-        report.duration_s = time.time() - report.started_at
+        if args.hostfile:
+            hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
+            report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, args.hostfile, err)
+        else:
+            if args.include or args.exclude:
+                raise UsageError("--include/--exclude need a HOSTFILE")
+            with err.status("Collecting facts on this machine…", spinner="dots"):
+                report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
+        _run_workloads(args, report)
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:
@@ -108,3 +107,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         render_table(report, Console(), show_passed=args.show_passed)
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
+
+
+def _run_workloads(args: argparse.Namespace, report: DoctorReport) -> None:
+    """``--workloads``: clusterkit bench's workloads after the checks; their findings join the report."""
+    if not args.workloads:
+        return
+    from clusterkit.commands.bench import workloads_for_doctor
+
+    report.findings += workloads_for_doctor(args, dict(report.facts))
+    report.duration_s = time.time() - report.started_at

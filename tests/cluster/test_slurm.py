@@ -1,6 +1,6 @@
 """clusterkit on a real Slurm cluster (slurmctld, a slurmd per namespace node, munge): doctor through one
-srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, env push by sbcast, a workload
-launched over srun, and SSH outside an allocation."""
+srun step, Slurm's own findings, a DeepSpeed ZeRO step launched with srun, env push by sbcast, workloads
+launched over srun (collectives, the slow-node search, the GPU bench), and SSH outside an allocation."""
 
 from __future__ import annotations
 
@@ -180,6 +180,25 @@ def test_a_collectives_run_inside_an_allocation_starts_through_srun(healthy: Slu
     assert sweep["ops"]["all_reduce"]["wrong"] == 0
     assert doc["expected_busbw_gbs"] == pytest.approx(1.25)  # the nodes' facts came through srun too
     assert doc["ok"] is True
+
+
+def test_the_slow_node_search_and_the_gpu_bench_inside_an_allocation_launch_through_srun(
+        healthy: SlurmCluster, training_python: str) -> None:
+    head = healthy.cluster.nodes[0]
+    searched = in_allocation(healthy, f"bench find-slow --python {training_python} --size 256K --pair-iters 2 "
+                                      "--no-expect --log /home/ckuser/find-slow.log.json --json", timeout=400)
+    assert searched.rc == 0, searched.stdout[-3000:] + searched.stderr[-3000:]
+    assert json.loads(searched.stdout)["slow_node_search"]["verdicts"] == {"node1": "good", "node2": "good",
+                                                                           "node3": "good"}
+    runs = json.loads(head.read_file("/home/ckuser/find-slow.log.json"))["runs"]
+    assert runs and all(run["argv"][0] == "srun" and run["returncode"] == 0 for run in runs)
+    assert {len(run["hosts"]) for run in runs} == {2}  # pairs, each its own srun step
+    measured = in_allocation(healthy, f"bench gpu --python {training_python} --allow-cpu --iters 2 --mem-mib 8 "
+                                      "--matmul-n 64 --no-expect --json", timeout=400)
+    assert measured.rc in (0, 1), measured.stdout[-3000:] + measured.stderr[-3000:]
+    doc = json.loads(measured.stdout)
+    assert shlex.split(doc["command"])[0] == "srun"
+    assert sorted({r["host"] for r in doc["readings"]}) == ["node1", "node2", "node3"]
 
 
 def test_outside_an_allocation_the_same_commands_go_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
