@@ -179,7 +179,7 @@ def make_context(args: argparse.Namespace, console: Console) -> Any:
     return WorkloadContext(hosts=hosts, hostfile=hostfile, python=python, hostfile_hosts=whole,
                            settings=ssh_settings(args),
                            console=console, workdir=args.workdir,
-                           shared_workdir=getattr(args, "shared_workdir", False), master_addr=args.master_addr,
+                           shared_workdir=args.shared_workdir, master_addr=args.master_addr,
                            master_port=args.master_port, launcher=args.launcher, deadline_s=args.deadline)
 
 
@@ -434,8 +434,8 @@ def workloads_for_doctor(args: argparse.Namespace, facts: dict[str, Maybe[NodeFa
     if unknown:
         raise UsageError(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     console = Console(stderr=True)
-    for name, default in (("slots", 1), ("workdir", None), ("master_addr", None), ("master_port", 29500),
-                          ("launcher", "pdsh"), ("deadline", 300.0), ("no_expect", False)):
+    for name, default in (("slots", 1), ("workdir", None), ("shared_workdir", False), ("master_addr", None),
+                          ("master_port", 29500), ("launcher", "pdsh"), ("deadline", 300.0), ("no_expect", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
     ctx = make_context(args, console)

@@ -199,6 +199,10 @@ def test_the_slow_node_search_and_the_gpu_bench_inside_an_allocation_launch_thro
     doc = json.loads(measured.stdout)
     assert shlex.split(doc["command"])[0] == "srun"
     assert sorted({r["host"] for r in doc["readings"]}) == ["node1", "node2", "node3"]
+    # doctor --workloads: in the doctor's own allocation too (no GPU here: each node's bench says so).
+    report = report_of(in_allocation(healthy, f"doctor --python {training_python} --workloads gpu --json",
+                                     timeout=400))
+    assert sorted(outcome(report, "gpu-health")) == [("node1", "skip"), ("node2", "skip"), ("node3", "skip")]
 
 
 def test_outside_an_allocation_the_same_commands_go_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
