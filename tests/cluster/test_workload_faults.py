@@ -172,12 +172,14 @@ def test_a_node_missing_from_known_hosts(bootstrapped: Cluster, training_python:
 
 def test_the_master_port_is_taken(bootstrapped: Cluster, training_python: str) -> None:
     head = bootstrapped.nodes[0]
-    hold = ("import socket, time; s = socket.socket(); s.bind(('', 29500)); s.listen(); print('held', flush=True); "
-            "time.sleep(300)")
+    # SO_REUSEADDR as torch's TCPStore sets it: the earlier launches' connections to 29500 linger in
+    # TIME_WAIT, and a plain bind() fails on them; a listener still keeps TCPStore's bind out.
+    hold = ("import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "s.bind(('', 29500)); s.listen(); print('held', flush=True); time.sleep(300)")
     holder = head.run(f"nohup python3 -c {shlex.quote(hold)} > held.log 2>&1 & echo $!", check=True).stdout.strip()
     try:
-        head.run("for i in $(seq 600); do grep -q held held.log && exit 0; sleep 0.1; done; exit 1", timeout=90,
-                 check=True)
+        head.run(f"for i in $(seq 600); do grep -q held held.log && exit 0; kill -0 {holder} || break; sleep 0.1; "
+                 "done; cat held.log; exit 1", timeout=90, check=True)
         fault(bootstrapped, training_python, "master-port-busy",
               "a python listener holding port 29500 on node1; bench collectives --master-port 29500 from node1",
               args=SMALL + " --master-port 29500 --deadline 120")
