@@ -180,6 +180,15 @@ class WorkloadContext:
         argv = build_launch_line(plan)
         return argv
 
+    def in_launch_order(self, hosts: Sequence[ActiveHost]) -> list[ActiveHost]:
+        """``hosts`` in the order the launcher ranks them: the hostfile's (DeepSpeed's runner keeps it
+        whatever ``--include`` says; srun gives node ranks in the allocation's order), so node rank 0, the
+        master, and the rank layout are the ones the launch really has (a pair asked as node3 + node1 is
+        launched as node1 + node3)."""
+        whole = [h.name for h in (self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts)]
+        position = {name: index for index, name in enumerate(whole)}
+        return sorted(hosts, key=lambda h: position.get(h.name, len(whole)))
+
     def task_nodes(self, names: list[str]) -> list[str] | None:
         """Which node each labelled task of the launch line is (None: the line labels lines with hosts)."""
         return None
@@ -192,7 +201,7 @@ class WorkloadContext:
                master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
                quiet: bool = False) -> WorkloadRun:
         """Run ``script`` (a name in the shipped bundle) on ``hosts`` (default: all) under the deadline."""
-        chosen = list(hosts) if hosts is not None else list(self.hosts)
+        chosen = self.in_launch_order(hosts if hosts is not None else self.hosts)
         names = [h.name for h in chosen]
         run_id = new_run_id()
         argv = self.command_line(self.shipped().script(script), args, chosen, run_id, master_port)

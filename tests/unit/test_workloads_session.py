@@ -51,6 +51,16 @@ def test_ranks_are_numbered_in_hostfile_then_slot_order() -> None:
     assert rank_layout(select_hosts(HOSTFILE, "node1:1@node3")) == {0: "node1", 1: "node3", 2: "node3"}
 
 
+def test_a_pair_asked_in_any_order_launches_in_hostfile_order_so_rank_0_is_the_launchers_master() -> None:
+    # DeepSpeed's runner and srun both rank nodes in the hostfile's (allocation's) order, whatever the
+    # order of --include or --nodelist: node3 + node1 runs as node1 + node3, node1 holding rank 0.
+    ctx = context()
+    pair = [ActiveHost("node3", (0, 1), HOSTFILE.entry("node3")), ActiveHost("node1", (0, 1), HOSTFILE.entry("node1"))]
+    ordered = ctx.in_launch_order(pair)
+    assert [h.name for h in ordered] == ["node1", "node3"]
+    assert rank_layout(ordered) == {0: "node1", 1: "node1", 2: "node3", 3: "node3"}
+
+
 def test_the_bundle_lands_once_per_content_in_a_private_directory(tmp_path: Path) -> None:
     first = ship_local(str(tmp_path))
     again = ship_local(str(tmp_path))
