@@ -28,8 +28,6 @@ from clusterkit.facts import Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 
 WORKLOADS = ("collectives", "gpu", "zero")
-#: The workloads that run in a Slurm allocation through srun (the others go over SSH only).
-SLURM_WORKLOADS = ("collectives", "find-slow", "traffic", "gpu", "zero")
 
 
 def register(subparsers: Any) -> None:
@@ -73,8 +71,7 @@ def register(subparsers: Any) -> None:
     from clusterkit.commands import bench_gpu_zero
 
     bench_gpu_zero.register(commands, _common)
-    for name in SLURM_WORKLOADS:
-        workload = commands.choices[name]
+    for workload in commands.choices.values():  # every workload can run in a Slurm allocation, through srun
         add_slurm_arguments(workload)
         workload.set_defaults(run=_in_allocation(workload.get_default("run")))
 

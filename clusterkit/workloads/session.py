@@ -146,6 +146,11 @@ class WorkloadContext:
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
 
+    @property
+    def whole_hostfile(self) -> list[ActiveHost]:
+        """Every host and slot of the hostfile, before --include/--exclude."""
+        return self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
+
     @functools.cached_property
     def local(self) -> bool:
         """Every rank runs on this machine (one host, and it is this machine)."""
@@ -166,7 +171,7 @@ class WorkloadContext:
     def command_line(self, script_path: str, args: Sequence[str], chosen: Sequence[ActiveHost], run_id: str,
                      master_port: int | None = None) -> list[str]:
         """The ``deepspeed`` line for ``script_path`` on ``chosen`` (launchline's, plus what a workload needs)."""
-        whole = self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
+        whole = self.whole_hostfile
         include = "" if [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole] \
             else include_spec(chosen)
         # One active host: DeepSpeed's runner starts it on this machine unless told --force_multi; when
@@ -185,7 +190,7 @@ class WorkloadContext:
         whatever ``--include`` says; srun gives node ranks in the allocation's order), so node rank 0, the
         master, and the rank layout are the ones the launch really has (a pair asked as node3 + node1 is
         launched as node1 + node3)."""
-        whole = [h.name for h in (self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts)]
+        whole = [h.name for h in self.whole_hostfile]
         position = {name: index for index, name in enumerate(whole)}
         return sorted(hosts, key=lambda h: position.get(h.name, len(whole)))
 
