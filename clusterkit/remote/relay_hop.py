@@ -9,7 +9,13 @@ the file once. Each hop:
 - computes the sha256 while writing and renames the copy into place only when it matches;
 - keeps forwarding when its own disk is full or its copy is bad, so one node never starts the rest;
 - reports on stdout, one ``@@ckrelay {json}`` line per event, and passes its successors' lines up;
-- gives up on an upstream that sends nothing for ``stall_s`` (its partial copy stays for a resume).
+- gives up on an upstream that sends nothing for ``stall_s`` (its partial copy stays for a resume);
+- reports ``ready`` only once the hop after it has: the head sends its first byte when the whole
+  chain is up, so no hop's SSH handshake waits behind a link queue already full of data.
+
+The probe before a relay also opens each node's SSH connection to its successor, all nodes at once, as
+an OpenSSH control master (``warm_up``); the hop's ``ssh`` then opens a session on it in one round trip
+instead of a handshake per node, one after the other. Without a master it connects directly.
 
 Started as ``python3 -I -S -c BOOT BLOB SPEC`` (see ``clusterkit.remote.transfer``): BLOB is this
 file (zlib, base64) so a hop can start the next one the same way, SPEC the hop's JSON (base64).
@@ -28,8 +34,10 @@ import os
 import select
 import shlex
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +55,9 @@ def widen_pipe(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
 PROGRESS_EVERY_S = 0.5
+WRITEBACK_EVERY = 8 << 20
+BATCH_WAIT_S = 0.01
+MASTER_PERSIST_S = 60  # a warmed master outlives an unused warm-up by this long, then exits
 _out_lock = threading.Lock()
 
 
@@ -85,6 +96,52 @@ def existing_parent(path: str) -> Path:
     return probe
 
 
+def control_path() -> str | None:
+    """The ControlPath template for warmed masters: a directory only this user can enter, else None."""
+    directory = Path(tempfile.gettempdir()) / f"clusterkit-relay-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # somebody else's, or open to others: no sockets there
+    return f"{directory}/%C"
+
+
+def mux_options(path: str) -> list[str]:
+    return ["-o", "ControlPath=" + path, "-o", "ControlMaster=no"]
+
+
+def warm_up(ssh: list[str], host: str) -> subprocess.Popen[bytes] | None:
+    """Start a control master to ``host`` in the background (``ssh -f`` returns once it is logged in)."""
+    path = control_path()
+    if path is None:
+        return None
+    argv = [*ssh, "-o", "ControlPath=" + path, "-o", "ControlMaster=yes", "-o",
+            f"ControlPersist={MASTER_PERSIST_S}", "-f", "-N", host]
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _load_sync_file_range() -> Any:
+    """libc's sync_file_range (Linux), or None: starts writing a range to disk without waiting for it."""
+    try:
+        import ctypes  # here: a python built without libffi still relays
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+        return function
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
 def hash_file(path: str, limit: int | None = None) -> Any:
     digest = hashlib.sha256()
     remaining = limit
@@ -102,6 +159,7 @@ def hash_file(path: str, limit: int | None = None) -> Any:
 # ------------------------------------------------------------------------------------------ probe
 
 def probe(spec: dict[str, Any]) -> None:
+    """Print the state of the copy; where this node will relay, first warm its link to ``spec["warm"]``."""
     path, size = spec["path"], spec["size"]
     state: dict[str, Any] = {"state": "missing", "bytes": 0, "free": None, "writable": False, "error": None}
     final, partial = Path(path), Path(path + ".partial")
@@ -124,6 +182,12 @@ def probe(spec: dict[str, Any]) -> None:
             state["bytes"] = min(partial.stat().st_size, size)
     except OSError as exc:
         state["error"] = f"{exc.filename or path}: {exc.strerror}"
+    warming = warm_up(spec["ssh"], spec["warm"]) if spec.get("warm") and state["state"] != "complete" else None
+    if warming is not None:
+        try:  # a master not up by then is not waited for: the hop connects directly instead
+            warming.wait(timeout=float(spec.get("warm_timeout_s", 10)))
+        except subprocess.TimeoutExpired:
+            warming.kill()
     print(json.dumps(state))
 
 
@@ -135,8 +199,12 @@ class Downstream:
     def __init__(self, spec: dict[str, Any], blob: str) -> None:
         self.label = spec["next"][0]
         child = dict(spec, label=self.label, next=spec["next"][1:])
-        argv = [*spec["ssh"], self.label, remote_command(spec.get("python", "python3"), blob, child)]
+        self.ssh = list(spec["ssh"])
+        self.control = control_path() if spec.get("mux") else None
+        mux = mux_options(self.control) if self.control else []
+        argv = [*self.ssh, *mux, self.label, remote_command(spec.get("python", "python3"), blob, child)]
         self.finals: set[str] = set()
+        self.ready = threading.Event()
         self.stderr_tail: list[str] = []
         self.last_event = time.monotonic()
         self.alive = True
@@ -161,8 +229,11 @@ class Downstream:
                     continue
                 if event.get("ev") in ("done", "failed"):
                     self.finals.add(event.get("host"))
+                if event.get("ev") == "ready" and event.get("host") == self.label:
+                    self.ready.set()
                 with _out_lock:
                     os.write(1, raw if raw.endswith(b"\n") else raw + b"\n")
+        self.ready.set()  # it ended before it was ready: waiting longer is pointless
 
     def _pump_stderr(self) -> None:
         for raw in iter(self.stderr.readline, b""):
@@ -194,11 +265,14 @@ class Downstream:
         detail = " | ".join(self.stderr_tail[-2:]) or why
         emit({"ev": "lost", "host": self.label, "pos": position, "error": detail})
 
+    def end_stream(self) -> None:
+        """Tell the next hop the stream is over (its own copy is then finished while this one is)."""
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+
     def finish(self, stall_s: float) -> None:
         """Close the stream and wait while the successors still report; then report the next hop's end."""
-        if self.alive:
-            with contextlib.suppress(OSError):
-                self.stdin.close()
+        self.end_stream()
         while self.proc.poll() is None:
             if time.monotonic() - self.last_event > stall_s:
                 self.proc.kill()
@@ -207,6 +281,10 @@ class Downstream:
         self.proc.wait()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.control:  # the warmed master is done with; ask it to exit now, not after its persist time
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run([*self.ssh, *mux_options(self.control), "-O", "exit", self.label],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False)
         if self.label not in self.finals and self.alive:
             detail = " | ".join(self.stderr_tail[-2:]) or f"exit status {self.proc.returncode}"
             emit({"ev": "lost", "host": self.label, "pos": None, "error": detail})
@@ -226,6 +304,8 @@ class Copy:
         self.file: IO[bytes] | None = None
         self.lock: IO[str] | None = None
         self.error: str | None = None
+        self.written_back = 0
+        self._sync_file_range = _load_sync_file_range()
 
     def open(self, offset: int) -> bool:
         """Prepare to receive the stream from ``offset``; False (with self.error) when this node cannot."""
@@ -288,6 +368,12 @@ class Copy:
             return
         self.digest.update(part)
         self.have += len(part)
+        if self._sync_file_range is not None and self.have - self.written_back >= WRITEBACK_EVERY:
+            # Start writing what came so far: the fsync at the end then finds little left to do,
+            # instead of every node's whole copy at once.
+            self._sync_file_range(self.file.fileno(), self.written_back, self.have - self.written_back,
+                                  SYNC_FILE_RANGE_WRITE)
+            self.written_back = self.have
 
     def abandon(self, exc: OSError) -> None:
         directory = str(Path(self.path).parent)
@@ -358,6 +444,9 @@ def hop(spec: dict[str, Any], blob: str) -> None:
     emit({"ev": "start", "host": copy.label, "have": copy.have, "pos": offset})
     if not writing:
         emit({"ev": "failed", "host": copy.label, "error": copy.error})
+    if downstream is not None:
+        downstream.ready.wait(stall_s)
+    emit({"ev": "ready", "host": copy.label})
     position = offset
     last_report = 0.0
     stalled = False
@@ -369,6 +458,11 @@ def hop(spec: dict[str, Any], blob: str) -> None:
         data = os.read(0, CHUNK)
         if not data:
             break
+        if len(data) < CHUNK // 4:
+            # The link is slower than this hop: let more arrive before the next read. Fewer, larger
+            # reads and writes wake this hop and the ssh after it a tenth as often (on a node the
+            # relay shares with training jobs, and on one machine running many nodes).
+            time.sleep(BATCH_WAIT_S)
         if downstream is not None:
             downstream.send(data, position)
         if writing:
@@ -381,6 +475,8 @@ def hop(spec: dict[str, Any], blob: str) -> None:
         if now - last_report >= PROGRESS_EVERY_S:
             last_report = now
             emit({"ev": "progress", "host": copy.label, "pos": position})
+    if downstream is not None:
+        downstream.end_stream()  # before this copy's fsync: the chain's end must not wait for every disk in turn
     if writing:
         if stalled:
             copy.error = (f"no data from upstream for {stall_s:.0f}s at {human(position)} of "

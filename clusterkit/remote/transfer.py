@@ -8,7 +8,10 @@ at the same path on every host, in rounds:
    how much space its directory has; unreachable hosts and hosts without the space are reported;
 2. the hosts that need the file form a chain, head -> h1 -> h2 -> ..., each hop writing to its disk
    while forwarding (``relay_hop.py``), so the whole chain takes about one transfer over one link
-   whatever its length; the stream starts at the smallest partial copy and every hop hashes on the fly;
+   whatever its length; the stream starts at the smallest partial copy and every hop hashes on the fly.
+   The probe has already opened each host's SSH connection to the next one (all at once, as control
+   masters), and the head sends its first byte when the last hop is ready: setting up the chain costs
+   about one round trip per hop, not one SSH handshake per hop behind links already full of data;
 3. hosts left without a good copy (a hop died and cut off the rest, a checksum mismatch) go into the
    next round's chain, which resumes their partial copies: a dead node is routed around.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import shlex
 import threading
@@ -64,7 +68,8 @@ class CopyState:
 
 @dataclass(frozen=True)
 class HopEvent:
-    """What a hop reported: ``start``, ``progress``, ``done``, ``failed``, or ``lost`` (its successor)."""
+    """What a hop reported: ``start``, ``ready`` (it and the hops behind it), ``progress``, ``done``, ``failed``,
+    or ``lost`` (its successor)."""
 
     host: str
     kind: str
@@ -129,9 +134,16 @@ def hop_command(python: str, spec: dict[str, Any]) -> str:
 
 
 def probe_copy(conn: Any, remote: RemoteFile, *, rehash: bool, python: str = "python3",
-               timeout_s: float = 60.0) -> CopyState:
-    """The state of ``remote`` on the host behind ``conn`` (an open Fabric connection)."""
-    spec = {"op": "probe", "path": remote.path, "size": remote.size, "sha256": remote.sha256, "rehash": rehash}
+               timeout_s: float = 60.0, warm: tuple[str, tuple[str, ...], float] | None = None) -> CopyState:
+    """The state of ``remote`` on the host behind ``conn`` (an open Fabric connection).
+
+    ``warm``: (next host, the hop ssh argv, seconds): where this host will relay, it opens its SSH link to
+    the next host now, as a control master its hop will use.
+    """
+    spec: dict[str, Any] = {"op": "probe", "path": remote.path, "size": remote.size, "sha256": remote.sha256,
+                            "rehash": rehash}
+    if warm is not None:
+        spec.update(warm=warm[0], ssh=list(warm[1]), warm_timeout_s=warm[2])
     result = conn.run(hop_command(python, spec), hide=True, warn=True, timeout=timeout_s)
     if result.exited == 127:
         raise RemoteError(f"{conn.host} has no {python} on the non-interactive PATH",
@@ -158,12 +170,16 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
     finals: dict[str, HostResult[int]] = {}
     last_event = [time.monotonic()]
     lock = threading.Lock()
+    first = chain[0]
+    chain_ready = threading.Event()
     # Past the stall limits below: the first hop vanished while a socket write was blocked.
     watchdog = IdleWatchdog(CancelScope(), 2 * options.stall_s + 15)
 
     def handle(event: HopEvent) -> None:
         last_event[0] = event.at
         watchdog.alive()
+        if event.kind == "ready" and event.host == first:
+            chain_ready.set()
         with lock:
             if event.kind == "done":
                 finals.setdefault(event.host, HostResult(event.host, value=remote.size))
@@ -174,17 +190,18 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
 
     spec = {"op": "hop", "label": chain[0], "path": remote.path, "size": remote.size, "sha256": remote.sha256,
             "offset": offset, "next": list(chain[1:]), "ssh": list(options.hop_ssh), "stall_s": options.stall_s,
-            "python": options.python}
-    first = chain[0]
+            "python": options.python, "mux": True}
     stderr_tail: list[str] = []
     try:
         with watchdog, running_in(watchdog.scope), connect(first, settings) as conn:
             channel = conn.client.get_transport().open_session(timeout=settings.connect_timeout_s)
             channel.exec_command(hop_command(options.python, spec))
-            readers = [threading.Thread(target=_read_events, args=(channel, handle), daemon=True),
+            readers = [threading.Thread(target=_read_events, args=(channel, handle, chain_ready.set),
+                                        daemon=True),
                        threading.Thread(target=_read_stderr, args=(channel, stderr_tail), daemon=True)]
             for reader in readers:
                 reader.start()
+            chain_ready.wait(options.stall_s)  # past that, send anyway: the stall limits end a chain that hangs
             channel.settimeout(options.stall_s)
             with open(source, "rb") as stream:
                 stream.seek(offset)
@@ -193,12 +210,16 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
                     watchdog.alive()
             channel.shutdown_write()
             while not channel.exit_status_ready():
+                if all(host in finals for host in chain):
+                    break  # every copy is settled: what the hops have left to do is exit
                 if time.monotonic() - last_event[0] > 2 * options.stall_s + 10:
                     break
                 time.sleep(0.05)
+            status = channel.exit_status if channel.exit_status_ready() else None
+            if status is None:
+                channel.close()  # the readers then see the end of the stream
             for reader in readers:
                 reader.join(timeout=5)
-            status = channel.exit_status if channel.exit_status_ready() else None
             channel.close()
             if status not in (0, None) and first not in finals:
                 why = " | ".join(stderr_tail[-2:]) or f"exit status {status}"
@@ -211,7 +232,14 @@ def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshS
             for host in chain}
 
 
-def _read_events(channel: Any, handle: Callable[[HopEvent], None]) -> None:
+def _read_events(channel: Any, handle: Callable[[HopEvent], None], ended: Callable[[], None]) -> None:
+    try:
+        _read_event_lines(channel, handle)
+    finally:
+        ended()
+
+
+def _read_event_lines(channel: Any, handle: Callable[[HopEvent], None]) -> None:
     stream = channel.makefile("rb")
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace")
@@ -244,8 +272,11 @@ def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: 
     deliveries = {host: Delivery(host, ok=False) for host in hosts}
     pending = list(hosts)
     for round_number in range(1, options.max_rounds + 1):
+        # Each host warms its link to the host after it: the chain is these hosts in this order, less
+        # those found complete or unable to take the file (whose successors then connect directly).
+        successors = dict(itertools.pairwise(pending))
         probe = functools.partial(_probe, remote=remote, settings=settings, options=options,
-                                  rehash=round_number == 1)
+                                  rehash=round_number == 1, successors=successors)
         states = fan_out(pending, probe, options.probe_timeout_s, settings=settings)
         chain: list[str] = []
         offsets: list[int] = []
@@ -301,9 +332,13 @@ def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: 
     return deliveries
 
 
-def _probe(host: str, remote: RemoteFile, settings: SshSettings, options: RelayOptions, *, rehash: bool) -> CopyState:
+def _probe(host: str, remote: RemoteFile, settings: SshSettings, options: RelayOptions, *, rehash: bool,
+           successors: dict[str, str]) -> CopyState:
+    successor = successors.get(host)
+    warm = None if successor is None else (successor, options.hop_ssh, settings.connect_timeout_s + 5)
     with connect(host, settings) as conn:
-        return probe_copy(conn, remote, rehash=rehash, python=options.python, timeout_s=options.probe_timeout_s)
+        return probe_copy(conn, remote, rehash=rehash, python=options.python, timeout_s=options.probe_timeout_s,
+                          warm=warm)
 
 
 def upload(source: Path, remote: RemoteFile, host: str, settings: SshSettings, options: RelayOptions,
