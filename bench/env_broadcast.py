@@ -69,6 +69,10 @@ def timed(node, cmd: str, timeout: float = 900) -> float:  # type: ignore[no-unt
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default="200mbit", help="tc rate of every node's link (default 200mbit)")
+    # tbf cuts in software every packet larger than its bucket, and TCP hands a veth 64 KB (GSO) packets:
+    # with a 32 KB bucket at 200mbit the 8-node relay spent 40% of this machine's CPU segmenting, a cost
+    # no switch port has. 256 KB is 10 ms of a 200 Mbit/s link.
+    parser.add_argument("--burst", default="2mbit", help="tbf bucket of every link (default 2mbit = 256 KB)")
     parser.add_argument("--payload-mb", type=int, default=184, help="incompressible payload in the env (MB)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--sizes", default="1,2,4,8", help="target counts (default 1,2,4,8)")
@@ -107,7 +111,7 @@ def main() -> int:
 
         # ---- transfers, every link shaped alike
         for node in cluster.nodes:
-            node.shape(args.rate, burst="256kbit")
+            node.shape(args.rate, burst=args.burst)
         size, sha = manifest["size"], manifest["sha256"]
         staged = f"{STAGE}/{manifest['archive']}"
         baseline: list[float] = []
@@ -142,7 +146,8 @@ def main() -> int:
 
     one = statistics.median(baseline)
     print(f"load average at the end (this machine's 2 CPUs are shared): {os.getloadavg()[1]:.1f} (5 min)")
-    print(f"archive {size / 1e6:.1f} MB, every link {args.rate}; {args.rounds} interleaved rounds, medians")
+    print(f"archive {size / 1e6:.1f} MB, every link {args.rate} (tbf bucket {args.burst}); {args.rounds} interleaved "
+          "rounds, medians")
     print(f"one transfer over one link (ssh cat): {one:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in baseline)})")
     print(f"{'targets':>8} {'relay s':>9} {'ratio':>7}   runs")
     for n in sizes:

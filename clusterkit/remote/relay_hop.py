@@ -229,10 +229,10 @@ class Downstream:
                     continue
                 if event.get("ev") in ("done", "failed"):
                     self.finals.add(event.get("host"))
-                if event.get("ev") == "ready" and event.get("host") == self.label:
-                    self.ready.set()
                 with _out_lock:
                     os.write(1, raw if raw.endswith(b"\n") else raw + b"\n")
+                if event.get("ev") == "ready" and event.get("host") == self.label:
+                    self.ready.set()  # after passing it up: the head sees the chain ready from its end back
         self.ready.set()  # it ended before it was ready: waiting longer is pointless
 
     def _pump_stderr(self) -> None:

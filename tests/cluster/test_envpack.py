@@ -119,6 +119,19 @@ def test_the_env_runs_on_every_node_over_non_interactive_ssh(envcluster: Cluster
         assert (imports.rc, imports.stdout.strip().splitlines()[-1:]) == (0, [PREFIX]), imports.stderr[-2000:]
 
 
+def test_the_ssh_links_the_relay_opened_between_nodes_are_closed_after_it(envcluster: Cluster,
+                                                                          pushed: CommandResult) -> None:
+    assert pushed.rc == 0
+    deadline = time.monotonic() + 15  # the hops close them as they exit, just after the last copy is done
+    while True:
+        masters = {node.name: node.run("pgrep -u ckuser -af 'ControlMaste[r]=yes' || true").stdout.strip()
+                   for node in envcluster.nodes}
+        if not any(masters.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not any(masters.values()), masters
+
+
 def test_a_rerun_sends_nothing(envcluster: Cluster, archive: tuple[str, dict[str, object]],
                                pushed: CommandResult) -> None:
     again = push(envcluster, archive[0])

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from clusterkit.remote import relay_hop
 from clusterkit.remote.transfer import MARKER, hop_command
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -84,6 +85,16 @@ def test_every_hop_keeps_a_verified_copy_while_forwarding(hosts: Hosts, source: 
         assert not list(hosts.dir(host).glob("file.bin.partial*"))
 
 
+def test_the_chain_is_ready_from_its_last_hop_back_to_its_first_before_any_data_moves(hosts: Hosts,
+                                                                                     source: Path) -> None:
+    events = hosts.relay(source, ["n1", "n2", "n3"])
+    kinds = [(e["ev"], e["host"]) for e in events]
+    readies = [host for kind, host in kinds if kind == "ready"]
+    assert readies == ["n3", "n2", "n1"]
+    first_progress = next(i for i, (kind, _) in enumerate(kinds) if kind == "progress")
+    assert kinds.index(("ready", "n1")) < first_progress
+
+
 def test_a_partial_copy_is_resumed_from_where_it_stopped(hosts: Hosts, source: Path) -> None:
     (hosts.dir("n2") / "file.bin.partial").write_bytes(source.read_bytes()[:1_000_000])
     events = hosts.relay(source, ["n2"], offset=1_000_000)
@@ -117,5 +128,25 @@ def test_a_full_disk_on_one_hop_is_named_and_the_hops_behind_it_still_get_the_fi
 def test_an_unreachable_next_hop_is_reported_lost_with_sshs_words(hosts: Hosts, source: Path) -> None:
     events = hosts.relay(source, ["n1", "dead", "n3"])
     assert finals(events) == {"n1": "done", "dead": "lost"}
+    assert {"ev": "ready", "host": "n1"} in events  # a successor that never comes does not hold the chain
     assert error_of(events, "dead") == "ssh: connect to host dead port 22: No route to host"
     assert (hosts.dir("n1") / "file.bin").read_bytes() == source.read_bytes()
+
+
+def test_warmed_ssh_masters_keep_their_sockets_where_only_this_user_can_enter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    template = relay_hop.control_path()
+    directory = tmp_path / f"clusterkit-relay-{os.getuid()}"
+    assert template == f"{directory}/%C"
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_no_ssh_master_is_warmed_in_a_directory_others_can_enter(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    directory = tmp_path / f"clusterkit-relay-{os.getuid()}"
+    directory.mkdir()
+    directory.chmod(0o777)
+    assert relay_hop.control_path() is None
+    assert relay_hop.warm_up(["ssh"], "node2") is None
