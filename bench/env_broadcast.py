@@ -43,11 +43,11 @@ DRIVER = """
 import json, sys, time
 from pathlib import Path
 from clusterkit.remote import SshSettings
-from clusterkit.remote.transfer import RelayOptions, RemoteFile, broadcast, node_ssh_argv
+from clusterkit.remote.transfer import RemoteFile, broadcast, relay_options
 archive, path, size, sha, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
 settings = SshSettings(connect_timeout_s=5)
 started = time.perf_counter()
-done = broadcast(Path(archive), RemoteFile(path, size, sha), hosts, settings, RelayOptions(node_ssh_argv(settings)))
+done = broadcast(Path(archive), RemoteFile(path, size, sha), hosts, settings, relay_options(settings))
 print(json.dumps({"seconds": time.perf_counter() - started, "ok": all(d.ok for d in done.values()),
                   "errors": {h: d.error for h, d in done.items() if not d.ok}}))
 """

@@ -29,10 +29,9 @@ from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.transfer import (
     Delivery,
     Listener,
-    RelayOptions,
     RemoteFile,
     broadcast,
-    node_ssh_argv,
+    relay_options,
 )
 
 UP_TO_DATE, INSTALLED, WOULD_INSTALL, SHARED, FAILED = "up to date", "installed", "would install", "shared", "failed"
@@ -141,10 +140,9 @@ class SshChannel:
         say(f"broadcast {human_bytes(remote.size)} to {len(hosts)} node(s) (relay: head -> "
             f"{' -> '.join(hosts[:4])}{' -> ...' if len(hosts) > 4 else ''})")
         options = self.options
-        relay_options = RelayOptions(hop_ssh=node_ssh_argv(self.settings), python=options.python,
-                                     stall_s=options.stall_s, probe_timeout_s=options.survey_timeout_s,
-                                     max_rounds=options.max_rounds)
-        return broadcast(archive, remote, hosts, self.settings, relay_options, listener, round_listener), remote.path
+        relaying = relay_options(self.settings, python=options.python, stall_s=options.stall_s,
+                                 probe_timeout_s=options.survey_timeout_s, max_rounds=options.max_rounds)
+        return broadcast(archive, remote, hosts, self.settings, relaying, listener, round_listener), remote.path
 
 
 def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: SshSettings | NodeChannel,

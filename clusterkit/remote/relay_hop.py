@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import shlex
 import signal
@@ -57,7 +58,11 @@ def widen_pipe(fd: int) -> None:
 PROGRESS_EVERY_S = 0.5
 WRITEBACK_EVERY = 8 << 20
 BATCH_WAIT_S = 0.01
-MASTER_PERSIST_S = 60  # a warmed master outlives an unused warm-up by this long, then exits
+SLOW_LINK_BYTES_S = 50e6  # 10 ms of it (500 KB) fits in the hop's 1 MiB pipe
+SOCKET_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, with its NUL
+# OpenSSH's own words about a control socket it could not use: the hop then connected directly, and
+# these lines are not why a hop was lost.
+MUX_NOISE = ("Control socket", "ControlSocket", "read from master failed", "mux_client", "muxclient")
 _out_lock = threading.Lock()
 
 
@@ -96,8 +101,8 @@ def existing_parent(path: str) -> Path:
     return probe
 
 
-def control_path() -> str | None:
-    """The ControlPath template for warmed masters: a directory only this user can enter, else None."""
+def control_directory() -> Path | None:
+    """Where warmed masters keep their sockets: a directory only this user can enter, else None."""
     directory = Path(tempfile.gettempdir()) / f"clusterkit-relay-{os.getuid()}"
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
@@ -106,25 +111,59 @@ def control_path() -> str | None:
         return None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         return None  # somebody else's, or open to others: no sockets there
-    return f"{directory}/%C"
+    return directory
+
+
+def control_path(tag: str) -> str | None:
+    """The ControlPath of this relay round's master (``tag`` is the round's own), or None where there is none.
+
+    A path past the socket limit (108 bytes, less the 17 a master adds while it binds, a long TMPDIR) makes
+    OpenSSH's client fail rather than connect directly: then no master at all.
+    """
+    directory = control_directory()
+    if directory is None or not re.fullmatch(r"[0-9a-z]{1,16}", tag):
+        return None
+    path = f"{directory}/{tag}-%C"
+    if len(path) - 2 + 40 + 17 >= SOCKET_PATH_MAX:  # %C becomes 40 hex digits
+        return None
+    return path
 
 
 def mux_options(path: str) -> list[str]:
     return ["-o", "ControlPath=" + path, "-o", "ControlMaster=no"]
 
 
-def warm_up(ssh: list[str], host: str) -> subprocess.Popen[bytes] | None:
+def warm_up(ssh: list[str], host: str, tag: str, persist_s: int) -> subprocess.Popen[bytes] | None:
     """Start a control master to ``host`` in the background (``ssh -f`` returns once it is logged in)."""
-    path = control_path()
+    path = control_path(tag)
     if path is None:
         return None
     argv = [*ssh, "-o", "ControlPath=" + path, "-o", "ControlMaster=yes", "-o",
-            f"ControlPersist={MASTER_PERSIST_S}", "-f", "-N", host]
+            f"ControlPersist={persist_s}", "-f", "-N", host]
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     except OSError:
         return None
+
+
+def close_master(ssh: list[str], host: str, tag: str) -> None:
+    """Ask this round's master to ``host`` to exit (it serves nobody else: the path is the round's own)."""
+    path = control_path(tag)
+    if path is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([*ssh, *mux_options(path), "-O", "exit", host], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=5, check=False)
+
+
+def has_master(tag: str) -> bool:
+    """Whether a master of this round listens here (this node warms one link a round: to its successor)."""
+    directory = control_directory()
+    try:
+        return directory is not None and any(entry.name.startswith(tag + "-") for entry in directory.iterdir())
+    except OSError:
+        return False
 
 
 def _load_sync_file_range() -> Any:
@@ -163,6 +202,10 @@ def probe(spec: dict[str, Any]) -> None:
     path, size = spec["path"], spec["size"]
     state: dict[str, Any] = {"state": "missing", "bytes": 0, "free": None, "writable": False, "error": None}
     final, partial = Path(path), Path(path + ".partial")
+    warming = None
+    with contextlib.suppress(OSError):  # start it now: it logs in while the copy is hashed
+        if spec.get("warm") and not (final.is_file() and final.stat().st_size == size):
+            warming = warm_up(spec["ssh"], spec["warm"], spec["tag"], int(spec.get("persist_s", 120)))
     try:
         state["free"] = free_bytes(str(final.parent))
         state["writable"] = os.access(existing_parent(str(final.parent)), os.W_OK)
@@ -182,12 +225,15 @@ def probe(spec: dict[str, Any]) -> None:
             state["bytes"] = min(partial.stat().st_size, size)
     except OSError as exc:
         state["error"] = f"{exc.filename or path}: {exc.strerror}"
-    warming = warm_up(spec["ssh"], spec["warm"]) if spec.get("warm") and state["state"] != "complete" else None
     if warming is not None:
+        needed = size - (state["bytes"] if state["state"] == "partial" else 0)
+        relays = state["state"] != "complete" and state["writable"] and (state["free"] or 0) >= needed
         try:  # a master not up by then is not waited for: the hop connects directly instead
-            warming.wait(timeout=float(spec.get("warm_timeout_s", 10)))
+            warming.wait(timeout=float(spec.get("warm_timeout_s", 10)) if relays else 0)
         except subprocess.TimeoutExpired:
             warming.kill()
+        if not relays and warming.returncode == 0:  # this node takes no part: its master is not needed
+            close_master(spec["ssh"], spec["warm"], spec["tag"])
     print(json.dumps(state))
 
 
@@ -200,8 +246,10 @@ class Downstream:
         self.label = spec["next"][0]
         child = dict(spec, label=self.label, next=spec["next"][1:])
         self.ssh = list(spec["ssh"])
-        self.control = control_path() if spec.get("mux") else None
-        mux = mux_options(self.control) if self.control else []
+        self.tag = str(spec.get("mux") or "")
+        self.control = control_path(self.tag) if self.tag else None
+        self.warm = self.control is not None and has_master(self.tag)
+        mux = mux_options(self.control) if self.warm and self.control else []
         argv = [*self.ssh, *mux, self.label, remote_command(spec.get("python", "python3"), blob, child)]
         self.finals: set[str] = set()
         self.ready = threading.Event()
@@ -238,7 +286,7 @@ class Downstream:
     def _pump_stderr(self) -> None:
         for raw in iter(self.stderr.readline, b""):
             text = raw.decode("utf-8", "replace").strip()
-            if text:
+            if text and not text.startswith(MUX_NOISE):
                 self.stderr_tail = [*self.stderr_tail, text][-4:]
 
     def send(self, data: bytes, position: int) -> None:
@@ -281,10 +329,8 @@ class Downstream:
         self.proc.wait()
         for thread in self._threads:
             thread.join(timeout=2)
-        if self.control:  # the warmed master is done with; ask it to exit now, not after its persist time
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run([*self.ssh, *mux_options(self.control), "-O", "exit", self.label],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False)
+        if self.warm:  # the warmed master is done with; ask it to exit now, not after its persist time
+            close_master(self.ssh, self.label, self.tag)
         if self.label not in self.finals and self.alive:
             detail = " | ".join(self.stderr_tail[-2:]) or f"exit status {self.proc.returncode}"
             emit({"ev": "lost", "host": self.label, "pos": None, "error": detail})
@@ -441,14 +487,18 @@ def hop(spec: dict[str, Any], blob: str) -> None:
     downstream = Downstream(spec, blob) if spec.get("next") else None
     copy = Copy(spec)
     writing = copy.open(offset)
-    emit({"ev": "start", "host": copy.label, "have": copy.have, "pos": offset})
+    started_event = {"ev": "start", "host": copy.label, "have": copy.have, "pos": offset}
+    if downstream is not None:
+        started_event["warm_link"] = downstream.warm  # its link to the next hop was opened by the probe
+    emit(started_event)
     if not writing:
         emit({"ev": "failed", "host": copy.label, "error": copy.error})
     if downstream is not None:
         downstream.ready.wait(stall_s)
     emit({"ev": "ready", "host": copy.label})
     position = offset
-    last_report = 0.0
+    last_report, marked = 0.0, (time.monotonic(), offset)  # marked: (when, position) of the last rate reading
+    slow_link = False
     stalled = False
     while True:
         ready, _, _ = select.select([0], [], [], stall_s)
@@ -458,10 +508,11 @@ def hop(spec: dict[str, Any], blob: str) -> None:
         data = os.read(0, CHUNK)
         if not data:
             break
-        if len(data) < CHUNK // 4:
+        if slow_link and len(data) < CHUNK // 4:
             # The link is slower than this hop: let more arrive before the next read. Fewer, larger
             # reads and writes wake this hop and the ssh after it a tenth as often (on a node the
-            # relay shares with training jobs, and on one machine running many nodes).
+            # relay shares with training jobs, and on one machine running many nodes). Only on a
+            # slow link: a fast one would fill the pipe and the SSH window while this hop sleeps.
             time.sleep(BATCH_WAIT_S)
         if downstream is not None:
             downstream.send(data, position)
@@ -473,7 +524,8 @@ def hop(spec: dict[str, Any], blob: str) -> None:
         position += len(data)
         now = time.monotonic()
         if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
+            slow_link = (position - marked[1]) / max(now - marked[0], 1e-3) < SLOW_LINK_BYTES_S
+            last_report, marked = now, (now, position)
             emit({"ev": "progress", "host": copy.label, "pos": position})
     if downstream is not None:
         downstream.end_stream()  # before this copy's fsync: the chain's end must not wait for every disk in turn

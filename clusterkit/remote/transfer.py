@@ -22,10 +22,15 @@ nodes reach the next node with the ``ssh`` client and the keys bootstrap install
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import itertools
 import json
+import os
+import secrets
 import shlex
+import shutil
+import subprocess
 import threading
 import time
 import zlib
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, explain, fan_out
-from clusterkit.remote.cancel import CancelScope, IdleWatchdog, running_in
+from clusterkit.remote.cancel import CancelScope, IdleWatchdog, on_cancel, running_in
 from clusterkit.remote.openssh import ssh_argv
 from clusterkit.remote.relay_hop import human as human_bytes
 
@@ -76,6 +81,8 @@ class HopEvent:
     position: int | None
     error: str | None
     at: float
+    #: On ``start`` of a hop with a successor: whether its link to it was warmed by the probe.
+    warm_link: bool | None = None
 
 
 Listener = Callable[[HopEvent], None]
@@ -90,6 +97,11 @@ class RelayOptions:
     stall_s: float = 30.0
     probe_timeout_s: float = 60.0
     max_rounds: int = 3
+    #: The head's ``ssh`` line to the first hop: OpenSSH spends a fraction of paramiko's CPU per byte, which
+    #: on a fast network is the relay's pace. None, or a login it cannot make, and paramiko carries it.
+    head_ssh: tuple[str, ...] | None = None
+    #: Open each node's SSH link to the next during the probe (OpenSSH control masters) for the hops to use.
+    warm_links: bool = True
 
 
 @dataclass
@@ -106,12 +118,27 @@ class Delivery:
     notes: list[str] = field(default_factory=list)
 
 
+def relay_options(settings: SshSettings, **fields: Any) -> RelayOptions:
+    """The options ``env push`` relays with: the nodes' ssh line, and the head's own OpenSSH client where
+    there is one and no password is in play (the head then falls back to paramiko only if it cannot log in)."""
+    head = head_ssh_argv(settings) if settings.password is None and shutil.which("ssh") else None
+    return RelayOptions(hop_ssh=node_ssh_argv(settings), head_ssh=head, **fields)
+
+
 def node_ssh_argv(settings: SshSettings) -> tuple[str, ...]:
     """The ssh client line a node uses to reach the next one: no prompts, host keys checked, dead peers noticed.
 
     Without ``--identity``: that path is the head's; nodes log in to each other with their own keys.
     """
-    argv = ssh_argv(replace(settings, identity_file=None))
+    return _relay_ssh_argv(ssh_argv(replace(settings, identity_file=None)))
+
+
+def head_ssh_argv(settings: SshSettings) -> tuple[str, ...]:
+    """The same for the head's first hop, with the head's ``--identity``."""
+    return _relay_ssh_argv(ssh_argv(settings))
+
+
+def _relay_ssh_argv(argv: list[str]) -> tuple[str, ...]:
     return (*argv[:1], "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=3",
             "-o", "ServerAliveCountMax=3",
             # OpenSSH's default ciphers, AES-GCM first: with AES-NI it costs a hop far less CPU than chacha20.
@@ -133,17 +160,28 @@ def hop_command(python: str, spec: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- probe
 
 
+@dataclass(frozen=True)
+class LinkWarmUp:
+    """The SSH link a probed host opens to the next host of the chain, for its hop to use."""
+
+    successor: str
+    ssh: tuple[str, ...]
+    tag: str  #: the relay round's: its masters are this round's alone
+    wait_s: float  #: how long the probe waits for the login
+    persist_s: int  #: how long an unused master stays up
+
+
 def probe_copy(conn: Any, remote: RemoteFile, *, rehash: bool, python: str = "python3",
-               timeout_s: float = 60.0, warm: tuple[str, tuple[str, ...], float] | None = None) -> CopyState:
+               timeout_s: float = 60.0, warm: LinkWarmUp | None = None) -> CopyState:
     """The state of ``remote`` on the host behind ``conn`` (an open Fabric connection).
 
-    ``warm``: (next host, the hop ssh argv, seconds): where this host will relay, it opens its SSH link to
-    the next host now, as a control master its hop will use.
+    ``warm``: where this host will relay, it opens its SSH link to the next host now, as a control master.
     """
     spec: dict[str, Any] = {"op": "probe", "path": remote.path, "size": remote.size, "sha256": remote.sha256,
                             "rehash": rehash}
     if warm is not None:
-        spec.update(warm=warm[0], ssh=list(warm[1]), warm_timeout_s=warm[2])
+        spec.update(warm=warm.successor, ssh=list(warm.ssh), tag=warm.tag, warm_timeout_s=warm.wait_s,
+                    persist_s=warm.persist_s)
     result = conn.run(hop_command(python, spec), hide=True, warn=True, timeout=timeout_s)
     if result.exited == 127:
         raise RemoteError(f"{conn.host} has no {python} on the non-interactive PATH",
@@ -161,101 +199,188 @@ def probe_copy(conn: Any, remote: RemoteFile, *, rehash: bool, python: str = "py
 # ------------------------------------------------------------------------------------------- relay
 
 
+class _RelayRun:
+    """One relay as the head sees it: the hops' events, each host's final word, the chain being ready."""
+
+    def __init__(self, chain: Sequence[str], size: int, options: RelayOptions, listener: Listener | None) -> None:
+        self.chain, self.first, self.size, self.options = list(chain), chain[0], size, options
+        self.listener = listener
+        self.finals: dict[str, HostResult[int]] = {}
+        self.last_event = time.monotonic()
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.heard_from_first = False
+        self.stderr_tail: list[str] = []
+        self.watchdog = self.new_watchdog()
+
+    def new_watchdog(self) -> IdleWatchdog:
+        # Past the stall limits: the first hop vanished while a write to it was blocked.
+        self.watchdog = IdleWatchdog(CancelScope(), 2 * self.options.stall_s + 15)
+        return self.watchdog
+
+    def handle(self, event: HopEvent) -> None:
+        self.last_event = event.at
+        self.watchdog.alive()
+        if event.host == self.first:
+            self.heard_from_first = True
+            if event.kind == "ready":
+                self.ready.set()
+        with self.lock:
+            if event.kind == "done":
+                self.finals.setdefault(event.host, HostResult(event.host, value=self.size))
+            elif event.kind in ("failed", "lost"):
+                self.finals.setdefault(event.host, HostResult(event.host, error=event.error or event.kind))
+        if self.listener is not None:
+            self.listener(event)
+
+    def settle(self, exited: Callable[[], bool]) -> None:
+        """Wait until the first hop's session ends, every copy is settled, or nothing moved for too long."""
+        while not exited():
+            if all(host in self.finals for host in self.chain):
+                return  # what the hops have left to do is exit
+            if time.monotonic() - self.last_event > 2 * self.options.stall_s + 10:
+                return
+            time.sleep(0.05)
+
+    def first_failed(self, status: int | None) -> None:
+        if status not in (0, None) and self.first not in self.finals:
+            why = " | ".join(self.stderr_tail[-2:]) or f"exit status {status}"
+            self.handle(HopEvent(self.first, "failed", None, f"the relay on {self.first} failed: {why}",
+                                 time.monotonic()))
+
+    def first_lost(self, why: str) -> None:
+        if self.watchdog.fired:
+            why = f"{self.first} stopped answering: nothing moved for {self.watchdog.limit_s:.0f}s"
+        self.handle(HopEvent(self.first, "lost", None, f"lost {self.first} while sending: {why}", time.monotonic()))
+
+    def start_readers(self, events: Any, errors: Any) -> list[threading.Thread]:
+        readers = [threading.Thread(target=_read_events, args=(events, self.handle, self.ready.set), daemon=True),
+                   threading.Thread(target=_read_stderr, args=(errors, self.stderr_tail), daemon=True)]
+        for reader in readers:
+            reader.start()
+        return readers
+
+    def results(self) -> dict[str, HostResult[int]]:
+        return {host: self.finals.get(host) or HostResult(host, error="no result: cut off behind a lost node")
+                for host in self.chain}
+
+
 def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshSettings, options: RelayOptions,
-          listener: Listener | None = None, offset: int = 0) -> dict[str, HostResult[int]]:
+          listener: Listener | None = None, offset: int = 0, links: str | None = None) -> dict[str, HostResult[int]]:
     """Stream ``source`` from byte ``offset`` along ``chain``; per host: bytes it holds now, or why not.
 
+    The head streams through its OpenSSH client where ``options.head_ssh`` logs in, else through its
+    paramiko connection. ``links``: the tag of the round whose probe warmed the node-to-node links.
     A host that reported nothing (cut off behind a lost hop) gets an error saying so.
     """
-    finals: dict[str, HostResult[int]] = {}
-    last_event = [time.monotonic()]
-    lock = threading.Lock()
-    first = chain[0]
-    chain_ready = threading.Event()
-    # Past the stall limits below: the first hop vanished while a socket write was blocked.
-    watchdog = IdleWatchdog(CancelScope(), 2 * options.stall_s + 15)
-
-    def handle(event: HopEvent) -> None:
-        last_event[0] = event.at
-        watchdog.alive()
-        if event.kind == "ready" and event.host == first:
-            chain_ready.set()
-        with lock:
-            if event.kind == "done":
-                finals.setdefault(event.host, HostResult(event.host, value=remote.size))
-            elif event.kind in ("failed", "lost"):
-                finals.setdefault(event.host, HostResult(event.host, error=event.error or event.kind))
-        if listener is not None:
-            listener(event)
-
+    run = _RelayRun(chain, remote.size, options, listener)
     spec = {"op": "hop", "label": chain[0], "path": remote.path, "size": remote.size, "sha256": remote.sha256,
             "offset": offset, "next": list(chain[1:]), "ssh": list(options.hop_ssh), "stall_s": options.stall_s,
-            "python": options.python, "mux": True}
-    stderr_tail: list[str] = []
+            "python": options.python, "mux": links}
+    command = hop_command(options.python, spec)
+    if options.head_ssh is None or not _send_over_openssh(run, source, offset, command, options.head_ssh):
+        _send_over_paramiko(run, source, offset, command, settings)
+    return run.results()
+
+
+def _send_over_openssh(run: _RelayRun, source: Path, offset: int, command: str, head_ssh: Sequence[str]) -> bool:
+    """Stream with the ``ssh`` client; False when it got no word from the first hop (no login: fall back)."""
     try:
-        with watchdog, running_in(watchdog.scope), connect(first, settings) as conn:
-            channel = conn.client.get_transport().open_session(timeout=settings.connect_timeout_s)
-            channel.exec_command(hop_command(options.python, spec))
-            readers = [threading.Thread(target=_read_events, args=(channel, handle, chain_ready.set),
-                                        daemon=True),
-                       threading.Thread(target=_read_stderr, args=(channel, stderr_tail), daemon=True)]
+        proc = subprocess.Popen([*head_ssh, run.first, command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except OSError:
+        return False
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    watchdog = run.new_watchdog()
+    with watchdog, running_in(watchdog.scope):
+        on_cancel(proc.kill)
+        readers = run.start_readers(proc.stdout, proc.stderr)
+        run.ready.wait(run.options.stall_s)  # past that, send anyway: the stall limits end a chain that hangs
+        if not run.heard_from_first and not readers[0].is_alive():  # ssh ended without a word from the hop
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            readers[1].join(timeout=5)
+            run.stderr_tail.clear()
+            run.ready.clear()
+            return False
+        try:
+            with open(source, "rb") as stream:
+                position, size = offset, os.fstat(stream.fileno()).st_size
+                while position < size:
+                    sent = os.sendfile(proc.stdin.fileno(), stream.fileno(), position, CHUNK)
+                    if not sent:
+                        break
+                    position += sent
+                    watchdog.alive()
+            proc.stdin.close()
+        except OSError as exc:  # ssh is gone: what it said says why
+            proc.wait(timeout=10)
             for reader in readers:
-                reader.start()
-            chain_ready.wait(options.stall_s)  # past that, send anyway: the stall limits end a chain that hangs
-            channel.settimeout(options.stall_s)
+                reader.join(timeout=5)
+            run.first_lost(" | ".join(run.stderr_tail[-2:]) or exc.strerror or str(exc))
+            return True
+        run.settle(lambda: proc.poll() is not None)
+        status = proc.poll()
+        if status is None:  # every copy is settled (or the chain went quiet): the hops exit on their own
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for reader in readers:
+            reader.join(timeout=5)
+    if proc.poll() is None:
+        proc.kill()
+    run.first_failed(status)
+    return True
+
+
+def _send_over_paramiko(run: _RelayRun, source: Path, offset: int, command: str, settings: SshSettings) -> None:
+    stall_s = run.options.stall_s
+    watchdog = run.new_watchdog()
+    try:
+        with watchdog, running_in(watchdog.scope), connect(run.first, settings) as conn:
+            channel = conn.client.get_transport().open_session(timeout=settings.connect_timeout_s)
+            channel.exec_command(command)
+            readers = run.start_readers(channel.makefile("rb"), channel.makefile_stderr("rb"))
+            run.ready.wait(stall_s)  # past that, send anyway: the stall limits end a chain that hangs
+            channel.settimeout(stall_s)
             with open(source, "rb") as stream:
                 stream.seek(offset)
                 while block := stream.read(CHUNK):
                     channel.sendall(block)
                     watchdog.alive()
             channel.shutdown_write()
-            while not channel.exit_status_ready():
-                if all(host in finals for host in chain):
-                    break  # every copy is settled: what the hops have left to do is exit
-                if time.monotonic() - last_event[0] > 2 * options.stall_s + 10:
-                    break
-                time.sleep(0.05)
+            run.settle(channel.exit_status_ready)
             status = channel.exit_status if channel.exit_status_ready() else None
             if status is None:
                 channel.close()  # the readers then see the end of the stream
             for reader in readers:
                 reader.join(timeout=5)
             channel.close()
-            if status not in (0, None) and first not in finals:
-                why = " | ".join(stderr_tail[-2:]) or f"exit status {status}"
-                handle(HopEvent(first, "failed", None, f"the relay on {first} failed: {why}", time.monotonic()))
+            run.first_failed(status)
     except Exception as exc:  # the first hop is lost: the whole chain behind it gets nothing more
-        err = (f"{first} stopped answering: nothing moved for {watchdog.limit_s:.0f}s" if watchdog.fired
-               else explain(exc, first, settings))
-        handle(HopEvent(first, "lost", None, f"lost {first} while sending: {err}", time.monotonic()))
-    return {host: finals.get(host) or HostResult(host, error="no result: cut off behind a lost node")
-            for host in chain}
+        run.first_lost(str(explain(exc, run.first, settings)))
 
 
-def _read_events(channel: Any, handle: Callable[[HopEvent], None], ended: Callable[[], None]) -> None:
+def _read_events(stream: Any, handle: Callable[[HopEvent], None], ended: Callable[[], None]) -> None:
     try:
-        _read_event_lines(channel, handle)
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            if not line.startswith(MARKER):
+                continue
+            try:
+                data = json.loads(line[len(MARKER):])
+            except ValueError:
+                continue
+            position = data.get("pos")
+            warm = data.get("warm_link")
+            handle(HopEvent(str(data.get("host")), str(data.get("ev")),
+                            int(position) if isinstance(position, int) else None, data.get("error"),
+                            time.monotonic(), warm if isinstance(warm, bool) else None))
     finally:
         ended()
 
 
-def _read_event_lines(channel: Any, handle: Callable[[HopEvent], None]) -> None:
-    stream = channel.makefile("rb")
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace")
-        if not line.startswith(MARKER):
-            continue
-        try:
-            data = json.loads(line[len(MARKER):])
-        except ValueError:
-            continue
-        position = data.get("pos")
-        handle(HopEvent(str(data.get("host")), str(data.get("ev")),
-                        int(position) if isinstance(position, int) else None, data.get("error"), time.monotonic()))
-
-
-def _read_stderr(channel: Any, tail: list[str]) -> None:
-    stream = channel.makefile_stderr("rb")
+def _read_stderr(stream: Any, tail: list[str]) -> None:
     for raw in iter(stream.readline, b""):
         text = raw.decode("utf-8", "replace").strip()
         if text:
@@ -274,9 +399,10 @@ def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: 
     for round_number in range(1, options.max_rounds + 1):
         # Each host warms its link to the host after it: the chain is these hosts in this order, less
         # those found complete or unable to take the file (whose successors then connect directly).
-        successors = dict(itertools.pairwise(pending))
+        successors = dict(itertools.pairwise(pending)) if options.warm_links else {}
+        links = secrets.token_hex(4) if options.warm_links else None  # this round's own: no other relay's
         probe = functools.partial(_probe, remote=remote, settings=settings, options=options,
-                                  rehash=round_number == 1, successors=successors)
+                                  rehash=round_number == 1, successors=successors, links=links)
         states = fan_out(pending, probe, options.probe_timeout_s, settings=settings)
         chain: list[str] = []
         offsets: list[int] = []
@@ -315,7 +441,7 @@ def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: 
             deliveries[host].sent_bytes += remote.size - max(have, offset)
             if have and round_number == 1:
                 deliveries[host].resumed_from = have
-        outcomes = relay(source, remote, chain, settings, options, listener, offset)
+        outcomes = relay(source, remote, chain, settings, options, listener, offset, links)
         pending = []
         for host, outcome in outcomes.items():
             delivery = deliveries[host]
@@ -333,9 +459,11 @@ def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: 
 
 
 def _probe(host: str, remote: RemoteFile, settings: SshSettings, options: RelayOptions, *, rehash: bool,
-           successors: dict[str, str]) -> CopyState:
+           successors: dict[str, str], links: str | None) -> CopyState:
     successor = successors.get(host)
-    warm = None if successor is None else (successor, options.hop_ssh, settings.connect_timeout_s + 5)
+    warm = None if successor is None or links is None else \
+        LinkWarmUp(successor, options.hop_ssh, links, settings.connect_timeout_s + 5,
+                   int(options.probe_timeout_s + options.stall_s + 30))
     with connect(host, settings) as conn:
         return probe_copy(conn, remote, rehash=rehash, python=options.python, timeout_s=options.probe_timeout_s,
                           warm=warm)

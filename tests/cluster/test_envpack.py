@@ -19,7 +19,7 @@ import pytest
 
 from tests import synthetic_conda
 from tests.cluster import pyenv
-from tests.cluster.clusterkit_run import bootstrap, clusterkit, doctor_json, failures
+from tests.cluster.clusterkit_run import REPO, bootstrap, clusterkit, doctor_json, failures
 from tests.cluster.conftest import launch_or_skip
 from tests.cluster.harness import Cluster
 from tests.cluster.node import CommandResult
@@ -119,10 +119,33 @@ def test_the_env_runs_on_every_node_over_non_interactive_ssh(envcluster: Cluster
         assert (imports.rc, imports.stdout.strip().splitlines()[-1:]) == (0, [PREFIX]), imports.stderr[-2000:]
 
 
-def test_the_ssh_links_the_relay_opened_between_nodes_are_closed_after_it(envcluster: Cluster,
-                                                                          pushed: CommandResult) -> None:
-    assert pushed.rc == 0
-    deadline = time.monotonic() + 15  # the hops close them as they exit, just after the last copy is done
+RELAY = """
+import hashlib, json, sys
+from pathlib import Path
+from clusterkit.remote import SshSettings
+from clusterkit.remote.transfer import RemoteFile, broadcast, relay_options
+source, target, hosts = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+data = source.read_bytes()
+settings = SshSettings(connect_timeout_s=5)
+starts = {}
+done = broadcast(source, RemoteFile(target, len(data), hashlib.sha256(data).hexdigest()), hosts, settings,
+                 relay_options(settings), lambda e: e.kind == "start" and starts.setdefault(e.host, e.warm_link))
+print(json.dumps({"ok": {h: d.ok for h, d in done.items()}, "warm_link": starts}))
+"""
+
+
+def test_each_node_relays_over_the_ssh_link_the_probe_opened_and_closes_it_after(envcluster: Cluster) -> None:
+    head = envcluster.nodes[0]
+    head.run("head -c 3000000 /dev/urandom > /home/ckuser/relayed.bin", check=True)
+    hosts = ",".join(node.name for node in envcluster.nodes[1:])
+    ran = head.run(f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -c {shlex.quote(RELAY)} "
+                   f"/home/ckuser/relayed.bin /opt/envs/relayed/relayed.bin {hosts}", timeout=120)
+    assert ran.rc == 0, ran.stderr[-3000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["ok"] == {"env2": True, "env3": True, "env4": True}
+    # env2 and env3 forward, each over its link to the next; env4, the last, forwards nothing.
+    assert result["warm_link"] == {"env2": True, "env3": True, "env4": None}
+    deadline = time.monotonic() + 15  # the hops close their masters as they exit, just after the last copy
     while True:
         masters = {node.name: node.run("pgrep -u ckuser -af 'ControlMaste[r]=yes' || true").stdout.strip()
                    for node in envcluster.nodes}
@@ -130,6 +153,8 @@ def test_the_ssh_links_the_relay_opened_between_nodes_are_closed_after_it(envclu
             break
         time.sleep(0.5)
     assert not any(masters.values()), masters
+    for node in envcluster.nodes[1:]:
+        node.run("rm -rf /opt/envs/relayed", check=True)
 
 
 def test_a_rerun_sends_nothing(envcluster: Cluster, archive: tuple[str, dict[str, object]],

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from clusterkit.remote import relay_hop
-from clusterkit.remote.transfer import MARKER, hop_command
+from clusterkit.remote import SshSettings
+from clusterkit.remote.transfer import MARKER, RelayOptions, RemoteFile, hop_command, relay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs root and unshare for private mount namespaces")
@@ -55,6 +55,16 @@ class Hosts:
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         return [json.loads(line[len(MARKER):]) for line in done.stdout.decode().splitlines()
                 if line.startswith(MARKER)]
+
+
+    def head_relay(self, source: Path, chain: list[str], head_ssh: tuple[str, ...]) -> dict[str, Any]:
+        """The head's side (``transfer.relay``) streaming through ``head_ssh``; per host, its result."""
+        for host in chain:
+            self.dir(host)
+        data = source.read_bytes()
+        remote = RemoteFile(str(self.target / "file.bin"), len(data), hashlib.sha256(data).hexdigest())
+        options = RelayOptions(hop_ssh=self.transport, head_ssh=head_ssh, stall_s=10, warm_links=False)
+        return relay(source, remote, chain, SshSettings(connect_timeout_s=2), options)
 
 
 def finals(events: list[dict[str, Any]]) -> dict[str, str]:
@@ -95,6 +105,31 @@ def test_the_chain_is_ready_from_its_last_hop_back_to_its_first_before_any_data_
     assert kinds.index(("ready", "n1")) < first_progress
 
 
+def test_the_head_streams_to_the_first_hop_through_its_own_ssh_client(hosts: Hosts, source: Path) -> None:
+    results = hosts.head_relay(source, ["n1", "n2", "n3"], head_ssh=hosts.transport)
+    assert {host: result.ok for host, result in results.items()} == {"n1": True, "n2": True, "n3": True}
+    for host in ("n1", "n2", "n3"):
+        assert (hosts.dir(host) / "file.bin").read_bytes() == source.read_bytes()
+
+
+def test_a_head_ssh_client_that_cannot_log_in_leaves_the_stream_to_paramiko(hosts: Hosts, source: Path) -> None:
+    # `false` stands for an ssh that exits before the first hop says a word (no key, unknown host key):
+    # paramiko then tries, and its words (here: no such host) are what the user reads.
+    results = hosts.head_relay(source, ["n1"], head_ssh=("false",))
+    assert not results["n1"].ok
+    assert str(results["n1"].error).startswith("lost n1 while sending: "), results["n1"].error
+
+
+def test_a_first_hop_lost_mid_stream_is_reported_with_sshs_words(hosts: Hosts, source: Path) -> None:
+    # An ssh that logged in, took half a megabyte, then lost its connection.
+    dropped = ("bash", "-c", f"echo '{MARKER}{{\"ev\": \"start\", \"host\": \"n1\"}}'; "
+               f"echo '{MARKER}{{\"ev\": \"ready\", \"host\": \"n1\"}}'; head -c 500000 > /dev/null; "
+               "echo 'Connection to n1 closed by remote host.' >&2; exit 255", "ssh")
+    results = hosts.head_relay(source, ["n1", "n2"], head_ssh=dropped)
+    assert results["n1"].error == "lost n1 while sending: Connection to n1 closed by remote host."
+    assert results["n2"].error == "no result: cut off behind a lost node"
+
+
 def test_a_partial_copy_is_resumed_from_where_it_stopped(hosts: Hosts, source: Path) -> None:
     (hosts.dir("n2") / "file.bin.partial").write_bytes(source.read_bytes()[:1_000_000])
     events = hosts.relay(source, ["n2"], offset=1_000_000)
@@ -132,21 +167,3 @@ def test_an_unreachable_next_hop_is_reported_lost_with_sshs_words(hosts: Hosts, 
     assert error_of(events, "dead") == "ssh: connect to host dead port 22: No route to host"
     assert (hosts.dir("n1") / "file.bin").read_bytes() == source.read_bytes()
 
-
-def test_warmed_ssh_masters_keep_their_sockets_where_only_this_user_can_enter(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    template = relay_hop.control_path()
-    directory = tmp_path / f"clusterkit-relay-{os.getuid()}"
-    assert template == f"{directory}/%C"
-    assert directory.stat().st_mode & 0o777 == 0o700
-
-
-def test_no_ssh_master_is_warmed_in_a_directory_others_can_enter(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    directory = tmp_path / f"clusterkit-relay-{os.getuid()}"
-    directory.mkdir()
-    directory.chmod(0o777)
-    assert relay_hop.control_path() is None
-    assert relay_hop.warm_up(["ssh"], "node2") is None
