@@ -314,7 +314,8 @@ def _send_over_openssh(run: _RelayRun, source: Path, offset: int, command: str, 
                     watchdog.alive()
             proc.stdin.close()
         except OSError as exc:  # ssh is gone: what it said says why
-            proc.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
             for reader in readers:
                 reader.join(timeout=5)
             run.first_lost(" | ".join(run.stderr_tail[-2:]) or exc.strerror or str(exc))
