@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, interpreter_path, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     add_hostfile_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="connect and check, print every action, change nothing")
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help=f"training interpreter (its bin/ goes first in PATH; default: {sys.executable})")
     parser.add_argument("--sync", metavar="DIR", type=Path,
                         help="mirror DIR to the same absolute path on every node (skipped on a shared FS)")

@@ -23,6 +23,7 @@ from clusterkit.commands.common import (
     add_ssh_arguments,
     add_trailing_args_parser,
     id_list,
+    interpreter_path,
     ssh_settings,
 )
 from clusterkit.commands.launch_slurm import launch_over_slurm
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
                "         clusterkit launch hostfile --print-only -- train.py   # print the line, run nothing",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_hostfile_arguments(parser, required=False)
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help="training env's interpreter, the same path on every node; its `deepspeed` script "
                              f"launches (default: this interpreter, {sys.executable})")
     parser.add_argument("--deepspeed-config", metavar="FILE",
