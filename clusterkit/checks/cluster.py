@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -133,16 +134,25 @@ def driver_versions_differ(view: ClusterView) -> Iterator[Problem]:
 
 
 @cluster_check("code-path-missing", Severity.ERROR, tags=("launcher", "cluster"),
-               why="pdsh runs `cd <launch directory>` on every node first: "
-                   "`bash: line 0: cd: /x: No such file or directory`",
+               why="pdsh runs `cd <launch directory>; <python> ... <script>` on every node: "
+                   "`bash: line 0: cd: /x: No such file or directory`, or the node's ranks stop with "
+                   "`can't open file '/x/train.py'` (exit 2)",
                fix="sync the code to the same path on every node (`clusterkit bootstrap --sync DIR`) or "
                    "launch from a shared filesystem")
 def code_path_missing(view: ClusterView) -> Iterator[Problem]:
-    """The directory jobs are launched from exists on every node."""
+    """The directory jobs are launched from, and the training script in it, exist on every node."""
     for name, facts in view.reachable().items():
         launcher = facts.launcher
-        if not isinstance(launcher, Unavailable) and launcher.cwd_exists is False:
+        if isinstance(launcher, Unavailable):
+            continue
+        if launcher.cwd_exists is False:
             yield Problem(f"launch directory {launcher.cwd} does not exist on {name}", where=name, host=name)
+        elif launcher.script_exists is False:
+            script = posixpath.join(launcher.cwd, str(launcher.script))
+            yield Problem(f"training script {script} does not exist on {name}: DeepSpeed's ranks there stop with "
+                          "`can't open file`", where=f"{name}:{script}", host=name,
+                          fix=f"copy {script} to {name}, or sync the project directory to every node "
+                              "(`clusterkit bootstrap HOSTFILE --sync DIR`) or launch from a filesystem they share")
 
 
 @cluster_check("clock-skew", Severity.WARNING, tags=("time", "cluster"),

@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_preflight:
         checked = preflight(PreflightRequest(
             hosts=hosts, hostfile=args.hostfile, python=python, settings=ssh_settings(args), timeout_s=args.timeout,
-            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config), err)
+            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config,
+            script=None if args.module else script), err)
         report = checked.report
         plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
         _show_preflight(report, args.hostfile, err)

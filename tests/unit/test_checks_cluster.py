@@ -91,3 +91,22 @@ def test_nccl_socket_ifname_is_read_from_the_launching_machine() -> None:
                                                         launch=login))
     assert [f.host for f in found] == ["node2"]
     assert "NCCL_SOCKET_IFNAME=ib0" in found[0].message
+
+
+def test_a_training_script_missing_on_a_node_is_an_error_naming_it() -> None:
+    # issue 19, M5: the launch directory exists everywhere, the script only on some nodes.
+    nodes: dict[str, Maybe[NodeFacts]] = {
+        "node2": node("node2", "10.0.0.12", cwd="/work", cwd_exists=True, script="train.py", script_exists=True),
+        "node3": node("node3", "10.0.0.13", cwd="/work", cwd_exists=True, script="train.py", script_exists=False),
+        "node4": node("node4", "10.0.0.14", cwd="/work", cwd_exists=False, script="train.py", script_exists=False)}
+    found = failed("code-path-missing", view("node2 slots=1\nnode3 slots=1\nnode4 slots=1\n", nodes))
+    assert [(f.host, f.message) for f in found] == [
+        ("node3", "training script /work/train.py does not exist on node3: DeepSpeed's ranks there stop with "
+                  "`can't open file`"),
+        ("node4", "launch directory /work does not exist on node4")]
+    assert found[0].where == "node3:/work/train.py"
+
+
+def test_no_script_named_leaves_only_the_launch_directory_to_judge() -> None:
+    nodes: dict[str, Maybe[NodeFacts]] = {"node2": node("node2", "10.0.0.12", cwd="/work", cwd_exists=True)}
+    assert failed("code-path-missing", view("node2 slots=1\n", nodes)) == []
