@@ -6,7 +6,7 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from clusterkit.checks.registry import ClusterView, cluster_check
+from clusterkit.checks.registry import ClusterView, cluster_check, deepspeed_exports
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
 from clusterkit.findings import NotApplicable, Problem, Severity
@@ -298,17 +298,6 @@ def _launching_machine(view: ClusterView) -> NodeFacts:
     return here
 
 
-def _launch_env(facts: NodeFacts) -> dict[str, str]:
-    """What DeepSpeed on this node exports to all ranks: its env, then ~/.deepspeed_env, then ./."""
-    values: dict[str, str] = {k: v for k, v in facts.env_vars.items() if k.startswith("NCCL_")}
-    if not isinstance(facts.launcher, Unavailable):
-        for file in facts.launcher.deepspeed_env_files:
-            if file.exists and not isinstance(file.lines, Unavailable):
-                entries, _ = parse_deepspeed_env(file.lines, file.path)
-                values.update(effective_values(entries))
-    return values
-
-
 @cluster_check("nccl-socket-ifname-unmatched", Severity.ERROR, tags=("nccl", "network", "cluster"),
                why="the launch node exports NCCL_SOCKET_IFNAME to every rank; a node where it matches no "
                    "interface with an address fails with `NCCL error: unhandled system error`",
@@ -316,7 +305,7 @@ def _launch_env(facts: NodeFacts) -> dict[str, str]:
                    "(`clusterkit bootstrap` picks one)")
 def nccl_socket_ifname_unmatched(view: ClusterView) -> Iterator[Problem]:
     """The NCCL_SOCKET_IFNAME the launch node exports selects an addressed interface on every node."""
-    spec = _launch_env(_launching_machine(view)).get("NCCL_SOCKET_IFNAME")
+    spec = deepspeed_exports(_launching_machine(view)).get("NCCL_SOCKET_IFNAME")
     if not spec:
         raise NotApplicable("NCCL_SOCKET_IFNAME is not set on the launching machine")
     for name, facts in view.reachable().items():
