@@ -159,6 +159,7 @@ def cmd_collect(args: argparse.Namespace) -> CollectReply:
         options.python = args.python
     if args.cwd:
         options.cwd = args.cwd
+    options.script = args.script
     facts = collect_node(options)
     deadline = time.monotonic() + args.timeout
     for thread in threads:
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="collect NodeFacts, and optionally probe other nodes meanwhile")
     collect.add_argument("--python", help="training interpreter to inspect")
     collect.add_argument("--cwd", help="directory jobs launch from")
+    collect.add_argument("--script", help="training script the launch runs (relative to --cwd)")
     collect.add_argument("--timeout", type=float, default=30.0)
     collect.add_argument("--fresh", action="store_true", help="probe the Python env even if a cached probe is valid")
     collect.add_argument("--peers", help="hostfile names whose known_hosts entries to read")

@@ -15,6 +15,7 @@ from clusterkit.checks.registry import (
     ClusterView,
     NodeContext,
     checks_for_machine,
+    deepspeed_exports,
     run_cluster_checks,
     run_node_checks,
 )
@@ -48,6 +49,9 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
     launch_name = probes.head if probes is not None else None
     local_only = probes is not None and probes.local_only
     via_slurm = probes is not None and probes.transport == "slurm"
+    here = probes.launch_facts if probes is not None else Unavailable("no survey")
+    # pdsh puts the launching machine's exports before every rank's command, over each node's own shell.
+    exports = None if local_only or via_slurm or isinstance(here, Unavailable) else deepspeed_exports(here)
     for host in hosts:
         node = facts.get(host.name, Unavailable("not collected"))
         if isinstance(node, Unavailable):
@@ -56,14 +60,13 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
         chosen = checks_for_machine(specs, node=True, launch=local_only and is_launch,
                                     launch_judged_apart=is_launch and not local_only)
         ctx = NodeContext(host=host.name, expected_gpus=len(host.slots), is_launch_node=is_launch,
-                          needs_sshd=not local_only and not via_slurm, multi_node=not local_only, via_slurm=via_slurm)
+                          needs_sshd=not local_only and not via_slurm, multi_node=not local_only, via_slurm=via_slurm,
+                          launch_exports=exports)
         findings += run_node_checks(chosen, node, ctx)
-    if probes is not None and launch_name is not None and not local_only:
-        here = probes.launch_facts
-        if not isinstance(here, Unavailable):
-            ctx = NodeContext(host=launch_name, is_launch_node=True, via_slurm=via_slurm,
-                              needs_sshd=probes.head_in_hostfile and not via_slurm)
-            findings += run_node_checks(checks_for_machine(specs, node=False, launch=True), here, ctx)
+    if probes is not None and launch_name is not None and not local_only and not isinstance(here, Unavailable):
+        ctx = NodeContext(host=launch_name, is_launch_node=True, via_slurm=via_slurm,
+                          needs_sshd=probes.head_in_hostfile and not via_slurm)
+        findings += run_node_checks(checks_for_machine(specs, node=False, launch=True), here, ctx)
     findings += run_cluster_checks(specs, ClusterView(hosts=hosts, nodes=facts, probes=probes, hostfile=hostfile))
     return DoctorReport(hosts=[h.name for h in hosts], facts=facts, findings=findings, hostfile=hostfile,
                         started_at=started, duration_s=time.time() - started)

@@ -15,6 +15,7 @@ handling: ``# K=v`` becomes ``export # K=v;``, which comments out the whole remo
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -190,6 +191,20 @@ def _check_value(key: str, value: str, number: int, quotes_values: bool, problem
                 "PATH replaces the remote PATH entirely (no $PATH, /usr/bin or /bin): gcc, ninja and "
                 "other tools may not be found on the nodes", f"append the old PATH: PATH={value}:$PATH",
                 False)
+    relative = relative_path_entries(value) if key == "PATH" else []
+    if relative:
+        shown = ", ".join(repr(entry) for entry in relative)
+        problem(number, "path-relative",
+                f"PATH entry {shown} is not an absolute path: each rank's shell looks it up from the directory it "
+                "runs in (the launch directory), so the tools it should provide (the env's ninja) are not found "
+                "there", f"write the absolute path on line {number} (`clusterkit bootstrap --python /abs/env/bin/"
+                "python` rewrites the env's entry)", False)
+
+
+def relative_path_entries(value: str) -> list[str]:
+    """The entries of a PATH value that are not absolute ('' is the current directory to a shell);
+    ``$VAR`` entries are expanded by the remote shell and count as absolute."""
+    return [entry for entry in value.split(":") if not entry.startswith(("/", "$"))]
 
 
 def _ends_with_odd_backslashes(value: str) -> bool:
@@ -315,17 +330,34 @@ def repair_deepspeed_env(lines: Sequence[str], path: str) -> tuple[list[DsEnvEnt
     return kept, notes
 
 
+def _names_same_dir(relative: str, absolute: str) -> bool:
+    """Whether a relative PATH entry is ``absolute`` spelt from some directory above it
+    (``envs/small/bin`` for ``/home/me/envs/small/bin``): how a relative ``--python`` was once written."""
+    tail = posixpath.normpath(relative)
+    return tail not in (".", "..") and not tail.startswith("../") and \
+        posixpath.normpath(absolute).endswith("/" + tail)
+
+
 def merge_path(existing: str | None, first: str, launch_path: Sequence[str]) -> tuple[str, list[str]]:
-    """PATH with ``first`` (the env's bin) at the front, the user's own entries kept in their order,
-    then the launching shell's entries not yet there; and what that changed, in words."""
+    """PATH with ``first`` (the env's bin, absolute) at the front, the user's own entries kept in their
+    order, then the launching shell's absolute entries not yet there; and what that changed, in words.
+
+    A relative entry naming ``first`` (written from an earlier relative ``--python``) is replaced by it.
+    """
+    if not first.startswith("/"):
+        raise ValueError(f"the env's bin directory must be an absolute path, not {first!r}")
     mine = [p for p in (existing or "").split(":") if p]
-    merged = list(dict.fromkeys([first, *mine, *(p for p in launch_path if p)]))
+    mended = [p for p in mine if not p.startswith(("/", "$")) and _names_same_dir(p, first)]
+    kept_mine = [p for p in mine if p not in mended]
+    merged = list(dict.fromkeys([first, *kept_mine, *(p for p in launch_path if p.startswith("/"))]))
     if existing is not None and merged == mine:
         return existing, []
     if existing is None:
         return ":".join(merged), [f"PATH set: {first} first, then this shell's PATH"]
     words = [f"{first} put first" if first in mine else f"{first} added first"]
-    kept = [p for p in mine if p != first]
+    if mended:
+        words.append(f"replaced the relative {', '.join(mended)} by it")
+    kept = [p for p in kept_mine if p != first]
     if kept:
         words.append(f"kept {', '.join(kept)}")
     added = [p for p in merged if p not in mine and p != first]

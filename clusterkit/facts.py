@@ -367,6 +367,10 @@ class LauncherFacts:
     cwd: str
     #: Whether ``cwd`` exists here: DeepSpeed's pdsh launcher runs ``cd <launch dir>`` on every node.
     cwd_exists: Maybe[bool] = Unavailable("not collected")
+    #: The training script as the launch names it (relative to ``cwd``), when a launch is being checked.
+    script: Maybe[str] = Unavailable("no training script named")
+    #: Whether that script is a file here: every node's launcher runs ``<python> ... <script>`` from ``cwd``.
+    script_exists: Maybe[bool] = Unavailable("no training script named")
     ssh_trust: Maybe[SshTrustFacts] = Unavailable("not collected")
 
 

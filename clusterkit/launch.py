@@ -60,6 +60,8 @@ class PreflightRequest:
     #: Doctor check ids/tags and config rule ids to leave out.
     skip: Sequence[str] = ()
     config: ConfigToCheck | None = None
+    #: The training script as the launch line names it (relative to this directory); None for a module.
+    script: str | None = None
     #: Reach the nodes through srun in this allocation (the hosts are its nodes) instead of SSH.
     slurm: Allocation | None = None
     #: What the launch will ask of Slurm, for the Slurm checks to weigh against the allocation.
@@ -82,7 +84,8 @@ def preflight(request: PreflightRequest, console: Console | None = None) -> Pref
     skip = [name for name in request.skip if name not in rules] + list(NOT_FOR_A_LAUNCH)
     specs = select_checks(skip=skip)
     options = SurveyOptions(python=request.python, timeout_s=request.timeout_s, master_addr=request.master_addr,
-                            master_port=AUTO_PORT if request.master_port is None else request.master_port)
+                            master_port=AUTO_PORT if request.master_port is None else request.master_port,
+                            script=request.script)
     started = time.time()
     facts, probes = survey_cluster(request.hosts, request.settings, options, console, request.slurm)
     if request.slurm_intent is not None and not isinstance(probes.slurm, Unavailable):

@@ -81,6 +81,14 @@ class SurveyOptions:
     mesh: str = "static"
     #: Re-probe every Python env even where the cached probe is still valid.
     fresh: bool = False
+    #: The training script a launch will run (relative to ``cwd``): whether each node has it is read too.
+    script: str | None = None
+
+    def collect_args(self) -> list[str]:
+        """The agent's ``collect`` arguments for these options, before any probe of its own."""
+        return (["collect", "--python", self.python, "--cwd", self.cwd,
+                 "--timeout", f"{max(5.0, self.timeout_s - 5.0):g}"] + (["--fresh"] if self.fresh else [])
+                + (["--script", self.script] if self.script else []))
 
 
 def login_targets(names: list[str], host: str, mesh: str, head: str | None = None) -> list[str]:
@@ -120,8 +128,7 @@ def _read_node(host: str, names: list[str], settings: SshSettings, options: Surv
     try:
         with connect(host, settings) as conn:
             progress.update(host, "collecting")
-            args = ["collect", "--python", options.python, "--cwd", options.cwd,
-                    "--timeout", f"{max(5.0, options.timeout_s - 5.0):g}"] + (["--fresh"] if options.fresh else [])
+            args = options.collect_args()
             if options.probes:
                 if first:
                     _read_master(conn, host, options, master)
@@ -193,7 +200,8 @@ def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> M
 
     try:
         return collect_node(CollectOptions(python=options.python, cwd=options.cwd, sections=sections,
-                                           section_timeout_s=options.timeout_s, use_probe_cache=not options.fresh))
+                                           section_timeout_s=options.timeout_s, use_probe_cache=not options.fresh,
+                                           script=options.script))
     except Exception as exc:  # collectors never raise; this guards the facts' own assembly
         return Unavailable(f"could not read this machine's facts: {type(exc).__name__}: {exc}")
 

@@ -151,8 +151,7 @@ def survey_over_slurm(hosts: Sequence[ActiveHost], alloc: Allocation, options: S
         addresses: list[str] = []
         port = options.master_port
         master_error = "no node to probe" if not runnable else ""
-        args = ["collect", "--python", options.python, "--cwd", options.cwd,
-                "--timeout", f"{max(5.0, options.timeout_s - 5.0):g}"] + (["--fresh"] if options.fresh else [])
+        args = options.collect_args()
         per_node: dict[str, list[str]] = {}
         if options.probes and runnable:
             addresses, port, master_error = _master_step(alloc, runnable[0], options, min(30.0, step_timeout))

@@ -22,6 +22,7 @@ from clusterkit.bootstrap.context import (
 )
 from clusterkit.bootstrap.files import Edit, edit_home_file, edit_local_file
 from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.bootstrap.sync_rules import parse_hidden, rsync_excludes, without_hidden
 from clusterkit.dsenv import update_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
 from clusterkit.remote import RemoteError, connect, fan_out
@@ -121,6 +122,7 @@ def code_sync(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     source = ctx.sync_dir.resolve()
     shared = _shared_with(ctx, source, spec)
     rsync_ssh = rsync_rsh(ctx.settings)
+    left_out: set[str] = set()
 
     def ensure(host: str) -> NodeOutcome:
         if shared.get(host) == "shared":
@@ -128,12 +130,14 @@ def code_sync(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         if shared.get(host) == "no-rsync":
             return NodeOutcome(FAILED, error=f"rsync is not installed on {host}",
                                fix=f"on {host}: sudo apt-get install -y rsync")
-        base = ["rsync", "-a", "-e", rsync_ssh, f"{source}/", f"{host}:{source}/"]
-        dry = subprocess.run([*base[:2], "--dry-run", "--itemize-changes", *base[2:]], capture_output=True,
-                             text=True, timeout=spec.timeout_s)
+        base = ["rsync", "-a", *rsync_excludes(), "-e", rsync_ssh, f"{source}/", f"{host}:{source}/"]
+        # --debug=FILTER1 names every path an exclude left out, so the run can say what stayed here.
+        dry = subprocess.run([*base[:2], "--dry-run", "--itemize-changes", "--debug=FILTER1", *base[2:]],
+                             capture_output=True, text=True, timeout=spec.timeout_s)
         if dry.returncode != 0:
             raise RemoteError(f"rsync to {host} failed: {' | '.join(dry.stderr.strip().splitlines()[-2:])}")
-        changes = [ln for ln in dry.stdout.splitlines() if ln.strip()]
+        left_out.update(parse_hidden(dry.stdout))
+        changes = without_hidden(dry.stdout)
         if not changes:
             return NodeOutcome(OK, [f"{source} up to date"])
         if ctx.dry_run:
@@ -144,9 +148,15 @@ def code_sync(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
         return NodeOutcome(CHANGED, [f"copied {len(changes)} item(s) to {source}"])
 
     report = ctx.per_node(spec, ensure)
+    notes = []
     sharing = [h for h, state in shared.items() if state == "shared"]
     if sharing:
-        report.note = f"{source} is on a filesystem this machine shares with {', '.join(sharing)}"
+        notes.append(f"{source} is on a filesystem this machine shares with {', '.join(sharing)}")
+    if left_out:
+        shown = sorted(left_out)
+        notes.append(f"not copied (private keys, credentials and clusterkit's state stay on each machine): "
+                     f"{', '.join(shown[:12])}" + (f" and {len(shown) - 12} more" if len(shown) > 12 else ""))
+    report.note = "; ".join(notes)
     return report
 
 

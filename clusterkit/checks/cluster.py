@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from clusterkit.checks.registry import ClusterView, cluster_check
+from clusterkit.checks.registry import ClusterView, cluster_check, deepspeed_exports
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import NodeFacts, Unavailable
 from clusterkit.findings import NotApplicable, Problem, Severity
@@ -133,16 +134,25 @@ def driver_versions_differ(view: ClusterView) -> Iterator[Problem]:
 
 
 @cluster_check("code-path-missing", Severity.ERROR, tags=("launcher", "cluster"),
-               why="pdsh runs `cd <launch directory>` on every node first: "
-                   "`bash: line 0: cd: /x: No such file or directory`",
+               why="pdsh runs `cd <launch directory>; <python> ... <script>` on every node: "
+                   "`bash: line 0: cd: /x: No such file or directory`, or the node's ranks stop with "
+                   "`can't open file '/x/train.py'` (exit 2)",
                fix="sync the code to the same path on every node (`clusterkit bootstrap --sync DIR`) or "
                    "launch from a shared filesystem")
 def code_path_missing(view: ClusterView) -> Iterator[Problem]:
-    """The directory jobs are launched from exists on every node."""
+    """The directory jobs are launched from, and the training script in it, exist on every node."""
     for name, facts in view.reachable().items():
         launcher = facts.launcher
-        if not isinstance(launcher, Unavailable) and launcher.cwd_exists is False:
+        if isinstance(launcher, Unavailable):
+            continue
+        if launcher.cwd_exists is False:
             yield Problem(f"launch directory {launcher.cwd} does not exist on {name}", where=name, host=name)
+        elif launcher.script_exists is False:
+            script = posixpath.join(launcher.cwd, str(launcher.script))
+            yield Problem(f"training script {script} does not exist on {name}: DeepSpeed's ranks there stop with "
+                          "`can't open file`", where=f"{name}:{script}", host=name,
+                          fix=f"copy {script} to {name}, or sync the project directory to every node "
+                              "(`clusterkit bootstrap HOSTFILE --sync DIR`) or launch from a filesystem they share")
 
 
 @cluster_check("clock-skew", Severity.WARNING, tags=("time", "cluster"),
@@ -288,17 +298,6 @@ def _launching_machine(view: ClusterView) -> NodeFacts:
     return here
 
 
-def _launch_env(facts: NodeFacts) -> dict[str, str]:
-    """What DeepSpeed on this node exports to all ranks: its env, then ~/.deepspeed_env, then ./."""
-    values: dict[str, str] = {k: v for k, v in facts.env_vars.items() if k.startswith("NCCL_")}
-    if not isinstance(facts.launcher, Unavailable):
-        for file in facts.launcher.deepspeed_env_files:
-            if file.exists and not isinstance(file.lines, Unavailable):
-                entries, _ = parse_deepspeed_env(file.lines, file.path)
-                values.update(effective_values(entries))
-    return values
-
-
 @cluster_check("nccl-socket-ifname-unmatched", Severity.ERROR, tags=("nccl", "network", "cluster"),
                why="the launch node exports NCCL_SOCKET_IFNAME to every rank; a node where it matches no "
                    "interface with an address fails with `NCCL error: unhandled system error`",
@@ -306,7 +305,7 @@ def _launch_env(facts: NodeFacts) -> dict[str, str]:
                    "(`clusterkit bootstrap` picks one)")
 def nccl_socket_ifname_unmatched(view: ClusterView) -> Iterator[Problem]:
     """The NCCL_SOCKET_IFNAME the launch node exports selects an addressed interface on every node."""
-    spec = _launch_env(_launching_machine(view)).get("NCCL_SOCKET_IFNAME")
+    spec = deepspeed_exports(_launching_machine(view)).get("NCCL_SOCKET_IFNAME")
     if not spec:
         raise NotApplicable("NCCL_SOCKET_IFNAME is not set on the launching machine")
     for name, facts in view.reachable().items():

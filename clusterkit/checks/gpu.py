@@ -70,6 +70,19 @@ def cpu_only_run(facts: NodeFacts) -> str | None:
     return None
 
 
+def gpu_need_unknown(facts: NodeFacts) -> str | None:
+    """Why it cannot be told whether this node should have GPUs (None: it can): none is visible and the
+    training env, whose torch build says whether this is a CPU run, could not be read."""
+    if gpus_present(facts) or cpu_only_run(facts) or "DS_ACCELERATOR" in facts.env_vars:
+        return None
+    env = facts.python_env
+    why = env.reason if not known(env) else (
+        f"{env.interpreter} does not exist here (interpreter-missing)" if not env.exists else
+        None if known(env.torch_cuda) else f"torch in {env.interpreter}: {env.torch_cuda.reason}")
+    return f"no GPU is visible and the training env could not be read ({why}): whether this node should " \
+           "have GPUs is unknown" if why else None
+
+
 def node_gpus(facts: NodeFacts) -> list[GpuFacts]:
     """The GPUs NVML read, or skip the check saying why there are none to judge."""
     nvidia = require(facts.nvidia, "NVIDIA facts")
@@ -124,7 +137,7 @@ def _gib(value: int) -> str:
                 "pip install nvidia-ml-py")
 def check_nvml_unavailable(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
     """NVML answers on a node that has (or should have) NVIDIA GPUs."""
-    reason = cpu_only_run(facts)
+    reason = cpu_only_run(facts) or gpu_need_unknown(facts)
     if not known(facts.nvidia):
         if ctx.expected_gpus and not reason:
             yield Problem(f"GPU facts could not be collected ({facts.nvidia.reason}) but the hostfile "
@@ -153,6 +166,9 @@ def _gpu_count(facts: NodeFacts, ctx: NodeContext) -> tuple[int, int]:
     reason = cpu_only_run(facts)
     if reason:
         raise NotApplicable(f"{reason}: slots are CPU processes")
+    unknown = gpu_need_unknown(facts)
+    if unknown:
+        raise NotApplicable(unknown)
     nvidia = require(facts.nvidia, "NVIDIA facts")
     count = len(nvidia.gpus) if known(nvidia.gpus) else len(gpu_device_files(nvidia))
     return count, ctx.expected_gpus

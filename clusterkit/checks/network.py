@@ -174,18 +174,40 @@ def check_socket_ifname(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]
     if not values:
         raise NotApplicable("NCCL_SOCKET_IFNAME is not set")
     nics = require(require(facts.network, "network facts").nics, "network interfaces")
-    here = ", ".join(sorted(nic.name for nic in nics))
+    exported = (ctx.launch_exports or {}).get("NCCL_SOCKET_IFNAME")
     for where, value in values:
-        names = set(select_interfaces(value.strip(), [nic.name for nic in nics]))
-        # An exclusion list that leaves only lo leaves nothing that reaches other nodes.
-        excluding = value.strip().startswith("^")
-        chosen = [nic for nic in nics if nic.name in names and not (excluding and nic.kind == "loopback")]
-        if not chosen:
-            yield Problem(f"NCCL_SOCKET_IFNAME={value} selects no interface on this node (it has: {here})",
-                          where=where)
-        elif not any(_iface_up(nic) for nic in chosen):
-            yield Problem(f"NCCL_SOCKET_IFNAME={value} selects only interfaces that are down "
-                          f"({', '.join(nic.name for nic in chosen)})", where=where)
+        wrong = _unselectable(value, nics)
+        if wrong is None:
+            continue
+        # Judged by what the ranks get: pdsh runs the launching machine's exports after this node's
+        # shell startup, and this node's own .deepspeed_env is read only by a launch from here.
+        if where == "environment" and exported and exported != value:
+            yield Problem(f"{wrong}, in this node's shell environment (its startup files); DeepSpeed's launcher "
+                          f"overrides it with NCCL_SOCKET_IFNAME={exported} from the launching machine, so it "
+                          "matters only to programs started outside DeepSpeed's launcher (torchrun, mpirun)",
+                          where=where, severity=Severity.WARNING,
+                          fix=f"correct or remove the NCCL_SOCKET_IFNAME export in {ctx.host}'s shell startup "
+                              "file (~/.bashrc or /etc/environment)")
+        elif where != "environment" and not ctx.is_launch_node:
+            yield Problem(f"{wrong} (this matters when a job is launched from {ctx.host}: DeepSpeed reads "
+                          ".deepspeed_env only where it is launched)", where=where, severity=Severity.WARNING)
+        else:
+            yield Problem(wrong, where=where)
+
+
+def _unselectable(value: str, nics: list[NicFacts]) -> str | None:
+    """Why NCCL_SOCKET_IFNAME=``value`` gives NCCL no usable interface on these NICs, or None."""
+    names = set(select_interfaces(value.strip(), [nic.name for nic in nics]))
+    # An exclusion list that leaves only lo leaves nothing that reaches other nodes.
+    excluding = value.strip().startswith("^")
+    chosen = [nic for nic in nics if nic.name in names and not (excluding and nic.kind == "loopback")]
+    if not chosen:
+        return f"NCCL_SOCKET_IFNAME={value} selects no interface on this node (it has: " \
+               f"{', '.join(sorted(nic.name for nic in nics))})"
+    if not any(_iface_up(nic) for nic in chosen):
+        return f"NCCL_SOCKET_IFNAME={value} selects only interfaces that are down " \
+               f"({', '.join(nic.name for nic in chosen)})"
+    return None
 
 
 @node_check("nccl-socket-ifname-unset", Severity.INFO, tags=("network", "nccl"),
@@ -197,6 +219,9 @@ def check_socket_ifname_unset(facts: NodeFacts, ctx: NodeContext) -> Iterator[Pr
     """NCCL_SOCKET_IFNAME is set where several interfaces could carry NCCL traffic."""
     if _socket_ifname_values(facts):
         raise NotApplicable("NCCL_SOCKET_IFNAME is set")
+    exported = (ctx.launch_exports or {}).get("NCCL_SOCKET_IFNAME")
+    if exported:
+        raise NotApplicable(f"the launching machine exports NCCL_SOCKET_IFNAME={exported} to every rank")
     nics = require(require(facts.network, "network facts").nics, "network interfaces")
     candidates = [nic for nic in nics if nic.kind != "loopback" and not nic.name.startswith(DEFAULT_EXCLUDED_PREFIXES)
                   and _iface_up(nic) and nic.ipv4]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
 from clusterkit.inventory import ActiveHost
@@ -46,6 +47,9 @@ class NodeContext:
     multi_node: bool = True
     #: Ranks are started by srun inside a Slurm allocation: no pdsh, no SSH between nodes.
     via_slurm: bool = False
+    #: What DeepSpeed's runner on the launching machine exports to every rank here, over the node's own
+    #: shell environment (see :func:`deepspeed_exports`); None where that is unknown or nothing is exported.
+    launch_exports: Mapping[str, str] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -64,6 +68,19 @@ class ClusterView:
         """Facts of the nodes that answered, in hostfile order."""
         return {h.name: f for h in self.hosts
                 if not isinstance(f := self.nodes.get(h.name, Unavailable("missing")), Unavailable)}
+
+
+def deepspeed_exports(facts: NodeFacts) -> dict[str, str]:
+    """What DeepSpeed's runner on this machine exports to every rank: its ``NCCL_*`` environment, then
+    ``~/.deepspeed_env``, then ``./.deepspeed_env`` (later wins); pdsh runs the exports after each
+    node's shell startup files, so they override what those set."""
+    values: dict[str, str] = {k: v for k, v in facts.env_vars.items() if k.startswith("NCCL_")}
+    if not isinstance(facts.launcher, Unavailable):
+        for file in facts.launcher.deepspeed_env_files:
+            if file.exists and not isinstance(file.lines, Unavailable):
+                entries, _ = parse_deepspeed_env(file.lines, file.path)
+                values.update(effective_values(entries))
+    return values
 
 
 NodeCheckFn = Callable[[NodeFacts, NodeContext], Iterable[Problem]]

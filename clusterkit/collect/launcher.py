@@ -212,6 +212,16 @@ def _is_dir(path: Path) -> Maybe[bool]:
         return Unavailable(f"{path}: {exc.strerror or exc}")
 
 
+def _script_exists(options: CollectOptions) -> Maybe[bool]:
+    """Whether the training script is a file here, looked up from the launch directory as the launcher does."""
+    if not options.script:
+        return Unavailable("no training script named")
+    try:
+        return Path(options.cwd, options.script).is_file()
+    except OSError as exc:  # pragma: no cover - is_file() swallows most errors itself
+        return Unavailable(f"{options.script}: {exc.strerror or exc}")
+
+
 def _which(program: str, environ: Mapping[str, str]) -> Maybe[str]:
     found = shutil.which(program, path=environ.get("PATH", ""))
     return found if found else Unavailable(f"{program} not found on PATH")
@@ -255,5 +265,7 @@ def collect_launcher(options: CollectOptions, proc_root: str = "/proc",
         deepspeed_env_files=[read_text_file(path) for path in deepspeed_env_paths(env, home, options.cwd)],
         cwd=options.cwd,
         cwd_exists=_is_dir(Path(options.cwd)),
+        script=options.script or Unavailable("no training script named"),
+        script_exists=_script_exists(options),
         ssh_trust=collect_ssh_trust(home, options.peers, sshd_config_path, served=_served_keys(options)),
     )

@@ -18,6 +18,8 @@ class CollectOptions:
     python: str = field(default_factory=lambda: sys.executable)
     #: The directory jobs are launched from (code path); ``.deepspeed_env`` is looked up there too.
     cwd: str = field(default_factory=os.getcwd)
+    #: The training script a launch will run, as named (relative to ``cwd``); None when none is named.
+    script: str | None = None
     #: Deadline for one section; the slowest section (Python env probe) sets the node's wall time.
     section_timeout_s: float = 30.0
     #: Deadline for a single NVML call: NVML hangs when the driver or a GPU is wedged.

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from clusterkit.commands.common import add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_ssh_arguments, interpreter_path, ssh_settings
 from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.facts import Maybe, NodeFacts, Unavailable
@@ -96,7 +96,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", default="", metavar="SPEC", help="DeepSpeed --exclude filter")
     parser.add_argument("--slots", type=int, default=1, metavar="N",
                         help="ranks on this machine when there is no hostfile (default 1)")
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help=f"training env's interpreter, the same path on every node (default: {sys.executable})")
     parser.add_argument("--deadline", type=float, default=300.0, metavar="SECONDS",
                         help="the whole launch is killed after this long, hung ranks included (default 300)")

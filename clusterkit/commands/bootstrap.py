@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, interpreter_path, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 
@@ -32,10 +32,14 @@ def register(subparsers: Any) -> None:
     add_hostfile_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="connect and check, print every action, change nothing")
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help=f"training interpreter (its bin/ goes first in PATH; default: {sys.executable})")
     parser.add_argument("--sync", metavar="DIR", type=Path,
-                        help="mirror DIR to the same absolute path on every node (skipped on a shared FS)")
+                        help="mirror DIR to the same absolute path on every node (skipped on a shared FS); "
+                             "private keys, credentials and clusterkit's state are never copied")
+    parser.add_argument("--sync-home", action="store_true",
+                        help="allow --sync of your home directory (or a directory holding it), which is "
+                             "refused otherwise")
     parser.add_argument("--install-packages", action="store_true",
                         help="install missing pdsh with the OS package manager (root or passwordless sudo)")
     parser.add_argument("--playbook", metavar="FILE", help="another playbook (default: playbooks/bootstrap.yaml)")
@@ -47,12 +51,17 @@ def run(args: argparse.Namespace) -> int:
     from clusterkit.bootstrap.context import BootstrapContext, terminal_password_prompt
     from clusterkit.bootstrap.playbook import load_playbook
     from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded, summary_table
+    from clusterkit.bootstrap.sync_rules import home_refusal
     from clusterkit.launchsite import launch_place
 
     hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
     steps = load_playbook(args.playbook, step_needs())
     if args.sync is not None and not args.sync.is_dir():
         raise UsageError(f"--sync {args.sync}: not a directory on this machine")
+    if args.sync is not None and not args.sync_home and (refusal := home_refusal(args.sync, Path.home())):
+        raise UsageError(refusal)
+    if args.sync_home and args.sync is None:
+        raise UsageError("--sync-home allows --sync of a home directory; give --sync DIR too")
     python = args.python or sys.executable
     if not os.access(python, os.X_OK) or not Path(python).is_file():
         raise UsageError(f"--python {python}: no such interpreter on this machine. DeepSpeed's runner starts "

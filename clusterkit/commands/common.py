@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import UsageError
@@ -46,6 +47,13 @@ def add_ssh_arguments(parser: Any, password: bool = False) -> None:
                            help="prompt once for the SSH password of nodes that do not take your key yet")
         group.add_argument("--password-env", metavar="VAR",
                            help="read that SSH password from environment variable VAR (never stored)")
+
+
+def interpreter_path(text: str) -> str:
+    """``--python`` values: made absolute against the current directory (symlinks kept: a venv's
+    python is one). The path travels to every node and into ``.deepspeed_env``, where a relative one
+    would be read against whatever directory a command happens to run in."""
+    return str(Path(text).expanduser().absolute())
 
 
 def id_list(text: str) -> list[str]:

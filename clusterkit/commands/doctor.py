@@ -20,7 +20,13 @@ from clusterkit.checks.registry import (
     CheckSpec,
     select_checks,
 )
-from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, id_list, ssh_settings
+from clusterkit.commands.common import (
+    add_hostfile_arguments,
+    add_ssh_arguments,
+    id_list,
+    interpreter_path,
+    ssh_settings,
+)
 from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode, UsageError
@@ -39,7 +45,7 @@ def register(subparsers: Any) -> None:
                     "and the command that fixes it. Without HOSTFILE, checks this machine.",
     )
     add_hostfile_arguments(parser, required=False)
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help="training interpreter to inspect on every node (default: this interpreter, "
                              f"{sys.executable})")
     parser.add_argument("--json", action="store_true", help="print the JSON report (docs/doctor-json.md)")

@@ -23,6 +23,7 @@ from clusterkit.commands.common import (
     add_ssh_arguments,
     add_trailing_args_parser,
     id_list,
+    interpreter_path,
     ssh_settings,
 )
 from clusterkit.commands.launch_slurm import launch_over_slurm
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
                "         clusterkit launch hostfile --print-only -- train.py   # print the line, run nothing",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_hostfile_arguments(parser, required=False)
-    parser.add_argument("--python", metavar="PATH",
+    parser.add_argument("--python", metavar="PATH", type=interpreter_path,
                         help="training env's interpreter, the same path on every node; its `deepspeed` script "
                              f"launches (default: this interpreter, {sys.executable})")
     parser.add_argument("--deepspeed-config", metavar="FILE",
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_preflight:
         checked = preflight(PreflightRequest(
             hosts=hosts, hostfile=args.hostfile, python=python, settings=ssh_settings(args), timeout_s=args.timeout,
-            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config), err)
+            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config,
+            script=None if args.module else script), err)
         report = checked.report
         plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
         _show_preflight(report, args.hostfile, err)

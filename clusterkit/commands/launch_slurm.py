@@ -89,7 +89,8 @@ def launch_over_slurm(args: argparse.Namespace, base: LaunchPlan, config: Config
             checked = preflight(PreflightRequest(
                 hosts=hosts, hostfile=nodes.path, python=base.python, timeout_s=args.timeout,
                 master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config,
-                slurm=alloc, slurm_intent=_intent(args, launcher, hosts, cpus, base.script_args)), err)
+                script=None if base.module else base.script, slurm=alloc,
+                slurm_intent=_intent(args, launcher, hosts, cpus, base.script_args)), err)
             base.master_addr, base.master_port = checked.master_addr, checked.master_port
             show_preflight(checked.report, nodes.path, err)
             if checked.report.has_errors and not args.force:

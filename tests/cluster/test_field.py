@@ -296,3 +296,104 @@ def test_a_changed_host_key_is_named_on_its_node_in_the_summary(site: Site) -> N
 def _json(result: CommandResult) -> dict[str, Any]:
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+# --- Field test 2 (issue 19): bootstrap, the doctor's judgements and launch's preflight ---------------
+
+
+def from_dir(site: Site, directory: str, args: str, timeout: float = 300) -> CommandResult:
+    """``clusterkit ARGS`` on the login node, typed in ``directory`` as a user there would."""
+    return site.login.run(f"cd {directory} && {shlex.quote(sys.executable)} -m clusterkit {args}", timeout=timeout)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dsenv_path(node: Node) -> list[str]:
+    values = dict(line.split("=", 1) for line in node.read_file("/home/ckuser/.deepspeed_env").splitlines())
+    return values["PATH"].split(":")
+
+
+def test_a_relative_python_is_written_as_its_absolute_path(site: Site) -> None:
+    # issue 19, W6: `--python envs/small/bin/python` became a relative PATH entry on every node.
+    site.login.run("sed -i 's#^PATH=#PATH=ckenv/bin:#' ~/.deepspeed_env", check=True)  # as written before
+    report = doctor_json(site.cluster, site.python, "--no-probes", head=site.login)
+    risky = [f["message"] for f in failures(report, "dsenv-risky")]
+    assert any("PATH entry 'ckenv/bin' is not an absolute path" in m for m in risky), risky
+    ran = from_dir(site, "/opt", "bootstrap ~/hostfile --python ckenv/bin/python --connect-timeout 3")
+    assert ran.rc == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert f"--python {site.python}" in ran.stdout
+    for node in [site.login, *site.workers]:
+        entries = _dsenv_path(node)
+        assert entries[0] == "/opt/ckenv/bin", (node.name, entries)
+        assert all(entry.startswith("/") for entry in entries), (node.name, entries)
+
+
+def test_a_node_without_the_training_env_is_not_said_to_lack_gpus(site: Site) -> None:
+    # issue 19, W11: the GPUs of a node whose env is missing are unknown, not missing.
+    node3 = site.workers[1]
+    node3.run("mv /opt/ckenv /opt/ckenv.hidden", user="root", check=True)
+    try:
+        report = doctor_json(site.cluster, site.python, "--no-probes", head=site.login)
+    finally:
+        node3.run("mv /opt/ckenv.hidden /opt/ckenv", user="root", check=True)
+    assert [f["host"] for f in failures(report, "interpreter-missing")] == ["node3"]
+    assert failures(report, "gpu-count-below-slots") == []
+    assert failures(report, "nvml-unavailable") == []
+
+
+def test_a_training_script_only_on_the_launching_machine_stops_the_launch(site: Site) -> None:
+    # issue 19, M5: DeepSpeed's ranks fail with `can't open file` where the script is missing.
+    for node in site.workers:
+        node.run("mkdir -p /tmp/job", check=True)
+    site.login.put_file("/tmp/job/train.py", "print('trained')\n")
+    launch = f"launch ~/hostfile --python {site.python} --connect-timeout 3 --print-only -- train.py"
+    stopped = from_dir(site, "/tmp/job", launch)
+    assert stopped.rc == 1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    said = _flat(stopped.stderr)
+    assert "code-path-missing" in said
+    assert "training script /tmp/job/train.py does not exist on node[2-4]" in said
+    for node in site.workers:
+        node.put_file("/tmp/job/train.py", "print('trained')\n")
+    line = from_dir(site, "/tmp/job", launch)
+    assert line.rc == 0, line.stdout[-3000:] + line.stderr[-3000:]
+
+
+def test_a_wrong_ifname_in_a_nodes_shell_startup_is_a_warning_when_the_launcher_overrides_it(site: Site) -> None:
+    # issue 19, M8: the launching machine's .deepspeed_env exports NCCL_SOCKET_IFNAME=eth0 to every rank.
+    node2 = site.workers[0]
+    node2.run("echo 'export NCCL_SOCKET_IFNAME=ib9' >> ~/.bashrc", check=True)
+    try:
+        report = doctor_json(site.cluster, site.python, "--no-probes", head=site.login)
+    finally:
+        node2.run("sed -i '/NCCL_SOCKET_IFNAME=ib9/d' ~/.bashrc", check=True)
+    found = failures(report, "nccl-socket-ifname-missing")
+    assert [(f["host"], f["severity"]) for f in found] == [("node2", "warning")], found
+    assert "overrides it with NCCL_SOCKET_IFNAME=eth0" in found[0]["message"]
+    assert [f for f in report["findings"] if f["outcome"] == "fail" and f["severity"] == "error"] == []
+
+
+def test_a_home_directory_is_synced_only_when_asked_and_never_its_secrets(site: Site) -> None:
+    # issue 19, W4: `bootstrap --sync .` from ~ gave every node the head's private key and home-id.
+    def secrets(node: Node) -> tuple[str, str]:
+        return (node.read_file("/home/ckuser/.ssh/id_ed25519"), node.read_file("/home/ckuser/.clusterkit/home-id"))
+
+    before = {node.name: secrets(node) for node in site.workers}
+    site.login.put_file("/home/ckuser/notes.txt", "mine\n")
+    sync = f"bootstrap ~/hostfile --python {site.python} --connect-timeout 3 --sync ."
+    for dry_run in ("--dry-run", ""):
+        refused = from_dir(site, "~", f"{sync} {dry_run}")
+        assert refused.rc == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+        said = _flat(refused.stderr)
+        assert "that is your home directory" in said and "~/.ssh" in said and "--sync-home" in said, said
+    assert site.workers[0].run("test -e ~/notes.txt").rc != 0
+    copied = from_dir(site, "~", f"{sync} --sync-home")
+    assert copied.rc == 0, copied.stdout[-3000:] + copied.stderr[-3000:]
+    said = _flat(copied.stderr)
+    assert "not copied (private keys, credentials and clusterkit's state stay on each machine)" in said
+    assert ".clusterkit" in said and ".ssh" in said
+    assert "one home shared" not in said
+    for node in site.workers:
+        assert node.read_file("/home/ckuser/notes.txt") == "mine\n"
+        assert secrets(node) == before[node.name], node.name

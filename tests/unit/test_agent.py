@@ -133,3 +133,15 @@ def test_an_agent_of_another_version_is_refused_saying_which_side_to_upgrade(
     with pytest.raises(RemoteError, match=said) as caught:
         parse_agent_output(line, "node7")
     assert caught.value.fix is not None and fix in caught.value.fix
+
+
+@pytest.mark.parametrize("python", interpreters()[-1:])
+def test_the_agent_reads_the_training_script_the_survey_names(python: str, zipapp: Path, tmp_path: Path) -> None:
+    # issue 19, M5: the head's collect arguments and the agent's parser agree on --script.
+    from clusterkit.survey import SurveyOptions
+
+    (tmp_path / "train.py").write_text("print(1)\n")
+    args = SurveyOptions(python="/usr/bin/python3", cwd=str(tmp_path), timeout_s=30, script="train.py").collect_args()
+    out = run_agent_locally(python, zipapp, *args)
+    launcher = from_jsonable(CollectReply, parse_agent_output(out, "local").result).facts.launcher
+    assert (launcher.script, launcher.script_exists) == ("train.py", True)  # type: ignore[union-attr]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from clusterkit.bootstrap.context import FAILED, OK, BootstrapContext, NodeOutcome, StepReport
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.bootstrap.runner import summary_table
 from clusterkit.bootstrap.ssh_steps import plan_known_hosts
+from clusterkit.cli import build_parser
 from clusterkit.inventory import parse_hostfile, select_hosts
 from clusterkit.remote import SshSettings
 
@@ -61,3 +64,11 @@ def test_the_summary_names_the_failed_step_and_why_on_its_node() -> None:
     assert "  node2: FAILED host-keys; ok reachability; later steps not run (the run stopped at host-keys)" in text
     assert "      host-keys: host key of node2 CHANGED" in text
     assert "  node1: ok reachability, host-keys; later steps not run" in text
+
+
+def test_a_relative_python_is_made_absolute_where_it_is_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 19, W6: the path goes to every node and into .deepspeed_env, where no cwd explains it.
+    monkeypatch.chdir(tmp_path)
+    for command in ("bootstrap", "doctor", "launch"):
+        args = build_parser().parse_args([command, "hostfile", "--python", "envs/small/bin/python"])
+        assert args.python == f"{tmp_path}/envs/small/bin/python", command

@@ -6,8 +6,9 @@ import dataclasses
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
+from clusterkit.doctor import judge_cluster
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SshTrustFacts, Unavailable
-from clusterkit.findings import Finding, Outcome
+from clusterkit.findings import Finding, Outcome, Severity
 from clusterkit.inventory import parse_hostfile, select_hosts
 from tests.factories import dsenv_file, healthy_gpu_node, make_host, make_launcher, make_network, make_nic
 
@@ -91,3 +92,41 @@ def test_nccl_socket_ifname_is_read_from_the_launching_machine() -> None:
                                                         launch=login))
     assert [f.host for f in found] == ["node2"]
     assert "NCCL_SOCKET_IFNAME=ib0" in found[0].message
+
+
+def test_a_training_script_missing_on_a_node_is_an_error_naming_it() -> None:
+    # issue 19, M5: the launch directory exists everywhere, the script only on some nodes.
+    nodes: dict[str, Maybe[NodeFacts]] = {
+        "node2": node("node2", "10.0.0.12", cwd="/work", cwd_exists=True, script="train.py", script_exists=True),
+        "node3": node("node3", "10.0.0.13", cwd="/work", cwd_exists=True, script="train.py", script_exists=False),
+        "node4": node("node4", "10.0.0.14", cwd="/work", cwd_exists=False, script="train.py", script_exists=False)}
+    found = failed("code-path-missing", view("node2 slots=1\nnode3 slots=1\nnode4 slots=1\n", nodes))
+    assert [(f.host, f.message) for f in found] == [
+        ("node3", "training script /work/train.py does not exist on node3: DeepSpeed's ranks there stop with "
+                  "`can't open file`"),
+        ("node4", "launch directory /work does not exist on node4")]
+    assert found[0].where == "node3:/work/train.py"
+
+
+def test_no_script_named_leaves_only_the_launch_directory_to_judge() -> None:
+    nodes: dict[str, Maybe[NodeFacts]] = {"node2": node("node2", "10.0.0.12", cwd="/work", cwd_exists=True)}
+    assert failed("code-path-missing", view("node2 slots=1\n", nodes)) == []
+
+
+def test_node_checks_judge_the_shell_environment_under_what_the_launching_machine_exports() -> None:
+    # issue 19, M8: pdsh runs `export NCCL_SOCKET_IFNAME=eth0; ...` after node2's ~/.bashrc set ib9.
+    load_checks()
+    node2 = dataclasses.replace(node("node2", "10.0.0.12", deepspeed_env_files=[]),
+                                env_vars={"NCCL_SOCKET_IFNAME": "ib9"})
+    exported = [dsenv_file(["NCCL_SOCKET_IFNAME=eth0"], "/home/u/.deepspeed_env")]
+    login = dataclasses.replace(node("login", "10.0.0.5", deepspeed_env_files=exported), env_vars={})
+    cluster = view("node2 slots=1\n", {"node2": node2}, head="login", in_hostfile=False, launch=login)
+    assert cluster.probes is not None
+    report = judge_cluster([REGISTRY["nccl-socket-ifname-missing"]], list(cluster.hosts), dict(cluster.nodes),
+                           cluster.probes, 0.0, "hostfile")
+    assert [(f.host, f.severity, f.outcome) for f in report.findings] == [("node2", Severity.WARNING, Outcome.FAIL)]
+    assert "matters only to programs started outside DeepSpeed's launcher" in report.findings[0].message
+    unknown = dataclasses.replace(cluster.probes, launch_facts=Unavailable("timed out"))
+    report = judge_cluster([REGISTRY["nccl-socket-ifname-missing"]], list(cluster.hosts), dict(cluster.nodes),
+                           unknown, 0.0, "hostfile")
+    assert [(f.host, f.severity) for f in report.findings] == [("node2", Severity.ERROR)]

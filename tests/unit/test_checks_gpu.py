@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from clusterkit.facts import EccFacts, NvidiaFacts, RemappedRowsFacts, RetiredPagesFacts, Unavailable
+from clusterkit.facts import EccFacts, NodeFacts, NvidiaFacts, RemappedRowsFacts, RetiredPagesFacts, Unavailable
 from tests.factories import (
     HGX_BUS_IDS,
     CheckCase,
@@ -42,6 +42,13 @@ def nvml_down(device_files: list[str]) -> NvidiaFacts:
     return make_nvidia(8, gpus=NVML_GONE, device_files=device_files)
 
 
+def env_missing(facts: NodeFacts) -> NodeFacts:
+    """``facts`` of a node where the training interpreter does not exist (the env is missing there)."""
+    gone = Unavailable("interpreter /opt/venv/bin/python does not exist")
+    return with_section(facts, "python_env", exists=False, version=gone, torch_version=gone, torch_cuda=gone,
+                        torch_cuda_available=gone, torch_device_count=gone)
+
+
 def volta_node(pending: bool) -> object:
     pages = RetiredPagesFacts(single_bit=2, double_bit=1, pending=pending)
     facts = with_all_gpus(healthy_gpu_node(2), name="Tesla V100-SXM2-32GB", compute_capability="7.0",
@@ -60,12 +67,25 @@ CASES: list[CheckCase] = [
     passes("nvml-unavailable", "nvml-reads", healthy_gpu_node),
     skips("nvml-unavailable", "cpu-only-run", cpu_only_node, "torch is a CPU build", expected_gpus=2),
     skips("nvml-unavailable", "nothing-expects-gpus", lambda: healthy_gpu_node(nvidia=nvml_down([]))),
+    # issue 19, W11: without the env nothing says whether the node should have GPUs: unknown, not missing
+    skips("nvml-unavailable", "env-missing-no-gpu-visible", lambda: env_missing(cpu_only_node()),
+          "whether this node should have GPUs is unknown", expected_gpus=2),
+    fail("nvml-unavailable", "env-missing-but-gpu-device-files",
+         lambda: env_missing(healthy_gpu_node(nvidia=nvml_down(["/dev/nvidia0"]))), "1 GPU device file(s) exist",
+         expected_gpus=8),
     # gpu-count-below-slots / above-slots
     fail("gpu-count-below-slots", "4-gpus-8-slots", lambda: healthy_gpu_node(4), "gives gpu-node-0 8 slots but it "
          "has 4 GPU(s)", expected_gpus=8, fix_contains="gpu-node-0 slots=4"),
     passes("gpu-count-below-slots", "8-gpus-8-slots", healthy_gpu_node, expected_gpus=8),
     skips("gpu-count-below-slots", "no-hostfile", healthy_gpu_node, "no hostfile"),
     skips("gpu-count-below-slots", "cpu-only-run", cpu_only_node, "slots are CPU processes", expected_gpus=2),
+    skips("gpu-count-below-slots", "env-missing-no-gpu-visible", lambda: env_missing(cpu_only_node()),
+          "does not exist here (interpreter-missing)", expected_gpus=2),
+    skips("gpu-count-below-slots", "torch-unreadable-no-gpu-visible",
+          lambda: with_section(cpu_only_node(), "python_env", torch_cuda=Unavailable("No module named 'torch'")),
+          "No module named 'torch'", expected_gpus=2),
+    fail("gpu-count-below-slots", "env-missing-4-gpus-8-slots", lambda: env_missing(healthy_gpu_node(4)),
+         "gives gpu-node-0 8 slots but it has 4 GPU(s)", expected_gpus=8),
     fail("gpu-count-above-slots", "8-gpus-4-slots", healthy_gpu_node, "4 GPU(s) stay idle", expected_gpus=4),
     passes("gpu-count-above-slots", "8-gpus-8-slots", healthy_gpu_node, expected_gpus=8),
     # PCIe

@@ -8,6 +8,7 @@ import pytest
 
 from clusterkit.checks.network import parse_nccl_list
 from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts
+from clusterkit.findings import Severity
 from tests.factories import (
     CheckCase,
     assert_case,
@@ -52,6 +53,11 @@ def without_socket_ifname(facts: NodeFacts) -> NodeFacts:
     """No NCCL_SOCKET_IFNAME in the environment nor in a .deepspeed_env file."""
     launcher = make_launcher(deepspeed_env_files=[dsenv_file(["PATH=/opt/venv/bin:$PATH"])])
     return with_env(dataclasses.replace(facts, launcher=launcher), NCCL_SOCKET_IFNAME=None)
+
+
+def in_shell_startup(value: str) -> NodeFacts:
+    """NCCL_SOCKET_IFNAME exported by the node's shell startup files only (no .deepspeed_env holds it)."""
+    return with_env(without_socket_ifname(healthy_gpu_node()), NCCL_SOCKET_IFNAME=value)
 
 
 def links_down(gpu: int, *links: int) -> NodeFacts:
@@ -117,6 +123,20 @@ CASES: list[CheckCase] = [
                                                                    make_nic("docker0", kind="bridge"),
                                                                    NCCL_SOCKET_IFNAME="^docker,lo")),
     skips("nccl-socket-ifname-missing", "unset", lambda: without_socket_ifname(healthy_gpu_node()), "not set"),
+    # issue 19, M8: judged by what the ranks get: pdsh runs the launching machine's exports after the
+    # node's shell startup, and a worker's own .deepspeed_env is read only by a launch from there.
+    fail("nccl-socket-ifname-missing", "shell-startup-overridden-by-the-launcher", lambda: in_shell_startup("ib9"),
+         "DeepSpeed's launcher overrides it with NCCL_SOCKET_IFNAME=eth0 from the launching machine",
+         where="environment", severity=Severity.WARNING, context={"launch_exports": {"NCCL_SOCKET_IFNAME": "eth0"}},
+         fix_contains="gpu-node-0's shell startup file"),
+    fail("nccl-socket-ifname-missing", "shell-startup-not-overridden", lambda: in_shell_startup("ib9"),
+         "NCCL_SOCKET_IFNAME=ib9 selects no interface", severity=Severity.ERROR,
+         context={"launch_exports": {"NCCL_DEBUG": "INFO"}}),
+    fail("nccl-socket-ifname-missing", "shell-startup-launcher-unknown", lambda: in_shell_startup("ib9"),
+         "NCCL_SOCKET_IFNAME=ib9 selects no interface", severity=Severity.ERROR),
+    fail("nccl-socket-ifname-missing", "a-workers-own-deepspeed-env", lambda: socket_ifname_in_file("ens"),
+         "this matters when a job is launched from gpu-node-0", severity=Severity.WARNING,
+         context={"is_launch_node": False, "launch_exports": {"NCCL_SOCKET_IFNAME": "eth0"}}),
     fail("nccl-socket-ifname-unset", "bridge-too", lambda: without_socket_ifname(nics(
         make_nic("lo"), make_nic("eth0"), make_nic("br-5f2a", kind="bridge", ipv4=["172.18.0.1"]),
         make_nic("docker0", kind="bridge", ipv4=["172.17.0.1"]))),
@@ -125,6 +145,10 @@ CASES: list[CheckCase] = [
     passes("nccl-socket-ifname-unset", "one-candidate", lambda: without_socket_ifname(
         nics(make_nic("lo"), make_nic("eth0"), make_nic("docker0", kind="bridge", ipv4=["172.17.0.1"])))),
     skips("nccl-socket-ifname-unset", "set", healthy_gpu_node, "is set"),
+    skips("nccl-socket-ifname-unset", "exported-by-the-launching-machine", lambda: without_socket_ifname(nics(
+        make_nic("lo"), make_nic("eth0"), make_nic("br-5f2a", kind="bridge", ipv4=["172.18.0.1"]))),
+        "the launching machine exports NCCL_SOCKET_IFNAME=eth0", context={"launch_exports": {"NCCL_SOCKET_IFNAME":
+                                                                                              "eth0"}}),
     fail("nvlink-link-down", "two-links-of-gpu-5", lambda: links_down(5, 3, 7),
          "GPU 5 has 16 active NVLinks, others 18 (inactive: 3, 7)", where="GPU 5 (0000:ab:00.0)", count=1),
     fail("nvlink-link-down", "fabric-down", lambda: _all_links_down(), "every NVLink of 8 GPU(s) is inactive",

@@ -247,3 +247,21 @@ TCP_PIECES = [*(PROC / "net" / "tcp").read_text().splitlines(), *(PROC / "net" /
 def test_shuffled_proc_net_tcp_lines_give_valid_ports(lines: list[str]) -> None:
     for inode, port in parse_listening_sockets("\n".join(lines)).items():
         assert inode >= 0 and 0 <= port <= 0xFFFF
+
+
+def test_the_training_script_is_looked_up_from_the_launch_directory(tmp_path: Path) -> None:
+    # issue 19, M5: each node's launcher runs `cd <launch dir>; <python> ... train.py`.
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "train.py").write_text("print(1)\n")
+    env = {"HOME": str(tmp_path), "PATH": ""}
+
+    def facts(script: str | None) -> LauncherFacts:
+        return collect_launcher(CollectOptions(cwd=str(tmp_path / "job"), script=script), proc_root=str(PROC),
+                                environ=env)
+
+    assert (facts("train.py").script, facts("train.py").script_exists) == ("train.py", True)
+    assert facts("eval.py").script_exists is False
+    assert facts(str(tmp_path / "job" / "train.py")).script_exists is True
+    unnamed = facts(None)
+    assert isinstance(unnamed.script, Unavailable) and isinstance(unnamed.script_exists, Unavailable)
+    assert from_jsonable(LauncherFacts, json.loads(json.dumps(to_jsonable(facts("eval.py"))))) == facts("eval.py")

@@ -53,6 +53,10 @@ def problems_of(*lines: str, quotes_values: bool = True) -> list[tuple[int, str,
     (["STAMP=`date`"], [(1, "command-substitution", False)]),
     (["NCCL_DEBUG_FILE=/tmp/nccl.%h.%p"], [(1, "pdsh-substitution", False)]),
     (["PATH=/opt/venv/bin"], [(1, "path-replaced", False)]),
+    # issue 19, W6: a relative entry is looked up from whatever directory a rank runs in.
+    (["PATH=envs/small/bin:/usr/bin"], [(1, "path-relative", False)]),
+    (["PATH=/opt/venv/bin::/usr/bin"], [(1, "path-relative", False)]),
+    (["PATH=$HOME/bin:/opt/venv/bin:$PATH"], []),
 ])
 def test_each_problem_is_reported_on_its_line(lines: list[str], expected: list[tuple[int, str, bool]]) -> None:
     assert problems_of(*lines) == expected
@@ -257,3 +261,34 @@ def test_an_update_says_each_change_and_a_second_one_changes_nothing() -> None:
                                  "set NCCL_SOCKET_IFNAME=eth0"]
     second = update_deepspeed_env(first.text, values, "n2:~/.deepspeed_env", "/opt/env/bin")
     assert (second.text, second.changes) == (first.text, [])
+
+
+def test_a_relative_path_entry_is_named_with_its_line() -> None:
+    # issue 19, W6
+    _, problems = parse_deepspeed_env(["NCCL_DEBUG=INFO", "PATH=envs/small/bin:/usr/bin"], PATH)
+    assert [(p.where, p.code) for p in problems] == [(f"{PATH}:2", "path-relative")]
+    assert "PATH entry 'envs/small/bin' is not an absolute path" in problems[0].message
+
+
+def test_a_relative_entry_for_the_env_written_earlier_is_replaced_by_its_absolute_path() -> None:
+    # issue 19, W6: a rerun with the absolute --python mends what a relative one wrote.
+    merged, said = merge_path("envs/small/bin:/custom/bin:/usr/bin", "/home/me/envs/small/bin",
+                              ["/home/me/envs/small/bin", "/usr/bin"])
+    assert merged == "/home/me/envs/small/bin:/custom/bin:/usr/bin"
+    assert said == ["PATH: /home/me/envs/small/bin added first; replaced the relative envs/small/bin by it; "
+                    "kept /custom/bin, /usr/bin"]
+    update = update_deepspeed_env("PATH=./envs/small/bin:/usr/bin\n", {"PATH": "/home/me/envs/small/bin"}, "f",
+                                  "/home/me/envs/small/bin")
+    assert update.text == "PATH=/home/me/envs/small/bin:/usr/bin\n"
+    _, problems = parse_deepspeed_env(update.text.splitlines(), "f")
+    assert problems == []
+
+
+def test_relative_entries_of_the_launching_shell_are_not_written_and_the_users_own_are_kept() -> None:
+    merged, _ = merge_path("tools/bin:/usr/bin", "/opt/env/bin", ["/opt/env/bin", ".", "bin", "/usr/local/bin"])
+    assert merged == "/opt/env/bin:tools/bin:/usr/bin:/usr/local/bin"
+
+
+def test_the_envs_bin_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        merge_path(None, "envs/small/bin", [])
