@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
@@ -49,7 +51,8 @@ def register(subparsers: Any) -> None:
                "exit codes with --once: 0 every node answered and no critical alert, 1 otherwise.")
     add_hostfile_arguments(parser, required=False)
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                        help="sampling interval on the nodes (default: 1)")
+                        help=f"sampling interval on the nodes, {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} s "
+                             "(default: 1)")
     parser.add_argument("--slow-every", type=int, default=0, metavar="N",
                         help="also read PCIe throughput and energy every N samples (default: 0, never; "
                              "each read blocks NVML ~20 ms per GPU)")
@@ -72,13 +75,23 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every number in range before anything starts (inf and nan included): ``UsageError`` otherwise."""
+    if not valid_interval(args.interval):
+        raise UsageError(f"--interval {args.interval:g}: must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds")
+    if args.wait is not None and not (math.isfinite(args.wait) and args.wait >= 0):
+        raise UsageError(f"--wait {args.wait:g}: must be a number of seconds, 0 or more")
+    if not (math.isfinite(args.speed) and args.speed >= 0):
+        raise UsageError(f"--speed {args.speed:g}: must be 0 (paused) or more")
+    if args.slow_every < 0:
+        raise UsageError(f"--slow-every {args.slow_every}: must be 0 (never) or more")
+
+
 def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
     if args.replay:
         if args.hostfile or args.record:
             raise UsageError("--replay plays a recording: give no HOSTFILE and no --record with it")
         return ReplaySource(args.replay, speed=args.speed)
-    if args.interval <= 0:
-        raise UsageError(f"--interval {args.interval:g}: must be more than 0")
     if args.hostfile:
         active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
         hosts = [h.name for h in active]
@@ -153,6 +166,7 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_numbers(args)
     thresholds = Thresholds.for_interval(args.interval).with_overrides(args.alert)
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")

@@ -46,8 +46,12 @@ class Recorder:
 
     def __init__(self, path: str | Path, hosts: list[str], slots: dict[str, int], interval_s: float,
                  started: float | None = None) -> None:
+        """``InputError`` (a usage error: nothing has started yet) when ``path`` cannot be written."""
         # Open for the whole run (closed by close()), not per line.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot write the recording: {exc.strerror or exc}", str(path)) from None
         self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
         self._lock = threading.Lock()
         self._write({"k": "header", "v": RECORDING_VERSION, "hosts": hosts, "slots": slots,
