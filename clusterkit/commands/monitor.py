@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
                         help="replay speed (default: 1 = real time; 0 = paused, n steps one interval)")
     parser.add_argument("--log", metavar="FILE",
                         help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
-                             "step time from DeepSpeed's progress lines")
+                             "step time from DeepSpeed's progress lines (recorded with --record)")
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
@@ -89,9 +89,13 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
     if args.replay:
-        if args.hostfile or args.record:
-            raise UsageError("--replay plays a recording: give no HOSTFILE and no --record with it")
+        if args.hostfile or args.record or args.log:
+            raise UsageError("--replay plays a recording: give no HOSTFILE, --record or --log with it "
+                             "(a recording made with --log holds the job's progress)")
         return ReplaySource(args.replay, speed=args.speed)
+    log = LogFollower(args.log) if args.log else None
+    if log is not None and (why := log.check()) is not None:
+        raise UsageError(f"--log: {why}")
     if args.hostfile:
         active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
         hosts = [h.name for h in active]
@@ -108,7 +112,7 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
         opener, command = ProcessOpener(), local_stream_command(args.interval, args.slow_every)
     recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
     return LiveSource(hosts, slots, opener, command, args.interval, stale_after_s=thresholds.stale_after_s,
-                      lost_after_s=thresholds.lost_after_s, recorder=recorder)
+                      lost_after_s=thresholds.lost_after_s, recorder=recorder, log=log)
 
 
 def wait_for_round(source: Source, deadline_s: float) -> None:
@@ -127,8 +131,8 @@ def wait_for_round(source: Source, deadline_s: float) -> None:
     source.tick()
 
 
-def report(source: Source, thresholds: Thresholds, log: LogFollower | None = None) -> dict[str, Any]:
-    """The state as plain data: nodes, ranks, stragglers and alerts (the ``--json`` document)."""
+def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
+    """The state as plain data: nodes, ranks, stragglers, alerts and the job's progress (``--json``)."""
     state = source.state
     summaries = summarize_cluster(state, thresholds.stale_after_s)
     ranks = rank_rows(state, thresholds.stale_after_s, thresholds.stall_after_s)
@@ -141,7 +145,8 @@ def report(source: Source, thresholds: Thresholds, log: LogFollower | None = Non
             "ranks": [dataclasses.asdict(r) for r in ranks],
             "stragglers": [dataclasses.asdict(s) for s in stragglers],
             "alerts": [dataclasses.asdict(a) for a in alerts],
-            "progress": dataclasses.asdict(log.poll()) if log else None,
+            "progress": state.progress.to_record() if state.progress else None,
+            "notice": source.notice,
             "thresholds": dataclasses.asdict(thresholds)}
 
 
@@ -160,7 +165,9 @@ def print_table(doc: dict[str, Any]) -> None:
     for r in doc["ranks"]:
         console.print(f"rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['status']}")
     if doc["progress"]:
-        console.print("job: " + Progress(**doc["progress"]).describe())
+        console.print("job: " + Progress.from_record(doc["progress"]).describe(), markup=False, highlight=False)
+    if doc["notice"]:
+        console.print(doc["notice"], style="yellow", markup=False, highlight=False)
     for a in doc["alerts"]:
         console.print(f"[{'bold red' if a['level'] == 'crit' else 'yellow'}]{a['level']}[/] {a['host']}: {a['text']}")
 
@@ -171,12 +178,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")
     source = build_source(args, thresholds)
-    log = LogFollower(args.log) if args.log else None
     if args.once:
         try:
             wait_for_round(source, args.wait if args.wait is not None
                            else args.connect_timeout + 3 * args.interval + 2)
-            doc = report(source, thresholds, log)
+            doc = report(source, thresholds)
         finally:
             source.stop()
         if args.json:
@@ -189,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
     from clusterkit.tui.app import MonitorApp
 
     title = f"clusterkit monitor {args.hostfile or args.replay or 'this machine'}"
-    MonitorApp(source, thresholds, title=title, log=log).run()
+    MonitorApp(source, thresholds, title=title).run()
     return ExitCode.OK

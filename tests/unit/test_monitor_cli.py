@@ -1,8 +1,9 @@
-"""`clusterkit monitor` on this machine: bad numbers and paths refused before anything starts, no agent
-left behind by the head."""
+"""`clusterkit monitor` on this machine: bad numbers and paths refused before anything starts, the job's
+progress recorded and replayed, a cut recording played up to its cut, no agent left behind by the head."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+JOB = REPO / "tests" / "fixtures" / "monitor" / "synthetic-4x8gpu-job.jsonl"
 
 
 def clusterkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -43,6 +45,48 @@ def test_a_recording_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert f"{tmp_path}/no-such-dir/x.rec: cannot write the recording: No such file or directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_log_that_does_not_exist_is_a_usage_error_and_so_is_one_beside_a_replay(tmp_path: Path) -> None:
+    """issue 19, M1: a nonexistent --log printed `job: no step yet` with no error."""
+    done = clusterkit("monitor", "--once", "--log", str(tmp_path / "train.log"))
+    assert done.returncode == 2
+    assert f"--log: cannot read {tmp_path}/train.log: No such file or directory" in done.stderr
+    done = clusterkit("monitor", "--replay", str(JOB), "--once", "--log", str(JOB))
+    assert done.returncode == 2 and "a recording made with --log holds the job's progress" in done.stderr
+
+
+def test_the_jobs_progress_is_recorded_and_a_replay_shows_it(tmp_path: Path) -> None:
+    """issue 19, M1: `--record` did not save the job's progress, so a replay showed none."""
+    log, recording = tmp_path / "train.log", tmp_path / "monitor.rec"
+    log.write_text("[2026-05-28 20:26:01,000] [INFO] [logging.py:128:log_dist] [Rank 0] step=10, skipped=0\n"
+                   "[2026-05-28 20:26:11,000] [INFO] [logging.py:128:log_dist] [Rank 0] step=20, skipped=0\n"
+                   "{'loss': 0.25, 'learning_rate': 1e-05}\n")
+    live = clusterkit("monitor", "--once", "--json", "--interval", "0.2", "--log", str(log), "--record",
+                      str(recording))
+    assert live.returncode == 0, live.stderr
+    progress = json.loads(live.stdout)["progress"]
+    assert (progress["step"], progress["loss"], progress["step_time_s"]) == (20, 0.25, 1.0)
+    replay = clusterkit("monitor", "--replay", str(recording), "--once", "--json")
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["progress"] == progress
+    table = clusterkit("monitor", "--replay", str(recording), "--once")
+    assert "job: step 20, loss 0.25, 1 s/step" in table.stdout
+
+
+def test_a_recording_cut_mid_line_is_played_up_to_the_cut_and_says_where(tmp_path: Path) -> None:
+    """issue 19, C3: a recording cut mid-line (as one is when its session dies) could not be replayed."""
+    lines = JOB.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:-1]) + lines[-1][:40])
+    done = clusterkit("monitor", "--replay", str(cut), "--once", "--json")
+    assert done.returncode == 1, done.stderr  # as the whole recording: a rank exited
+    doc = json.loads(done.stdout)
+    assert len(doc["nodes"]) == 4 and len(doc["ranks"]) == 32
+    assert doc["notice"] == (f"{cut}:{len(lines)}: the recording ends in the middle of this line (its writer "
+                             f"stopped mid-line): played up to line {len(lines) - 1}")
+    table = clusterkit("monitor", "--replay", str(cut), "--once")
+    assert f"{cut}:{len(lines)}: the recording ends in the middle" in " ".join(table.stdout.split())
 
 
 def agents_of(pid: int) -> list[int]:
