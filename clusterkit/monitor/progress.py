@@ -224,8 +224,8 @@ class LogFollower:
         now = self._clock()
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
-                size = os.fstat(f.fileno()).st_size
-                written = min(now, os.fstat(f.fileno()).st_mtime)
+                info = os.fstat(f.fileno())
+                size, written = info.st_size, min(now, info.st_mtime)
                 if size < self._offset:  # truncated or replaced: start over
                     self._offset, self._pending = 0, ""
                 f.seek(self._offset)
