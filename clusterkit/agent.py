@@ -171,6 +171,19 @@ def cmd_ssh_mesh(args: argparse.Namespace) -> Any:
     return ssh_logins(_split(args.hosts), args.timeout, args.port)
 
 
+def stream_interval(text: str) -> float:
+    """``--interval`` of ``stream``: a number of seconds within the sampler's bounds (argparse type)."""
+    from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not valid_interval(seconds):
+        raise argparse.ArgumentTypeError(f"{text}: must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds")
+    return seconds
+
+
 def cmd_stream(args: argparse.Namespace) -> None:
     from clusterkit.collect.sampler import stream
 
@@ -213,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--port", type=int, required=True)
     connect.add_argument("--timeout", type=float, default=5.0)
     connect.set_defaults(func=lambda a: reach(a.host, a.port, a.timeout))
-    sample = sub.add_parser("stream", help="print a monitor sample every interval until stdout closes")
-    sample.add_argument("--interval", type=float, default=1.0)
+    sample = sub.add_parser("stream", help="print a monitor sample every interval until the channel closes "
+                                           "(stdout breaks, or stdin, a pipe or socket, reaches its end)")
+    sample.add_argument("--interval", type=stream_interval, default=1.0)
     sample.add_argument("--count", type=int, default=0, help="stop after this many samples (0: never)")
     sample.add_argument("--slow-every", type=int, default=0, help="PCIe throughput and energy every N samples")
     sample.add_argument("--nvml-timeout", type=float, default=2.0)

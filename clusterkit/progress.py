@@ -18,6 +18,10 @@ from rich.text import Text
 _STYLES = {"ok": "green", "done": "green", "failed": "bold red", "timed out": "bold red",
            "skipped": "dim", "changed": "cyan", "would change": "yellow"}
 FINAL_STATES = frozenset(_STYLES)
+#: A host that said something: shown with how long ago ("last heard 3s ago"), not as a state it is in.
+LAST_HEARD = "last heard"
+#: A host not heard from since the start: "no output for 12s".
+NO_OUTPUT = "no output for"
 
 
 class NodeProgress:
@@ -68,5 +72,7 @@ class NodeProgress:
             rows = list(self._state.items())
         for host, (state, detail, since) in rows:
             shown = state if state in FINAL_STATES else f"{state} {now - since:.0f}s"
+            if state == LAST_HEARD:
+                shown += " ago"
             table.add_row(host, Text(shown, style=_STYLES.get(state, "")), detail)
         return table

@@ -1,6 +1,8 @@
 """The monitor's node-side sampler: one compact JSON sample per interval on stdout.
 
-Runs inside the agent (``agent stream``) for as long as the head's SSH channel stays open. Each line is
+Runs inside the agent (``agent stream``) for as long as the head's SSH channel stays open: it ends when
+its stdout breaks or its stdin (the channel's other half) reaches end of file, even in the middle of a
+long interval, so no sampler outlives the head that started it. Each line is
 ``SAMPLE_MARKER`` + a JSON object (the wire format, read by ``clusterkit.monitor.model``)::
 
     {"v": 1, "seq": 17, "boot": "4711-1712345678.1", "t": 1712345678.12, "dt": 1.0,
@@ -33,7 +35,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import select
+import stat
 import sys
 import threading
 import time
@@ -50,6 +55,9 @@ from clusterkit.facts import Unavailable
 SAMPLE_PROTOCOL = 1
 #: Prefix of every sample line, so a login shell that prints banners cannot break the stream.
 SAMPLE_MARKER = "@@ck-sample@@ "
+#: The sampling intervals a node accepts, in seconds (the head checks the same bounds first).
+MIN_INTERVAL_S = 0.1
+MAX_INTERVAL_S = 60.0
 #: ECC counters change rarely and matter when they do: read every this many samples.
 ECC_EVERY = 5
 #: The environment keys that make a process a training rank.
@@ -385,8 +393,13 @@ class Sampler:
         self._last_t = t
         return sample
 
-    def run(self, out: IO[str], count: int = 0, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Print a sample every interval (``count`` of them, 0 = until the reader goes away)."""
+    def run(self, out: IO[str], count: int = 0, wait: Callable[[float], bool] | None = None) -> None:
+        """Print a sample every interval (``count`` of them, 0 = until the reader goes away).
+
+        ``wait(seconds)`` sleeps between samples and returns False when the channel has closed
+        (``ChannelWatch.wait``); the default only sleeps.
+        """
+        pause = wait or _sleep
         started = time.monotonic()
         while count == 0 or self.seq < count:
             line = SAMPLE_MARKER + json.dumps(self.sample(), separators=(",", ":")) + "\n"
@@ -399,7 +412,52 @@ class Sampler:
                 return
             # Keep to the grid (start + k * interval) so sampling does not drift; skip missed slots.
             ticks = int((time.monotonic() - started) / self.interval_s) + 1
-            sleep(max(0.0, started + ticks * self.interval_s - time.monotonic()))
+            if not pause(max(0.0, started + ticks * self.interval_s - time.monotonic())):
+                return  # the head closed the channel while we waited
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+class ChannelWatch:
+    """Waits between samples while watching the channel's input for its end.
+
+    Over SSH, stdin is the session's pipe (or socket) from sshd, which sshd closes when the head's
+    session ends (the head stopped, was killed, or its connection dropped). Only a pipe or socket is
+    watched: a terminal or /dev/null is no channel and says nothing about the head.
+    """
+
+    def __init__(self, fd: int = 0) -> None:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            mode = 0
+        self.fd: int | None = fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False as soon as the channel's input reaches end of file."""
+        if self.fd is None:
+            return _sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError:
+                    return False
+                if not data:
+                    return False  # end of file: the other end is gone
+
+
+def valid_interval(seconds: float) -> bool:
+    """A finite interval within ``MIN_INTERVAL_S``..``MAX_INTERVAL_S``."""
+    return math.isfinite(seconds) and MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S
 
 
 def _guarded(func: Callable[[], Any], fallback: Any) -> Any:
@@ -417,8 +475,10 @@ def nvml_for_environment() -> NvmlApi:
 
 def stream(interval_s: float, count: int = 0, slow_every: int = 0, nvml_timeout_s: float = 2.0,
            out: IO[str] | None = None) -> None:
-    """``agent stream``: sample this node every ``interval_s`` until stdout closes."""
+    """``agent stream``: sample this node every ``interval_s`` until the channel (stdin or stdout) closes."""
+    if not valid_interval(interval_s):
+        raise ValueError(f"interval {interval_s!r}: must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds")
     replaying = bool(os.environ.get(REPLAY_ENV, "").strip())
     sampler = Sampler(GpuSampler(nvml_for_environment(), nvml_timeout_s, slow_every), ProcReader(),
                       None if replaying else KmsgTail(), interval_s)
-    sampler.run(out or sys.stdout, count)
+    sampler.run(out or sys.stdout, count, ChannelWatch(0).wait)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
@@ -49,7 +51,8 @@ def register(subparsers: Any) -> None:
                "exit codes with --once: 0 every node answered and no critical alert, 1 otherwise.")
     add_hostfile_arguments(parser, required=False)
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                        help="sampling interval on the nodes (default: 1)")
+                        help=f"sampling interval on the nodes, {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} s "
+                             "(default: 1)")
     parser.add_argument("--slow-every", type=int, default=0, metavar="N",
                         help="also read PCIe throughput and energy every N samples (default: 0, never; "
                              "each read blocks NVML ~20 ms per GPU)")
@@ -65,20 +68,34 @@ def register(subparsers: Any) -> None:
                         help="replay speed (default: 1 = real time; 0 = paused, n steps one interval)")
     parser.add_argument("--log", metavar="FILE",
                         help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
-                             "step time from DeepSpeed's progress lines")
+                             "step time from DeepSpeed's progress lines (recorded with --record)")
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
     parser.set_defaults(run=run)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every number in range before anything starts (inf and nan included): ``UsageError`` otherwise."""
+    if not valid_interval(args.interval):
+        raise UsageError(f"--interval {args.interval:g}: must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds")
+    if args.wait is not None and not (math.isfinite(args.wait) and args.wait >= 0):
+        raise UsageError(f"--wait {args.wait:g}: must be a number of seconds, 0 or more")
+    if not (math.isfinite(args.speed) and args.speed >= 0):
+        raise UsageError(f"--speed {args.speed:g}: must be 0 (paused) or more")
+    if args.slow_every < 0:
+        raise UsageError(f"--slow-every {args.slow_every}: must be 0 (never) or more")
+
+
 def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
     if args.replay:
-        if args.hostfile or args.record:
-            raise UsageError("--replay plays a recording: give no HOSTFILE and no --record with it")
+        if args.hostfile or args.record or args.log:
+            raise UsageError("--replay plays a recording: give no HOSTFILE, --record or --log with it "
+                             "(a recording made with --log holds the job's progress)")
         return ReplaySource(args.replay, speed=args.speed)
-    if args.interval <= 0:
-        raise UsageError(f"--interval {args.interval:g}: must be more than 0")
+    log = LogFollower(args.log) if args.log else None
+    if log is not None and (why := log.check()) is not None:
+        raise UsageError(f"--log: {why}")
     if args.hostfile:
         active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
         hosts = [h.name for h in active]
@@ -95,7 +112,7 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
         opener, command = ProcessOpener(), local_stream_command(args.interval, args.slow_every)
     recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
     return LiveSource(hosts, slots, opener, command, args.interval, stale_after_s=thresholds.stale_after_s,
-                      lost_after_s=thresholds.lost_after_s, recorder=recorder)
+                      lost_after_s=thresholds.lost_after_s, recorder=recorder, log=log)
 
 
 def wait_for_round(source: Source, deadline_s: float) -> None:
@@ -114,8 +131,8 @@ def wait_for_round(source: Source, deadline_s: float) -> None:
     source.tick()
 
 
-def report(source: Source, thresholds: Thresholds, log: LogFollower | None = None) -> dict[str, Any]:
-    """The state as plain data: nodes, ranks, stragglers and alerts (the ``--json`` document)."""
+def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
+    """The state as plain data: nodes, ranks, stragglers, alerts and the job's progress (``--json``)."""
     state = source.state
     summaries = summarize_cluster(state, thresholds.stale_after_s)
     ranks = rank_rows(state, thresholds.stale_after_s, thresholds.stall_after_s)
@@ -128,7 +145,8 @@ def report(source: Source, thresholds: Thresholds, log: LogFollower | None = Non
             "ranks": [dataclasses.asdict(r) for r in ranks],
             "stragglers": [dataclasses.asdict(s) for s in stragglers],
             "alerts": [dataclasses.asdict(a) for a in alerts],
-            "progress": dataclasses.asdict(log.poll()) if log else None,
+            "progress": state.progress.to_record() if state.progress else None,
+            "notice": source.notice,
             "thresholds": dataclasses.asdict(thresholds)}
 
 
@@ -147,22 +165,24 @@ def print_table(doc: dict[str, Any]) -> None:
     for r in doc["ranks"]:
         console.print(f"rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['status']}")
     if doc["progress"]:
-        console.print("job: " + Progress(**doc["progress"]).describe())
+        console.print("job: " + Progress.from_record(doc["progress"]).describe(), markup=False, highlight=False)
+    if doc["notice"]:
+        console.print(doc["notice"], style="yellow", markup=False, highlight=False)
     for a in doc["alerts"]:
         console.print(f"[{'bold red' if a['level'] == 'crit' else 'yellow'}]{a['level']}[/] {a['host']}: {a['text']}")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_numbers(args)
     thresholds = Thresholds.for_interval(args.interval).with_overrides(args.alert)
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")
     source = build_source(args, thresholds)
-    log = LogFollower(args.log) if args.log else None
     if args.once:
         try:
             wait_for_round(source, args.wait if args.wait is not None
                            else args.connect_timeout + 3 * args.interval + 2)
-            doc = report(source, thresholds, log)
+            doc = report(source, thresholds)
         finally:
             source.stop()
         if args.json:
@@ -175,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
     from clusterkit.tui.app import MonitorApp
 
     title = f"clusterkit monitor {args.hostfile or args.replay or 'this machine'}"
-    MonitorApp(source, thresholds, title=title, log=log).run()
+    MonitorApp(source, thresholds, title=title).run()
     return ExitCode.OK

@@ -5,9 +5,12 @@ its clock there, a live source sets ``now`` to the wall clock) and ``step()`` to
 replay one interval on. Live sources do their work in stream threads; nothing here blocks the caller.
 
 Recording format (``--record FILE``; JSON lines): a header
-``{"k": "header", "v": 1, "hosts": [...], "slots": {...}, "interval": 1.0}``, then in arrival order
+``{"k": "header", "v": 2, "hosts": [...], "slots": {...}, "interval": 1.0}``, then in arrival order
 ``{"k": "sample", "h": HOST, "rx": HEAD_TIME, "s": SAMPLE}`` (``SAMPLE`` exactly as the agent sent
-it) and ``{"k": "link", "h": HOST, "rx": HEAD_TIME, "status": ..., "error": ..., "connects": N}``.
+it), ``{"k": "link", "h": HOST, "rx": HEAD_TIME, "status": ..., "error": ..., "connects": N}`` and,
+with ``--log``, ``{"k": "progress", "rx": HEAD_TIME, "p": PROGRESS}`` each time the job's progress
+changed. Version 1 (no progress records) is read too. A recording whose last line is cut short (the
+session that wrote it died mid-line) plays up to that line; ``ReplaySource.cut`` says where.
 """
 
 from __future__ import annotations
@@ -18,22 +21,28 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from clusterkit.collect.sampler import SAMPLE_MARKER
 from clusterkit.errors import InputError
 from clusterkit.monitor.model import SampleError
+from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.state import ClusterState
 from clusterkit.remote.stream import ChannelOpener, LineStream, StreamState
 
-RECORDING_VERSION = 1
+RECORDING_VERSION = 2
+#: Recording versions this clusterkit plays back.
+READABLE_VERSIONS = (1, 2)
 
 
 class Source(Protocol):
     state: ClusterState
     #: True when the data is happening now (ages use the wall clock).
     live: bool
+    #: What the viewer must know about the data (a recording cut short), or None.
+    notice: str | None
 
     def start(self) -> None: ...
     def tick(self) -> None: ...
@@ -46,8 +55,12 @@ class Recorder:
 
     def __init__(self, path: str | Path, hosts: list[str], slots: dict[str, int], interval_s: float,
                  started: float | None = None) -> None:
+        """``InputError`` (a usage error: nothing has started yet) when ``path`` cannot be written."""
         # Open for the whole run (closed by close()), not per line.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot write the recording: {exc.strerror or exc}", str(path)) from None
         self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
         self._lock = threading.Lock()
         self._write({"k": "header", "v": RECORDING_VERSION, "hosts": hosts, "slots": slots,
@@ -67,6 +80,9 @@ class Recorder:
         self._write({"k": "link", "h": state.host, "rx": round(state.since, 3), "status": state.status,
                      "error": state.error, "connects": state.connects})
 
+    def progress(self, progress: Progress, received_at: float) -> None:
+        self._write({"k": "progress", "rx": round(received_at, 3), "p": progress.to_record()})
+
     def close(self) -> None:
         with self._lock:
             self._file.close()
@@ -75,40 +91,67 @@ class Recorder:
 # ------------------------------------------------------------------------------------------ replay
 
 
-def load_recording(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and the records of a recording; ``InputError`` names file:line on a bad line."""
+@dataclass(frozen=True)
+class Recording:
+    header: dict[str, Any]
+    #: Samples, link changes and progress, by the head's time of arrival.
+    records: list[dict[str, Any]]
+    #: Where the recording was cut short (``FILE:LINE: ...``), or None when it is whole.
+    cut: str | None = None
+
+
+def _is_record(record: dict[str, Any]) -> bool:
+    kind, at = record.get("k"), record.get("rx")
+    if not isinstance(at, (int, float)) or isinstance(at, bool):
+        return False
+    return (kind in ("sample", "link") and isinstance(record.get("h"), str)) or kind == "progress"
+
+
+def load_recording(path: str | Path) -> Recording:
+    """A recording's header and records; ``InputError`` names file:line on a bad line.
+
+    A last line that is not whole JSON and has no line end is where the recording was cut (its writer
+    died mid-line): everything before it is kept and ``cut`` says so. Any other bad line is an error.
+    """
     header: dict[str, Any] | None = None
     records: list[dict[str, Any]] = []
+    cut: str | None = None
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise InputError(f"cannot read the recording: {exc.strerror}", str(path)) from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    lines = text.splitlines()
+    # Only an unfinished last line can be a cut (a crash may leave NULs after it).
+    unfinished = 0 if text.rstrip("\0").endswith("\n") else len(lines)
+    for number, line in enumerate(lines, 1):
+        if not line.strip(" \t\0"):
             continue
         try:
             record = json.loads(line)
         except ValueError as exc:
+            if number == unfinished:
+                cut = (f"{path}:{number}: the recording ends in the middle of this line (its writer stopped "
+                       f"mid-line): played up to line {number - 1}")
+                break
             raise InputError(f"not a JSON line ({exc})", str(path), number) from None
         kind = record.get("k") if isinstance(record, dict) else None
         if header is None:
             if kind != "header":
                 raise InputError("a recording starts with a header line ({\"k\": \"header\", ...}); "
                                  "this is not a clusterkit monitor recording", str(path), number)
-            if record.get("v") != RECORDING_VERSION:
+            if record.get("v") not in READABLE_VERSIONS:
                 raise InputError(f"recording format {record.get('v')!r}, this clusterkit reads "
-                                 f"{RECORDING_VERSION}", str(path), number)
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}", str(path), number)
             header = record
-        elif kind in ("sample", "link") and isinstance(record.get("h"), str) and \
-                isinstance(record.get("rx"), (int, float)):
+        elif _is_record(record):
             records.append(record)
         else:
-            raise InputError(f"unknown record {str(record)[:60]!r} (expected k=sample or k=link with h and rx)",
-                             str(path), number)
+            raise InputError(f"unknown record {str(record)[:60]!r} (expected k=sample or k=link with h and rx, "
+                             "or k=progress with rx)", str(path), number)
     if header is None:
-        raise InputError("empty recording", str(path))
+        raise InputError("empty recording" + (" (cut short in its header line)" if cut else ""), str(path))
     records.sort(key=lambda r: float(r["rx"]))
-    return header, records
+    return Recording(header, records, cut)
 
 
 class ReplaySource:
@@ -118,7 +161,10 @@ class ReplaySource:
     live = False
 
     def __init__(self, path: str | Path, speed: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.header, self._records = load_recording(path)
+        recording = load_recording(path)
+        self.header, self._records = recording.header, recording.records
+        #: Where the recording was cut short, or None.
+        self.cut = self.notice = recording.cut
         hosts = [str(h) for h in self.header.get("hosts") or []]
         slots = {str(k): int(v) for k, v in (self.header.get("slots") or {}).items()}
         self.interval_s = float(self.header.get("interval") or 1.0)
@@ -163,6 +209,9 @@ class ReplaySource:
             self.seek(self.start_time + (self._clock() - self._started_at) * self.speed)
 
     def _apply(self, record: dict[str, Any]) -> None:
+        if record["k"] == "progress":
+            self.state.apply_progress(Progress.from_record(record.get("p")))
+            return
         host, at = str(record["h"]), float(record["rx"])
         if record["k"] == "sample":
             self.state.apply_raw(host, record.get("s"), at)
@@ -192,15 +241,19 @@ def local_stream_command(interval_s: float, slow_every: int = 0) -> str:
 
 
 class LiveSource:
-    """One ``LineStream`` per host; samples and link states go into the state (and the recorder)."""
+    """One ``LineStream`` per host; samples and link states go into the state (and the recorder), and
+    the job's progress from its log (``log``), read on every ``tick()``."""
 
     live = True
+    notice: str | None = None
 
     def __init__(self, hosts: list[str], slots: dict[str, int], opener: ChannelOpener, command: str,
                  interval_s: float, *, stale_after_s: float, lost_after_s: float,
-                 recorder: Recorder | None = None, clock: Callable[[], float] = time.time) -> None:
+                 recorder: Recorder | None = None, log: LogFollower | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.state = ClusterState(hosts, slots, interval_s)
         self.recorder = recorder
+        self.log = log
         self._clock = clock
         self.streams = [LineStream(h, command, opener, self._on_line, self._on_state,
                                    stale_after_s=stale_after_s, lost_after_s=lost_after_s, clock=clock)
@@ -208,11 +261,22 @@ class LiveSource:
 
     def start(self) -> None:
         self.state.set_now(self._clock())
+        self._read_log()
         for stream in self.streams:
             stream.start()
 
     def tick(self) -> None:
         self.state.set_now(self._clock())
+        self._read_log()
+
+    def _read_log(self) -> None:
+        if self.log is None:
+            return
+        progress = self.log.poll()
+        if progress != self.state.progress:
+            if self.recorder is not None:
+                self.recorder.progress(progress, self._clock())
+            self.state.apply_progress(progress)
 
     def step(self) -> bool:
         return False

@@ -1,4 +1,5 @@
-"""What the head knows about each node: its link, its latest sample, a short history, events since start.
+"""What the head knows about each node: its link, its latest sample, a short history, events since start;
+and the job's progress from its log (``--log``), when followed.
 
 Sources (live streams, a replayed recording) write into a ``ClusterState`` from their threads; the UI
 reads it. Every change bumps ``version`` so a view redraws only when something changed. ``now`` is
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterkit.monitor.model import NodeSample, RankSample, SampleError, XidSample, decode_sample
+from clusterkit.monitor.progress import Progress
 from clusterkit.remote.stream import Status, StreamState
 
 #: Samples of history kept per node (sparklines, straggler windows).
@@ -63,6 +65,8 @@ class ClusterState:
         self.interval_s = interval_s
         self.nodes = {h: NodeView(h, (slots or {}).get(h)) for h in hosts}
         self.ranks: dict[tuple[str, int], SeenRank] = {}  # (job, rank) -> last sighting
+        #: The job's progress from its log; None when no log is followed.
+        self.progress: Progress | None = None
         self.now = 0.0
         self.version = 0
         self.lock = threading.RLock()
@@ -117,6 +121,12 @@ class ClusterState:
         with self.lock:
             self.node(state.host).link = state
             self.version += 1
+
+    def apply_progress(self, progress: Progress) -> None:
+        with self.lock:
+            if progress != self.progress:
+                self.progress = progress
+                self.version += 1
 
     def set_now(self, now: float) -> None:
         with self.lock:

@@ -209,10 +209,14 @@ def _close_quietly(channel: ByteChannel) -> None:
 
 
 class ProcessChannel:
-    """A local process's stdout as a channel (this machine, or tests with real processes)."""
+    """A local process's stdout as a channel (this machine, or tests with real processes).
+
+    Its stdin is a pipe held open until ``close()``, as sshd holds a session's: a command that
+    watches its input for the end (the monitor's sampler) ends with the channel.
+    """
 
     def __init__(self, command: str) -> None:
-        self._proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
     def read(self, timeout_s: float) -> bytes | None:
@@ -238,7 +242,7 @@ class ProcessChannel:
                 os.killpg(self._proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=1)
-        for pipe in (self._proc.stdout, self._proc.stderr):
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 pipe.close()
 

@@ -19,7 +19,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
-from clusterkit.monitor.progress import LogFollower, Progress
+from clusterkit.monitor.progress import Progress
 from clusterkit.monitor.sources import Source
 from clusterkit.monitor.views import (
     NodeSummary,
@@ -57,18 +57,23 @@ class Snapshot:
     now: float
     live: bool
     progress: Progress | None = None
+    #: What the viewer must know about the data (a recording cut short).
+    notice: str | None = None
 
     def straggling_hosts(self) -> set[str]:
         return {s.host for s in self.stragglers}
 
 
 def progress_text(snap: Snapshot) -> Text:
-    """The job's own progress from its log (``--log``), or nothing."""
+    """The job's own progress from its log (``--log``), and what the viewer must know, or nothing."""
+    text = Text("")
     p = snap.progress
-    if p is None:
-        return Text("")
-    age = f", last step {cells.age(max(0.0, snap.now - p.updated_at))} ago" if p.updated_at is not None else ""
-    return Text(f"\njob: {p.describe()}{age}", style="bold cyan")
+    if p is not None:
+        age = f", last step {cells.age(max(0.0, snap.now - p.updated_at))} ago" if p.updated_at is not None else ""
+        text.append(f"\njob: {p.describe()}{age}", style="bold red" if p.error else "bold cyan")
+    if snap.notice:
+        text.append(f"\n{snap.notice}", style="bold yellow")
+    return text
 
 
 def alert_lines(alerts: list[Alert], limit: int) -> Text:
@@ -322,12 +327,10 @@ class MonitorApp(App[None]):
     ]
 
     def __init__(self, source: Source, thresholds: Thresholds, *, refresh_s: float = 0.5,
-                 title: str = "clusterkit monitor", log: LogFollower | None = None) -> None:
+                 title: str = "clusterkit monitor") -> None:
         super().__init__()
         self.source = source
-        self.job_log = log
         self._stragglers: tuple[float | None, list[Straggler]] = (None, [])
-        self._progress: Progress | None = None
         self.thresholds = thresholds
         self.refresh_s = refresh_s
         self.title_text = title
@@ -338,8 +341,6 @@ class MonitorApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(self.overview)
         self.source.start()
-        if self.job_log is not None:
-            self._progress = self.job_log.poll()
         self.set_interval(self.refresh_s, self._tick)
 
     def on_unmount(self) -> None:
@@ -347,11 +348,6 @@ class MonitorApp(App[None]):
 
     def _tick(self) -> None:
         self.source.tick()
-        if self.job_log is not None:
-            progress = self.job_log.poll()
-            if progress != self._progress:
-                self._progress = progress
-                self._drawn_version = -1  # redraw: the job moved on
         self.refresh_view()
 
     def snapshot(self) -> Snapshot:
@@ -364,7 +360,7 @@ class MonitorApp(App[None]):
             stragglers = find_stragglers(state, t.stale_after_s, t.straggler_ratio, t.straggler_window)
             self._stragglers = (state.now, stragglers)
         return Snapshot(summaries, ranks, stragglers, all_alerts(summaries, ranks, stragglers, state, t),
-                        state.now, self.source.live, self.job_log.progress if self.job_log else None)
+                        state.now, self.source.live, state.progress, self.source.notice)
 
     def refresh_view(self, force: bool = False) -> None:
         """Redraw the screen on top if the state changed, or every second for the ages when live."""

@@ -371,17 +371,20 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
         return [Finding("workload-launcher-failed", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, "head",
                         f"the deepspeed launcher could not start: {outcome.start_error}", _CATEGORY_WHY["launcher"],
                         "install DeepSpeed into the training env (pass --python with its interpreter)")]
-    progress = outcome.last_progress()
     done = outcome.done_ranks()
     stuck = [r for r in sorted(rank_hosts) if r not in done]
     if outcome.timed_out:
-        detail = "; ".join(f"rank {r} on {rank_hosts[r]}: {progress.get(r, 'no progress reported')}"
-                           for r in stuck[:8])
+        # What was last heard of each rank and when, the longest silent first: never a state not seen.
+        news, heard = outcome.rank_news(), outcome.last_heard()
+        silent_first = sorted(stuck, key=lambda r: (heard.get(r, -1.0), r))
+        detail = "; ".join(f"rank {r} on {rank_hosts[r]}: "
+                           f"{news.get(r, f'nothing heard from it in {outcome.duration_s:.0f}s')}"
+                           for r in silent_first[:8])
         findings.append(Finding(
             "workload-deadline", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, workload,
             f"{workload} did not finish within {outcome.duration_s:.0f}s; ranks not done: {detail or 'none'}",
-            why, "look at the first rank that stopped making progress; rerun with a longer --deadline if the "
-                 "nodes are merely slow"))
+            why, "look at the rank silent longest (listed first): a rank behind a slow or saturated link may "
+                 "only be late to say where it is; rerun with a longer --deadline if the nodes are merely slow"))
         for r in stuck[:4]:
             _add_tail(diagnosis, outcome, rank_hosts[r], r)
     silent = [r for r in stuck if r not in outcome.seen_ranks()]
@@ -395,8 +398,9 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
                 continue
             findings.append(Finding(
                 "workload-ranks-silent", Severity.ERROR, Outcome.FAIL, host, workload,
-                f"rank(s) {', '.join(map(str, ranks))} on {host} printed nothing: they never started (the node is "
-                "down or frozen, or pdsh could not start them)", why,
+                f"rank(s) {', '.join(map(str, ranks))} on {host} printed nothing the head received in "
+                f"{outcome.duration_s:.0f}s: they never started or their output never got through (the node is "
+                "down, frozen or cut off, or pdsh could not start them)", why,
                 f"check {host}: ssh {host} true; clusterkit doctor HOSTFILE"))
             _add_tail(diagnosis, outcome, host, None)
     if not outcome.timed_out and not findings and not diagnosis.findings and not explained:

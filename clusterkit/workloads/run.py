@@ -130,11 +130,37 @@ class RunOutcome:
 
     def last_progress(self) -> dict[int, str]:
         """rank -> the last progress it reported."""
-        where: dict[int, str] = {}
+        return {rank: text for rank, (text, _) in self.last_progress_at().items()}
+
+    def last_progress_at(self) -> dict[int, tuple[str, float]]:
+        """rank -> the last progress it reported and when (seconds into the run)."""
+        where: dict[int, tuple[str, float]] = {}
         for line in self.lines:
             if line.rank is not None and line.text.startswith(PROGRESS):
-                where[line.rank] = line.text[len(PROGRESS):].strip()
+                where[line.rank] = (line.text[len(PROGRESS):].strip(), line.seconds)
         return where
+
+    def last_heard(self) -> dict[int, float]:
+        """rank -> when its last line reached the head (seconds into the run)."""
+        return {line.rank: line.seconds for line in self.lines if line.rank is not None}
+
+    def rank_news(self) -> dict[int, str]:
+        """rank -> what the head last heard of it and when, for every rank heard at all.
+
+        Only what was seen: a rank's last progress is where it was when it said so, not where it is
+        (its later output may be stuck behind a saturated link), so each comes with its time.
+        """
+        progress = self.last_progress_at()
+        news = {}
+        for rank, heard in self.last_heard().items():
+            text = f"last heard {max(0.0, self.duration_s - heard):.0f}s before the end"
+            if rank in progress:
+                said, at = progress[rank]
+                text += f", its last progress {said!r} at {at:.0f}s"
+            else:
+                text += ", no progress reported"
+            news[rank] = text
+        return news
 
     def tail(self, n: int = 20, node: str | None = None, rank: int | None = None,
              skip_markers: bool = True) -> list[LogLine]:

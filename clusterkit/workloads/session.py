@@ -19,7 +19,7 @@ from rich.console import Console
 
 from clusterkit.inventory import ActiveHost
 from clusterkit.launchline import LaunchPlan, build_launch_line, shell_line
-from clusterkit.progress import NodeProgress
+from clusterkit.progress import LAST_HEARD, NO_OUTPUT, NodeProgress
 from clusterkit.remote import SshSettings
 from clusterkit.workloads.diagnose import Diagnosis, diagnose
 from clusterkit.workloads.run import (
@@ -227,12 +227,17 @@ class WorkloadContext:
 
 
 class _ProgressTracker:
-    """Feeds a NodeProgress from a run's lines: each node's latest progress, done when its ranks are."""
+    """Feeds a NodeProgress from a run's lines: when each node was last heard and what its ranks last
+    said (with when they said it), done when its ranks are. Never a state not seen: a rank's last
+    progress may be long past while its later output is stuck behind a saturated link."""
 
     def __init__(self, progress: NodeProgress, layout: dict[int, str]) -> None:
         self.progress = progress
         self.layout = layout
         self.pending = {host: {r for r, h in layout.items() if h == host} for host in set(layout.values())}
+        self.said: dict[str, dict[int, tuple[str, float]]] = {host: {} for host in self.pending}
+        for host in self.pending:
+            progress.update(host, NO_OUTPUT)
 
     def _node(self, line: LogLine) -> str | None:
         if line.rank is not None and line.rank in self.layout:
@@ -243,19 +248,24 @@ class _ProgressTracker:
         node = self._node(line)
         if node is None or node not in self.pending:
             return
-        if line.text.startswith(PROGRESS):
-            self.progress.update(node, "running", f"rank {line.rank}: {line.text[len(PROGRESS):].strip()}")
-        elif line.text.startswith(DONE) and line.rank is not None:
+        if line.text.startswith(DONE) and line.rank is not None:
             self.pending[node].discard(line.rank)
             if not self.pending[node]:
                 self.progress.update(node, "done")
+                return
+        if not self.pending[node]:
+            return
+        if line.text.startswith(PROGRESS) and line.rank is not None:
+            self.said[node][line.rank] = (line.text[len(PROGRESS):].strip(), line.seconds)
+        detail = "; ".join(f"rank {r}: {text} (at {at:.0f}s)" for r, (text, at) in sorted(self.said[node].items())
+                           if r in self.pending[node])
+        self.progress.update(node, LAST_HEARD, detail)
 
     def finish(self, outcome: RunOutcome) -> None:
+        news = outcome.rank_news()
         for node, ranks in self.pending.items():
             if not ranks:
                 continue
-            if outcome.timed_out:
-                self.progress.update(node, "timed out", f"ranks {sorted(ranks)} not done")
-            else:
-                self.progress.update(node, "failed", f"ranks {sorted(ranks)} not done")
-
+            detail = f"ranks {sorted(ranks)} not done; " + "; ".join(
+                f"rank {r}: {news.get(r, 'nothing heard from it')}" for r in sorted(ranks)[:4])
+            self.progress.update(node, "timed out" if outcome.timed_out else "failed", detail)

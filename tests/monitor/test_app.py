@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Static
 
-from clusterkit.monitor.progress import LogFollower
+from clusterkit.monitor.progress import Progress
 from clusterkit.monitor.sources import ReplaySource
 from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
 from clusterkit.tui.grid import Grid
@@ -159,16 +160,42 @@ async def test_question_mark_opens_the_help_and_escape_closes_it() -> None:
         assert isinstance(app.screen, OverviewScreen)
 
 
+JOB_START = min(json.loads(line)["rx"] for line in JOB.read_text().splitlines()[1:])
+
+
+def with_progress(tmp_path: Path, *progress: tuple[float, Progress]) -> Path:
+    """The synthetic job's recording with the job's progress recorded at the given seconds."""
+    lines = JOB.read_text().splitlines()
+    header = json.loads(lines[0])
+    start = JOB_START
+    records = [json.dumps({"k": "progress", "rx": start + at, "p": p.to_record()}) for at, p in progress]
+    out = tmp_path / "with-progress.jsonl"
+    out.write_text("\n".join([json.dumps(dict(header, v=2)), *lines[1:], *records]) + "\n")
+    return out
+
+
 @pytest.mark.asyncio
-async def test_the_jobs_own_progress_from_its_log_is_shown_above_the_nodes(tmp_path: Path) -> None:
-    log = tmp_path / "train.log"
-    log.write_text("zero smoke: step 41 loss 0.01234 (0.050 s)\n")
-    source = ReplaySource(JOB, speed=0)
-    source.seek(source.start_time + 5)
-    app = MonitorApp(source, Thresholds.for_interval(1.0), refresh_s=3600, log=LogFollower(log))
+async def test_the_jobs_own_progress_is_shown_above_the_nodes_with_the_age_of_its_last_step(tmp_path: Path) -> None:
+    recording = with_progress(tmp_path, (2.0, Progress(step=41, loss=0.01234, step_time_s=0.05,
+                                                       updated_at=JOB_START + 1.5)))
+    source = ReplaySource(recording, speed=0)
+    source.seek(source.start_time + 4.5)
+    app = MonitorApp(source, Thresholds.for_interval(1.0), refresh_s=3600)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert "job: step 41, loss 0.01234, 0.05 s/step" in text_of(app, "#summary")
+        assert "job: step 41, loss 0.01234, 0.05 s/step, last step 3s ago" in text_of(app, "#summary")
+
+
+@pytest.mark.asyncio
+async def test_a_log_that_cannot_be_read_is_said_beside_the_last_progress_read(tmp_path: Path) -> None:
+    """issue 19, M1: a log that cannot be read was shown as `job: no step yet`, with no error."""
+    recording = with_progress(tmp_path, (2.0, Progress(step=41, error="cannot read /x/train.log: Permission denied")))
+    source = ReplaySource(recording, speed=0)
+    source.seek(source.start_time + 5)
+    app = MonitorApp(source, Thresholds.for_interval(1.0), refresh_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "job: cannot read /x/train.log: Permission denied (last read: step 41)" in text_of(app, "#summary")
 
 
 @pytest.mark.asyncio

@@ -99,6 +99,34 @@ def test_a_recording_with_a_bad_line_is_an_input_error_naming_file_and_line(tmp_
         load_recording(tmp_path / "other.jsonl")
 
 
+def test_a_recording_cut_mid_line_keeps_what_is_whole_and_says_where_it_was_cut(tmp_path: Path) -> None:
+    """issue 19, C3: a recording cut mid-line (its session died) could not be replayed at all."""
+    header = '{"k":"header","v":2,"hosts":["a"],"interval":1}\n'
+    sample = '{"k":"sample","h":"a","rx":1,"s":{}}\n'
+    cut = tmp_path / "cut.jsonl"
+    for tail in ('{"k":"sample","h":"a","rx":2,"s":{"v":1,"se', '{"k":"sam\0\0\0\0'):  # NULs: a crash's tail
+        cut.write_text(header + sample + tail)
+        recording = load_recording(cut)
+        assert [r["rx"] for r in recording.records] == [1]
+        assert recording.cut == (f"{cut}:3: the recording ends in the middle of this line (its writer stopped "
+                                 "mid-line): played up to line 2")
+    cut.write_text(header + sample)
+    assert load_recording(cut).cut is None  # cut between lines: nothing lost
+    cut.write_text(header[:20])
+    with pytest.raises(InputError, match=r"cut.jsonl: empty recording \(cut short in its header line\)"):
+        load_recording(cut)
+
+
+def test_a_version_1_recording_plays_and_progress_records_need_no_host(tmp_path: Path) -> None:
+    assert load_recording(JOB).header["v"] == 1
+    recording = tmp_path / "v2.jsonl"
+    recording.write_text('{"k":"header","v":2,"hosts":["a"],"interval":1}\n'
+                         '{"k":"progress","rx":5,"p":{"step":3,"loss":0.5}}\n')
+    source = ReplaySource(recording, speed=0)
+    source.seek(source.end_time)
+    assert source.state.progress is not None and (source.state.progress.step, source.state.progress.loss) == (3, 0.5)
+
+
 def test_thresholds_take_overrides_and_reject_unknown_names() -> None:
     t = Thresholds.for_interval(2.0).with_overrides(["temp_warn_c=80", "straggler_window=5"])
     assert (t.stale_after_s, t.lost_after_s, t.temp_warn_c, t.straggler_window) == (6.0, 16.0, 80.0, 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from clusterkit.collect.nvml_replay import ReplayNvml
 from clusterkit.collect.sampler import (
     SAMPLE_MARKER,
     SAMPLE_PROTOCOL,
+    ChannelWatch,
     GpuSampler,
     ProcReader,
     Sampler,
@@ -139,11 +141,13 @@ def test_without_nvml_every_sample_says_why_there_are_no_gpus() -> None:
     assert gpus.error is not None and "cannot replay NVML readings" in gpus.error
 
 
+REPLAY = REPO / "tests" / "fixtures" / "h100-x1" / "nvml-readings.json"
+
+
 def test_agent_stream_prints_marked_samples_with_rising_sequence_numbers() -> None:
-    replay = REPO / "tests" / "fixtures" / "h100-x1" / "nvml-readings.json"
     proc = subprocess.run([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", "0.2", "--count", "3"],
-                          capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env={"CLUSTERKIT_NVML_REPLAY": str(replay), "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL,
+                          env={"CLUSTERKIT_NVML_REPLAY": str(REPLAY), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3 and all(line.startswith(SAMPLE_MARKER) for line in lines)
@@ -152,3 +156,46 @@ def test_agent_stream_prints_marked_samples_with_rising_sequence_numbers() -> No
     assert len({s["boot"] for s in samples}) == 1
     assert samples[1]["dt"] == pytest.approx(0.2, abs=0.15)
     assert samples[0]["gpus"][0]["uuid"] == "GPU-944ba4d1-ba97-eb4c-5067-8840a9b23fdb"
+
+
+def test_the_agent_ends_when_its_channel_closes_even_in_the_middle_of_a_long_interval() -> None:
+    """issue 19, C2: agents slept through their interval after the head had gone (one was still running
+    53 minutes later). Over SSH a channel's end is the end of the agent's stdin."""
+    agent = subprocess.Popen([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", "60"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                             env={"CLUSTERKIT_NVML_REPLAY": str(REPLAY), "PATH": "/usr/bin:/bin"})
+    try:
+        assert agent.stdout is not None and agent.stdin is not None
+        assert agent.stdout.readline().startswith(SAMPLE_MARKER.encode())  # sampling, then 60 s till the next
+        agent.stdin.close()  # the channel ends: sshd closes the session's pipes
+        assert agent.wait(timeout=15) == 0
+    finally:
+        agent.kill()
+        agent.wait()
+        for pipe in (agent.stdout, agent.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_a_terminal_or_dev_null_on_stdin_is_no_channel_to_watch() -> None:
+    with open(os.devnull, "rb") as null:
+        assert ChannelWatch(null.fileno()).fd is None
+    read_end, write_end = os.pipe()
+    try:
+        watch = ChannelWatch(read_end)
+        assert watch.fd == read_end and watch.wait(0.01) is True  # open and quiet: go on
+        os.write(write_end, b"anything\n")
+        assert watch.wait(0.01) is True  # input is read and ignored
+        os.close(write_end)
+        assert watch.wait(30) is False  # the end, noticed at once
+    finally:
+        os.close(read_end)
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "1e9", "0.001", "-1", "soon"])
+def test_the_agent_refuses_an_interval_it_cannot_keep(interval: str) -> None:
+    """issue 19, C2: `--interval inf` crashed every agent (OverflowError) and the nodes showed down."""
+    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", interval, "--count", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "argument --interval" in proc.stderr and "Traceback" not in proc.stderr
