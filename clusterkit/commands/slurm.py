@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.remote.slurm import Allocation, SlurmError, SlurmRequest, allocation, current_allocation, in_allocation
+from clusterkit.remote.slurm import Allocation, SlurmError, allocation, current_allocation, in_allocation
+from clusterkit.slurmrequest import SlurmRequest
 from clusterkit.survey_slurm import hostfile_text
 
 

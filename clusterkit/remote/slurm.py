@@ -34,6 +34,7 @@ from clusterkit.facts import SlurmJobFacts
 from clusterkit.hostlist import compress
 from clusterkit.remote.fanout import HostResult, ProgressListener
 from clusterkit.remote.ssh import RemoteError
+from clusterkit.slurmrequest import SlurmRequest, request_environment
 from clusterkit.slurmstate import SlurmParseError, expand_nodes, job_id_from_env, parse_job
 
 #: Printed by each task before the command (its Slurm node name) and after it (the exit status).
@@ -60,32 +61,6 @@ GRACE_S = 3.0
 
 class SlurmError(RemoteError):
     """A Slurm command failed as a whole (no allocation, slurmctld unreachable, srun missing)."""
-
-
-@dataclass(frozen=True)
-class SlurmRequest:
-    """What to ask ``salloc`` for when clusterkit is not inside an allocation yet (``--slurm``)."""
-
-    partition: str | None = None
-    #: ``--nodes``: a count or ``MIN-MAX``.
-    nodes: str | None = None
-    nodelist: str | None = None
-    time: str | None = None
-    extra: tuple[str, ...] = ()
-    #: How long to wait for the allocation before giving up (``salloc --immediate``).
-    wait_s: float = 60.0
-
-    def salloc_args(self) -> list[str]:
-        args = []
-        if self.partition:
-            args.append(f"--partition={self.partition}")
-        if self.nodes:
-            args.append(f"--nodes={self.nodes}")
-        if self.nodelist:
-            args.append(f"--nodelist={self.nodelist}")
-        if self.time:
-            args.append(f"--time={self.time}")
-        return [*args, *self.extra]
 
 
 @dataclass(frozen=True)
@@ -165,14 +140,17 @@ def current_allocation(environ: Mapping[str, str] | None = None, timeout_s: floa
 
 
 def request_allocation(request: SlurmRequest, timeout_s: float | None = None) -> Allocation:
-    """``salloc --no-shell``: a job held for clusterkit until :func:`release_allocation`."""
+    """``salloc --no-shell``: a job held for clusterkit until :func:`release_allocation`.
+
+    salloc runs in this process's environment less the variables of a job clusterkit is not in (user
+    configuration such as ``SLURM_CONF`` stays).
+    """
     wait = max(1, int(request.wait_s))
     argv = ["salloc", "--no-shell", "--no-kill", f"--immediate={wait}", "--job-name=clusterkit",
             *request.salloc_args()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SALLOC_"))}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s or wait + 30, check=False,
-                              stdin=subprocess.DEVNULL, env=env)
+                              stdin=subprocess.DEVNULL, env=request_environment(os.environ))
     except FileNotFoundError:
         raise SlurmError("salloc is not installed here", fix="run clusterkit on a login node of the Slurm "
                          "cluster, or use a hostfile over SSH") from None
@@ -182,14 +160,22 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
     granted = re.search(r"job allocation (\d+)", said)
     if done.returncode != 0 or not granted:
         why = " | ".join(line.removeprefix("salloc: ") for line in said.strip().splitlines()[-2:]) or "no reason"
-        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}",
-                         fix="sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest")
+        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}", fix=_salloc_fix(said, wait))
     job_id = granted.group(1)
     try:
         return Allocation(describe_job(job_id), owned=True)
     except BaseException:
         release_allocation(Allocation(SlurmJobFacts(job_id, "", [], None, None, None), owned=True))
         raise
+
+
+def _salloc_fix(said: str, wait_s: int) -> str:
+    """What to do when salloc gave no job: it waited for nodes, or it refused outright (no config, no
+    slurmctld, a bad option), which no node's state explains."""
+    if re.search(r"queued and waiting|Pending job allocation", said):
+        return "sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest"
+    return ("fix what salloc says; `scontrol ping` and `sinfo` show whether this machine reaches Slurm (with "
+            "SLURM_CONF set where its config is not at the default path)")
 
 
 def release_allocation(alloc: Allocation) -> None:
