@@ -1,17 +1,25 @@
-"""What clusterkit asks ``salloc`` for, and in which environment.
+"""What clusterkit asks ``salloc`` for, in which environment, and whether Slurm can grant it now.
 
 Pure: the commands are run by :mod:`clusterkit.remote.slurm`.
 
 - :class:`SlurmRequest`: the allocation the ``--slurm`` flags ask for;
 - :func:`request_environment`: the environment ``salloc`` runs in: this process's, without the
   variables Slurm sets inside a job (those of a job clusterkit is not in), keeping every variable a
-  user configures Slurm's clients with (``SLURM_CONF``, ``SLURM_CLUSTERS``, ``SALLOC_ACCOUNT``...).
+  user configures Slurm's clients with (``SLURM_CONF``, ``SLURM_CLUSTERS``, ``SALLOC_ACCOUNT``...);
+- :func:`requested_shape` and :func:`shortfall`: the partition(s) and node count a request needs, and,
+  read against the partition's node states, why it cannot be had now (drained or down nodes, a partition
+  that is not up) with what can be had instead. Nodes that are only busy are no shortfall: they free up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from clusterkit.facts import SlurmNodeFacts
+from clusterkit.hostlist import compress, expand
+from clusterkit.slurmstate import parse_record, unusable
 
 
 @dataclass(frozen=True)
@@ -81,3 +89,175 @@ def request_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment for ``salloc`` asking for a new job: ``environ`` without the variables of a job
     clusterkit is not in; ``SLURM_CONF``, ``SALLOC_*`` and the rest of the user's configuration stay."""
     return {name: value for name, value in environ.items() if not job_variable(name)}
+
+
+# -------------------------------------------------------------------------------------- partitions
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition as ``scontrol show partition`` shows it."""
+
+    name: str
+    #: ``UP``, ``DOWN`` (jobs queue, none start), ``DRAIN`` or ``INACTIVE`` (no new jobs).
+    state: str
+    default: bool = False
+
+
+def parse_partitions(text: str) -> list[Partition]:
+    """``scontrol show partition --oneliner`` -> one Partition per ``PartitionName=`` record."""
+    partitions = []
+    for line in text.splitlines():
+        if not line.strip().startswith("PartitionName="):
+            continue
+        fields: dict[str, str] = {}
+        for key, value in parse_record(line):
+            fields.setdefault(key, value)
+        partitions.append(Partition(fields["PartitionName"], fields.get("State", "UP").upper(),
+                                    fields.get("Default", "NO").upper() == "YES"))
+    return partitions
+
+
+@dataclass(frozen=True)
+class RequestedShape:
+    """What a request needs from Slurm: a partition among ``partitions`` ("" for the default one), at
+    least ``count`` nodes, every node of ``nodelist`` among them."""
+
+    partitions: tuple[str, ...]
+    count: int
+    nodelist: tuple[str, ...] = ()
+
+    @property
+    def wanted(self) -> int:
+        return max(self.count, len(self.nodelist))
+
+
+def _option(extra: Sequence[str], short: str, long: str) -> str | None:
+    """The value of salloc's option ``-X V``/``-XV``/``--long V``/``--long=V`` in ``extra`` (the last one
+    given, as salloc takes it); None when absent."""
+    value = None
+    for i, word in enumerate(extra):
+        if word in (short, long):
+            value = extra[i + 1] if i + 1 < len(extra) else ""
+        elif word.startswith(long + "="):
+            value = word[len(long) + 1:]
+        elif word.startswith(short) and not word.startswith("--") and len(word) > len(short):
+            value = word[len(short):]
+    return value
+
+
+def requested_shape(request: SlurmRequest, environ: Mapping[str, str]) -> RequestedShape | None:
+    """The partition(s) and nodes ``request`` needs (salloc's rules: options over ``SALLOC_*``, one node when
+    none is said); None where clusterkit cannot tell (another cluster, a node list in a file, a count it
+    does not read), so that salloc alone judges."""
+    extra = request.extra
+    if _option(extra, "-M", "--clusters") or environ.get("SALLOC_CLUSTERS") or environ.get("SLURM_CLUSTERS"):
+        return None
+    # --slurm-args come after the flags on salloc's line, so theirs is the value salloc takes.
+    partition = _option(extra, "-p", "--partition") or request.partition or environ.get("SALLOC_PARTITION") or ""
+    nodes = _option(extra, "-N", "--nodes") or request.nodes or "1"
+    counted = re.fullmatch(r"\s*(\d+)\s*(?:-\s*\d*\s*)?", nodes)
+    nodelist = _option(extra, "-w", "--nodelist") or request.nodelist or ""
+    if not counted or "/" in nodelist:
+        return None
+    try:
+        named = tuple(expand(nodelist)) if nodelist else ()
+    except ValueError:
+        return None
+    return RequestedShape(tuple(p.strip() for p in partition.split(",")), int(counted.group(1)), named)
+
+
+# -------------------------------------------------------------------------------------- shortfall
+
+#: States in which Slurm starts no new job on a node until someone acts (a node powered down to save
+#: energy, rebooting, or reserved is not among them: Slurm brings it back, so salloc waits for it).
+NO_NEW_JOBS = ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING", "INVALID_REG")
+#: At most this many unavailable nodes are named in one message; `sinfo -R` lists the rest.
+NAMED_AT_MOST = 5
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a request cannot be had now (one line), and what can be asked for instead."""
+
+    message: str
+    fix: str
+
+
+def takes_no_new_job(node: SlurmNodeFacts) -> bool:
+    """Whether Slurm starts no new job on ``node`` now (drained, down, failed, not responding)."""
+    return any(state in NO_NEW_JOBS for state in unusable(node))
+
+
+def _said(node: SlurmNodeFacts) -> str:
+    reason = f": {node.reason}" if node.reason else " (no reason given)"
+    by = f" [set by {node.reason_user or '?'} at {node.reason_time or '?'}]" if node.reason_user or node.reason_time \
+        else ""
+    return f"{node.name} is {node.state}{reason}{by}"
+
+
+def _unavailable(nodes: Sequence[SlurmNodeFacts], partition: str) -> str:
+    named = "; ".join(_said(n) for n in nodes[:NAMED_AT_MOST])
+    more = len(nodes) - NAMED_AT_MOST
+    return named + (f"; and {more} more (sinfo -R -p {partition})" if more > 0 else "")
+
+
+def _partition_shortfall(shape: RequestedShape, partition: Partition, nodes: Sequence[SlurmNodeFacts]
+                         ) -> Shortfall | None:
+    where = f"partition {partition.name}"
+    members = [n for n in nodes if partition.name in n.partitions]
+    if not members or not set(shape.nodelist) <= {n.name for n in members}:
+        return None  # not what this machine is shown of the partition (or a node salloc rejects itself)
+    asked = (f"--nodelist {compress(shape.nodelist)}" if shape.nodelist and shape.wanted == len(shape.nodelist)
+             else _count(shape.wanted, "node"))
+    if partition.state != "UP":
+        return Shortfall(f"{asked} cannot be had now: {where} is {partition.state}, so Slurm starts no job there",
+                         f"scontrol show partition {partition.name}; ask an admin to set it UP, or choose "
+                         "another partition (--partition)")
+    free = [n for n in members if not takes_no_new_job(n)]
+    blocked = [n for n in members if takes_no_new_job(n)]
+    blocked_named = [n for n in blocked if n.name in shape.nodelist]
+    if len(free) >= shape.wanted and not blocked_named:
+        return None  # enough nodes take jobs: if some are busy, salloc waits for them
+    shown = blocked_named or blocked
+    of_its = f"of its {_count(len(members), 'node')}"
+    have = (f"{len(free)} {of_its} {'takes' if len(free) == 1 else 'take'} jobs ({compress(n.name for n in free)})"
+            if free else f"none {of_its} takes a job")
+    message = f"{asked} cannot be had now in {where}: {have}" + (
+        f"; {_unavailable(shown, partition.name)}" if shown else "")
+    offers = []
+    usable_named = [name for name in shape.nodelist if name not in {n.name for n in blocked_named}]
+    if usable_named:
+        offers.append(f"--nodelist {compress(usable_named)}")
+    if free:
+        offers.append(f"--nodes {min(len(free), shape.wanted)}" + (" (no --nodelist)" if shape.nodelist else ""))
+    fixes = [f"ask for what can be had now: {' or '.join(offers)}" if offers else ""]
+    if shown:
+        names = compress(n.name for n in shown)
+        fixes.append(f"once fixed, an admin returns {names} to service: scontrol update NodeName={names} "
+                     "State=RESUME")
+    if len(members) < shape.wanted:
+        fixes.append(f"{where} has only {_count(len(members), 'node')}")
+    return Shortfall(message, "; ".join(filter(None, fixes)))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def shortfall(shape: RequestedShape, partitions: Sequence[Partition], nodes: Sequence[SlurmNodeFacts]
+              ) -> Shortfall | None:
+    """Why ``shape`` cannot be had now in any of its partitions, judged on their states and their nodes';
+    None when it can (its nodes may still be busy), or when what Slurm shows does not tell."""
+    found: list[Shortfall] = []
+    for name in shape.partitions:
+        partition = next((p for p in partitions if (p.name == name if name else p.default)), None)
+        if partition is None:
+            return None  # unknown here (salloc names it), or no default partition
+        short = _partition_shortfall(shape, partition, nodes)
+        if short is None:
+            return None
+        found.append(short)
+    if not found:
+        return None
+    return Shortfall("; ".join(s.message for s in found), "; ".join(dict.fromkeys(s.fix for s in found)))

@@ -30,12 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from clusterkit.facts import SlurmJobFacts
+from clusterkit.facts import SlurmJobFacts, SlurmNodeFacts
 from clusterkit.hostlist import compress
 from clusterkit.remote.fanout import HostResult, ProgressListener
 from clusterkit.remote.ssh import RemoteError
-from clusterkit.slurmrequest import SlurmRequest, request_environment
-from clusterkit.slurmstate import SlurmParseError, expand_nodes, job_id_from_env, parse_job
+from clusterkit.slurmrequest import SlurmRequest, parse_partitions, request_environment, requested_shape, shortfall
+from clusterkit.slurmstate import (
+    SINFO_REASONS_FORMAT,
+    SlurmParseError,
+    expand_nodes,
+    job_id_from_env,
+    node_facts,
+    parse_job,
+)
 
 #: Printed by each task before the command (its Slurm node name) and after it (the exit status).
 NODE_MARK = "@@clusterkit-node@@"
@@ -139,12 +146,44 @@ def current_allocation(environ: Mapping[str, str] | None = None, timeout_s: floa
     return Allocation(job)
 
 
+def read_nodes(timeout_s: float = 15.0, partition: str | None = None) -> list[SlurmNodeFacts]:
+    """Every node Slurm shows, with its state, partitions, and the reason an admin gave (who, when)."""
+    shown = slurm_command(["scontrol", "show", "node", "--oneliner"], timeout_s)
+    reasons = slurm_command(["sinfo", "-R", "-h", "-N", "-o", SINFO_REASONS_FORMAT,
+                             *([f"--partition={partition}"] if partition else [])], timeout_s)
+    try:
+        return node_facts(shown, reasons, lambda names: hostnames(names, timeout_s))
+    except SlurmParseError as exc:
+        raise SlurmError(f"cannot read Slurm's nodes: {exc}") from None
+
+
+def check_can_be_had(request: SlurmRequest, environ: Mapping[str, str] | None = None,
+                     timeout_s: float = 15.0) -> None:
+    """SlurmError, before anything waits, when Slurm cannot grant ``request`` now: too few nodes of the
+    partition take jobs (drained, down), a node it names is one of them, or the partition is not up. The
+    error names them with Slurm's reasons and offers what can be had. Busy nodes pass (salloc waits for
+    them), and so does anything Slurm's state does not tell (salloc judges it)."""
+    shape = requested_shape(request, os.environ if environ is None else environ)
+    if shape is None:
+        return
+    try:
+        partitions = parse_partitions(slurm_command(["scontrol", "show", "partition", "--oneliner"], timeout_s))
+        nodes = read_nodes(timeout_s)
+    except SlurmError:
+        return  # salloc says what is wrong in its own words
+    short = shortfall(shape, partitions, nodes)
+    if short is not None:
+        raise SlurmError(short.message, fix=short.fix)
+
+
 def request_allocation(request: SlurmRequest, timeout_s: float | None = None) -> Allocation:
     """``salloc --no-shell``: a job held for clusterkit until :func:`release_allocation`.
 
-    salloc runs in this process's environment less the variables of a job clusterkit is not in (user
-    configuration such as ``SLURM_CONF`` stays).
+    Slurm's state is read first: a request it cannot grant now fails at once (:func:`check_can_be_had`)
+    instead of waiting out ``request.wait_s``. salloc runs in this process's environment less the
+    variables of a job clusterkit is not in (user configuration such as ``SLURM_CONF`` stays).
     """
+    check_can_be_had(request)
     wait = max(1, int(request.wait_s))
     argv = ["salloc", "--no-shell", "--no-kill", f"--immediate={wait}", "--job-name=clusterkit",
             *request.salloc_args()]
@@ -170,10 +209,11 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
 
 
 def _salloc_fix(said: str, wait_s: int) -> str:
-    """What to do when salloc gave no job: it waited for nodes, or it refused outright (no config, no
-    slurmctld, a bad option), which no node's state explains."""
+    """What to do when salloc gave no job: it waited (past :func:`check_can_be_had`, enough nodes take jobs:
+    they were busy), or it refused outright (no config, no slurmctld, a bad option), which no node explains."""
     if re.search(r"queued and waiting|Pending job allocation", said):
-        return "sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest"
+        return (f"the nodes that take jobs were busy for {wait_s}s: squeue shows the jobs holding them; wait "
+                "longer with --slurm-wait SECONDS")
     return ("fix what salloc says; `scontrol ping` and `sinfo` show whether this machine reaches Slurm (with "
             "SLURM_CONF set where its config is not at the default path)")
 

@@ -1,6 +1,6 @@
 """``--slurm`` from outside an allocation, as from a login node, on a Slurm whose config is not at the default
 path: every node keeps it in /opt/slurm/etc and users find it only through ``SLURM_CONF`` (issue 19's field
-test). clusterkit asks salloc for the nodes in the user's environment."""
+test). clusterkit asks salloc for the nodes, and says at once when Slurm cannot grant them now."""
 
 from __future__ import annotations
 
@@ -62,3 +62,38 @@ def test_slurm_commands_from_outside_an_allocation_keep_slurm_conf(healthy: Slur
     assert words[0] == "srun" and "--nodelist=node[1-3]" in words
     assert words[-3:] == ["train.py", "--steps", "2"]
     assert jobs(healthy) == ""  # both allocations released
+
+
+def test_nodes_that_cannot_be_had_now_are_named_with_slurms_reason_at_once(healthy: SlurmCluster) -> None:
+    # issue 19, W10: a drained node made `doctor --slurm --nodes 3` wait out --slurm-wait, then say
+    # "Connection timed out". The command timeout here is far shorter than --slurm-wait: waiting fails it.
+    healthy.drain(healthy.cluster.nodes[2], "ckt planted: ECC errors on DIMM B2")
+    refused = from_login_shell(healthy, "doctor --slurm --nodes 3 --slurm-wait 600", timeout=90)
+    assert refused.rc == 1, refused.stdout[-2000:] + refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert "3 nodes cannot be had now in partition debug: 2 of its 3 nodes take jobs (node[1-2])" in said
+    assert "node3 is IDLE+DRAIN: ckt planted: ECC errors on DIMM B2 [set by root at " in said
+    assert "ask for what can be had now: --nodes 2" in said
+    assert "scontrol update NodeName=node3 State=RESUME" in said
+    assert "Traceback" not in refused.stderr
+    named = from_login_shell(healthy, "launch --nodelist node[2-3] --slurm-wait 600 --print-only -- train.py",
+                             timeout=90)
+    assert named.rc == 1, named.stdout[-2000:] + named.stderr[-3000:]
+    said = " ".join(named.stderr.split())
+    assert "--nodelist node[2-3] cannot be had now in partition debug" in said
+    assert "ask for what can be had now: --nodelist node2 or --nodes 2 (no --nodelist)" in said
+    assert jobs(healthy) == ""  # nothing was queued
+
+
+def test_nodes_that_are_only_busy_are_waited_for(healthy: SlurmCluster) -> None:
+    # issue 19, W10: when enough nodes take jobs but some are busy, clusterkit waits (as before) and then
+    # says they were busy, not that nodes are drained.
+    healthy.drain(healthy.cluster.nodes[2], "ckt planted: ECC errors on DIMM B2")
+    healthy.host_run(["salloc", "--no-shell", "--exclusive", "--nodelist=node1", "--job-name=holder",
+                      "--immediate=30"])
+    waited = from_login_shell(healthy, "doctor --slurm --nodes 2 --slurm-wait 3", timeout=90)
+    assert waited.rc == 1, waited.stdout[-2000:] + waited.stderr[-3000:]
+    said = " ".join(waited.stderr.split())
+    assert "got no allocation" in said and "cannot be had now" not in said
+    assert "the nodes that take jobs were busy for 3s: squeue shows the jobs holding them" in said
+    assert [line.split()[1] for line in jobs(healthy).splitlines()] == ["holder"]
