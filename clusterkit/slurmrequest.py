@@ -202,12 +202,13 @@ def _unavailable(nodes: Sequence[SlurmNodeFacts], partition: str) -> str:
     return named + (f"; and {more} more (sinfo -R -p {partition})" if more > 0 else "")
 
 
-def _partition_shortfall(shape: RequestedShape, partition: Partition, nodes: Sequence[SlurmNodeFacts]
-                         ) -> Shortfall | None:
+def _judge(shape: RequestedShape, partition: Partition, nodes: Sequence[SlurmNodeFacts]) -> Shortfall | bool:
+    """Why ``shape`` cannot be had now in ``partition``; True when enough of its nodes take jobs, False when
+    what Slurm shows here does not tell."""
     where = f"partition {partition.name}"
     members = [n for n in nodes if partition.name in n.partitions]
     if not members or not set(shape.nodelist) <= {n.name for n in members}:
-        return None  # not what this machine is shown of the partition (or a node salloc rejects itself)
+        return False  # not what this machine is shown of the partition (or a node salloc rejects itself)
     asked = (f"--nodelist {compress(shape.nodelist)}" if shape.nodelist and shape.wanted == len(shape.nodelist)
              else _count(shape.wanted, "node"))
     if partition.state != "UP":
@@ -218,7 +219,7 @@ def _partition_shortfall(shape: RequestedShape, partition: Partition, nodes: Seq
     blocked = [n for n in members if takes_no_new_job(n)]
     blocked_named = [n for n in blocked if n.name in shape.nodelist]
     if len(free) >= shape.wanted and not blocked_named:
-        return None  # enough nodes take jobs: if some are busy, salloc waits for them
+        return True  # enough nodes take jobs: if some are busy, salloc waits for them
     shown = blocked_named or blocked
     of_its = f"of its {_count(len(members), 'node')}"
     have = (f"{len(free)} {of_its} {'takes' if len(free) == 1 else 'take'} jobs ({compress(n.name for n in free)})"
@@ -245,19 +246,28 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def _judgements(shape: RequestedShape, partitions: Sequence[Partition], nodes: Sequence[SlurmNodeFacts]
+                ) -> list[Shortfall | bool]:
+    judged: list[Shortfall | bool] = []
+    for name in shape.partitions:
+        partition = next((p for p in partitions if (p.name == name if name else p.default)), None)
+        # None: unknown here (salloc names it), or no default partition.
+        judged.append(False if partition is None else _judge(shape, partition, nodes))
+    return judged
+
+
 def shortfall(shape: RequestedShape, partitions: Sequence[Partition], nodes: Sequence[SlurmNodeFacts]
               ) -> Shortfall | None:
     """Why ``shape`` cannot be had now in any of its partitions, judged on their states and their nodes';
     None when it can (its nodes may still be busy), or when what Slurm shows does not tell."""
-    found: list[Shortfall] = []
-    for name in shape.partitions:
-        partition = next((p for p in partitions if (p.name == name if name else p.default)), None)
-        if partition is None:
-            return None  # unknown here (salloc names it), or no default partition
-        short = _partition_shortfall(shape, partition, nodes)
-        if short is None:
-            return None
-        found.append(short)
-    if not found:
+    judged = _judgements(shape, partitions, nodes)
+    found = [j for j in judged if isinstance(j, Shortfall)]
+    if not found or len(found) < len(judged):
         return None
     return Shortfall("; ".join(s.message for s in found), "; ".join(dict.fromkeys(s.fix for s in found)))
+
+
+def grantable(shape: RequestedShape, partitions: Sequence[Partition], nodes: Sequence[SlurmNodeFacts]) -> bool:
+    """Whether Slurm shows enough nodes that take jobs for ``shape`` in one of its partitions: a salloc that
+    then waits waits for busy nodes."""
+    return any(j is True for j in _judgements(shape, partitions, nodes))

@@ -34,7 +34,14 @@ from clusterkit.facts import SlurmJobFacts, SlurmNodeFacts
 from clusterkit.hostlist import compress
 from clusterkit.remote.fanout import HostResult, ProgressListener
 from clusterkit.remote.ssh import RemoteError
-from clusterkit.slurmrequest import SlurmRequest, parse_partitions, request_environment, requested_shape, shortfall
+from clusterkit.slurmrequest import (
+    SlurmRequest,
+    grantable,
+    parse_partitions,
+    request_environment,
+    requested_shape,
+    shortfall,
+)
 from clusterkit.slurmstate import (
     SINFO_REASONS_FORMAT,
     SlurmParseError,
@@ -158,22 +165,24 @@ def read_nodes(timeout_s: float = 15.0, partition: str | None = None) -> list[Sl
 
 
 def check_can_be_had(request: SlurmRequest, environ: Mapping[str, str] | None = None,
-                     timeout_s: float = 15.0) -> None:
+                     timeout_s: float = 15.0) -> bool:
     """SlurmError, before anything waits, when Slurm cannot grant ``request`` now: too few nodes of the
     partition take jobs (drained, down), a node it names is one of them, or the partition is not up. The
     error names them with Slurm's reasons and offers what can be had. Busy nodes pass (salloc waits for
-    them), and so does anything Slurm's state does not tell (salloc judges it)."""
+    them), and so does anything Slurm's state does not tell (salloc judges it). True when it was judged:
+    enough nodes take jobs."""
     shape = requested_shape(request, os.environ if environ is None else environ)
     if shape is None:
-        return
+        return False
     try:
         partitions = parse_partitions(slurm_command(["scontrol", "show", "partition", "--oneliner"], timeout_s))
         nodes = read_nodes(timeout_s)
     except SlurmError:
-        return  # salloc says what is wrong in its own words
+        return False  # salloc says what is wrong in its own words
     short = shortfall(shape, partitions, nodes)
     if short is not None:
         raise SlurmError(short.message, fix=short.fix)
+    return grantable(shape, partitions, nodes)
 
 
 def request_allocation(request: SlurmRequest, timeout_s: float | None = None) -> Allocation:
@@ -183,7 +192,7 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
     instead of waiting out ``request.wait_s``. salloc runs in this process's environment less the
     variables of a job clusterkit is not in (user configuration such as ``SLURM_CONF`` stays).
     """
-    check_can_be_had(request)
+    judged = check_can_be_had(request)
     wait = max(1, int(request.wait_s))
     argv = ["salloc", "--no-shell", "--no-kill", f"--immediate={wait}", "--job-name=clusterkit",
             *request.salloc_args()]
@@ -199,7 +208,7 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
     granted = re.search(r"job allocation (\d+)", said)
     if done.returncode != 0 or not granted:
         why = " | ".join(line.removeprefix("salloc: ") for line in said.strip().splitlines()[-2:]) or "no reason"
-        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}", fix=_salloc_fix(said, wait))
+        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}", fix=_salloc_fix(said, wait, judged))
     job_id = granted.group(1)
     try:
         return Allocation(describe_job(job_id), owned=True)
@@ -208,12 +217,15 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
         raise
 
 
-def _salloc_fix(said: str, wait_s: int) -> str:
-    """What to do when salloc gave no job: it waited (past :func:`check_can_be_had`, enough nodes take jobs:
-    they were busy), or it refused outright (no config, no slurmctld, a bad option), which no node explains."""
+def _salloc_fix(said: str, wait_s: int, judged: bool) -> str:
+    """What to do when salloc gave no job: it waited (when :func:`check_can_be_had` ``judged`` that enough
+    nodes take jobs, they were busy), or it refused outright (no config, no slurmctld, a bad option), which
+    no node's state explains."""
     if re.search(r"queued and waiting|Pending job allocation", said):
-        return (f"the nodes that take jobs were busy for {wait_s}s: squeue shows the jobs holding them; wait "
-                "longer with --slurm-wait SECONDS")
+        if judged:
+            return (f"the nodes that take jobs were busy for {wait_s}s: squeue shows the jobs holding them; "
+                    "wait longer with --slurm-wait SECONDS")
+        return "sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest"
     return ("fix what salloc says; `scontrol ping` and `sinfo` show whether this machine reaches Slurm (with "
             "SLURM_CONF set where its config is not at the default path)")
 

@@ -15,6 +15,7 @@ from clusterkit.slurmrequest import (
     Partition,
     RequestedShape,
     SlurmRequest,
+    grantable,
     job_variable,
     parse_partitions,
     request_environment,
@@ -112,6 +113,7 @@ def test_a_named_node_that_takes_no_job_is_a_shortfall_and_the_rest_are_offered(
 def test_what_enough_nodes_can_take_is_no_shortfall_even_when_they_are_busy() -> None:
     busy = [replace(n, state="ALLOCATED") if n.name != "node2" else n for n in nodes()]
     assert shortfall(RequestedShape(("",), 2), partitions(), busy) is None
+    assert grantable(RequestedShape(("",), 2), partitions(), busy)
     assert shortfall(RequestedShape(("debug",), 1, ("node1", "node3")), partitions(), busy) is None
     asleep = [replace(n, state="IDLE+POWERED_DOWN") for n in nodes()]  # Slurm powers them up for the job
     assert shortfall(RequestedShape(("",), 3), partitions(), asleep) is None
@@ -150,11 +152,16 @@ def test_many_unavailable_nodes_are_counted_not_all_named() -> None:
     assert "none of its 8 nodes takes a job" in short.message and "ask for" not in short.fix
 
 
-def test_what_this_machine_is_not_shown_is_left_to_salloc() -> None:
-    assert shortfall(RequestedShape(("nosuch",), 3), partitions(), nodes()) is None  # salloc names it
-    assert shortfall(RequestedShape(("",), 3), [replace(p, default=False) for p in partitions()], nodes()) is None
-    assert shortfall(RequestedShape(("debug",), 1, ("node9",)), partitions(), nodes()) is None
-    assert shortfall(RequestedShape(("",), 3), partitions(), []) is None  # PrivateData=nodes hides them
+@pytest.mark.parametrize(("shape", "listed"), [
+    (RequestedShape(("nosuch",), 3), partitions()),                                  # salloc names it
+    (RequestedShape(("",), 3), [replace(p, default=False) for p in partitions()]),  # no default partition
+    (RequestedShape(("debug",), 1, ("node9",)), partitions()),
+    (RequestedShape(("debug", "nosuch"), 3), partitions()),
+])
+def test_what_this_machine_is_not_shown_is_left_to_salloc(shape: RequestedShape, listed: list[Partition]) -> None:
+    assert shortfall(shape, listed, nodes()) is None
+    assert not grantable(shape, listed, nodes())  # nor is a wait then blamed on busy nodes
+    assert shortfall(shape, listed, []) is None  # PrivateData=nodes hides them
 
 
 def test_any_listed_partition_that_can_grant_it_is_enough() -> None:
@@ -169,12 +176,16 @@ def test_any_listed_partition_that_can_grant_it_is_enough() -> None:
 # --- when salloc gives up -----------------------------------------------------------------------------------
 
 
-def test_salloc_that_waited_blames_busy_nodes_and_one_that_refused_blames_no_node() -> None:
+def test_salloc_that_waited_blames_busy_nodes_only_where_enough_were_seen_to_take_jobs() -> None:
     waited = ("salloc: Pending job allocation 7\nsalloc: job 7 queued and waiting for resources\n"
               "salloc: error: Unable to allocate resources: Connection timed out\n")
-    assert "busy for 60s" in _salloc_fix(waited, 60) and "--slurm-wait" in _salloc_fix(waited, 60)
+    assert "busy for 60s" in _salloc_fix(waited, 60, True) and "--slurm-wait" in _salloc_fix(waited, 60, True)
+    assert "down or drained" in _salloc_fix(waited, 60, False)  # not judged: either may be why
+
+
+def test_salloc_that_refused_outright_blames_no_node() -> None:  # issue 19, W7
     refused = ("salloc: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\n"
                "salloc: error: fetch_config: DNS SRV lookup failed\n"
                "salloc: error: _establish_config_source: failed to fetch config\n")
-    fix = _salloc_fix(refused, 60)
+    fix = _salloc_fix(refused, 60, False)
     assert "drained" not in fix and "SLURM_CONF" in fix
