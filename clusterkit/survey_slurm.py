@@ -34,9 +34,9 @@ from clusterkit.facts_codec import FactsDecodeError, from_jsonable
 from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
 from clusterkit.launchsite import launch_place
 from clusterkit.progress import NodeProgress
-from clusterkit.remote.slurm import Allocation, SlurmError, hostnames, run_on_nodes, slurm_command
+from clusterkit.remote.slurm import Allocation, SlurmError, read_nodes, run_on_nodes, slurm_command
 from clusterkit.remote.slurm_agent import run_agent_on_nodes
-from clusterkit.slurmstate import SINFO_REASONS_FORMAT, node_facts, slurm_facts, unusable
+from clusterkit.slurmstate import slurm_facts, unusable
 from clusterkit.survey import (
     AUTO_PORT,
     DEFAULT_MASTER_PORT,
@@ -76,10 +76,7 @@ def read_slurm_facts(alloc: Allocation, timeout_s: float = SLURM_COMMAND_TIMEOUT
     nodes: Maybe[list[SlurmNodeFacts]]
     try:
         partition = alloc.job.partition
-        shown = slurm_command(["scontrol", "show", "node", "--oneliner"], timeout_s)
-        reasons = slurm_command(["sinfo", "-R", "-h", "-N", "-o", SINFO_REASONS_FORMAT,
-                                 *([f"--partition={partition}"] if partition else [])], timeout_s)
-        every = node_facts(shown, reasons, lambda names: hostnames(names, timeout_s))
+        every = read_nodes(timeout_s, partition or None)
         wanted = set(alloc.nodes)
         nodes = [n for n in every if n.name in wanted or not partition or partition in n.partitions]
     except SlurmError as exc:

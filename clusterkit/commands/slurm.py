@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.remote.slurm import Allocation, SlurmError, SlurmRequest, allocation, current_allocation, in_allocation
+from clusterkit.remote.slurm import Allocation, SlurmError, allocation, current_allocation, in_allocation
+from clusterkit.slurmrequest import SlurmRequest
 from clusterkit.survey_slurm import hostfile_text
 
 
@@ -37,7 +38,8 @@ def add_slurm_arguments(parser: Any) -> None:
     group.add_argument("--slurm-args", default="", metavar="ARGS",
                        help="more salloc arguments, e.g. \"--gpus-per-node=8 --account=x\" (implies --slurm)")
     group.add_argument("--slurm-wait", type=float, default=60.0, metavar="SECONDS",
-                       help="give up when salloc has no allocation within this time (default: 60)")
+                       help="how long salloc may wait for nodes that are busy (default: 60); nodes that cannot "
+                            "be had now (drained, down) are reported at once")
 
 
 def _request_given(args: argparse.Namespace) -> bool:

@@ -30,11 +30,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from clusterkit.facts import SlurmJobFacts
+from clusterkit.facts import SlurmJobFacts, SlurmNodeFacts
 from clusterkit.hostlist import compress
 from clusterkit.remote.fanout import HostResult, ProgressListener
 from clusterkit.remote.ssh import RemoteError
-from clusterkit.slurmstate import SlurmParseError, expand_nodes, job_id_from_env, parse_job
+from clusterkit.slurmrequest import (
+    SlurmRequest,
+    grantable,
+    parse_partitions,
+    request_environment,
+    requested_shape,
+    shortfall,
+)
+from clusterkit.slurmstate import (
+    SINFO_REASONS_FORMAT,
+    SlurmParseError,
+    expand_nodes,
+    job_id_from_env,
+    node_facts,
+    parse_job,
+)
 
 #: Printed by each task before the command (its Slurm node name) and after it (the exit status).
 NODE_MARK = "@@clusterkit-node@@"
@@ -60,32 +75,6 @@ GRACE_S = 3.0
 
 class SlurmError(RemoteError):
     """A Slurm command failed as a whole (no allocation, slurmctld unreachable, srun missing)."""
-
-
-@dataclass(frozen=True)
-class SlurmRequest:
-    """What to ask ``salloc`` for when clusterkit is not inside an allocation yet (``--slurm``)."""
-
-    partition: str | None = None
-    #: ``--nodes``: a count or ``MIN-MAX``.
-    nodes: str | None = None
-    nodelist: str | None = None
-    time: str | None = None
-    extra: tuple[str, ...] = ()
-    #: How long to wait for the allocation before giving up (``salloc --immediate``).
-    wait_s: float = 60.0
-
-    def salloc_args(self) -> list[str]:
-        args = []
-        if self.partition:
-            args.append(f"--partition={self.partition}")
-        if self.nodes:
-            args.append(f"--nodes={self.nodes}")
-        if self.nodelist:
-            args.append(f"--nodelist={self.nodelist}")
-        if self.time:
-            args.append(f"--time={self.time}")
-        return [*args, *self.extra]
 
 
 @dataclass(frozen=True)
@@ -164,15 +153,52 @@ def current_allocation(environ: Mapping[str, str] | None = None, timeout_s: floa
     return Allocation(job)
 
 
+def read_nodes(timeout_s: float = 15.0, partition: str | None = None) -> list[SlurmNodeFacts]:
+    """Every node Slurm shows, with its state, partitions, and the reason an admin gave (who, when)."""
+    shown = slurm_command(["scontrol", "show", "node", "--oneliner"], timeout_s)
+    reasons = slurm_command(["sinfo", "-R", "-h", "-N", "-o", SINFO_REASONS_FORMAT,
+                             *([f"--partition={partition}"] if partition else [])], timeout_s)
+    try:
+        return node_facts(shown, reasons, lambda names: hostnames(names, timeout_s))
+    except SlurmParseError as exc:
+        raise SlurmError(f"cannot read Slurm's nodes: {exc}") from None
+
+
+def check_can_be_had(request: SlurmRequest, environ: Mapping[str, str] | None = None,
+                     timeout_s: float = 15.0) -> bool:
+    """SlurmError, before anything waits, when Slurm cannot grant ``request`` now: too few nodes of the
+    partition take jobs (drained, down), a node it names is one of them, or the partition is not up. The
+    error names them with Slurm's reasons and offers what can be had. Busy nodes pass (salloc waits for
+    them), and so does anything Slurm's state does not tell (salloc judges it). True when it was judged:
+    enough nodes take jobs."""
+    shape = requested_shape(request, os.environ if environ is None else environ)
+    if shape is None:
+        return False
+    try:
+        partitions = parse_partitions(slurm_command(["scontrol", "show", "partition", "--oneliner"], timeout_s))
+        nodes = read_nodes(timeout_s)
+    except SlurmError:
+        return False  # salloc says what is wrong in its own words
+    short = shortfall(shape, partitions, nodes)
+    if short is not None:
+        raise SlurmError(short.message, fix=short.fix)
+    return grantable(shape, partitions, nodes)
+
+
 def request_allocation(request: SlurmRequest, timeout_s: float | None = None) -> Allocation:
-    """``salloc --no-shell``: a job held for clusterkit until :func:`release_allocation`."""
+    """``salloc --no-shell``: a job held for clusterkit until :func:`release_allocation`.
+
+    Slurm's state is read first: a request it cannot grant now fails at once (:func:`check_can_be_had`)
+    instead of waiting out ``request.wait_s``. salloc runs in this process's environment less the
+    variables of a job clusterkit is not in (user configuration such as ``SLURM_CONF`` stays).
+    """
+    judged = check_can_be_had(request)
     wait = max(1, int(request.wait_s))
     argv = ["salloc", "--no-shell", "--no-kill", f"--immediate={wait}", "--job-name=clusterkit",
             *request.salloc_args()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SALLOC_"))}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s or wait + 30, check=False,
-                              stdin=subprocess.DEVNULL, env=env)
+                              stdin=subprocess.DEVNULL, env=request_environment(os.environ))
     except FileNotFoundError:
         raise SlurmError("salloc is not installed here", fix="run clusterkit on a login node of the Slurm "
                          "cluster, or use a hostfile over SSH") from None
@@ -182,14 +208,26 @@ def request_allocation(request: SlurmRequest, timeout_s: float | None = None) ->
     granted = re.search(r"job allocation (\d+)", said)
     if done.returncode != 0 or not granted:
         why = " | ".join(line.removeprefix("salloc: ") for line in said.strip().splitlines()[-2:]) or "no reason"
-        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}",
-                         fix="sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest")
+        raise SlurmError(f"`{shlex.join(argv)}` got no allocation: {why}", fix=_salloc_fix(said, wait, judged))
     job_id = granted.group(1)
     try:
         return Allocation(describe_job(job_id), owned=True)
     except BaseException:
         release_allocation(Allocation(SlurmJobFacts(job_id, "", [], None, None, None), owned=True))
         raise
+
+
+def _salloc_fix(said: str, wait_s: int, judged: bool) -> str:
+    """What to do when salloc gave no job: it waited (when :func:`check_can_be_had` ``judged`` that enough
+    nodes take jobs, they were busy), or it refused outright (no config, no slurmctld, a bad option), which
+    no node's state explains."""
+    if re.search(r"queued and waiting|Pending job allocation", said):
+        if judged:
+            return (f"the nodes that take jobs were busy for {wait_s}s: squeue shows the jobs holding them; "
+                    "wait longer with --slurm-wait SECONDS")
+        return "sinfo -R shows nodes that are down or drained and why; squeue shows what holds the rest"
+    return ("fix what salloc says; `scontrol ping` and `sinfo` show whether this machine reaches Slurm (with "
+            "SLURM_CONF set where its config is not at the default path)")
 
 
 def release_allocation(alloc: Allocation) -> None:

@@ -16,6 +16,10 @@
   spool, pid and log apart; they sit in the node's private harness directory.
 - **/etc/slurm** in each node is a bind mount of a per-node copy of the config; the host's own
   /etc/slurm is never touched. Clients on the host use ``SLURM_CONF`` (:meth:`SlurmCluster.host_env`).
+  With ``conf_dir`` the nodes' config lives there instead (a directory in each node's /opt, say) and
+  /etc/slurm is left as the host has it (no slurm.conf): slurmd is started with ``-f``, and clients
+  in the nodes find the config only through ``SLURM_CONF`` (:meth:`SlurmCluster.client_env`), as on
+  sites that keep Slurm's config outside the default path.
 - Timeouts are short (``SlurmdTimeout``): a killed slurmd is noticed by Slurm only after it.
 """
 
@@ -90,9 +94,11 @@ def cgroup_script(mounts: list[tuple[str, str, str]]) -> str:
 class SlurmCluster:
     """Slurm daemons on a running :class:`Cluster`; ``start`` it (a context manager) or ``launch``/``stop``."""
 
-    def __init__(self, cluster: Cluster, gpus_per_node: int = 0) -> None:
+    def __init__(self, cluster: Cluster, gpus_per_node: int = 0, conf_dir: str | None = None) -> None:
         self.cluster = cluster
         self.gpus_per_node = gpus_per_node
+        #: Where each node's config lives when not at /etc/slurm (found only through SLURM_CONF).
+        self.conf_dir = conf_dir
         self.state = cluster.state_dir / "slurm"
         self.run_dir = RUN_ROOT / f"{RUN_DIR_PREFIX}{os.getpid()}-{cluster.index}"
         self.controller = f"ckctl{cluster.index}"
@@ -104,19 +110,26 @@ class SlurmCluster:
 
     @classmethod
     @contextmanager
-    def start(cls, cluster: Cluster, **options: int) -> Iterator[SlurmCluster]:
-        slurm = cls.launch(cluster, **options)
+    def start(cls, cluster: Cluster, **options: int | str | None) -> Iterator[SlurmCluster]:
+        slurm = cls.launch(cluster, **options)  # type: ignore[arg-type]
         try:
             yield slurm
         finally:
             slurm.stop()
 
     @classmethod
-    def launch(cls, cluster: Cluster, *, gpus_per_node: int = 0, timeout: float = 60) -> SlurmCluster:
-        """munged, slurmctld, and a slurmd in every node; returns once every node is idle."""
+    def launch(cls, cluster: Cluster, *, gpus_per_node: int = 0, conf_dir: str | None = None,
+               timeout: float = 60) -> SlurmCluster:
+        """munged, slurmctld, and a slurmd in every node; returns once every node is idle.
+
+        ``conf_dir``: an absolute directory in each node's private /opt for its config instead of
+        /etc/slurm; clients there then need :meth:`client_env` (``SLURM_CONF``) to find it.
+        """
         check_slurm_host()
+        if conf_dir is not None and not conf_dir.startswith("/opt/"):
+            raise ValueError(f"conf_dir must be under the nodes' private /opt, not {conf_dir}")
         remove_leftover_daemons()
-        slurm = cls(cluster, gpus_per_node)
+        slurm = cls(cluster, gpus_per_node, conf_dir)
         try:
             slurm._start_daemons(timeout)
         except BaseException:
@@ -177,6 +190,16 @@ class SlurmCluster:
         """Environment for Slurm clients run on the host (sinfo, scontrol)."""
         return {**os.environ, "SLURM_CONF": str(self.state / "etc" / "slurm.conf")}
 
+    @property
+    def node_conf(self) -> str:
+        """slurm.conf's path inside each node."""
+        return f"{self.conf_dir or '/etc/slurm'}/slurm.conf"
+
+    def client_env(self) -> dict[str, str]:
+        """What a user's shell in a node needs for Slurm's clients: SLURM_CONF where the config is not
+        at the default path, else nothing."""
+        return {"SLURM_CONF": self.node_conf} if self.conf_dir else {}
+
     # --- daemons --------------------------------------------------------------------------------
 
     def _start_daemons(self, timeout: float) -> None:
@@ -219,15 +242,23 @@ class SlurmCluster:
 
     def attach(self, node: Node) -> None:
         """Give a (re)booted node its /etc/slurm and cgroup mounts and start its slurmd."""
-        # Written in place: a bind mount of it at /etc/slurm may already be there (a slurmd restart).
-        self._write_config(node.host_path(f"{HARNESS_DIR}/slurm-etc"))
         mounts = cgroup_mounts(Path("/proc/self/mountinfo").read_text())
         if not mounts:
             raise ClusterUnavailable("slurmd 22.05 needs a cgroup filesystem, and this host has none at "
                                      "/sys/fs/cgroup")
-        script = (f"mountpoint -q /etc/slurm || mount --bind {HARNESS_DIR}/slurm-etc /etc/slurm\n"
-                  f"( {cgroup_script(mounts)} )\n"
-                  f"slurmd -N {shlex.quote(node.name)} </dev/null >{HARNESS_DIR}/slurmd-start.out 2>&1 "
+        if self.conf_dir:
+            conf_dir = node.host_path(self.conf_dir)
+            self._write_config(conf_dir)
+            for parent in conf_dir.relative_to(node.opt).parents:
+                (node.opt / parent).chmod(0o755)
+            place = ""
+        else:
+            # Written in place: a bind mount of it at /etc/slurm may already be there (a slurmd restart).
+            self._write_config(node.host_path(f"{HARNESS_DIR}/slurm-etc"))
+            place = f"mountpoint -q /etc/slurm || mount --bind {HARNESS_DIR}/slurm-etc /etc/slurm\n"
+        script = (f"{place}( {cgroup_script(mounts)} )\n"
+                  f"slurmd -N {shlex.quote(node.name)} -f {shlex.quote(self.node_conf)} "
+                  f"</dev/null >{HARNESS_DIR}/slurmd-start.out 2>&1 "
                   f"|| {{ s=$?; cat {HARNESS_DIR}/slurmd-start.out >&2; exit $s; }}")
         started = node.run(script, user="root", timeout=30)
         if started.rc != 0:
@@ -308,7 +339,8 @@ class SlurmCluster:
     def salloc(self, node: Node, command: str, args: str = "", *, timeout: float = 240,
                env: Mapping[str, str] | None = None) -> CommandResult:
         """``salloc ARGS COMMAND`` on ``node`` as the test user: COMMAND runs there inside the allocation."""
-        return node.run(f"salloc --quiet {args} /bin/bash -c {shlex.quote(command)}", timeout=timeout, env=env)
+        return node.run(f"salloc --quiet {args} /bin/bash -c {shlex.quote(command)}", timeout=timeout,
+                        env={**self.client_env(), **(env or {})})
 
     # --- teardown -------------------------------------------------------------------------------
 
