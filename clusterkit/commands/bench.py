@@ -140,7 +140,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="64M", metavar="SIZE",
-                        help="all_reduce message per pair (default 64M; a few MiB on CPU)")
+                        help="largest all_reduce message per pair (default 64M): each pair measures 256K first "
+                             "and shrinks this to what its rate lets finish within --pair-deadline")
     parser.add_argument("--pair-iters", type=int, default=5, metavar="N", help="timed all_reduces per pair")
     parser.add_argument("--slow-ratio", type=float, default=0.5, metavar="R",
                         help="a pair below R x the best pair's busbw is slow (default 0.5)")

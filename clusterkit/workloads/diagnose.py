@@ -377,9 +377,11 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
     if outcome.timed_out:
         detail = "; ".join(f"rank {r} on {rank_hosts[r]}: {progress.get(r, 'no progress reported')}"
                            for r in stuck[:8])
+        where = (f"ranks not done: {detail}" if detail else
+                 "every rank had reported done, but the launcher (pdsh, ssh or launch.py) had not exited")
         findings.append(Finding(
             "workload-deadline", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, workload,
-            f"{workload} did not finish within {outcome.duration_s:.0f}s; ranks not done: {detail or 'none'}",
+            f"{workload} did not finish within {outcome.duration_s:.0f}s; {where}",
             why, "look at the first rank that stopped making progress; rerun with a longer --deadline if the "
                  "nodes are merely slow"))
         for r in stuck[:4]:
