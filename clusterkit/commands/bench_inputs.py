@@ -106,6 +106,8 @@ def _check_sweep(args: argparse.Namespace, sizes: dict[str, int], element: int) 
                 listed.append(parse_size(text))
             except ValueError as exc:
                 raise UsageError(f"--sizes: {exc}") from None
+        if not listed:
+            raise UsageError(f"--sizes {args.sizes!r}: name at least one size (1M,64M)")
         if min(listed) < element:
             raise UsageError(f"--sizes {args.sizes}: {min(listed)} bytes is less than one {args.dtype} element "
                              f"({element} bytes)")

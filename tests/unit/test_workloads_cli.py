@@ -46,6 +46,7 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], says: str, capsys: py
      "--max-bytes 2: less than one float32 element (4 bytes)"),
     (["bench", "collectives", "--sizes", "1M,0"], "0 bytes is less than one float32 element"),
     (["bench", "collectives", "--ops", ","], "--ops ',': name at least one of"),
+    (["bench", "collectives", "--sizes", ","], "--sizes ',': name at least one size"),
     (["bench", "collectives", "--max-bytes", "big"], "--max-bytes: not a size: 'big'"),
     (["bench", "collectives", "--deadline", "0"], "--deadline 0: must be more than 0"),
     (["bench", "collectives", "--master-port", "70000"], "--master-port 70000: must be at most 65535"),
