@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from clusterkit.commands.bench_inputs import check_bench_arguments
 from clusterkit.commands.common import add_ssh_arguments, interpreter_path, ssh_settings
 from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.errors import ExitCode, UsageError
@@ -77,9 +78,11 @@ def register(subparsers: Any) -> None:
 
 
 def _in_allocation(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``run`` inside the Slurm allocation when the command goes through Slurm (``args.allocation``)."""
+    """``run`` with its flags checked first, inside the Slurm allocation when the command goes through
+    Slurm (``args.allocation``)."""
 
     def wrapped(args: argparse.Namespace) -> int:
+        check_bench_arguments(args)
         if not use_slurm(args, args.hostfile):
             return run(args)
         with slurm_allocation(args) as alloc:
@@ -137,7 +140,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="64M", metavar="SIZE",
-                        help="all_reduce message per pair (default 64M; a few MiB on CPU)")
+                        help="largest all_reduce message per pair (default 64M): each pair measures 256K first "
+                             "and shrinks this to what its rate lets finish within --pair-deadline")
     parser.add_argument("--pair-iters", type=int, default=5, metavar="N", help="timed all_reduces per pair")
     parser.add_argument("--slow-ratio", type=float, default=0.5, metavar="R",
                         help="a pair below R x the best pair's busbw is slow (default 0.5)")
@@ -276,19 +280,12 @@ def exit_code(findings: list[Any]) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
+    """The sweep the flags ask for (checked by :func:`check_bench_arguments` before)."""
     from clusterkit.workloads.collectives import CollectivesOptions
-    from clusterkit.workloads.scripts.nccl_format import OPS, parse_size
+    from clusterkit.workloads.scripts.nccl_format import parse_size
 
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    unknown = [op for op in ops if op not in OPS]
-    if unknown:
-        raise UsageError(f"--ops: unknown collective(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
-    try:
-        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-        parse_size(args.min_bytes)
-        parse_size(args.max_bytes)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     return CollectivesOptions(ops=ops, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
                               step_factor=args.step_factor, sizes=sizes, iters=args.iters, warmup=args.warmup,
                               dtype=args.dtype, check=not args.no_check, baseline=args.baseline,
@@ -351,16 +348,11 @@ def _search(args: argparse.Namespace, ctx: Any, console: Console) -> Any:
     from clusterkit.workloads.scripts.nccl_format import parse_size
     from clusterkit.workloads.slownode import cleaned_hostfile
 
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        raise UsageError(f"--size: {exc}") from None
+    size = parse_size(args.size)
     if len(ctx.hosts) < 2:
         raise UsageError("finding a slow node needs a hostfile with at least two hosts")
     search = collectives.search_slow(ctx, size, args.pair_iters, args.pair_deadline, args.slow_ratio)
     if args.write_hostfile:
-        if not args.hostfile:
-            raise UsageError("--write-hostfile needs a HOSTFILE")
         reasons = {n: f"{search.verdicts[n]}: {search.why(n)}" for n in search.excluded}
         text = cleaned_hostfile(Path(args.hostfile).read_text(encoding="utf-8"), reasons)
         Path(args.write_hostfile).write_text(text, encoding="utf-8")

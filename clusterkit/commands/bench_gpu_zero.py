@@ -28,7 +28,8 @@ def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -
                      help="device copy size for the memory bandwidth (default 1024 on GPU)")
     gpu.add_argument("--matmul-n", type=int, default=0, metavar="N", help="matrix size (default 8192 on GPU)")
     gpu.add_argument("--allow-cpu", action="store_true",
-                     help="without a GPU, measure the CPU instead (exercises the path; no datasheet)")
+                     help="without a GPU, measure the CPU instead (exercises the path; no datasheet); without "
+                          "it, a node with no GPU is a failure (exit 1)")
     gpu.set_defaults(run=run_gpu_command)
 
     zero = commands.add_parser("zero", help="ZeRO 0, 1, 2, 3 and 3 + CPU offload on a tiny model: losses agree, "
@@ -79,7 +80,7 @@ def run_gpu_command(args: argparse.Namespace) -> int:
     write_log(args, ctx)
     on_cpu = any(r.device.get("kind") == "cpu" for r in health.readings)
     # CPU ranks of one machine share its cores: their "peers" differ by scheduling, not by health.
-    findings = gpu_health.judge(health, facts, compare_peers=not on_cpu) + run.diagnosis.findings
+    findings = gpu_health.judge(health, facts, compare_peers=not on_cpu, require_gpu=True) + run.diagnosis.findings
     doc = {"schema": "clusterkit.bench.gpu/v1", "hosts": ctx.names, "command": run.command,
            "duration_s": round(run.outcome.duration_s, 2),
            "readings": [{"host": r.host, "rank": r.rank, "device": r.device, "values": r.values, "seconds": r.seconds}
@@ -91,12 +92,16 @@ def run_gpu_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return _exit(findings)
-    table = Table(title="GPU health (share of datasheet or PCIe link)", title_justify="left")
-    for header in ["node", "device", *gpu_health.metric_headers()]:
-        table.add_column(header)
-    for row in gpu_health.table_rows(health, facts):
-        table.add_row(*row)
-    Console().print(table)
+    if health.readings:
+        table = Table(title="GPU health (share of datasheet or PCIe link)", title_justify="left")
+        for header in ["node", "device", *gpu_health.metric_headers()]:
+            table.add_column(header)
+        for row in gpu_health.table_rows(health, facts):
+            table.add_row(*row)
+        Console().print(table)
+    elif health.skipped:
+        console.print(Text("nothing measured: no node's training env sees a GPU (--allow-cpu measures the CPU "
+                           "instead)", style="bold red"), soft_wrap=True)
     show_findings(findings, run.diagnosis.tails, ctx.names, console, run.outcome.duration_s)
     return _exit(findings)
 

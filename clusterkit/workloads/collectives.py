@@ -18,6 +18,7 @@ from clusterkit.findings import Finding, Outcome, Severity
 from clusterkit.inventory import ActiveHost
 from clusterkit.workloads.expect import Expectation
 from clusterkit.workloads.plot import busbw_series, save_png, terminal_plot
+from clusterkit.workloads.run import RunOutcome
 from clusterkit.workloads.scripts import nccl_format as fmt
 from clusterkit.workloads.session import WorkloadContext, WorkloadRun
 from clusterkit.workloads.slownode import PairResult, SearchResult, find_slow
@@ -44,11 +45,15 @@ class CollectivesOptions:
     baseline: bool = False
     rounds: int = 1
     timeout_s: float = 120.0
+    #: Sizes that would not finish by then (seconds since the epoch) are shrunk to what fits; 0: never.
+    fit_by: float = 0.0
 
     def script_args(self) -> list[str]:
         args = ["--ops", ",".join(self.ops), "--iters", str(self.iters), "--warmup", str(self.warmup),
                 "--dtype", self.dtype, "--check", "1" if self.check else "0", "--json",
                 "--timeout-s", f"{self.timeout_s:g}"]
+        if self.fit_by:
+            args += ["--fit-by", f"{self.fit_by:.3f}"]
         if self.sizes:
             args += ["--sizes", ",".join(str(s) for s in self.sizes)]
         else:
@@ -68,6 +73,11 @@ class CollectivesReport:
     expectation: Expectation | None
     findings: list[Finding] = field(default_factory=list)
     search: SearchResult | None = None
+
+    @property
+    def complete(self) -> bool:
+        """The sweep ran to its end (False: the rows measured before the run ended, or nothing)."""
+        return self.result is not None and self.result.get("complete", True) is not False
 
     def to_json(self) -> dict[str, Any]:
         from clusterkit.report import finding_to_json
@@ -119,8 +129,8 @@ def judge(result: Mapping[str, Any], expectation: Expectation | None) -> list[Fi
         size, best = peak(rows)
         if expected and best:
             ratio = best / expected
-            text = (f"{op}: best busbw {best:.4g} GB/s at {fmt.human_bytes(size)} = {ratio:.0%} of the expected "
-                    f"{expected:.4g} GB/s")
+            text = (f"{op}: best busbw {best:.4g} GB/s at {fmt.human_bytes(size)} = {fmt.human_share(ratio)} of the "
+                    f"expected {expected:.4g} GB/s")
             if ratio < SLOW_AGAINST_EXPECTATION:
                 findings.append(Finding(
                     "collectives-below-expectation",
@@ -137,16 +147,76 @@ def judge(result: Mapping[str, Any], expectation: Expectation | None) -> list[Fi
     return findings
 
 
+def partial_result(outcome: RunOutcome) -> dict[str, Any] | None:
+    """The report of a run that ended before its sweep did, from the rows rank 0 printed as it measured
+    them (``complete`` False); None when not even the header came."""
+    headers = outcome.results("collectives_header")
+    if not headers:
+        return None
+    header = headers[-1]
+    result: dict[str, Any] = {k: v for k, v in header.items() if k not in ("planned_ops", "sizes", "kind", "rank")}
+    sizes = [int(s) for s in header.get("sizes") or []]
+    rows: dict[str, list[dict[str, Any]]] = {str(op): [] for op in header.get("planned_ops") or []}
+    reached: dict[str, int] = {}
+    for doc in outcome.results("collectives_row"):
+        op = str(doc.get("op"))
+        rows.setdefault(op, []).append(doc["row"])
+        reached[op] = max(reached.get(op, 0), int(doc.get("size") or 0))
+    result["ops"] = {}
+    for op, measured in rows.items():
+        wrong = sum(int(v.get("wrong") or 0) for r in measured for v in (r.get("out_of_place"), r.get("in_place"))
+                    if v)
+        result["ops"][op] = {"rows": measured, "avg_busbw": fmt.average_busbw(measured), "wrong": wrong,
+                             "not_measured": [s for s in sizes if s > reached.get(op, 0)]}
+    result["complete"] = False
+    return result
+
+
 def run_collectives(ctx: WorkloadContext, options: CollectivesOptions, expectation: Expectation | None,
                     hosts: Sequence[ActiveHost] | None = None) -> CollectivesReport:
-    """Sweep the collectives over ``hosts`` (default: all) and judge the result."""
+    """Sweep the collectives over ``hosts`` (default: all) and judge the result; when the run ends
+    before the sweep does (its deadline, a failed rank), the rows measured until then."""
     run = ctx.launch(SCRIPT, options.script_args(), "collectives", hosts=hosts)
     results = run.outcome.results("collectives")
-    result = results[-1] if results else None
+    result = results[-1] if results else partial_result(run.outcome)
     report = CollectivesReport(run, result, expectation)
-    if result is not None:
+    if result is not None and report.complete:
         report.findings = judge(result, expectation)
+    elif result is not None:
+        report.findings = cut_short(result, expectation, run.outcome)
     return report
+
+
+def cut_short(result: Mapping[str, Any], expectation: Expectation | None, outcome: RunOutcome) -> list[Finding]:
+    """Findings for a sweep the run's end cut short: wrong data, and what each collective measured
+    until then against the expectation (beside the finding that says how the run ended)."""
+    findings = [f for f in judge(result, None) if f.check_id == "collectives-wrong"]
+    expected = expectation.busbw_gbs if expectation else None
+    how = (f"the deadline ({outcome.duration_s:.0f}s)" if outcome.timed_out
+           else "the run's failure" if not outcome.ok else "the run's end")
+    parts = []
+    for op, body in (result.get("ops") or {}).items():
+        rows = body.get("rows", [])
+        if not rows:
+            parts.append(f"{op}: no size measured")
+            continue
+        size, best = peak(rows)
+        sizes = [int(r["size"]) for r in rows]
+        text = f"{op}: {fmt.human_bytes(min(sizes))} to {fmt.human_bytes(max(sizes))} measured"
+        if body.get("not_measured"):
+            text += f" ({fmt.human_bytes(min(body['not_measured']))} and up not)"
+        text += f", best busbw {best:.4g} GB/s at {fmt.human_bytes(size)}"
+        if expected:
+            text += f" = {fmt.human_share(best / expected)} of the expected {expected:.4g} GB/s"
+        parts.append(text)
+    if parts:
+        findings.append(Finding(
+            "collectives-cut-short", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, "sweep",
+            f"measured before {how}: " + "; ".join(parts),
+            "the sizes measured before the run ended still say how fast the links are",
+            "a busbw far below the expectation means a slow link: clusterkit bench find-slow HOSTFILE names it; "
+            "else a smaller --max-bytes or a longer --deadline"))
+    return findings
 
 
 def render(report: CollectivesReport, console: Console, plot: bool = True) -> None:
@@ -157,12 +227,20 @@ def render(report: CollectivesReport, console: Console, plot: bool = True) -> No
     console.print(Text(f"# {result['world_size']} ranks on {', '.join(report.run.hosts)}, backend "
                        f"{result['backend']}, device {result['device']}, dtype {result['dtype']}", style="bold"),
                   soft_wrap=True)
+    if not report.complete:
+        console.print(Text("# cut short: the rows measured before the run ended", style="bold yellow"))
     for op, body in result["ops"].items():
         console.print(f"#\n# {op}", highlight=False, markup=False)
         for line in fmt.header_lines():
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         for row in body["rows"]:
+            if row.get("requested_bytes"):
+                console.print(f"# {fmt.human_bytes(row['requested_bytes'])} would not finish before the deadline: "
+                              f"{fmt.human_bytes(row['size'])} instead", highlight=False, markup=False)
             console.print(fmt.format_row(row), highlight=False, markup=False, soft_wrap=True)
+        if body.get("not_measured"):
+            console.print(f"# {fmt.human_bytes(min(body['not_measured']))} and up not measured", highlight=False,
+                          markup=False)
         for line in fmt.footer_lines(int(body["wrong"]), float(body["avg_busbw"])):
             console.print(line, highlight=False, markup=False)
     if report.expectation is not None:
@@ -189,32 +267,64 @@ def save(report: CollectivesReport, path: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------- slow-node search
 
 
+#: A pair first measures this small message (or --size when smaller): its rate tells what fits the deadline.
+PROBE_BYTES = 256 * 1024
+#: What a pair's run needs after its last measurement (check, barrier, the launcher ending).
+PAIR_TEARDOWN_S = 10.0
+
+
+def pair_sizes(size: int) -> list[int]:
+    """The sizes a pair measures: a small probe first, then ``size`` (shrunk on the node to what fits)."""
+    return [PROBE_BYTES, size] if size > PROBE_BYTES else [size]
+
+
+def pair_result(group: tuple[str, ...], run: WorkloadRun, seconds: float) -> PairResult:
+    """A pair's busbw from its run: the best all_reduce row measured, even when the deadline cut the
+    run short (a slow link is measured, not called broken); None only when nothing was measured or a
+    rank failed."""
+    docs = run.outcome.results("collectives")
+    result = docs[-1] if docs else partial_result(run.outcome)
+    rows = (result or {}).get("ops", {}).get("all_reduce", {}).get("rows", []) if result else []
+    failure = next((f.message for f in run.diagnosis.findings if f.is_error), "the run failed")
+    if not rows or not (run.ok or run.outcome.timed_out):
+        return PairResult(group, None, failure if not run.ok else "nothing measured", seconds)
+    size, best = peak(rows)
+    notes = [f"{fmt.human_bytes(r['requested_bytes'])} would not finish within the pair's deadline at this "
+             f"rate; measured {fmt.human_bytes(r['size'])}" for r in rows if r.get("requested_bytes")]
+    skipped = result.get("ops", {}).get("all_reduce", {}).get("not_measured") if result else None
+    if skipped:
+        notes.append(f"{fmt.human_bytes(min(skipped))} not measured: it would not finish within the deadline")
+    if not run.ok and docs:
+        notes.append("every size was measured, but the run did not end within the deadline")
+    elif not run.ok:
+        notes.append(f"the deadline ended the run after {fmt.human_bytes(max(int(r['size']) for r in rows))}")
+    return PairResult(group, best, "; ".join(notes), seconds, size)
+
+
 def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float, dtype: str = "float32",
                  log: Console | None = None) -> Any:
     """A :data:`clusterkit.workloads.slownode.Measure` that times all_reduce over each group at once.
 
-    Each group gets its own master port (the base port + its index); a run that failed only because
-    its port was taken is retried once on another port, so a busy port never convicts a node.
+    Each pair measures a small message first, then ``size`` shrunk to what its rate lets finish within
+    ``deadline_s`` (:func:`pair_sizes`), so a slow link gets a figure rather than a timeout. Each
+    group gets its own master port (the base port + its index); a run that failed only because its
+    port was taken is retried once on another port, so a busy port never convicts a node.
     """
     by_name = {h.name: h for h in ctx.hosts}
-    options = CollectivesOptions(ops=["all_reduce"], sizes=[size], iters=iters, warmup=1, dtype=dtype,
-                                 timeout_s=max(10.0, deadline_s - 10))
     ctx.shipped()
 
     def one(group: tuple[str, ...], port: int) -> PairResult:
         started = time.monotonic()
         for attempt in range(2):
+            options = CollectivesOptions(ops=["all_reduce"], sizes=pair_sizes(size), iters=iters, warmup=1,
+                                         dtype=dtype, timeout_s=max(10.0, deadline_s - PAIR_TEARDOWN_S),
+                                         fit_by=time.time() + deadline_s - PAIR_TEARDOWN_S)
             run = ctx.launch(SCRIPT, options.script_args(), f"all_reduce {' + '.join(group)}",
                              hosts=[by_name[n] for n in group], master_port=port + 100 * attempt,
                              deadline_s=deadline_s, quiet=True)
             if not any(f.check_id == "workload-master-port-busy" for f in run.diagnosis.findings):
                 break
-        docs = run.outcome.results("collectives")
-        if run.ok and docs:
-            _, best = peak(docs[-1]["ops"]["all_reduce"]["rows"])
-            return PairResult(group, best, "", time.monotonic() - started)
-        cause = next((f.message for f in run.diagnosis.findings), "the run failed")
-        return PairResult(group, None, cause, time.monotonic() - started)
+        return pair_result(group, run, time.monotonic() - started)
 
     def measure(groups: list[tuple[str, ...]]) -> list[PairResult]:
         results: list[PairResult | None] = [None] * len(groups)
@@ -231,7 +341,7 @@ def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float,
                 for r, g in zip(results, groups, strict=True)]
         if log is not None:
             for r in done:
-                value = f"{r.busbw:.4g} GB/s" if r.busbw is not None else f"failed: {r.detail}"
+                value = r.measured if r.busbw is not None else f"failed: {r.detail}"
                 log.print(f"find-slow: {' + '.join(r.nodes)}: {value} ({r.seconds:.1f}s)", highlight=False,
                           markup=False, soft_wrap=True)
         return done
@@ -268,7 +378,7 @@ def search_to_json(search: SearchResult) -> dict[str, Any]:
         "slow_ratio": search.slow_ratio, "reference_busbw_gbs": search.reference_busbw,
         "verdicts": search.verdicts, "excluded": search.excluded,
         "slow_links": [list(link) for link in search.slow_links], "seconds": round(search.seconds, 2),
-        "rounds": [[{"nodes": list(r.nodes), "busbw_gbs": r.busbw, "detail": r.detail, "seconds": round(r.seconds, 2)}
-                    for r in rnd] for rnd in search.rounds],
+        "rounds": [[{"nodes": list(r.nodes), "busbw_gbs": r.busbw, "size_bytes": r.size or None, "detail": r.detail,
+                     "seconds": round(r.seconds, 2)} for r in rnd] for rnd in search.rounds],
         "evidence": search.evidence(),
     }

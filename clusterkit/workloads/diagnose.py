@@ -380,9 +380,11 @@ def _ending_findings(outcome: RunOutcome, rank_hosts: Mapping[int, str], workloa
         detail = "; ".join(f"rank {r} on {rank_hosts[r]}: "
                            f"{news.get(r, f'nothing heard from it in {outcome.duration_s:.0f}s')}"
                            for r in silent_first[:8])
+        where = (f"ranks not done: {detail}" if detail else
+                 "every rank had reported done, but the launcher (pdsh, ssh or launch.py) had not exited")
         findings.append(Finding(
             "workload-deadline", Severity.ERROR, Outcome.FAIL, CLUSTER_HOST, workload,
-            f"{workload} did not finish within {outcome.duration_s:.0f}s; ranks not done: {detail or 'none'}",
+            f"{workload} did not finish within {outcome.duration_s:.0f}s; {where}",
             why, "look at the rank silent longest (listed first): a rank behind a slow or saturated link may "
                  "only be late to say where it is; rerun with a longer --deadline if the nodes are merely slow"))
         for r in stuck[:4]:

@@ -132,8 +132,12 @@ def spec_value(reading: GpuReading, metric: str, facts: Mapping[str, Maybe[NodeF
     return (value, f"{spec.match} datasheet") if value else None
 
 
-def judge(health: GpuHealth, facts: Mapping[str, Maybe[NodeFacts]], compare_peers: bool = True) -> list[Finding]:
-    """Stragglers against peers (same model), readings below spec, and a passing line per GPU."""
+def judge(health: GpuHealth, facts: Mapping[str, Maybe[NodeFacts]], compare_peers: bool = True,
+          require_gpu: bool = False) -> list[Finding]:
+    """Stragglers against peers (same model), readings below spec, and a passing line per GPU.
+
+    A node whose ranks saw no GPU is skipped, or with ``require_gpu`` (``bench gpu``, which was asked
+    to measure GPUs) a failure saying why nothing was measured there."""
     findings: list[Finding] = []
     by_model: dict[str, list[GpuReading]] = {}
     for r in health.readings:
@@ -170,7 +174,15 @@ def judge(health: GpuHealth, facts: Mapping[str, Maybe[NodeFacts]], compare_peer
                               for k, v in r.values.items())
             findings.append(Finding("gpu-health", Severity.INFO, Outcome.PASS, r.host, r.label, shown, "", ""))
     for host, why in health.skipped.items():
-        findings.append(Finding("gpu-health", Severity.INFO, Outcome.SKIP, host, "", f"skipped: {why}", "", ""))
+        if require_gpu:
+            findings.append(Finding(
+                "gpu-not-measured", Severity.ERROR, Outcome.FAIL, host, "",
+                f"no GPU measured on {host}: {why}",
+                "bench gpu measures the GPUs the training env's torch sees on each node",
+                "on a GPU node: clusterkit doctor (NVIDIA driver, a CUDA build of torch in the env); "
+                "without GPUs: --allow-cpu measures the CPU instead"))
+        else:
+            findings.append(Finding("gpu-health", Severity.INFO, Outcome.SKIP, host, "", f"skipped: {why}", "", ""))
     return findings
 
 

@@ -23,17 +23,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from clusterkit.workloads.scripts.nccl_format import human_bytes, human_share
+
 GOOD, SLOW, BROKEN, UNKNOWN = "good", "slow", "broken", "unknown"
 
 
 @dataclass(frozen=True)
 class PairResult:
-    """One ring of ``nodes``: its busbw in GB/s, or None when the run failed (``detail`` says how)."""
+    """One ring of ``nodes``: its busbw in GB/s (at ``size`` bytes when known), or None when the run
+    failed (``detail`` says how)."""
 
     nodes: tuple[str, ...]
     busbw: float | None
     detail: str = ""
     seconds: float = 0.0
+    size: int = 0
+
+    @property
+    def measured(self) -> str:
+        """``0.0049 GB/s at 2 MiB``, or ``failed``."""
+        if self.busbw is None:
+            return "failed"
+        return f"{self.busbw:.4g} GB/s" + (f" at {human_bytes(self.size)}" if self.size else "")
 
     @property
     def failed(self) -> bool:
@@ -77,8 +88,8 @@ class SearchResult:
         for number, rnd in enumerate(self.rounds, start=1):
             for r in rnd:
                 state = self.classify(r)
-                value = f"{r.busbw:.4g} GB/s" if r.busbw is not None else "failed"
-                share = (f" ({r.busbw / self.reference_busbw:.0%} of the best pair)"
+                value = r.measured
+                share = (f" ({human_share(r.busbw / self.reference_busbw)} of the best pair)"
                          if r.busbw is not None and self.reference_busbw else "")
                 lines.append(f"round {number}: {' + '.join(r.nodes)}: {value}{share} -> {state}"
                              + (f" ({r.detail})" if r.detail and state != GOOD else ""))
@@ -93,7 +104,7 @@ class SearchResult:
         """The measurements that convict ``node``."""
         pairs = [r for r in self.results() if node in r.nodes and self.classify(r) != GOOD]
         shown = "; ".join(f"with {', '.join(n for n in r.nodes if n != node)}: "
-                          + (f"{r.busbw:.3g} GB/s" if r.busbw is not None else f"failed ({r.detail})")
+                          + (r.measured if r.busbw is not None else f"failed ({r.detail})")
                           for r in pairs)
         best = f" against {self.reference_busbw:.3g} GB/s for the best pair" if self.reference_busbw else ""
         return shown + best

@@ -10,6 +10,7 @@ deadline, not a hang (test_workload_faults.py).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -62,20 +63,26 @@ def test_every_collective_is_correct_on_every_rank_and_set_against_the_link(boot
     assert "= expected 1.25 GB/s" in table.stdout
 
 
+# issue 19, W8: at the default --size (64M) a pair with a node shaped to 40 Mbit/s ran into its deadline and
+# the node was named broken; each pair now fits its message to its deadline, so the node is named slow
+# with the busbw it measured.
 def test_a_node_shaped_to_a_fraction_of_the_rate_is_named_and_the_cleaned_hostfile_launches(
         bootstrapped: Cluster, training_python: str) -> None:
     head, node2, _ = bootstrapped.nodes
-    node2.shape("50mbit")
+    node2.shape("40mbit")
     try:
-        result, doc = bench_json(head, training_python, "find-slow ~/hostfile --size 1M --pair-iters 3 "
+        result, doc = bench_json(head, training_python, "find-slow ~/hostfile --pair-deadline 90 "
                                                         "--write-hostfile ~/hostfile.clean")
     finally:
         node2.unshape()
     assert result.rc == 1, result.stderr[-4000:]
     search = doc["slow_node_search"]
+    assert search["verdicts"] == {"node1": "good", "node2": "slow", "node3": "good"}, search["evidence"]
     assert search["excluded"] == ["node2"]
-    assert search["verdicts"] == {"node1": "good", "node2": "slow", "node3": "good"}
-    assert any(line.startswith("node2 is slow: with node1: ") for line in search["evidence"])
+    with_node2 = [pair for rnd in search["rounds"] for pair in rnd if "node2" in pair["nodes"]]
+    assert len(with_node2) == 2 and all(pair["busbw_gbs"] and pair["size_bytes"] for pair in with_node2)
+    assert any(re.match(r"node2 is slow: with node1: [\d.e-]+ GB/s at [\d.]+ [KM]iB", line)
+               for line in search["evidence"]), search["evidence"]
     assert [f["host"] for f in doc["findings"] if f["check"] == "node-slow"] == ["node2"]
     cleaned = head.read_file("/home/ckuser/hostfile.clean")
     assert cleaned.splitlines()[0] == "node1 slots=1"
@@ -85,6 +92,60 @@ def test_a_node_shaped_to_a_fraction_of_the_rate_is_named_and_the_cleaned_hostfi
                                                  "--iters 2 --no-expect")
     assert ran.rc == 0, ran.stderr[-3000:]
     assert doc["result"]["world_size"] == 2 and sorted(doc["result"]["hosts"]) == ["node1", "node3"]
+
+
+# issue 19, M3: a sweep the deadline cuts short (a node shaped to 40 Mbit/s) reports the sizes it measured,
+# their busbw against the expectation, beside the deadline finding.
+def test_a_sweep_cut_short_by_its_deadline_reports_what_it_measured(bootstrapped: Cluster,
+                                                                     training_python: str) -> None:
+    head, node2, _ = bootstrapped.nodes
+    node2.shape("40mbit")
+    try:
+        result, doc = bench_json(head, training_python, "collectives ~/hostfile --ops all_reduce --max-bytes 64M "
+                                                        "--iters 2 --deadline 120")
+    finally:
+        node2.unshape()
+    assert result.rc == 1, result.stderr[-4000:]
+    assert {"workload-deadline", "collectives-cut-short"} <= set(finding_ids(doc))
+    sweep = doc["result"]
+    assert sweep["complete"] is False and sweep["world_size"] == 3
+    rows = sweep["ops"]["all_reduce"]["rows"]
+    assert rows and [row["size"] for row in rows] == [1024 * 4 ** i for i in range(len(rows))]
+    assert 64 << 20 in sweep["ops"]["all_reduce"]["not_measured"]
+    measured = next(f["message"] for f in doc["findings"] if f["check"] == "collectives-cut-short")
+    assert measured.startswith("measured before the deadline (")
+    assert re.search(r"all_reduce: 1 KiB to [\d.]+ [KM]iB measured \(64 MiB and up not\), best busbw [\d.e-]+ GB/s "
+                     r"at [\d.]+ [KM]iB = [\d.]+% of the expected 1.25 GB/s", measured), measured
+
+
+# issue 19, W9: input no workload can run with is a usage error before anything is launched.
+@pytest.mark.parametrize(("flags", "says"), [
+    ("--iters 0", "--iters 0: must be at least 1"),
+    ("--step-factor 1", "--step-factor 1: must be at least 2"),
+    ("--min-bytes 16M --max-bytes 1K", "--min-bytes 16M --max-bytes 1K: the smallest message is larger"),
+])
+def test_bad_bench_input_is_refused_before_anything_is_launched(bootstrapped: Cluster, training_python: str,
+                                                                flags: str, says: str) -> None:
+    head = bootstrapped.nodes[0]
+    head.run("rm -f /tmp/w9-log.json")
+    refused = bench(head, training_python, f"collectives ~/hostfile {flags} --log /tmp/w9-log.json")
+    assert refused.rc == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clusterkit: error: ") and says in lines[0], refused.stderr
+    assert head.run("test -e /tmp/w9-log.json").rc != 0  # nothing was launched, so nothing was logged
+
+
+# issue 19, M6: without --allow-cpu on nodes without a GPU, bench gpu says why nothing was measured, exit 1.
+def test_bench_gpu_on_nodes_without_a_gpu_says_why_nothing_was_measured(bootstrapped: Cluster,
+                                                                      training_python: str) -> None:
+    head = bootstrapped.nodes[0]
+    shown = bench(head, training_python, "gpu ~/hostfile --no-expect")
+    assert shown.rc == 1, shown.stdout[-2000:] + shown.stderr[-3000:]
+    assert "GPU health" not in shown.stdout  # no empty table
+    assert "nothing measured: no node's training env sees a GPU" in shown.stderr
+    assert "gpu-not-measured" in shown.stderr
+    assert "no GPU measured on node[1-3]: no CUDA device visible to torch" in shown.stderr
+    assert "--allow-cpu measures the CPU instead" in shown.stderr
 
 
 def test_every_zero_stage_trains_to_the_same_losses_and_gets_its_weights_back(bootstrapped: Cluster,

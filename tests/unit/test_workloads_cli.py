@@ -5,6 +5,7 @@ The local runs start DeepSpeed's launcher on this machine (gloo, 1-2 CPU ranks):
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -30,6 +31,60 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], says: str, capsys: py
     err = capsys.readouterr().err
     assert says in err
     assert "Traceback" not in err
+
+
+# issue 19, W9: every flag a workload cannot run with is a usage error naming it, before anything is
+# surveyed or launched (the hostfile below does not exist: the flag is refused before it is read).
+@pytest.mark.parametrize(("argv", "says"), [
+    (["bench", "collectives", "--iters", "0"], "--iters 0: must be at least 1"),
+    (["bench", "collectives", "--step-factor", "1"], "--step-factor 1: must be at least 2"),
+    (["bench", "collectives", "--min-bytes", "16M", "--max-bytes", "1K"],
+     "--min-bytes 16M --max-bytes 1K: the smallest message is larger than the largest"),
+    (["bench", "collectives", "--warmup", "-1"], "--warmup -1: must be at least 0"),
+    (["bench", "collectives", "--baseline", "--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["bench", "collectives", "--min-bytes", "1", "--max-bytes", "2"],
+     "--max-bytes 2: less than one float32 element (4 bytes)"),
+    (["bench", "collectives", "--sizes", "1M,0"], "0 bytes is less than one float32 element"),
+    (["bench", "collectives", "--ops", ","], "--ops ',': name at least one of"),
+    (["bench", "collectives", "--sizes", ","], "--sizes ',': name at least one size"),
+    (["bench", "collectives", "--max-bytes", "big"], "--max-bytes: not a size: 'big'"),
+    (["bench", "collectives", "--deadline", "0"], "--deadline 0: must be more than 0"),
+    (["bench", "collectives", "--master-port", "70000"], "--master-port 70000: must be at most 65535"),
+    (["bench", "collectives", "--slots", "0"], "--slots 0: must be at least 1"),
+    (["bench", "find-slow", "/nonexistent/hostfile", "--pair-iters", "0"], "--pair-iters 0: must be at least 1"),
+    (["bench", "find-slow", "/nonexistent/hostfile", "--slow-ratio", "1.5"], "--slow-ratio 1.5: must be at most 1"),
+    (["bench", "find-slow", "/nonexistent/hostfile", "--pair-deadline", "-5"], "--pair-deadline -5: must be more"),
+    (["bench", "find-slow", "/nonexistent/hostfile", "--size", "2"], "--size 2: smaller than one float32 element"),
+    (["bench", "find-slow", "--write-hostfile", "/tmp/x"], "--write-hostfile needs a HOSTFILE"),
+    (["bench", "collectives", "--find-slow", "--pair-iters", "0"], "--pair-iters 0: must be at least 1"),
+    (["bench", "traffic", "--params", "7B", "--max-bytes", "0"], "--max-bytes 0: must be at least 1 byte"),
+    (["bench", "traffic", "--params", "7B", "--iters", "0"], "--iters 0: must be at least 1"),
+    (["bench", "gpu", "/nonexistent/hostfile", "--iters", "0"], "--iters 0: must be at least 1"),
+    (["bench", "gpu", "--mem-mib", "-1"], "--mem-mib -1: must be at least 0"),
+    (["bench", "zero", "/nonexistent/hostfile", "--steps", "0"], "--steps 0: must be at least 1"),
+    (["bench", "zero", "--build-deadline", "0"], "--build-deadline 0: must be more than 0"),
+])
+def test_a_flag_no_workload_can_run_with_is_refused_before_anything_runs(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clusterkit: error: ")
+    assert says in err
+
+
+def test_every_numeric_bench_flag_has_a_range() -> None:
+    from clusterkit.cli import build_parser
+    from clusterkit.commands.bench_inputs import NUMERIC, SIZES
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    workloads = next(a for a in commands["bench"]._actions if isinstance(a, argparse._SubParsersAction)).choices
+    unchecked = {f"{name} {action.option_strings[0]}" for name, sub in workloads.items() for action in sub._actions
+                 if action.type in (int, float) and action.dest not in NUMERIC}
+    assert unchecked == set()
+    sized = {f"{name} {action.option_strings[0]}" for name, sub in workloads.items() for action in sub._actions
+             if action.metavar == "SIZE" and action.dest not in SIZES}
+    assert sized == set()
 
 
 def test_every_workload_has_a_command() -> None:

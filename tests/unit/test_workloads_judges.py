@@ -64,6 +64,17 @@ def test_a_node_without_cuda_is_skipped_not_failed() -> None:
     assert [(f.check_id, f.outcome.value, f.host) for f in findings] == [("gpu-health", "skip", "cpu1")]
 
 
+# issue 19, M6: bench gpu was asked to measure GPUs; a node where none was measured says why, as a failure.
+def test_a_node_without_cuda_fails_when_a_gpu_is_required_and_says_how_to_measure_the_cpu() -> None:
+    why = "no CUDA device visible to torch 2.13.0+cpu (cuda None)"
+    findings = judge(GpuHealth([reading("gpu1", 0, 0)], {"cpu1": why}), {}, require_gpu=True)
+    failed = [f for f in findings if f.outcome.value == "fail"]
+    assert [(f.check_id, f.host, f.is_error) for f in failed] == [("gpu-not-measured", "cpu1", True)]
+    assert why in failed[0].message
+    assert "--allow-cpu" in failed[0].fix
+    assert ("gpu-health", "gpu1", "pass") in [(f.check_id, f.host, f.outcome.value) for f in findings]
+
+
 SUITE: dict[str, Any] = {
     "world_size": 3, "precision": "fp32", "steps": 2,
     "loss_agreement": {"reference": "0", "tolerance": 1e-4, "agree": True,

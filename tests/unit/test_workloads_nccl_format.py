@@ -80,3 +80,23 @@ def test_interpolation_is_log_log_between_measured_points() -> None:
     assert fmt.geometric_interpolate(points, 1e4) == pytest.approx(10.0)
     assert fmt.geometric_interpolate(points, 1e3) == pytest.approx(1.0)
     assert fmt.geometric_interpolate(points, 1e6) is None
+
+
+# issue 19, W8: a pair on a slow link measures the size that fits its deadline, not a timeout.
+def test_a_size_that_fits_the_budget_is_kept() -> None:
+    # 256 KiB took 1 ms: 64 MiB x 7 operations takes ~1.8 s, well within 60 s.
+    assert fmt.fitted_size(64 << 20, 256 << 10, 0.001, 7, 60.0) == 64 << 20
+
+
+def test_a_size_that_would_not_fit_shrinks_to_the_largest_power_of_two_that_does() -> None:
+    # 40 Mbit/s: 256 KiB in 0.052 s; 7 operations in 15 s allow ~10.3 MiB, so 8 MiB.
+    assert fmt.fitted_size(64 << 20, 256 << 10, 0.052, 7, 15.0) == 8 << 20
+
+
+def test_nothing_fits_when_the_budget_is_spent() -> None:
+    assert fmt.fitted_size(64 << 20, 256 << 10, 0.5, 7, 0.0) == 0
+
+
+def test_shares_stay_readable_near_zero() -> None:
+    assert fmt.human_share(0.0039) == "0.39%"
+    assert fmt.human_share(0.85) == "85%"

@@ -11,8 +11,16 @@ all_to_all_single out of place only: those rows leave the other variant blank.
 ``--baseline`` also times a bare ``torch.distributed`` loop on the same buffers, interleaved with the
 bench's own timing, so the bench's overhead can be measured in the same run.
 
+``--fit-by EPOCH`` makes the sizes upper bounds: each size after an op's first is predicted from the
+time of the last one measured, and one that would not finish (with its warm-up, iterations and
+check) within half the time left before EPOCH is shrunk to what fits, or the op's sweep ends there.
+So a slow link gets a number at a smaller size instead of running into the head's deadline.
+
 Runs inside the training env through DeepSpeed's launcher (NCCL on GPUs, gloo on CPU) and imports
-nothing from clusterkit. Rank 0 prints the table, and with ``--json`` one ``@@ck-result@@`` line.
+nothing from clusterkit. Rank 0 prints the table, and with ``--json`` ``@@ck-result@@`` lines: the
+run's header (kind ``collectives_header``) first, each row as it is measured (``collectives_row``), so
+the head can show what was measured when a run is cut short, and the whole report at the end
+(``collectives``).
 """
 
 from __future__ import annotations
@@ -45,8 +53,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check", type=int, default=1, help="1: check results (#wrong); 0: N/A")
     parser.add_argument("--baseline", action="store_true", help="also time a bare torch.distributed loop")
     parser.add_argument("--rounds", type=int, default=1, help="with --baseline: interleaved rounds per size")
-    parser.add_argument("--json", action="store_true", help="print the result as one @@ck-result@@ line")
-    return parser.parse_args(argv)
+    parser.add_argument("--json", action="store_true", help="print the result as @@ck-result@@ lines")
+    parser.add_argument("--fit-by", type=float, default=0.0, metavar="EPOCH",
+                        help="shrink sizes that would not finish before this time (seconds since the epoch)")
+    args = parser.parse_args(argv)
+    for flag, value, least in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
+                               ("--step-factor", args.step_factor, 2), ("--rounds", args.rounds, 1)):
+        if value < least:
+            parser.error(f"{flag} {value}: must be at least {least}")
+    return args
+
+
+#: The share of the time left before --fit-by that one size may take.
+FIT_SHARE = 0.5
+STARTED = time.perf_counter()
 
 
 class Bench:
@@ -204,6 +224,29 @@ class Bench:
         self.dist.all_reduce(peak, op=self.dist.ReduceOp.MAX)
         return [v / self.n for v in total.tolist()], peak.tolist()
 
+    def min_over_ranks(self, value: int) -> int:
+        """The smallest of every rank's ``value``: one decision all ranks take alike."""
+        torch = self.torch
+        device = self.device if self.backend != "gloo" else torch.device("cpu")
+        local = torch.tensor([value], dtype=torch.int64, device=device)
+        self.dist.all_reduce(local, op=self.dist.ReduceOp.MIN)
+        return int(local.item())
+
+    def operations_per_size(self, op: str) -> int:
+        """How many times ``op`` runs for one row: warm-up, timed loops (and the bare ones), the check."""
+        args = self.args
+        timed = args.iters * max(1, args.rounds if args.baseline else 1) * (2 if args.baseline else 1)
+        return len(fmt.VARIANTS[op]) * (args.warmup + timed + (1 if args.check else 0))
+
+    def fitted(self, op: str, wanted: int, measured: int, row: dict[str, Any]) -> int:
+        """``wanted``, or the size that fits before --fit-by at the rate of ``row`` (measured at
+        ``measured`` bytes); the same on every rank."""
+        args = self.args
+        seconds = max(v["max_rank_time_us"] for v in (row["out_of_place"], row["in_place"]) if v) / 1e6
+        left = min(args.fit_by - time.time(), args.timeout_s - (time.perf_counter() - STARTED))
+        size = fmt.fitted_size(wanted, measured, seconds, self.operations_per_size(op), FIT_SHARE * max(0.0, left))
+        return self.min_over_ranks(size)
+
     def sum_over_ranks(self, value: int) -> int:
         torch = self.torch
         device = self.device if self.backend != "gloo" else torch.device("cpu")
@@ -270,6 +313,39 @@ class Bench:
         return empty(chunk * n), empty(chunk * n)
 
 
+def sweep(bench: Bench, op: str, sizes: list[int], leader: bool) -> tuple[list[dict[str, Any]], list[int]]:
+    """``op``'s rows over ``sizes`` (fitted to --fit-by when given), and the sizes left unmeasured."""
+    args = bench.args
+    rows: list[dict[str, Any]] = []
+    last = 0
+    for index, wanted in enumerate(sizes):
+        size = wanted
+        if args.fit_by and rows:
+            size = bench.fitted(op, wanted, last, rows[-1])
+            if size <= last:
+                if leader:
+                    print(f"# {fmt.human_bytes(wanted)} and up not measured: at the rate of "
+                          f"{fmt.human_bytes(last)} they would not finish before the deadline", flush=True)
+                return rows, sizes[index:]
+        if leader:
+            wio.progress(f"{op} {fmt.human_bytes(size)}")
+        row = bench.measure(op, size)
+        if row is None:
+            continue
+        if size != wanted:
+            row["requested_bytes"] = wanted
+        rows.append(row)
+        last = size
+        if leader:
+            if size != wanted:
+                print(f"# {fmt.human_bytes(wanted)} would not finish before the deadline at the rate measured: "
+                      f"{fmt.human_bytes(size)} instead", flush=True)
+            print(fmt.format_row(row), flush=True)
+            if args.json:
+                wio.result("collectives_row", {"op": op, "size": wanted, "row": row})
+    return rows, []
+
+
 def main(argv: list[str] | None = None) -> int:
     wio.tag_output()
     # torch 2.13 deprecates the *_tensor collectives that DeepSpeed (and this bench) call; once is enough.
@@ -292,25 +368,21 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"schema": "clusterkit.collectives/v1", "world_size": bench.n,
                               "backend": bench.backend, "device": bench.device.type, "dtype": args.dtype,
                               "iters": args.iters, "warmup": args.warmup, "hosts": hosts, "ops": {}}
+    if leader and args.json:
+        header = {key: value for key, value in report.items() if key != "ops"}
+        wio.result("collectives_header", dict(header, planned_ops=ops, sizes=sizes))
     failed = 0
     for op in ops:
         if leader:
             print(f"#\n# {op}", flush=True)
             for line in fmt.header_lines():
                 print(line, flush=True)
-        rows = []
-        for size in sizes:
-            if leader:
-                wio.progress(f"{op} {fmt.human_bytes(size)}")
-            row = bench.measure(op, size)
-            if row is None:
-                continue
-            rows.append(row)
-            if leader:
-                print(fmt.format_row(row), flush=True)
+        rows, skipped = sweep(bench, op, sizes, leader)
         wrong = sum(int(v["wrong"] or 0) for r in rows for v in (r["out_of_place"], r["in_place"]) if v)
         failed += wrong
         report["ops"][op] = {"rows": rows, "avg_busbw": fmt.average_busbw(rows), "wrong": wrong}
+        if skipped:
+            report["ops"][op]["not_measured"] = skipped
         if leader:
             for line in fmt.footer_lines(wrong, fmt.average_busbw(rows)):
                 print(line, flush=True)

@@ -116,6 +116,24 @@ def size_sweep(min_bytes: int, max_bytes: int, factor: int = 2) -> list[int]:
     return sizes
 
 
+def fitted_size(wanted: int, measured_size: int, seconds_per_op: float, operations: int, budget_s: float) -> int:
+    """The largest message up to ``wanted`` whose ``operations`` fit in ``budget_s``, predicted from one
+    operation of ``measured_size`` bytes taking ``seconds_per_op``.
+
+    Time is scaled linearly with size: a small message is latency-bound, so this overestimates the
+    time of a larger one and the prediction errs on the safe side. A shrunk size is a power of two
+    (readable in the table); 0 when not even one byte fits.
+    """
+    if seconds_per_op <= 0 or operations <= 0:
+        return wanted
+    fits = measured_size * budget_s / (operations * seconds_per_op)
+    if fits >= wanted:
+        return wanted
+    if fits < 1:
+        return 0
+    return 1 << (int(fits).bit_length() - 1)
+
+
 def human_bytes(size: float) -> str:
     """1024-based, short: ``512 B``, ``64 KiB``, ``1.5 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -124,6 +142,11 @@ def human_bytes(size: float) -> str:
             return f"{text} {unit}"
         size /= 1024.0
     return f"{size:g} B"
+
+
+def human_share(ratio: float) -> str:
+    """A ratio as a percentage that stays readable near zero: ``0.39%``, not ``0%``; ``85%``."""
+    return f"{ratio * 100:.2g}%" if ratio * 100 < 1 else f"{ratio:.0%}"
 
 
 def _float_str(value: float, width: int) -> str:
