@@ -18,6 +18,7 @@ from tests.cluster.node import CommandResult
 from tests.cluster.slurm import SlurmCluster
 
 CONF_DIR = "/opt/slurm/etc"
+SMOKE = "clusterkit/workloads/scripts/zero_smoke.py"
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +53,15 @@ def test_the_config_is_found_only_through_slurm_conf(healthy: SlurmCluster) -> N
 def test_slurm_commands_from_outside_an_allocation_keep_slurm_conf(healthy: SlurmCluster) -> None:
     # issue 19, W7: salloc ran without SLURM_CONF and failed to fetch its config (blaming drained nodes).
     doctor = from_login_shell(healthy, "doctor --slurm --nodes 3 --json --timeout 30")
-    assert doctor.rc in (0, 1), doctor.stdout[-2000:] + doctor.stderr[-3000:]
+    assert doctor.rc in (0, 1) and doctor.stdout.startswith("{"), doctor.stdout[-2000:] + doctor.stderr[-3000:]
     report = json.loads(doctor.stdout)
     assert report["hosts"] == ["node1", "node2", "node3"]
     assert "surveying over Slurm" in doctor.stderr
-    printed = from_login_shell(healthy, "launch --slurm --nodes 3 --print-only --no-preflight -- train.py --steps 2")
+    printed = from_login_shell(healthy, f"launch --slurm --nodes 3 --print-only --no-preflight -- {SMOKE} --steps 2")
     assert printed.rc == 0, printed.stderr[-3000:]
     words = shlex.split(printed.stdout.strip().splitlines()[-1])
     assert words[0] == "srun" and "--nodelist=node[1-3]" in words
-    assert words[-3:] == ["train.py", "--steps", "2"]
+    assert words[-3:] == [SMOKE, "--steps", "2"]
     assert jobs(healthy) == ""  # both allocations released
 
 
@@ -76,7 +77,7 @@ def test_nodes_that_cannot_be_had_now_are_named_with_slurms_reason_at_once(healt
     assert "ask for what can be had now: --nodes 2" in said
     assert "scontrol update NodeName=node3 State=RESUME" in said
     assert "Traceback" not in refused.stderr
-    named = from_login_shell(healthy, "launch --nodelist node[2-3] --slurm-wait 600 --print-only -- train.py",
+    named = from_login_shell(healthy, f"launch --nodelist node[2-3] --slurm-wait 600 --print-only -- {SMOKE}",
                              timeout=90)
     assert named.rc == 1, named.stdout[-2000:] + named.stderr[-3000:]
     said = " ".join(named.stderr.split())
