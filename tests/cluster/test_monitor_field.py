@@ -127,8 +127,8 @@ def test_a_live_runs_step_time_is_its_real_pace_and_a_replay_of_its_recording_sh
     assert {n["host"]: n["status"] for n in doc["nodes"]} == {"node2": "up", "node3": "up"}
     progress = doc["progress"]
     assert progress["step"] >= 4 and progress["loss"] is not None
-    assert progress["step_time_from"] == "timestamps"  # DeepSpeed's logger stamps its step lines
     assert 0.9 <= progress["step_time_s"] <= 1.5, progress  # the job sleeps 1 s a step
+    assert progress["step_time_from"] == "timestamps"  # DeepSpeed's logger stamps its step lines
     replayed = clusterkit(login, "monitor --replay ~/monitor.rec --once --json")
     assert replayed.rc in (0, 1), replayed.stderr[-3000:]
     assert json.loads(replayed.stdout)["progress"] == progress
