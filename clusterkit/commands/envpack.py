@@ -100,17 +100,32 @@ def run_pack(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[Path, Any]:
     from clusterkit.envpack.pack import Manifest, manifest_path
 
-    if not args.hostfile and not use_slurm(args, None):
-        raise UsageError(f"say which nodes: clusterkit env {args.env_command} HOSTFILE ARCHIVE, or run it inside "
-                         "a Slurm allocation (or with --slurm)")
+    usage = f"clusterkit env {args.env_command} HOSTFILE ARCHIVE"
     if not args.archive:
-        raise UsageError(f"which env? clusterkit env {args.env_command} [HOSTFILE] ARCHIVE")
+        raise UsageError(f"which env? {usage} (or ARCHIVE alone inside a Slurm allocation)")
+    if not args.hostfile and not use_slurm(args, None):
+        if not _looks_like_archive(Path(args.archive)):  # the one word given is the HOSTFILE
+            raise UsageError(f"which env? {usage}: {args.archive} is taken as the HOSTFILE; add the ARCHIVE that "
+                             "`clusterkit env pack` made")
+        raise UsageError(f"say which nodes: {usage}, or run it inside a Slurm allocation (or with --slurm)")
     archive = Path(args.archive)
     if archive.suffix == ".json":
         archive = archive.with_name(archive.name[:-len(".json")])
+    if archive.is_dir():
+        raise UsageError(f"{archive} is a directory, not an archive: name the .tar.zst that `clusterkit env pack` "
+                         "made (it prints the path)")
     if not archive.is_file():
         raise UsageError(f"{archive}: no such archive (make one with `clusterkit env pack`)")
+    if not manifest_path(archive).is_file():
+        raise UsageError(f"{archive} has no manifest beside it ({manifest_path(archive).name}): copy it along with "
+                         "the archive, or pack the env again")
     return archive, Manifest.load(manifest_path(archive))
+
+
+def _looks_like_archive(path: Path) -> bool:
+    """An archive (or its manifest) by name or by what lies beside it, not a hostfile."""
+    return path.name.endswith((".tar.zst", ".tzst", ".json")) or path.is_dir() or \
+        path.with_name(path.name + ".json").is_file()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import pytest
 from clusterkit.collect import pyprobe
 from clusterkit.envpack import node_env
 from clusterkit.envpack.pack import Manifest, PackOptions, PackRefused, manifest_path, node_env_command, pack_env
+from clusterkit.errors import UsageError
 from tests import synthetic_conda
 
 
@@ -172,3 +173,16 @@ def test_bootstrap_reuses_an_archive_only_while_the_env_is_unchanged(tmp_path: P
     assert cached_archive(venv, tmp_path / "cache") == (archive, manifest)
     (venv / "lib" / "added.txt").write_text("changed since it was packed\n")
     assert cached_archive(venv, tmp_path / "cache") is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("size", "abc"), ("unpacked_bytes", None), ("files", True),
+                                              ("package_set", [])])
+def test_a_manifest_with_a_value_of_the_wrong_type_is_an_input_error(packed: tuple[Path, Manifest], tmp_path: Path,
+                                                                     field: str, value: object) -> None:
+    # issue 19, C1: "size": "abc" or "unpacked_bytes": null became a TypeError (exit 3)
+    data = json.loads(packed[1].to_json())
+    data[field] = value
+    path = tmp_path / "edited.tar.zst.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=rf'^{path}: "{field}" is .* not .*pack the env again$'):
+        Manifest.load(path)
