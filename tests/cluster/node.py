@@ -449,12 +449,16 @@ class Node:
         return "\n".join(lines) + "\n"
 
     def _prepare(self, uid: int, gid: int, hosts_text: str) -> None:
+        shared = {self.home} if self.cluster.shared_home else set()
+        shared |= {self.tmp} if self.cluster.shared_tmp else set()
         for directory in (self.etc_ssh, self.opt, self.tmp, self.root_home, self.home):
-            directory.mkdir(parents=True, exist_ok=directory == self.home and self.cluster.shared_home)
+            directory.mkdir(parents=True, exist_ok=directory in shared)
         os.chown(self.home, uid, gid)
         self.tmp.chmod(0o1777)
         self.root_home.chmod(0o711)  # lets the test user reach the shared interpreter under /root
         self.host_path(HARNESS_DIR).mkdir(mode=0o700)
+        if self.cluster.shared_tmp:  # where each node mounts its own harness directory
+            (self.tmp / HARNESS_DIR[len("/tmp/"):]).mkdir(mode=0o700, exist_ok=True)
         # PID 1 of the node: bash reaps every orphan handed to it while it waits.
         self.host_path(f"{HARNESS_DIR}/init.sh").write_text(
             "trap '' TERM INT HUP\nwhile :; do sleep 3600 & wait $! || true; done\n")
