@@ -68,6 +68,10 @@ def register_subcommands(env_parser: Any) -> None:
             parser.add_argument("--dry-run", action="store_true", help="survey and say what would be done")
             parser.add_argument("--remove-archive", action="store_true",
                                 help="delete each node's archive once unpacked (a rerun then resends)")
+            parser.add_argument("--replace-existing", action="store_true",
+                                help="replace what is at the prefix on a node even though clusterkit did not "
+                                     "install it (it is moved aside to PREFIX.clusterkit-replaced-DATE, never "
+                                     "deleted); without it such a node is refused")
         add_ssh_arguments(parser)
         add_slurm_arguments(parser)
         parser.set_defaults(run=run_push if name == "push" else run_verify)
@@ -165,7 +169,8 @@ def run_push(args: argparse.Namespace) -> int:
     archive, manifest = _load(args)
     console = Console(stderr=True)
     options = PushOptions(staging_dir=args.staging, dry_run=args.dry_run, stall_s=args.stall_timeout,
-                          unpack_timeout_s=args.timeout, remove_archive=args.remove_archive)
+                          unpack_timeout_s=args.timeout, remove_archive=args.remove_archive,
+                          replace_existing=args.replace_existing)
     with _nodes(args, options) as (hosts, channel), RelayView(manifest.size, console) as view:
         report = push_env(archive, manifest, hosts, channel, options, view,
                           lambda text: console.print(f"[bold]{text}[/]", highlight=False), view.round)

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterkit.envpack import node_env
 from clusterkit.errors import ClusterkitError, UsageError
 
 NODE_ENV_SOURCE = Path(__file__).with_name("node_env.py")
 RESULT_MARKER = "@@ckenv "
-_BOOT = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),"
-         "'clusterkit-node-env','exec'))")
+_BOOT = node_env.BOOT
 CHECKED_IMPORTS = ("torch", "deepspeed")
 MIN_LEVEL, MAX_LEVEL = 1, 22  #: zstd's compression levels
 MANIFEST_VERSION = 1
