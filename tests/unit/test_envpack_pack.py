@@ -171,6 +171,10 @@ def test_bootstrap_reuses_an_archive_only_while_the_env_is_unchanged(tmp_path: P
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     archive, manifest = pack_env(venv, PackOptions(tmp_path / "cache"))
     assert cached_archive(venv, tmp_path / "cache") == (archive, manifest)
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[:len(whole) // 2])  # issue 19, M4: a cut-short archive is not reused (nor pushed)
+    assert cached_archive(venv, tmp_path / "cache") is None
+    archive.write_bytes(whole)
     (venv / "lib" / "added.txt").write_text("changed since it was packed\n")
     assert cached_archive(venv, tmp_path / "cache") is None
 
