@@ -309,6 +309,73 @@ def test_an_archive_staged_on_another_disk_leaves_the_prefixs_disk_to_the_env(
     assert push(envcluster, archive[0]).rc == 0
 
 
+def test_an_archive_cut_short_or_changed_on_the_head_is_named_and_not_resent(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    # issue 19, M4: a truncated archive on the head was blamed on the network, 3 rounds running
+    head = envcluster.nodes[0]
+    name = Path(archive[0]).name
+    remove_env(envcluster, "env2")
+    head.run(f"mkdir -p ~/cut && cp {archive[0]} {archive[0]}.json ~/cut/ && truncate -s 3000000 ~/cut/{name}",
+             check=True)
+    cut = push(envcluster, f"~/cut/{name}")
+    assert cut.rc == 2, cut.stdout[-2000:] + cut.stderr[-3000:]
+    assert f"cut/{name} is 3.0 MB (3000000 bytes), its manifest says 16.1 MB" in cut.stderr, cut.stderr[-2000:]
+    assert "broadcast" not in cut.stderr
+    head.run(f"cp {archive[0]} ~/cut/ && printf '\\377' | dd of=~/cut/{name} bs=1 seek=5000000 conv=notrunc "
+             "status=none", check=True)
+    changed = push(envcluster, f"~/cut/{name}")
+    assert changed.rc == 1, changed.stdout[-2000:] + changed.stderr[-3000:]
+    error = str(outcomes(changed)["env2"]["error"])
+    assert error.startswith(f"the head's own /home/ckuser/cut/{name} does not have the sha256 expected"), error
+    assert "round 2" not in " ".join(outcomes(changed)["env2"]["actions"])  # type: ignore[arg-type]
+    head.run("rm -rf ~/cut", check=True)
+    assert push(envcluster, archive[0]).rc == 0
+
+
+def test_packing_into_a_directory_this_user_cannot_write_is_a_usage_error(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]]) -> None:
+    # issue 19, C1: a PermissionError became an internal error (exit 3)
+    packed = clusterkit(envcluster.nodes[0], f"env pack {PREFIX} -o /root/x")
+    assert packed.rc == 2, packed.stderr[-2000:]
+    assert packed.stderr.strip() == "clusterkit: error: cannot create /root/x: Permission denied; pick another -o DIR"
+
+
+def test_an_interrupted_push_leaves_no_ssh_link_open_on_any_node(
+        envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
+    # issue 19, C4: masters of failed or interrupted relays lingered for about two minutes
+    for name in ("env2", "env3", "env4"):
+        remove_env(envcluster, name)
+    for node in envcluster.nodes:
+        node.shape("12mbit", burst="64kbit")
+    head = envcluster.nodes[0]
+    partial3 = envcluster.node("env3").host_path(f"{STAGED_DIR}/{Path(archive[0]).name}.partial")
+    result: list[CommandResult] = []
+    runner = threading.Thread(target=lambda: result.append(push(envcluster, archive[0], timeout=300)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (partial3.exists() and partial3.stat().st_size > 2_000_000):
+            time.sleep(0.1)
+        assert partial3.exists(), "the relay never reached env3"
+        # Ctrl-C: the terminal signals clusterkit and the ssh it runs (one process group)
+        head.run("pkill -INT -u ckuser -f 'clusterkit env pus[h]'; pkill -INT -u ckuser -x ssh")
+        runner.join(timeout=120)
+    finally:
+        for node in envcluster.nodes:
+            node.unshape()
+    assert result and result[0].rc == 130, result and result[0].stderr[-3000:]
+    deadline = time.monotonic() + 20  # a master left up stays for its ControlPersist: 110 s here
+    while True:
+        masters = {node.name: node.run("pgrep -u ckuser -af 'ControlMaste[r]=yes' || true").stdout.strip()
+                   for node in envcluster.nodes}
+        if not any(masters.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not any(masters.values()), masters
+    again = push(envcluster, archive[0])
+    assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
+
+
 def test_a_node_killed_mid_broadcast_is_routed_around_and_a_rerun_completes_it(
         envcluster: Cluster, archive: tuple[str, dict[str, object]], pushed: CommandResult) -> None:
     for name in ("env2", "env3", "env4"):
@@ -338,6 +405,9 @@ def test_a_node_killed_mid_broadcast_is_routed_around_and_a_rerun_completes_it(
     for host in ("env3", "env4"):
         actions = " ".join(outcomes(cut)[host]["actions"])  # type: ignore[arg-type]
         assert "round 2" in actions, actions
+        # issue 19, M7: what reached the node, not what was meant for it (148.1 MB of an 86.1 MB archive)
+        sent = re.search(r"([0-9.]+) MB sent", actions)
+        assert sent and float(sent[1]) <= int(str(archive[1]["size"])) / 1e6 + 0.05, actions
     envcluster.node("env2").heal()
     again = push(envcluster, archive[0])
     assert again.rc == 0, again.stdout[-2000:] + again.stderr[-3000:]
