@@ -68,6 +68,10 @@ def register_subcommands(env_parser: Any) -> None:
             parser.add_argument("--dry-run", action="store_true", help="survey and say what would be done")
             parser.add_argument("--remove-archive", action="store_true",
                                 help="delete each node's archive once unpacked (a rerun then resends)")
+            parser.add_argument("--replace-existing", action="store_true",
+                                help="replace what is at the prefix on a node even though clusterkit did not "
+                                     "install it (it is moved aside to PREFIX.clusterkit-replaced-DATE, never "
+                                     "deleted); without it such a node is refused")
         add_ssh_arguments(parser)
         add_slurm_arguments(parser)
         parser.set_defaults(run=run_push if name == "push" else run_verify)
@@ -100,17 +104,32 @@ def run_pack(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[Path, Any]:
     from clusterkit.envpack.pack import Manifest, manifest_path
 
-    if not args.hostfile and not use_slurm(args, None):
-        raise UsageError(f"say which nodes: clusterkit env {args.env_command} HOSTFILE ARCHIVE, or run it inside "
-                         "a Slurm allocation (or with --slurm)")
+    usage = f"clusterkit env {args.env_command} HOSTFILE ARCHIVE"
     if not args.archive:
-        raise UsageError(f"which env? clusterkit env {args.env_command} [HOSTFILE] ARCHIVE")
+        raise UsageError(f"which env? {usage} (or ARCHIVE alone inside a Slurm allocation)")
+    if not args.hostfile and not use_slurm(args, None):
+        if not _looks_like_archive(Path(args.archive)):  # the one word given is the HOSTFILE
+            raise UsageError(f"which env? {usage}: {args.archive} is taken as the HOSTFILE; add the ARCHIVE that "
+                             "`clusterkit env pack` made")
+        raise UsageError(f"say which nodes: {usage}, or run it inside a Slurm allocation (or with --slurm)")
     archive = Path(args.archive)
     if archive.suffix == ".json":
         archive = archive.with_name(archive.name[:-len(".json")])
+    if archive.is_dir():
+        raise UsageError(f"{archive} is a directory, not an archive: name the .tar.zst that `clusterkit env pack` "
+                         "made (it prints the path)")
     if not archive.is_file():
         raise UsageError(f"{archive}: no such archive (make one with `clusterkit env pack`)")
+    if not manifest_path(archive).is_file():
+        raise UsageError(f"{archive} has no manifest beside it ({manifest_path(archive).name}): copy it along with "
+                         "the archive, or pack the env again")
     return archive, Manifest.load(manifest_path(archive))
+
+
+def _looks_like_archive(path: Path) -> bool:
+    """An archive (or its manifest) by name or by what lies beside it, not a hostfile."""
+    return path.name.endswith((".tar.zst", ".tzst", ".json")) or path.is_dir() or \
+        path.with_name(path.name + ".json").is_file()
 
 
 @contextmanager
@@ -150,7 +169,8 @@ def run_push(args: argparse.Namespace) -> int:
     archive, manifest = _load(args)
     console = Console(stderr=True)
     options = PushOptions(staging_dir=args.staging, dry_run=args.dry_run, stall_s=args.stall_timeout,
-                          unpack_timeout_s=args.timeout, remove_archive=args.remove_archive)
+                          unpack_timeout_s=args.timeout, remove_archive=args.remove_archive,
+                          replace_existing=args.replace_existing)
     with _nodes(args, options) as (hosts, channel), RelayView(manifest.size, console) as view:
         report = push_env(archive, manifest, hosts, channel, options, view,
                           lambda text: console.print(f"[bold]{text}[/]", highlight=False), view.round)

@@ -47,8 +47,9 @@ def cached_archive(prefix: Path, cache: Path) -> tuple[Path, Manifest] | None:
         except UsageError:
             continue
         archive = candidate.with_name(candidate.name[:-len(".json")])
+        # A cut-short archive (a pack interrupted, a disk that filled) is packed again, not pushed.
         if manifest.prefix == str(prefix) and manifest.fingerprint == fingerprint and archive.is_file() \
-                and manifest_path(archive) == candidate:
+                and archive.stat().st_size == manifest.size and manifest_path(archive) == candidate:
             return archive, manifest
     return None
 

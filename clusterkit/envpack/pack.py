@@ -29,13 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterkit.envpack import node_env
 from clusterkit.errors import ClusterkitError, UsageError
 
 NODE_ENV_SOURCE = Path(__file__).with_name("node_env.py")
 RESULT_MARKER = "@@ckenv "
-_BOOT = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),"
-         "'clusterkit-node-env','exec'))")
+_BOOT = node_env.BOOT
 CHECKED_IMPORTS = ("torch", "deepspeed")
+MIN_LEVEL, MAX_LEVEL = 1, 22  #: zstd's compression levels
 MANIFEST_VERSION = 1
 
 
@@ -73,15 +74,46 @@ class Manifest:
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
+        """The manifest at ``path``; a UsageError naming the field when a value is missing or of the wrong type."""
         try:
             data = json.loads(path.read_text())
-            return cls(**data)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise UsageError(f"{path}: not a clusterkit env manifest ({exc})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: not a clusterkit env manifest (not a JSON object)")
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        missing = sorted(name for name in _REQUIRED_FIELDS if name not in data)
+        if unknown or missing:
+            raise UsageError(f"{path}: not a clusterkit env manifest ("
+                             + "; ".join(part for part in (f"unknown field(s) {', '.join(unknown)}" if unknown else "",
+                                                           f"missing {', '.join(missing)}" if missing else "")
+                                         if part) + ")")
+        for name, value in data.items():
+            wanted = _FIELD_TYPES[name]
+            # bool is an int to Python; no count or size is true or false
+            if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
+                raise UsageError(f"{path}: \"{name}\" is {json.dumps(value)[:40]}, not {names}: the manifest "
+                                 "was changed since `clusterkit env pack` wrote it; pack the env again")
+        for name in ("size", "unpacked_bytes", "files"):
+            if data[name] < 0:
+                raise UsageError(f"{path}: \"{name}\" is {data[name]}: a size is never negative; pack the env again")
+        return cls(**data)
 
     def installed_marker(self) -> dict[str, Any]:
         """What an unpacked copy records about itself (``PREFIX/.clusterkit-envpack.json``)."""
         return {"sha256": self.sha256, "package_set": self.package_set, "kind": self.kind, "prefix": self.prefix}
+
+
+#: Each manifest field's JSON types (``Manifest.load`` checks them: a hand-edited value is an input error).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "prefix": (str,), "archive": (str,), "size": (int,), "sha256": (str,),
+    "unpacked_bytes": (int,), "files": (int,), "python_version": (str,), "package_set": (dict,),
+    "imports": (dict,), "fingerprint": (str,), "base_python": (str, type(None)), "shebangs": (list,),
+    "dropped_files": (list,), "notes": (list,), "source": (dict,), "packed_with": (str,),
+    "pack_seconds": (int, float), "version": (int,)}
+_REQUIRED_FIELDS = ("kind", "prefix", "archive", "size", "sha256", "unpacked_bytes", "files", "python_version",
+                    "package_set", "imports", "fingerprint")
 
 
 def manifest_path(archive: Path) -> Path:
@@ -97,6 +129,8 @@ def env_kind(prefix: Path) -> str:
         return "conda"
     if (prefix / "pyvenv.cfg").is_file():
         return "venv"
+    if prefix.exists() and not prefix.is_dir():
+        raise UsageError(f"{prefix} is a file, not an env: pass the env's directory (the one holding bin/python)")
     if not prefix.is_dir():
         raise UsageError(f"{prefix}: no such directory")
     raise UsageError(f"{prefix} is neither a conda env (no conda-meta/) nor a venv (no pyvenv.cfg): pass the env's "
@@ -298,7 +332,13 @@ def preflight(prefix: Path, options: PackOptions) -> tuple[str, list[str], list[
 def pack_env(prefix: Path, options: PackOptions, *, log: Any = None) -> tuple[Path, Manifest]:
     """Pack ``prefix`` into ``options.output_dir``; returns the archive and its manifest (also written)."""
     prefix = prefix.absolute()
+    if not MIN_LEVEL <= options.level <= MAX_LEVEL:
+        raise UsageError(f"--level {options.level}: zstd levels go from {MIN_LEVEL} (fastest) to {MAX_LEVEL} "
+                         "(smallest); the default is 3")
+    if options.threads < 0:
+        raise UsageError(f"--threads {options.threads}: a number of threads, or 0 for one per CPU")
     kind, dropped, notes = preflight(prefix, options)
+    _check_output_dir(options.output_dir)
     if not (prefix / "bin" / "python").exists():
         raise PackRefused(f"{prefix} has no bin/python: it cannot be verified on the nodes")
     probe = verify_here(prefix)
@@ -312,10 +352,12 @@ def pack_env(prefix: Path, options: PackOptions, *, log: Any = None) -> tuple[Pa
         notes.append(f"bin/ scripts starting '#!/usr/bin/env python' run whatever python is first on PATH (over "
                      f"pdsh, not this env) unless the env is activated: {', '.join(via_env[:12])}")
     files, unpacked, fingerprint = tree_size(prefix)
-    options.output_dir.mkdir(parents=True, exist_ok=True)
     threads = options.threads or os.cpu_count() or 1
     started = time.monotonic()
-    fd, temp_name = tempfile.mkstemp(dir=options.output_dir, prefix=f".{prefix.name}-", suffix=".tar.zst")
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=options.output_dir, prefix=f".{prefix.name}-", suffix=".tar.zst")
+    except OSError as exc:
+        raise UsageError(f"cannot write in {options.output_dir}: {exc.strerror}; pick another -o DIR") from None
     os.close(fd)
     temp = Path(temp_name)
     try:
@@ -326,6 +368,9 @@ def pack_env(prefix: Path, options: PackOptions, *, log: Any = None) -> tuple[Pa
         sha256 = _sha256(temp)
         archive = options.output_dir / f"{prefix.name}-{sha256[:12]}.tar.zst"
         temp.replace(archive)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ClusterkitError(f"packing {prefix} into {options.output_dir} failed: {exc.strerror or exc}") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -337,8 +382,24 @@ def pack_env(prefix: Path, options: PackOptions, *, log: Any = None) -> tuple[Pa
         imports=imports, fingerprint=fingerprint, base_python=base_interpreter(prefix) if kind == "venv" else None,
         shebangs=shebangs if kind == "conda" else [], dropped_files=dropped, notes=notes,
         source=source_id(prefix), packed_with=packed_with, pack_seconds=round(time.monotonic() - started, 3))
-    manifest_path(archive).write_text(manifest.to_json())
+    written = manifest_path(archive).with_name(f".{manifest_path(archive).name}.tmp")
+    try:
+        written.write_text(manifest.to_json())
+        written.replace(manifest_path(archive))
+    except OSError as exc:
+        written.unlink(missing_ok=True)
+        raise ClusterkitError(f"writing {manifest_path(archive)} failed: {exc.strerror or exc}") from None
     return archive, manifest
+
+
+def _check_output_dir(directory: Path) -> None:
+    """``-o DIR`` exists (made if need be) and this user can write there: a UsageError before any work if not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {directory}: {exc.strerror}; pick another -o DIR") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in {directory}: permission denied; pick another -o DIR")
 
 
 def source_id(prefix: Path) -> dict[str, Any]:

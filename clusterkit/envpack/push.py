@@ -1,12 +1,16 @@
 """Put a packed env on every node at the same absolute path, and prove it runs there.
 
-1. survey every node in parallel: is the env there already (its marker names the archive's sha256 and
-   package set), is there room and a writable parent, are tar and zstd there, does a venv's base
-   interpreter exist; nodes that see each other's survey marker share the env's directory (one
-   filesystem) and get it once;
-2. broadcast the archive to the nodes that need it (``transfer.broadcast``: a pipelined relay,
-   checksummed on every node, resumed, routed around dead nodes);
-3. unpack on each of them in parallel (temporary directory, conda-unpack with the env's python, rename);
+1. survey every node in parallel: what is at the prefix and whether it is this env (its marker, its own
+   interpreter's package set and Python, its files against what was unpacked), room and a writable
+   directory for the archive and for the env, tar and zstd, a venv's base interpreter; and which
+   nodes (and whether the head) see the same directory beside the prefix and the same staging
+   directory, by tokens each writes there (``clusterkit.envpack.judge``);
+2. broadcast the archive to one node of each group sharing a staging directory, among those that need
+   it (``transfer.broadcast``: a pipelined relay, checksummed on every node, resumed, routed around
+   dead nodes);
+3. unpack on one node of each group sharing the prefix's directory, in parallel (temporary directory,
+   conda-unpack with the env's python, rename); only what clusterkit installed (or an empty
+   directory) is replaced, anything else only with ``replace_existing``, and then moved aside;
 4. verify with the env's own interpreter: it starts, its package set matches the head's, and torch and
    deepspeed import where they do on the head.
 
@@ -18,12 +22,25 @@ The stages and their judgement are the same whichever carries them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterkit.envpack import node_env
+from clusterkit.envpack.judge import (
+    HEAD,
+    cannot_install,
+    copy_problems,
+    foreign_refusal,
+    head_holds_source,
+    node_holds_source,
+    share_groups,
+    verification_problems,
+)
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
+from clusterkit.errors import UsageError
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
 from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.transfer import (
@@ -49,6 +66,8 @@ class PushOptions:
     max_rounds: int = 3
     python: str = "python3"
     remove_archive: bool = False
+    #: Replace what is at the prefix though clusterkit did not install it (moved aside, never deleted).
+    replace_existing: bool = False
 
 
 @dataclass
@@ -149,76 +168,31 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
              options: PushOptions, listener: Listener | None = None,
              phase: Callable[[str], None] | None = None,
              round_listener: Callable[[int, list[str], int], None] | None = None) -> PushReport:
-    """Make ``manifest``'s env present and verified on every host; per-host outcomes, never an exception.
+    """Make ``manifest``'s env present and verified on every host; per-host outcomes, never an exception
+    (but a UsageError, before anything is done, when the head's archive is not its manifest's size).
 
     ``settings``: SSH settings (the nodes over SSH), or a :class:`NodeChannel` that reaches them another way."""
     channel = SshChannel(settings, options) if isinstance(settings, SshSettings) else settings
     say = phase or (lambda _text: None)
+    check_archive_size(archive, manifest)
     report = PushReport({h: NodeResult(h, FAILED) for h in hosts})
-    run_id = uuid.uuid4().hex[:12]
     prefix = manifest.prefix
-    say(f"survey: is {prefix} there, room for {human_bytes(manifest.size + manifest.unpacked_bytes)}, tools")
-    surveys = channel.run_op(hosts, options.python, {"op": "survey", "prefix": prefix, "run": run_id,
-                                                     "base_python": manifest.base_python}, options.survey_timeout_s)
-    reachable = [h for h in hosts if surveys[h].ok and surveys[h].value is not None]
+    survey = Survey.run(hosts, manifest, channel, options, say)
     for host in hosts:
-        if host not in reachable:
-            report.nodes[host] = NodeResult(host, FAILED, error=surveys[host].error, fix=surveys[host].fix)
-    groups = _shared_groups(reachable, run_id, prefix, channel, options)
+        if host not in survey.reachable:
+            report.nodes[host] = NodeResult(host, FAILED, error=survey.results[host].error,
+                                            fix=survey.results[host].fix)
     need: list[str] = []
-    for host in reachable:
-        info = surveys[host].value or {}
-        leader = groups.get(host, host)
-        result = report.nodes[host]
-        if leader != host:
-            result.status = SHARED
-            result.actions.append(f"{Path(prefix).parent} is shared with {leader}: installed once, through it")
-            continue
-        installed = info.get("installed") or {}
-        if manifest.source and info.get("source") == manifest.source:
-            result.status = UP_TO_DATE
-            result.actions.append(f"{prefix} is the env the archive was packed from")
-            continue
-        if installed.get("sha256") == manifest.sha256 and installed.get("package_set") == manifest.package_set:
-            result.status = UP_TO_DATE
-            result.actions.append(f"{prefix} already holds this env")
-            continue
-        if options.verify_only:
-            result.status = FAILED
-            result.error = f"{prefix} on {host} is " + ("another build of the env" if installed else "missing")
-            result.fix = channel.push_command.replace("ARCHIVE", str(archive))
-            continue
-        problem = _cannot_install(host, info, manifest)
-        if problem:
-            result.error, result.fix = problem
-            continue
-        if options.dry_run:
-            result.status = WOULD_INSTALL
-            result.actions.append(f"would send {human_bytes(manifest.size)} and unpack to {prefix}")
-            continue
-        need.append(host)
+    for host in survey.reachable:
+        if _judge(host, survey, manifest, channel.push_command.replace("ARCHIVE", str(archive)), options,
+                  report.nodes[host]):
+            need.append(host)
     if need:
-        remote = RemoteFile(staging_path(manifest, options), manifest.size, manifest.sha256)
-        report.deliveries, unpack_from = channel.deliver(archive, remote, need, say, listener, round_listener)
-        landed = []
-        for host in need:
-            delivery = report.deliveries[host]
-            result = report.nodes[host]
-            result.actions += delivery.notes
-            if delivery.ok:
-                landed.append(host)
-                sent = "resumed, " if delivery.resumed_from else ""
-                result.actions.append(f"archive there ({sent}{human_bytes(delivery.sent_bytes)} sent, "
-                                      f"round {delivery.rounds or 1})")
-            else:
-                result.error, result.fix = delivery.error, delivery.fix
-        if landed:
-            say(f"unpack to {prefix} on {len(landed)} node(s)")
-            _unpack(landed, unpack_from, manifest, channel, options, report)
-    to_verify = [h for h in reachable if report.nodes[h].status in (INSTALLED, SHARED)
+        _install(need, archive, manifest, survey, channel, options, report, say, listener, round_listener)
+    to_verify = [h for h in survey.reachable if report.nodes[h].status in (INSTALLED, SHARED)
                  or (options.verify_only and report.nodes[h].status == UP_TO_DATE)]
     for host in list(to_verify):
-        leader = groups.get(host, host)
+        leader = survey.leader(host)
         if leader != host and report.nodes[leader].status == FAILED:
             report.nodes[host].status = FAILED
             report.nodes[host].error = f"{leader}, which installs the shared {prefix}, failed"
@@ -230,49 +204,172 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
     return report
 
 
-def _cannot_install(host: str, info: dict[str, Any], manifest: Manifest) -> tuple[str, str] | None:
-    parent = info.get("parent", "?")
-    if not info.get("tar") or not info.get("zstd"):
-        missing = " and ".join(t for t in ("tar", "zstd") if not info.get(t))
-        return (f"{missing} not found on {host} (needed to unpack a .tar.zst)",
-                f"on {host}: sudo apt-get install -y {missing} (RHEL: sudo dnf install -y {missing})")
-    if manifest.base_python and info.get("base_python") is False:
-        return (f"the venv's base interpreter {manifest.base_python} does not exist on {host}: a venv is not "
-                "relocatable and runs only where its base interpreter sits at the same path",
-                f"install the same Python at {manifest.base_python} on {host} (or pack a conda env instead)")
-    if not info.get("writable"):
-        return (f"cannot create {manifest.prefix} on {host}: {parent} is not writable by this user",
-                f"on {host}: sudo mkdir -p {Path(manifest.prefix).parent} && sudo chown $USER "
-                f"{Path(manifest.prefix).parent}")
-    needed = manifest.size + manifest.unpacked_bytes
-    free = int(info.get("free") or 0)
-    if free < needed:
-        return (f"no space on {host}: {parent} has {human_bytes(free)} free, the env needs {human_bytes(needed)} "
-                f"(archive {human_bytes(manifest.size)} + unpacked {human_bytes(manifest.unpacked_bytes)})",
-                f"free {human_bytes(needed - free)} under {parent} on {host}, or push with --staging DIR on "
-                "another disk")
-    return None
+def check_archive_size(archive: Path, manifest: Manifest) -> None:
+    """The head's archive has its manifest's size: a truncated one is named here, never blamed on the network."""
+    try:
+        size = archive.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"{archive}: {exc.strerror}") from None
+    if size != manifest.size:
+        raise UsageError(f"{archive} is {human_bytes(size)} ({size} bytes), its manifest says "
+                         f"{human_bytes(manifest.size)} ({manifest.size} bytes): cut short or changed since it "
+                         "was packed (a copy still being written?); pack the env again, or copy the archive whole")
 
 
-def _shared_groups(hosts: list[str], run_id: str, prefix: str, channel: NodeChannel, options: PushOptions
-                   ) -> dict[str, str]:
-    """host -> the first host (hostfile order) that sees the same directory beside the prefix."""
-    looks = channel.run_op(hosts, options.python, {"op": "markers", "prefix": prefix, "run": run_id},
-                           options.survey_timeout_s)
-    leaders: dict[str, str] = {}
-    for host in hosts:
-        seen = {str(h) for h in (looks[host].value or {}).get("seen", [])} | {host}
-        leaders[host] = next(h for h in hosts if h in seen)
-    return leaders
+@dataclass
+class Survey:
+    """Every node's survey, and what it says about directories shared between nodes (and with the head)."""
+
+    results: dict[str, HostResult[dict[str, Any]]]
+    reachable: list[str]
+    prefix_groups: dict[str, frozenset[str]]
+    staging_groups: dict[str, frozenset[str]]
+    head_source: bool
+    manifest: Manifest
+
+    @classmethod
+    def run(cls, hosts: Sequence[str], manifest: Manifest, channel: NodeChannel, options: PushOptions,
+            say: Callable[[str], None]) -> Survey:
+        run_id = uuid.uuid4().hex[:12]
+        staging = staging_path(manifest, options).rsplit("/", 1)[0]
+        base = {"prefix": manifest.prefix, "run": run_id, "staging": staging}
+        say(f"survey: is {manifest.prefix} there and is it this env, room for "
+            f"{human_bytes(manifest.size + manifest.unpacked_bytes)}, tools")
+        with _head_tokens(base):
+            results = channel.run_op(hosts, options.python, {
+                **base, "op": "survey", "base_python": manifest.base_python, "archive_name": manifest.archive,
+                "check_env": True, "check_timeout_s": options.survey_timeout_s / 2}, options.survey_timeout_s)
+            reachable = [h for h in hosts if results[h].ok and results[h].value is not None]
+            # After every survey: then no token is gone before every node has listed them.
+            later = channel.run_op(reachable, options.python, {**base, "op": "forget"}, options.survey_timeout_s)
+        groups = []
+        for kind in ("prefix", "staging"):
+            sightings = {h: [*((results[h].value or {}).get("seen") or {}).get(kind, []),
+                             *((later[h].value or {}).get("seen") or {}).get(kind, [])] for h in reachable}
+            groups.append(share_groups(reachable, sightings))
+        return cls(results, reachable, groups[0], groups[1], head_holds_source(manifest), manifest)
+
+    def info(self, host: str) -> dict[str, Any]:
+        return self.results[host].value or {}
+
+    def is_source(self, host: str) -> bool:
+        """Whether the host's prefix is the very directory the archive was packed from."""
+        group = self.prefix_groups.get(host, frozenset({host}))
+        return (HEAD in group and self.head_source) or any(
+            node_holds_source(self.info(member), self.manifest) for member in group if member != HEAD)
+
+    def leader(self, host: str) -> str:
+        """The host that installs the env for every host seeing its prefix's directory (hostfile order)."""
+        group = self.prefix_groups.get(host, frozenset({host}))
+        return next(h for h in self.reachable if h in group)
+
+
+def _judge(host: str, survey: Survey, manifest: Manifest, push_command: str, options: PushOptions,
+           result: NodeResult) -> bool:
+    """The host's outcome as far as the survey decides it; True when the env must be installed there.
+
+    ``push_command``: the command that pushes this archive again (in fixes)."""
+    prefix, info = manifest.prefix, survey.info(host)
+    if survey.is_source(host):
+        result.status = UP_TO_DATE
+        seen = "" if node_holds_source(info, manifest) else " (the same directory: this node sees the " + \
+            ("head's" if HEAD in survey.prefix_groups[host] else "packing node's") + f" {Path(prefix).parent})"
+        result.actions.append(f"{prefix} is the env the archive was packed from{seen}")
+        return False
+    leader = survey.leader(host)
+    if leader != host:
+        result.status = SHARED
+        result.actions.append(f"{Path(prefix).parent} is shared with {leader}: installed once, through it")
+        return False
+    state = (info.get("at_prefix") or {}).get("state", node_env.ABSENT)
+    problems = copy_problems(info, manifest) if state in (node_env.CLUSTERKIT, node_env.FOREIGN) else []
+    if state in (node_env.CLUSTERKIT, node_env.FOREIGN) and not problems:
+        result.status = UP_TO_DATE
+        result.actions.append(f"{prefix} holds this env: " + ("its files, package set and Python checked"
+                              if state == node_env.CLUSTERKIT else "its package set and Python match the archive's "
+                              "(not installed by clusterkit: left as it is)"))
+        return False
+    refused = state == node_env.FOREIGN and not options.replace_existing
+    if options.verify_only:
+        result.error = (f"{prefix} on {host} is missing" if state in (node_env.ABSENT, node_env.EMPTY)
+                        else f"{prefix} on {host} is not this env: {'; '.join(problems)}")
+        result.fix = push_command + (
+            " --replace-existing (it was not installed by clusterkit: then moved aside, never deleted)" if refused
+            else f" (installs it on {host})" if state in (node_env.ABSENT, node_env.EMPTY)
+            else f" (reinstalls it on {host})")
+        return False
+    if refused:
+        result.error, result.fix = foreign_refusal(host, info, prefix, push_command)
+        if problems:
+            result.error += f" ({'; '.join(problems)})"
+        return False
+    problem = cannot_install(host, info, manifest)
+    if problem:
+        result.error, result.fix = problem
+        return False
+    why = {node_env.CLUSTERKIT: f"reinstall: {'; '.join(problems)}",
+           node_env.FOREIGN: f"move what is at {prefix} aside ({'; '.join(problems)})"}.get(state)
+    if options.dry_run:
+        result.status = WOULD_INSTALL
+        result.actions.append(f"would {why + ', then ' if why else ''}send {human_bytes(manifest.size)} and "
+                              f"unpack to {prefix}")
+        return False
+    if why:
+        result.actions.append(why)
+    return True
+
+
+@contextmanager
+def _head_tokens(spec: dict[str, Any]) -> Iterator[None]:
+    """This run's tokens on the head, for the nodes to find while they survey (where the head may write)."""
+    written = [d for d in set(node_env.token_dirs(spec).values()) if node_env.write_token(d, spec["run"], HEAD)]
+    try:
+        yield
+    finally:
+        for directory in written:
+            with suppress(OSError):
+                (directory / f"{node_env.TOKEN_PREFIX}{spec['run']}-{HEAD}").unlink()
+
+
+def _install(need: list[str], archive: Path, manifest: Manifest, survey: Survey, channel: NodeChannel,
+             options: PushOptions, report: PushReport, say: Callable[[str], None], listener: Listener | None,
+             round_listener: Callable[[int, list[str], int], None] | None) -> None:
+    """The archive onto one host of each group sharing a staging directory, then unpacked on every host in ``need``."""
+    remote = RemoteFile(staging_path(manifest, options), manifest.size, manifest.sha256)
+    receiver = {host: next(h for h in need if h in survey.staging_groups[host]) for host in need}
+    receivers = [h for h in need if receiver[h] == h]
+    report.deliveries, unpack_from = channel.deliver(archive, remote, receivers, say, listener, round_listener)
+    landed = []
+    for host in need:
+        delivery, result = report.deliveries[receiver[host]], report.nodes[host]
+        if receiver[host] != host:
+            result.actions.append(f"{remote.path.rsplit('/', 1)[0]} is shared with {receiver[host]}: the archive "
+                                  "was sent there once")
+        else:
+            result.actions += delivery.notes
+        if delivery.ok:
+            landed.append(host)
+            if receiver[host] == host:
+                resumed = "resumed, " if delivery.resumed_from else ""
+                result.actions.append(f"archive there ({resumed}{human_bytes(delivery.sent_bytes)} sent, "
+                                      f"round {delivery.rounds or 1})")
+        else:
+            result.error, result.fix = delivery.error, delivery.fix
+    if not landed:
+        return
+    say(f"unpack to {manifest.prefix} on {len(landed)} node(s)")
+    _unpack(landed, unpack_from, manifest, channel, options, report)
+    # An archive read where it lies (a filesystem shared with this machine) is not the nodes' to delete.
+    if options.remove_archive and unpack_from == remote.path and unpack_from != str(archive.resolve()):
+        done = [h for h in receivers if all(report.nodes[m].status == INSTALLED for m in need if receiver[m] == h)]
+        channel.run_op(done, options.python, {"op": "discard", "archive": unpack_from}, options.survey_timeout_s)
 
 
 def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, channel: NodeChannel, options: PushOptions,
             report: PushReport) -> None:
     spec = {"op": "unpack", "archive": archive_path, "prefix": manifest.prefix,
             "kind": manifest.kind, "unpacked_bytes": manifest.unpacked_bytes, "shebangs": manifest.shebangs,
-            "marker": manifest.installed_marker(),
-            # An archive read where it lies (a filesystem shared with this machine) is not the nodes' to delete.
-            "remove_archive": options.remove_archive and archive_path == staging_path(manifest, options)}
+            "marker": manifest.installed_marker(), "replace_existing": options.replace_existing}
     results = channel.run_op(hosts, options.python, spec, options.unpack_timeout_s)
     for host in hosts:
         outcome, result = report.nodes[host], results[host]
@@ -285,6 +382,8 @@ def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, channel: No
             outcome.status = FAILED
             outcome.error = result.error or value.get("error")
             outcome.fix = result.fix or value.get("fix")
+            if value.get("refused"):  # something else appeared at the prefix since the survey
+                outcome.fix = foreign_refusal(host, {}, manifest.prefix, channel.push_command)[1]
 
 
 def verify_nodes(hosts: list[str], manifest: Manifest, channel: SshSettings | NodeChannel, options: PushOptions,
@@ -304,30 +403,13 @@ def verify_nodes(hosts: list[str], manifest: Manifest, channel: SshSettings | No
         problems = verification_problems(result.value, manifest)
         if problems:
             outcome.status, outcome.error = FAILED, f"{python} on {host}: " + "; ".join(problems)
-            outcome.fix = f"{channel.push_command} (reinstalls {manifest.prefix} on {host})"
+            if verification_problems(result.value, manifest, imports=False):  # what a push sees, and redoes
+                outcome.fix = f"{channel.push_command} (reinstalls {manifest.prefix} on {host})"
+            else:  # a push would find this env whole and change nothing: the cause is elsewhere
+                outcome.fix = (f"the env's files, package set and Python on {host} match the archive, so a push "
+                               "would not change this: look outside the env on "
+                               f"{host} (system libraries, drivers, what its .pth files point to)")
         else:
             imported = ", ".join(f"{k} {v}" for k, v in sorted(manifest.imports.items()))
             outcome.actions.append(f"verified: python {result.value['python']}, package set matches"
                                    + (f", {imported} import" if imported else ""))
-
-
-def verification_problems(found: dict[str, Any], manifest: Manifest) -> list[str]:
-    """What differs between a node's verify result and the head's manifest (empty: all good)."""
-    problems = []
-    if found.get("prefix") != manifest.prefix:
-        problems.append(f"sys.prefix is {found.get('prefix')}, not {manifest.prefix}")
-    if found.get("python") != manifest.python_version:
-        problems.append(f"Python {found.get('python')}, the head's env has {manifest.python_version}")
-    packages = found.get("python_packages") or {}
-    if packages.get("sha256") != manifest.package_set.get("python"):
-        problems.append(f"Python package set differs from the head's ({packages.get('count')} vs "
-                        f"{manifest.package_set.get('python_count')} distributions)")
-    if found.get("conda") != manifest.package_set.get("conda"):
-        problems.append("conda package set (conda-meta) differs from the head's")
-    for name, version in sorted(manifest.imports.items()):
-        got = (found.get("imports") or {}).get(name) or {}
-        if "error" in got:
-            problems.append(f"import {name} fails: {got['error']}")
-        elif got.get("version") != version:
-            problems.append(f"{name} {got.get('version')} (head: {version})")
-    return problems

@@ -1,7 +1,7 @@
 """env push through Slurm: each stage of :func:`clusterkit.envpack.push.push_env` as one srun step, the
 archive by ``sbcast``.
 
-- node_env's survey, markers, unpack and verify run as one ``srun --ntasks-per-node=1`` step each
+- node_env's survey, forget, unpack and verify run as one ``srun --ntasks-per-node=1`` step each
   (:func:`clusterkit.remote.slurm.run_on_nodes`); the command is the same on every node, which fills
   in its own Slurm name. A node whose task fails or gives no answer in time is that node's failure.
 - The archive: when every node that needs it already sees the head's archive at the same path, with

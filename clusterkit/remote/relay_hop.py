@@ -19,7 +19,10 @@ instead of a handshake per node, one after the other. Without a master it connec
 
 Started as ``python3 -I -S -c BOOT BLOB SPEC`` (see ``clusterkit.remote.transfer``): BLOB is this
 file (zlib, base64) so a hop can start the next one the same way, SPEC the hop's JSON (base64).
-Also answers ``"op": "probe"``: the state of a copy, as one JSON line.
+Also answers ``"op": "probe"``: the state of a copy, as one JSON line; and ``"op": "unwarm"``: close a
+round's master that no hop closed (the head asks after a round that did not end cleanly). A hop closes
+its own link however it ends: its upstream gone (it reads on, without reporting, to its stream's end),
+a signal, an error.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import re
 import select
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -48,6 +52,7 @@ MARKER = "@@ckrelay "
 BOOT = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),"
         "'clusterkit-relay-hop','exec'))")
 CHUNK = 1 << 20
+CHECKSUM_MISMATCH = "checksum mismatch on "  #: how a copy that does not hash right is reported
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on; Linux's value
 
 
@@ -64,12 +69,22 @@ SOCKET_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, with its NUL
 # these lines are not why a hop was lost.
 MUX_NOISE = ("Control socket", "ControlSocket", "read from master failed", "mux_client", "muxclient")
 _out_lock = threading.Lock()
+_upstream = {"gone": False}  # whoever reads this hop's events (the head, the hop before) went away
 
 
 def emit(event: dict[str, Any]) -> None:
-    line = MARKER + json.dumps(event, sort_keys=True) + "\n"
+    """Report ``event`` upstream; once nobody reads, drop it and go on (this hop still ends cleanly)."""
+    write_upstream((MARKER + json.dumps(event, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def write_upstream(data: bytes) -> None:
     with _out_lock:
-        os.write(1, line.encode("utf-8"))
+        if _upstream["gone"]:
+            return
+        try:
+            os.write(1, data)
+        except OSError:
+            _upstream["gone"] = True
 
 
 def remote_command(python: str, blob: str, spec: dict[str, Any]) -> str:
@@ -157,13 +172,18 @@ def close_master(ssh: list[str], host: str, tag: str) -> None:
                        capture_output=True, timeout=5, check=False)
 
 
-def has_master(tag: str) -> bool:
-    """Whether a master of this round listens here (this node warms one link a round: to its successor)."""
-    directory = control_directory()
-    try:
-        return directory is not None and any(entry.name.startswith(tag + "-") for entry in directory.iterdir())
-    except OSError:
+def has_master(ssh: list[str], host: str, tag: str) -> bool:
+    """Whether this round's master to ``host`` is up here, asked of the master itself (``ssh -O check``):
+    a socket in the directory is not enough where /tmp is shared by nodes, each with masters of its own."""
+    path = control_path(tag)
+    if path is None:
         return False
+    try:
+        done = subprocess.run([*ssh, *mux_options(path), "-O", "check", host], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def _load_sync_file_range() -> Any:
@@ -200,7 +220,8 @@ def hash_file(path: str, limit: int | None = None) -> Any:
 def probe(spec: dict[str, Any]) -> None:
     """Print the state of the copy; where this node will relay, first warm its link to ``spec["warm"]``."""
     path, size = spec["path"], spec["size"]
-    state: dict[str, Any] = {"state": "missing", "bytes": 0, "free": None, "writable": False, "error": None}
+    state: dict[str, Any] = {"state": "missing", "bytes": 0, "free": None, "writable": False, "error": None,
+                             "warmed": False}
     final, partial = Path(path), Path(path + ".partial")
     warming = None
     with contextlib.suppress(OSError):  # start it now: it logs in while the copy is hashed
@@ -234,7 +255,14 @@ def probe(spec: dict[str, Any]) -> None:
             warming.kill()
         if not relays and warming.returncode == 0:  # this node takes no part: its master is not needed
             close_master(spec["ssh"], spec["warm"], spec["tag"])
+        state["warmed"] = relays and warming.returncode == 0
     print(json.dumps(state))
+
+
+def unwarm(spec: dict[str, Any]) -> None:
+    """Close this round's master to ``spec["warm"]`` if it is still up (a round that did not end cleanly)."""
+    close_master(list(spec["ssh"]), spec["warm"], str(spec["tag"]))
+    print(json.dumps({"closed": True}))
 
 
 # -------------------------------------------------------------------------------------------- hop
@@ -248,7 +276,7 @@ class Downstream:
         self.ssh = list(spec["ssh"])
         self.tag = str(spec.get("mux") or "")
         self.control = control_path(self.tag) if self.tag else None
-        self.warm = self.control is not None and has_master(self.tag)
+        self.warm = self.control is not None and has_master(self.ssh, self.label, self.tag)
         mux = mux_options(self.control) if self.warm and self.control else []
         argv = [*self.ssh, *mux, self.label, remote_command(spec.get("python", "python3"), blob, child)]
         self.finals: set[str] = set()
@@ -256,6 +284,7 @@ class Downstream:
         self.stderr_tail: list[str] = []
         self.last_event = time.monotonic()
         self.alive = True
+        self._released = False
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, bufsize=0)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -277,8 +306,7 @@ class Downstream:
                     continue
                 if event.get("ev") in ("done", "failed"):
                     self.finals.add(event.get("host"))
-                with _out_lock:
-                    os.write(1, raw if raw.endswith(b"\n") else raw + b"\n")
+                write_upstream(raw if raw.endswith(b"\n") else raw + b"\n")
                 if event.get("ev") == "ready" and event.get("host") == self.label:
                     self.ready.set()  # after passing it up: the head sees the chain ready from its end back
         self.ready.set()  # it ended before it was ready: waiting longer is pointless
@@ -313,6 +341,24 @@ class Downstream:
         detail = " | ".join(self.stderr_tail[-2:]) or why
         emit({"ev": "lost", "host": self.label, "pos": position, "error": detail})
 
+    def release_link(self) -> None:
+        """Ask this round's master to the next hop to exit now, not after its persist time (once; it serves
+        nobody else). Also where the hop found none up: the probe may have warmed it after all."""
+        if self.tag and not self._released:
+            self._released = True
+            close_master(self.ssh, self.label, self.tag)
+
+    def abandon(self) -> None:
+        """This hop ends early (its upstream gone, a signal, an error): the next hop's ssh and the link go too."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.release_link()
+
     def end_stream(self) -> None:
         """Tell the next hop the stream is over (its own copy is then finished while this one is)."""
         with contextlib.suppress(OSError):
@@ -329,8 +375,7 @@ class Downstream:
         self.proc.wait()
         for thread in self._threads:
             thread.join(timeout=2)
-        if self.warm:  # the warmed master is done with; ask it to exit now, not after its persist time
-            close_master(self.ssh, self.label, self.tag)
+        self.release_link()
         if self.label not in self.finals and self.alive:
             detail = " | ".join(self.stderr_tail[-2:]) or f"exit status {self.proc.returncode}"
             emit({"ev": "lost", "host": self.label, "pos": None, "error": detail})
@@ -396,7 +441,7 @@ class Copy:
             raise OSError(errno.EBUSY, "another transfer holds this copy", self.partial)
         self.lock.seek(0)
         self.lock.truncate()
-        self.lock.write(str(os.getpid()))
+        self.lock.write(f"{os.getpid()} {socket.gethostname()}")
         self.lock.flush()
 
     def write(self, data: bytes, position: int) -> None:
@@ -447,7 +492,7 @@ class Copy:
                           "partial copy kept for a resume")
             return False
         if self.digest.hexdigest() != self.sha256:
-            self.error = (f"checksum mismatch on {self.label}: got sha256 {self.digest.hexdigest()[:16]}..., "
+            self.error = (f"{CHECKSUM_MISMATCH}{self.label}: got sha256 {self.digest.hexdigest()[:16]}..., "
                           f"expected {self.sha256[:16]}...; the bad copy was deleted")
             _unlink(self.partial)
             return False
@@ -468,10 +513,14 @@ def _unlink(path: str) -> None:
 
 
 def _end_stale_hop(lock_file: IO[str]) -> None:
-    """A hop left over from a broken relay still holds the copy: end it if it is one of ours."""
+    """A hop left over from a broken relay still holds the copy: end it if it is one of ours, on this node
+    (where nodes share the directory, a pid written by another node names nothing here)."""
     try:
         lock_file.seek(0)
-        pid = int(lock_file.read().strip() or 0)
+        pid_text, _, host = lock_file.read().strip().partition(" ")
+        pid = int(pid_text or 0)
+        if host and host != socket.gethostname():
+            return
         ours = pid and pid != os.getpid() and b"clusterkit-relay-hop" in Path(f"/proc/{pid}/cmdline").read_bytes()
         if ours:
             os.kill(pid, signal.SIGKILL)
@@ -480,11 +529,23 @@ def _end_stale_hop(lock_file: IO[str]) -> None:
 
 
 def hop(spec: dict[str, Any], blob: str) -> None:
+    """Receive, keep and forward the stream; whatever ends it, the link the probe warmed is closed after."""
+    downstream = None
+    try:
+        downstream = Downstream(spec, blob) if spec.get("next") else None
+        _receive(spec, downstream)
+    finally:
+        if downstream is not None:
+            downstream.abandon()  # already finished, normally: then this only makes sure of the link
+        elif spec.get("next") and spec.get("mux"):  # the next hop's ssh never started
+            close_master(list(spec["ssh"]), spec["next"][0], str(spec["mux"]))
+
+
+def _receive(spec: dict[str, Any], downstream: Downstream | None) -> None:
     started = time.monotonic()
     offset = int(spec.get("offset", 0))
     stall_s = float(spec.get("stall_s", 60))
     widen_pipe(0)
-    downstream = Downstream(spec, blob) if spec.get("next") else None
     copy = Copy(spec)
     writing = copy.open(offset)
     started_event = {"ev": "start", "host": copy.label, "have": copy.have, "pos": offset}
@@ -544,12 +605,20 @@ def hop(spec: dict[str, Any], blob: str) -> None:
         downstream.finish(stall_s)
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # through hop()'s cleanup: the warmed link is closed
+
+
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     blob = sys.argv[1]
     spec = json.loads(base64.b64decode(sys.argv[2]).decode("utf-8"))
     if spec.get("op") == "probe":
         probe(spec)
+    elif spec.get("op") == "unwarm":
+        unwarm(spec)
     else:
         hop(spec, blob)
 

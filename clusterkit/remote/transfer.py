@@ -13,7 +13,11 @@ at the same path on every host, in rounds:
    masters), and the head sends its first byte when the last hop is ready: setting up the chain costs
    about one round trip per hop, not one SSH handshake per hop behind links already full of data;
 3. hosts left without a good copy (a hop died and cut off the rest, a checksum mismatch) go into the
-   next round's chain, which resumes their partial copies: a dead node is routed around.
+   next round's chain, which resumes their partial copies: a dead node is routed around. Links the
+   probe warmed and no hop closed (a round that did not end cleanly, an interrupt) are closed then.
+
+The head's own file is checked first: its size before anything is sent, its sha256 when a copy fails
+its checksum (then, not on the way: the stream's hot path does no per-byte work on the head).
 
 The head's side streams from the file through one paramiko channel (never the whole file in memory);
 nodes reach the next node with the ``ssh`` client and the keys bootstrap installed, host keys checked.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -42,6 +47,7 @@ from typing import Any
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, explain, fan_out
 from clusterkit.remote.cancel import CancelScope, IdleWatchdog, on_cancel, running_in
 from clusterkit.remote.openssh import ssh_argv
+from clusterkit.remote.relay_hop import CHECKSUM_MISMATCH
 from clusterkit.remote.relay_hop import human as human_bytes
 
 HOP_SOURCE = Path(__file__).with_name("relay_hop.py")
@@ -69,6 +75,8 @@ class CopyState:
     free_bytes: int | None
     writable: bool
     error: str | None = None
+    #: Whether the probe left a warmed link (an OpenSSH master) up on this host, for its hop to use.
+    warmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ def probe_copy(conn: Any, remote: RemoteFile, *, rehash: bool, python: str = "py
     data = json.loads(lines[-1])
     return CopyState(state=str(data["state"]), bytes_present=int(data["bytes"]),
                      free_bytes=None if data["free"] is None else int(data["free"]),
-                     writable=bool(data["writable"]), error=data.get("error"))
+                     writable=bool(data["writable"]), error=data.get("error"), warmed=bool(data.get("warmed")))
 
 
 # ------------------------------------------------------------------------------------------- relay
@@ -206,6 +214,8 @@ class _RelayRun:
         self.chain, self.first, self.size, self.options = list(chain), chain[0], size, options
         self.listener = listener
         self.finals: dict[str, HostResult[int]] = {}
+        #: The furthest stream position each hop reported of itself (a hop's "lost" names its successor's).
+        self.positions: dict[str, int] = {}
         self.last_event = time.monotonic()
         self.lock = threading.Lock()
         self.ready = threading.Event()
@@ -226,6 +236,8 @@ class _RelayRun:
             if event.kind == "ready":
                 self.ready.set()
         with self.lock:
+            if event.position is not None and event.kind != "lost":
+                self.positions[event.host] = max(event.position, self.positions.get(event.host, 0))
             if event.kind == "done":
                 self.finals.setdefault(event.host, HostResult(event.host, value=self.size))
             elif event.kind in ("failed", "lost"):
@@ -261,8 +273,14 @@ class _RelayRun:
         return readers
 
     def results(self) -> dict[str, HostResult[int]]:
-        return {host: self.finals.get(host) or HostResult(host, error="no result: cut off behind a lost node")
-                for host in self.chain}
+        """Per host: the size on success; else the error, with the furthest position it reported as the value."""
+        results = {}
+        for host in self.chain:
+            final = self.finals.get(host) or HostResult(host, error="no result: cut off behind a lost node")
+            if not final.ok:
+                final = HostResult(host, value=self.positions.get(host), error=final.error, fix=final.fix)
+            results[host] = final
+        return results
 
 
 def relay(source: Path, remote: RemoteFile, chain: Sequence[str], settings: SshSettings, options: RelayOptions,
@@ -394,69 +412,134 @@ def _read_stderr(stream: Any, tail: list[str]) -> None:
 def broadcast(source: Path, remote: RemoteFile, hosts: Sequence[str], settings: SshSettings,
               options: RelayOptions, listener: Listener | None = None,
               round_listener: Callable[[int, list[str], int], None] | None = None) -> dict[str, Delivery]:
-    """A verified copy of ``source`` at ``remote.path`` on every host that can take one, in rounds."""
+    """A verified copy of ``source`` at ``remote.path`` on every host that can take one, in rounds.
+
+    The head's own file is checked first (its size; its sha256 when copies fail their checksum): a bad
+    source is named as such, never resent round after round as if the network had failed."""
     deliveries = {host: Delivery(host, ok=False) for host in hosts}
-    pending = list(hosts)
+    bad_source = _source_problem(source, remote, rehash=False)
+    pending = [] if bad_source else list(hosts)
     for round_number in range(1, options.max_rounds + 1):
+        if not pending:
+            break
         # Each host warms its link to the host after it: the chain is these hosts in this order, less
         # those found complete or unable to take the file (whose successors then connect directly).
         successors = dict(itertools.pairwise(pending)) if options.warm_links else {}
         links = secrets.token_hex(4) if options.warm_links else None  # this round's own: no other relay's
         probe = functools.partial(_probe, remote=remote, settings=settings, options=options,
                                   rehash=round_number == 1, successors=successors, links=links)
-        states = fan_out(pending, probe, options.probe_timeout_s, settings=settings)
-        chain: list[str] = []
-        offsets: list[int] = []
-        for host in pending:
-            delivery, result = deliveries[host], states[host]
-            if not result.ok or result.value is None:
-                delivery.error, delivery.fix = result.error, result.fix
-                continue
-            state = result.value
-            if state.state == "complete":
-                delivery.ok, delivery.error, delivery.fix = True, None, None
-                continue
-            if state.state == "wrong":
-                delivery.notes.append(f"its copy was wrong ({state.error}): replaced")
-            have = state.bytes_present if state.state == "partial" else 0
-            needed = remote.size - have
-            if state.free_bytes is not None and state.free_bytes < needed:
-                directory = remote.path.rsplit("/", 1)[0] or "/"
-                delivery.error = (f"no space on {host}: {directory} has {human_bytes(state.free_bytes)} free, the "
-                                  f"copy needs {human_bytes(needed)} more ({human_bytes(remote.size)} in all)")
-                delivery.fix = f"free {human_bytes(needed - state.free_bytes)} under {directory} on {host}"
-                continue
-            if not state.writable:
-                delivery.error = f"cannot write {remote.path} on {host}: {state.error or 'permission denied'}"
-                delivery.fix = f"on {host}: create {remote.path.rsplit('/', 1)[0]} writable by this user"
-                continue
-            chain.append(host)
-            offsets.append(have)
-        if not chain:
-            break
-        offset = min(offsets)
-        if round_listener is not None:
-            round_listener(round_number, chain, offset)
-        for host, have in zip(chain, offsets, strict=True):
-            deliveries[host].rounds = round_number
-            deliveries[host].sent_bytes += remote.size - max(have, offset)
-            if have and round_number == 1:
-                deliveries[host].resumed_from = have
-        outcomes = relay(source, remote, chain, settings, options, listener, offset, links)
+        try:
+            states = fan_out(pending, probe, options.probe_timeout_s, settings=settings)
+            warmed = [h for h in pending if (state := states[h].value) is not None and state.warmed]
+            chain, offsets = _chain(pending, states, deliveries, remote)
+            if not chain:
+                _unwarm(warmed, successors, links, settings, options)
+                break
+            offset = min(offsets)
+            if round_listener is not None:
+                round_listener(round_number, chain, offset)
+            for host in chain:
+                deliveries[host].rounds = round_number
+            outcomes = relay(source, remote, chain, settings, options, listener, offset, links)
+        except BaseException:  # interrupted (Ctrl-C): no link of this round is left up for minutes
+            _unwarm(list(successors), successors, links, settings, replace(options, probe_timeout_s=5))
+            raise
+        if len(chain) < len(pending) or not all(outcome.ok for outcome in outcomes.values()):
+            # Some link went unused, or a hop may have ended before closing its own: close what is left.
+            _unwarm(warmed, successors, links, settings, options)
         pending = []
-        for host, outcome in outcomes.items():
+        for (host, outcome), have in zip(outcomes.items(), offsets, strict=True):
             delivery = deliveries[host]
+            reached = remote.size if outcome.ok else (outcome.value or 0)
+            delivery.sent_bytes += max(0, reached - max(have, offset))  # what it got, not what was meant for it
+            if have and round_number == 1:
+                delivery.resumed_from = have
             delivery.ok, delivery.error, delivery.fix = outcome.ok, outcome.error, outcome.fix
             if not outcome.ok:
                 pending.append(host)
                 if round_number < options.max_rounds:
                     delivery.notes.append(f"round {round_number}: {outcome.error}")
-        if not pending:
-            break
+        if any(str(deliveries[h].error).startswith(CHECKSUM_MISMATCH) for h in pending):
+            bad_source = _source_problem(source, remote, rehash=True)
+            if bad_source:
+                break
     for delivery in deliveries.values():
-        if not delivery.ok and delivery.error is None:
+        if bad_source and not delivery.ok:
+            delivery.error, delivery.fix = bad_source
+        elif not delivery.ok and delivery.error is None:
             delivery.error = f"no good copy after {options.max_rounds} rounds"
     return deliveries
+
+
+def _chain(pending: list[str], states: dict[str, HostResult[CopyState]], deliveries: dict[str, Delivery],
+           remote: RemoteFile) -> tuple[list[str], list[int]]:
+    """The hosts of this round's chain (in order) and the bytes each already has; the others' outcomes set."""
+    chain: list[str] = []
+    offsets: list[int] = []
+    for host in pending:
+        delivery, result = deliveries[host], states[host]
+        if not result.ok or result.value is None:
+            delivery.error, delivery.fix = result.error, result.fix
+            continue
+        state = result.value
+        if state.state == "complete":
+            delivery.ok, delivery.error, delivery.fix = True, None, None
+            continue
+        if state.state == "wrong":
+            delivery.notes.append(f"its copy was wrong ({state.error}): replaced")
+        have = state.bytes_present if state.state == "partial" else 0
+        needed = remote.size - have
+        if state.free_bytes is not None and state.free_bytes < needed:
+            directory = remote.path.rsplit("/", 1)[0] or "/"
+            delivery.error = (f"no space on {host}: {directory} has {human_bytes(state.free_bytes)} free, the "
+                              f"copy needs {human_bytes(needed)} more ({human_bytes(remote.size)} in all)")
+            delivery.fix = f"free {human_bytes(needed - state.free_bytes)} under {directory} on {host}"
+            continue
+        if not state.writable:
+            delivery.error = f"cannot write {remote.path} on {host}: {state.error or 'permission denied'}"
+            delivery.fix = f"on {host}: create {remote.path.rsplit('/', 1)[0]} writable by this user"
+            continue
+        chain.append(host)
+        offsets.append(have)
+    return chain, offsets
+
+
+def _source_problem(source: Path, remote: RemoteFile, *, rehash: bool) -> tuple[str, str] | None:
+    """What is wrong with the head's own file (its size; with ``rehash``, its sha256), with the fix; None: nothing."""
+    try:
+        size = source.stat().st_size
+        if size == remote.size and not (rehash and _sha256_of(source) != remote.sha256):
+            return None
+    except OSError as exc:
+        return f"the head cannot read {source}: {exc.strerror}", f"check {source} on this machine"
+    what = (f"is {human_bytes(size)} ({size} bytes), not {human_bytes(remote.size)} ({remote.size} bytes) as "
+            "expected" if size != remote.size
+            else "does not have the sha256 expected (it changed since its checksum was taken)")
+    return (f"the head's own {source} {what}: no copy of it can be right", f"replace {source} with a whole copy "
+            "(for an env archive: pack it again), then rerun")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unwarm(hosts: list[str], successors: dict[str, str], links: str | None, settings: SshSettings,
+            options: RelayOptions) -> None:
+    """Close this round's warmed links on ``hosts`` (each host's master to its successor), in parallel."""
+    hosts = [h for h in hosts if h in successors]
+    if not hosts or links is None:
+        return
+
+    def close(host: str) -> None:
+        spec = {"op": "unwarm", "warm": successors[host], "ssh": list(options.hop_ssh), "tag": links}
+        with connect(host, settings) as conn:
+            conn.run(hop_command(options.python, spec), hide=True, warn=True, timeout=options.probe_timeout_s)
+
+    fan_out(hosts, close, min(options.probe_timeout_s, settings.connect_timeout_s + 10), settings=settings)
 
 
 def _probe(host: str, remote: RemoteFile, settings: SshSettings, options: RelayOptions, *, rehash: bool,

@@ -31,10 +31,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name == "test_workload_faults.py")
 
 
-def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False) -> Cluster:
+def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False,
+                   shared_tmp: bool = False) -> Cluster:
     """Start a cluster, or skip the test with the reason this machine cannot run one."""
     try:
-        return Cluster.launch(n, name_prefix, shared_home=shared_home)
+        return Cluster.launch(n, name_prefix, shared_home=shared_home, shared_tmp=shared_tmp)
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -77,8 +78,9 @@ def cluster_python(cluster: Cluster) -> str:
 def start_cluster() -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
-    def start(n: int = 2, name_prefix: str = "node", *, shared_home: bool = False) -> Cluster:
-        started.append(launch_or_skip(n, name_prefix, shared_home=shared_home))
+    def start(n: int = 2, name_prefix: str = "node", *, shared_home: bool = False,
+              shared_tmp: bool = False) -> Cluster:
+        started.append(launch_or_skip(n, name_prefix, shared_home=shared_home, shared_tmp=shared_tmp))
         return started[-1]
 
     yield start

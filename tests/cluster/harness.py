@@ -12,6 +12,8 @@ with its own host key, listening on the node's address and 127.0.0.1, password a
 
 Paths under a node's private directories are also reachable from the host (``node.home``,
 ``node.opt``, ``node.host_path("/opt/x")``); the host's /tmp (pytest's tmp_path) is not visible in nodes.
+``shared_home``/``shared_tmp`` give every node one /home or one /tmp instead, as an NFS home or a shared
+scratch directory would (the harness's own directory in /tmp stays each node's).
 Delay and loss cannot be shaped on this kernel (no netem); rate limits can (tbf).
 """
 from __future__ import annotations
@@ -45,10 +47,13 @@ class Cluster:
     password: ClassVar[str] = TEST_PASSWORD
     _indexes_in_use: ClassVar[set[int]] = set()
 
-    def __init__(self, index: int, n: int, name_prefix: str, shared_home: bool = False) -> None:
+    def __init__(self, index: int, n: int, name_prefix: str, shared_home: bool = False,
+                 shared_tmp: bool = False) -> None:
         self.index = index
         #: Every node mounts one /home, as with NFS: one ~/.ssh, one ~/.deepspeed_env for all.
         self.shared_home = shared_home
+        #: Every node mounts one /tmp, as a shared scratch directory (the harness's own files stay per node).
+        self.shared_tmp = shared_tmp
         self.subnet = SUBNET.format(index=index)
         self.bridge = f"{system.NAME_PREFIX}br{index}"
         self.bridge_ip = f"{self.subnet}.1"
@@ -73,10 +78,10 @@ class Cluster:
 
     @classmethod
     def launch(cls, n: int, name_prefix: str = "node", *, lock_timeout: float = 1800,
-               boot_timeout: float = 60, shared_home: bool = False) -> Cluster:
+               boot_timeout: float = 60, shared_home: bool = False, shared_tmp: bool = False) -> Cluster:
         """Start ``n`` nodes; the caller must call stop(). Raises ClusterUnavailable where impossible.
 
-        ``shared_home``: one /home for every node, as with NFS.
+        ``shared_home``: one /home for every node, as with NFS. ``shared_tmp``: one /tmp for every node.
         """
         if not 1 <= n <= 200:
             raise ValueError(f"a cluster has 1 to 200 nodes, not {n}")
@@ -84,7 +89,7 @@ class Cluster:
         system.RUN_LOCK.acquire(lock_timeout)
         index = min(set(range(256)) - cls._indexes_in_use)
         cls._indexes_in_use.add(index)
-        cluster = cls(index, n, name_prefix, shared_home)
+        cluster = cls(index, n, name_prefix, shared_home, shared_tmp)
         try:
             # Holding the lock, anything of ours that no live cluster of this process owns is a
             # leftover of a run that crashed before it could clean up.
@@ -180,6 +185,8 @@ class Cluster:
         self.state_dir.mkdir(mode=0o755)
         if self.shared_home:
             (self.state_dir / "shared-home").mkdir(mode=0o755)
+        if self.shared_tmp:
+            (self.state_dir / "shared-tmp").mkdir(mode=0o1777)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         for node in self.nodes:
             node._prepare(uid, gid, self.hosts_text())

@@ -30,7 +30,7 @@ from tests.cluster.system import ClusterError, NodeCommandTimeout, sh, tool
 if TYPE_CHECKING:
     from tests.cluster.harness import Cluster
 
-HARNESS_DIR = "/tmp/.ckt-harness"  # root-only, inside each node's private /tmp
+HARNESS_DIR = "/tmp/.ckt-harness"  # root-only, each node's own (a private mount where /tmp is shared)
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SSHD_OPTIONS: dict[str, str] = {
@@ -77,7 +77,10 @@ class Node:
         self.home_root = cluster.state_dir / "shared-home" if cluster.shared_home else self.root / "home"
         self.home = self.home_root / cluster.user
         self.opt = self.root / "opt"
-        self.tmp = self.root / "tmp"
+        #: Host side of the node's /tmp: its own, or one directory every node mounts (a shared scratch).
+        self.tmp = cluster.state_dir / "shared-tmp" if cluster.shared_tmp else self.root / "tmp"
+        #: Host side of HARNESS_DIR: inside the node's own /tmp, or its own directory mounted there.
+        self.harness = self.root / "harness" if cluster.shared_tmp else self.tmp / HARNESS_DIR[len("/tmp/"):]
         self.etc_ssh = self.root / "etc-ssh"
         self.root_home = self.root / "root-home"
         self.init_pid: int | None = None
@@ -96,7 +99,8 @@ class Node:
     def host_path(self, path_in_node: str) -> Path:
         """Where a path in one of the node's private directories lives on the host."""
         path = PurePosixPath(path_in_node)
-        for private, on_host in (("/home", self.home_root), ("/opt", self.opt), ("/tmp", self.tmp),
+        for private, on_host in (("/home", self.home_root), ("/opt", self.opt), (HARNESS_DIR, self.harness),
+                                 ("/tmp", self.tmp),
                                  ("/etc/ssh", self.etc_ssh), ("/root", self.root_home)):
             if path.is_relative_to(private):
                 return on_host / path.relative_to(private)
@@ -403,7 +407,8 @@ class Node:
         uid = pwd.getpwnam(self.cluster.user).pw_uid
         system.signal_pids([pid for pid in self.pids() if _owner(pid) == uid], signal.SIGKILL)
         # Mount points of the repo and venv (a clone under /tmp) stay: removing one unmounts it in the node.
-        kept = {self.host_path(HARNESS_DIR), *(self.host_path(p) for p in pyenv.paths_nodes_need())}
+        kept = {self.host_path(HARNESS_DIR), self.tmp / HARNESS_DIR[len("/tmp/"):],
+                *(self.host_path(p) for p in pyenv.paths_nodes_need())}
         for directory in (self.home, self.tmp):
             for entry in directory.iterdir():
                 if any(entry == k or k.is_relative_to(entry) for k in kept):
@@ -444,12 +449,16 @@ class Node:
         return "\n".join(lines) + "\n"
 
     def _prepare(self, uid: int, gid: int, hosts_text: str) -> None:
+        shared = {self.home} if self.cluster.shared_home else set()
+        shared |= {self.tmp} if self.cluster.shared_tmp else set()
         for directory in (self.etc_ssh, self.opt, self.tmp, self.root_home, self.home):
-            directory.mkdir(parents=True, exist_ok=directory == self.home and self.cluster.shared_home)
+            directory.mkdir(parents=True, exist_ok=directory in shared)
         os.chown(self.home, uid, gid)
         self.tmp.chmod(0o1777)
         self.root_home.chmod(0o711)  # lets the test user reach the shared interpreter under /root
         self.host_path(HARNESS_DIR).mkdir(mode=0o700)
+        if self.cluster.shared_tmp:  # where each node mounts its own harness directory
+            (self.tmp / HARNESS_DIR[len("/tmp/"):]).mkdir(mode=0o700, exist_ok=True)
         # PID 1 of the node: bash reaps every orphan handed to it while it waits.
         self.host_path(f"{HARNESS_DIR}/init.sh").write_text(
             "trap '' TERM INT HUP\nwhile :; do sleep 3600 & wait $! || true; done\n")
@@ -472,6 +481,8 @@ class Node:
         # The repo, venv and interpreter go into the private directories' host-side copies first, and
         # those are mounted with --rbind, which carries them along.
         shared = "".join(f"mount --bind {q(d)} {q(str(self.host_path(d)))}\n" for d in pyenv.paths_nodes_need())
+        if self.cluster.shared_tmp:  # this node's own harness directory inside the /tmp every node shares
+            shared += f"mount --bind {q(str(self.harness))} {q(str(self.tmp / HARNESS_DIR[len('/tmp/'):]))}\n"
         # /tmp last: the state directory (under the host's /tmp) is hidden once it is mounted.
         return f"""set -euo pipefail
 ip addr replace {self.ip}/24 dev eth0

@@ -28,16 +28,17 @@ def make_env_parents(cluster: Cluster) -> None:
         node.run(f"mkdir -p /opt/envs && chown {cluster.user}: /opt/envs", user="root", check=True)
 
 
-def install_and_pack(cluster: Cluster, head: Node) -> tuple[str, dict[str, object]]:
-    """The conda env installed on ``head`` and packed there with `clusterkit env pack`; (archive path, manifest)."""
+def install_and_pack(cluster: Cluster, head: Node, prefix: str = PREFIX) -> tuple[str, dict[str, object]]:
+    """The conda env installed on ``head`` at ``prefix`` (at most synthetic_conda.MAX_TEST_PREFIX long) and
+    packed there with `clusterkit env pack`; (archive path, manifest)."""
     channel = synthetic_conda.build_channel()
-    synthetic_conda.install_env(channel, head.host_path(PREFIX), as_prefix=PREFIX)
+    synthetic_conda.install_env(channel, head.host_path(prefix), as_prefix=prefix)
     venv = pyenv.shared_venv()
     version = pyenv.python_version(venv)
-    (pyenv.site_packages(head.host_path(PREFIX), version) / pyenv.PTH_NAME).write_text(
+    (pyenv.site_packages(head.host_path(prefix), version) / pyenv.PTH_NAME).write_text(
         f"{pyenv.site_packages(venv, version)}\n")
-    head.run(f"chown -R {cluster.user}: {PREFIX}", user="root", check=True)  # the user's own env
-    packed = clusterkit(head, f"env pack {PREFIX} -o {PACKS} --json", timeout=300)
+    head.run(f"chown -R {cluster.user}: {prefix}", user="root", check=True)  # the user's own env
+    packed = clusterkit(head, f"env pack {prefix} -o {PACKS} --json", timeout=300)
     assert packed.rc == 0, packed.stderr[-3000:]
     manifest: dict[str, object] = json.loads(packed.stdout)
     return f"{PACKS}/{manifest['archive']}", manifest

@@ -16,6 +16,7 @@ import pytest
 from clusterkit.collect import pyprobe
 from clusterkit.envpack import node_env
 from clusterkit.envpack.pack import Manifest, PackOptions, PackRefused, manifest_path, node_env_command, pack_env
+from clusterkit.errors import UsageError
 from tests import synthetic_conda
 
 
@@ -170,5 +171,78 @@ def test_bootstrap_reuses_an_archive_only_while_the_env_is_unchanged(tmp_path: P
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     archive, manifest = pack_env(venv, PackOptions(tmp_path / "cache"))
     assert cached_archive(venv, tmp_path / "cache") == (archive, manifest)
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[:len(whole) // 2])  # issue 19, M4: a cut-short archive is not reused (nor pushed)
+    assert cached_archive(venv, tmp_path / "cache") is None
+    archive.write_bytes(whole)
     (venv / "lib" / "added.txt").write_text("changed since it was packed\n")
     assert cached_archive(venv, tmp_path / "cache") is None
+
+
+def unpack_spec(archive: Path, manifest: Manifest, prefix: Path, **extra: object) -> dict[str, object]:
+    return {"op": "unpack", "archive": str(archive), "prefix": str(prefix), "kind": "conda",
+            "unpacked_bytes": manifest.unpacked_bytes, "shebangs": manifest.shebangs,
+            "marker": manifest.installed_marker(), "host": "node9", **extra}
+
+
+def test_what_clusterkit_did_not_install_is_refused_then_moved_aside_only_when_asked(
+        packed: tuple[Path, Manifest]) -> None:
+    # issue 19, W2: a directory of the user's files at the prefix was replaced without a word
+    archive, manifest = packed
+    prefix = synthetic_conda.ENV_ROOT / f"w{manifest.sha256[:6]}"
+    shutil.rmtree(prefix, ignore_errors=True)
+    (prefix / "data").mkdir(parents=True)
+    (prefix / "precious.txt").write_text("keep")
+    try:
+        refused = run_node_env("python3", unpack_spec(archive, manifest, prefix))
+        assert not refused["ok"] and refused["refused"]
+        assert refused["error"] == (f"{prefix} on node9 holds a directory of 2 entries that clusterkit did not "
+                                    "install: not replaced")
+        assert (prefix / "precious.txt").read_text() == "keep"
+        replaced = run_node_env("python3", unpack_spec(archive, manifest, prefix, replace_existing=True))
+        assert replaced["ok"], replaced
+        aside = next(prefix.parent.glob(f"{prefix.name}.clusterkit-replaced-*"))
+        assert (aside / "precious.txt").read_text() == "keep" and (aside / "data").is_dir()
+        assert f"was moved to {aside}" in " ".join(replaced["notes"])  # type: ignore[arg-type]
+        assert (prefix / node_env.INSTALLED_MARKER).is_file()
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+        for aside in prefix.parent.glob(f"{prefix.name}.clusterkit-replaced-*"):
+            shutil.rmtree(aside)
+
+
+def test_a_survey_tells_a_whole_copy_from_one_damaged_under_its_marker(packed: tuple[Path, Manifest]) -> None:
+    # issue 19, W1: the marker alone said "up to date" after a package was uninstalled from the copy
+    from clusterkit.envpack.judge import copy_problems
+
+    archive, manifest = packed
+    prefix = synthetic_conda.ENV_ROOT / f"v{manifest.sha256[:6]}"
+    shutil.rmtree(prefix, ignore_errors=True)
+    at_prefix = Manifest(**{**manifest.__dict__, "prefix": str(prefix)})
+    try:
+        assert run_node_env("python3", unpack_spec(archive, at_prefix, prefix))["ok"]
+        survey = {"op": "survey", "prefix": str(prefix), "check_env": True}
+        whole = run_node_env("python3", survey)
+        assert whole["at_prefix"] == {"state": "clusterkit"}
+        # the env's python of the unpack, at another path than packed: only the prefix differs
+        assert copy_problems(whole, at_prefix) == []
+        for dist in prefix.glob("lib/python3*/site-packages/ckdemo-1.0.dist-info"):
+            shutil.rmtree(dist)
+        damaged = copy_problems(run_node_env("python3", survey), at_prefix)
+        assert damaged[0].startswith("Python package set differs from the head's (0 vs 1 distributions)"), damaged
+        assert damaged[1].endswith("when it was unpacked"), damaged
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("field", "value"), [("size", "abc"), ("unpacked_bytes", None), ("files", True),
+                                              ("package_set", [])])
+def test_a_manifest_with_a_value_of_the_wrong_type_is_an_input_error(packed: tuple[Path, Manifest], tmp_path: Path,
+                                                                     field: str, value: object) -> None:
+    # issue 19, C1: "size": "abc" or "unpacked_bytes": null became a TypeError (exit 3)
+    data = json.loads(packed[1].to_json())
+    data[field] = value
+    path = tmp_path / "edited.tar.zst.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=rf'^{path}: "{field}" is .* not .*pack the env again$'):
+        Manifest.load(path)

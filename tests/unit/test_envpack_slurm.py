@@ -62,11 +62,12 @@ def test_one_spec_for_every_node_of_a_step_still_finds_the_nodes_that_share_a_di
     prefix = str(tmp_path / "envs" / "ckconda")
     (tmp_path / "envs").mkdir()
     survey = {"op": "survey", "prefix": prefix, "run": "r1", "base_python": None}
-    for node in ("gpu01", "gpu02"):  # two nodes of one step, one filesystem
-        assert node_env(survey, node)["marker"] == str(tmp_path / "envs" / f".clusterkit-shared-r1-{node}")
-    assert node_env({"op": "markers", "prefix": prefix, "run": "r1"}, "gpu01")["seen"] == ["gpu01", "gpu02"]
-    assert node_env({"op": "markers", "prefix": prefix, "run": "r1"}, "gpu02")["seen"] == ["gpu02"]
-    assert not list((tmp_path / "envs").iterdir())  # each removed its own marker
+    # two nodes of one step, one filesystem: the one that surveys last sees both tokens
+    assert node_env(survey, "gpu01")["seen"] == {"prefix": ["gpu01"]}
+    assert node_env(survey, "gpu02")["seen"] == {"prefix": ["gpu01", "gpu02"]}
+    assert node_env({"op": "forget", "prefix": prefix, "run": "r1"}, "gpu01")["seen"] == {"prefix": ["gpu01", "gpu02"]}
+    assert node_env({"op": "forget", "prefix": prefix, "run": "r1"}, "gpu02")["seen"] == {"prefix": ["gpu02"]}
+    assert not list((tmp_path / "envs").iterdir())  # each removed its own token
 
 
 def test_push_without_a_hostfile_outside_slurm_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
