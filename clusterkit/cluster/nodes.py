@@ -1,0 +1,171 @@
+"""The one interface every feature reaches nodes through, whatever the transport.
+
+A command builds a :class:`~clusterkit.cluster.target.Target` from its arguments once and opens it with
+:func:`clusterkit.cluster.open_nodes`, which is the only place that looks at the transport. Features
+(survey, doctor, launch, workloads, env push and verify, monitor) take a :class:`Nodes` and never ask
+which implementation it is: SSH (:mod:`clusterkit.cluster.ssh`), Slurm (:mod:`clusterkit.cluster.slurm`)
+or this machine without SSH (:mod:`clusterkit.cluster.local`). What only one transport can do is a
+capability that is ``None`` elsewhere (:meth:`Nodes.ssh_mesh`), not an ``isinstance`` test.
+
+Every call has a deadline, answers per host (:class:`~clusterkit.cluster.result.GroupResult`) in the
+order asked, and reports progress to an optional listener; none prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from clusterkit.cluster.result import CommandOutput, GroupResult
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from clusterkit.inventory import ActiveHost
+    from clusterkit.launchline import LaunchPlan
+    from clusterkit.remote.agent import AgentReply
+    from clusterkit.remote.stream import StreamState
+    from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
+
+__all__ = ["BroadcastOptions", "CommandOutput", "GroupResult", "HostStream", "LaunchLine", "LaunchStyle",
+           "Nodes", "ProgressListener", "SchedulerView", "SshMesh"]
+
+
+class ProgressListener(Protocol):
+    """Anything that shows per-host progress (a terminal view, a Textual widget, a test's list)."""
+
+    def update(self, host: str, state: str, detail: str = "") -> None:
+        """``host`` is now in ``state`` (``connecting``, ``ok``, ``failed``, ``timed out``...)."""
+
+
+class HostStream(Protocol):
+    """One host's long-running command (the monitor's sampler): lines and states go to callbacks."""
+
+    host: str
+
+    @property
+    def state(self) -> StreamState: ...
+    def start(self) -> None: ...
+    def request_stop(self) -> None: ...
+    def stop(self, timeout_s: float = 2.0) -> bool: ...
+
+
+LineCallback = Callable[[str, str, float], None]
+"""``on_line(host, line, received_at)``."""
+StateCallback = Callable[["StreamState"], None]
+
+
+@dataclass(frozen=True)
+class BroadcastOptions:
+    """How a file is put on many nodes (each transport uses what applies to it)."""
+
+    #: Seconds a relay hop may go without progress before it is given up (SSH relay).
+    stall_s: float = 30.0
+    max_rounds: int = 3
+    #: The Python on the nodes that runs the relay's hop (SSH relay).
+    python: str = "python3"
+    #: Progress of each hop (bytes, done, failed) for a progress view.
+    listener: Callable[[HopEvent], None] | None = None
+    #: ``(round, hosts, bytes)`` when a round starts.
+    round_listener: Callable[[int, list[str], int], None] | None = None
+
+
+@dataclass(frozen=True)
+class LaunchStyle:
+    """How a launch line is to run, beyond the plan: what the caller needs of its output and its life."""
+
+    #: Each output line says which node it came from (workloads read rank lines per node).
+    labelled: bool = True
+    #: The ranks' working directory on every node.
+    cwd: str = ""
+    #: CPUs each rank's task may use (Slurm's ``--cpus-per-task``); None: the transport's default.
+    cpus_per_task: int | None = None
+    #: Variables every rank gets (the ``.deepspeed_env`` values where the launcher would export them).
+    exports: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchLine:
+    """A command that starts DeepSpeed's per-node launcher on each chosen host."""
+
+    argv: list[str]
+    #: Which node each labelled task number is (srun labels lines ``0: ...``); None: lines name their host.
+    task_nodes: list[str] | None = None
+    #: Extra environment for the launching process.
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SchedulerView:
+    """What the scheduler says of the nodes (Slurm's node states and reasons, the job), if there is one."""
+
+    facts: object
+    #: Nodes the scheduler will not run on, with why (drained, down...).
+    unusable: dict[str, str] = field(default_factory=dict)
+
+
+class SshMesh(Protocol):
+    """SSH-only extra of the survey: logins between nodes, judged from files and optionally made live."""
+
+    def login_targets(self, host: str, mode: str) -> list[str]: ...
+
+
+class Nodes(Protocol):
+    """The hosts of one command, reachable through one transport, opened once."""
+
+    #: ``ssh``, ``slurm`` or ``local``: for messages and records only, never for branching.
+    transport: str
+
+    @property
+    def hosts(self) -> list[ActiveHost]:
+        """The active hosts and their slots, in the order the launcher ranks them."""
+
+    @property
+    def names(self) -> list[str]:
+        """``hosts``' names."""
+
+    def describe(self) -> str:
+        """How the nodes are reached, for progress titles: ``3 nodes over SSH``, ``srun in job 42``."""
+
+    def run(self, command: str, timeout_s: float, *, hosts: Sequence[str] | None = None,
+            progress: ProgressListener | None = None) -> GroupResult[CommandOutput]:
+        """Run the shell ``command`` once on each host; its output and exit status per host, whatever the
+        status. ``CLUSTERKIT_NODE`` holds the host's name as the command sees it."""
+
+    def run_agent(self, args: Sequence[str], timeout_s: float, *, python: str | None = None,
+                  per_host_args: Mapping[str, Sequence[str]] | None = None, hosts: Sequence[str] | None = None,
+                  progress: ProgressListener | None = None) -> GroupResult[AgentReply]:
+        """Run clusterkit's agent (shipped where missing) with ``args`` (+ ``per_host_args[host]``) and
+        return its typed reply per host."""
+
+    def agent_streams(self, args: Sequence[str], on_line: LineCallback, on_state: StateCallback, *,
+                      stale_after_s: float, lost_after_s: float) -> list[HostStream]:
+        """One stream per host of the agent run with ``args`` (``stream ...``), not yet started; a lost
+        host is reconnected by its stream with backoff."""
+
+    def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
+            options: BroadcastOptions | None = None) -> GroupResult[Delivery]:
+        """A verified copy of ``source`` at ``remote.path`` on each host (a relay, sbcast, or a copy).
+        A host that got none is an error whose value, where there is one, still says what was sent."""
+
+    def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
+        """The line that runs DeepSpeed's launcher for ``plan`` on ``hosts`` through this transport."""
+
+    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
+        """Kill what is left of run ``run_id`` (processes carrying it in their command line) on each host."""
+
+    def ssh_mesh(self) -> SshMesh | None:
+        """The SSH logins between nodes, where the transport is SSH; None elsewhere."""
+
+    def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
+        """The scheduler's view of the nodes (Slurm), or None where there is no scheduler."""
+
+    def close(self) -> None:
+        """Release what opening took (an allocation clusterkit asked for, warm connections)."""
+
+    def __enter__(self) -> Nodes: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
