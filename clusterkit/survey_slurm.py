@@ -20,23 +20,21 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from clusterkit.cluster.slurm import blocked_nodes, read_slurm_facts, why_blocked
 from clusterkit.facts import (
     ClusterProbes,
     CollectReply,
     MasterProbe,
     Maybe,
     NodeFacts,
-    SlurmFacts,
-    SlurmNodeFacts,
     Unavailable,
 )
 from clusterkit.facts_codec import FactsDecodeError, from_jsonable
-from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
+from clusterkit.inventory import ActiveHost
 from clusterkit.launchsite import launch_place
 from clusterkit.progress import NodeProgress
-from clusterkit.remote.slurm import Allocation, SlurmError, read_nodes, run_on_nodes, slurm_command
+from clusterkit.remote.slurm import Allocation, run_on_nodes
 from clusterkit.remote.slurm_agent import run_agent_on_nodes
-from clusterkit.slurmstate import slurm_facts, unusable
 from clusterkit.survey import (
     AUTO_PORT,
     DEFAULT_MASTER_PORT,
@@ -47,55 +45,6 @@ from clusterkit.survey import (
     collect_here,
     note_unanswered,
 )
-
-#: States in which a node runs no task at all (a draining node still runs its job's steps).
-NO_TASKS = ("DOWN", "NOT_RESPONDING", "FAIL", "POWERED_DOWN", "POWERING_DOWN")
-SLURM_COMMAND_TIMEOUT_S = 20.0
-
-
-def allocation_hostfile(alloc: Allocation) -> Hostfile:
-    """The allocation as a hostfile (node order is node rank; slots from the job's GPUs or tasks)."""
-    source = f"slurm job {alloc.job_id}"
-    return Hostfile(source, tuple(HostEntry(node, alloc.slots(node), i + 1) for i, node in enumerate(alloc.nodes)))
-
-
-def hostfile_text(alloc: Allocation, slots: int | None = None) -> str:
-    """A DeepSpeed hostfile for the allocation (``slots`` on every node instead of the allocation's)."""
-    lines = [f"# from slurm job {alloc.job_id} ({alloc.job.partition or 'default partition'})"]
-    lines += [f"{node} slots={slots or alloc.slots(node)}" for node in alloc.nodes]
-    return "\n".join(lines) + "\n"
-
-
-def read_slurm_facts(alloc: Allocation, timeout_s: float = SLURM_COMMAND_TIMEOUT_S) -> SlurmFacts:
-    """The job, and every node of its partition(s) with state and reason; a failed command is a value."""
-    version: Maybe[str]
-    try:
-        version = slurm_command(["scontrol", "--version"], timeout_s).strip().removeprefix("slurm ")
-    except SlurmError as exc:
-        version = Unavailable(str(exc))
-    nodes: Maybe[list[SlurmNodeFacts]]
-    try:
-        partition = alloc.job.partition
-        every = read_nodes(timeout_s, partition or None)
-        wanted = set(alloc.nodes)
-        nodes = [n for n in every if n.name in wanted or not partition or partition in n.partitions]
-    except SlurmError as exc:
-        nodes = Unavailable(str(exc))
-    return slurm_facts(version, alloc.job, nodes, alloc.nodes)
-
-
-def _blocked(slurm: SlurmFacts, names: Sequence[str]) -> dict[str, SlurmNodeFacts]:
-    """The nodes among ``names`` that Slurm will run no task on."""
-    if isinstance(slurm.nodes, Unavailable):
-        return {}
-    return {n.name: n for n in slurm.nodes
-            if n.name in names and any(state in NO_TASKS for state in unusable(n))}
-
-
-def _why_blocked(node: SlurmNodeFacts) -> str:
-    reason = f": {node.reason}" if node.reason else ""
-    by = f" (set by {node.reason_user} at {node.reason_time})" if node.reason_user else ""
-    return f"Slurm says {node.name} is {node.state}{reason}{by}; no task was started there"
 
 
 def _master_step(alloc: Allocation, first: str, options: SurveyOptions, timeout_s: float
@@ -133,9 +82,9 @@ def survey_over_slurm(hosts: Sequence[ActiveHost], alloc: Allocation, options: S
                             name="collect:launching-machine", daemon=True)
     here.start()
     slurm = read_slurm_facts(alloc)
-    blocked = _blocked(slurm, names)
+    blocked = blocked_nodes(slurm, names)
     runnable = [n for n in names if n not in blocked]
-    facts: dict[str, Maybe[NodeFacts]] = {n: Unavailable(_why_blocked(blocked[n])) for n in blocked}
+    facts: dict[str, Maybe[NodeFacts]] = {n: Unavailable(why_blocked(blocked[n])) for n in blocked}
     fixes = {n: f"scontrol show node {n}; once it is fixed: scontrol update NodeName={n} State=RESUME"
              for n in blocked}
     offsets: dict[str, Maybe[float]] = {n: Unavailable("no task on this node") for n in blocked}

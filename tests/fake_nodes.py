@@ -21,11 +21,11 @@ from clusterkit.cluster import (
     LaunchStyle,
     ProgressListener,
     SchedulerView,
-    SshMesh,
 )
 from clusterkit.inventory import ActiveHost, HostEntry
 from clusterkit.launchline import LaunchPlan, build_launch_line
 from clusterkit.remote.agent import AgentReply
+from clusterkit.remote.ssh import SshSettings
 from clusterkit.remote.transfer import Delivery, RemoteFile
 
 #: What a scripted host does: a value (returned), an Exception (its error), or a callable computing either.
@@ -61,7 +61,7 @@ class FakeNodes:
     on_agent: Callable[[str, list[str]], Any] = lambda host, args: {}
     on_put: Callable[[str, RemoteFile], Delivery] | None = None
     timeouts: set[str] = field(default_factory=set)
-    mesh: SshMesh | None = None
+    mesh: SshSettings | None = None
     scheduler: SchedulerView | None = None
     calls: list[Call] = field(default_factory=list)
     closed: bool = False
@@ -124,7 +124,7 @@ class FakeNodes:
     def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
         return self._each("cleanup", hosts, run_id, lambda h: "", None)
 
-    def ssh_mesh(self) -> SshMesh | None:
+    def ssh_mesh(self) -> SshSettings | None:
         return self.mesh
 
     def scheduler_view(self, timeout_s: float) -> SchedulerView | None:

@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from clusterkit.inventory import ActiveHost
     from clusterkit.launchline import LaunchPlan
     from clusterkit.remote.agent import AgentReply
+    from clusterkit.remote.ssh import SshSettings
     from clusterkit.remote.stream import StreamState
     from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
 
 __all__ = ["BroadcastOptions", "CommandOutput", "GroupResult", "HostStream", "LaunchLine", "LaunchStyle",
-           "Nodes", "ProgressListener", "SchedulerView", "SshMesh"]
+           "Nodes", "ProgressListener", "SchedulerView"]
 
 
 class ProgressListener(Protocol):
@@ -80,6 +81,8 @@ class LaunchStyle:
     labelled: bool = True
     #: The ranks' working directory on every node.
     cwd: str = ""
+    #: More arguments for the launcher (pdsh's, srun's): DeepSpeed's ``--launcher_args``.
+    launcher_args: str = ""
     #: CPUs each rank's task may use (Slurm's ``--cpus-per-task``); None: the transport's default.
     cpus_per_task: int | None = None
     #: Variables every rank gets (the ``.deepspeed_env`` values where the launcher would export them).
@@ -104,12 +107,6 @@ class SchedulerView:
     facts: object
     #: Nodes the scheduler will not run on, with why (drained, down...).
     unusable: dict[str, str] = field(default_factory=dict)
-
-
-class SshMesh(Protocol):
-    """SSH-only extra of the survey: logins between nodes, judged from files and optionally made live."""
-
-    def login_targets(self, host: str, mode: str) -> list[str]: ...
 
 
 class Nodes(Protocol):
@@ -156,8 +153,9 @@ class Nodes(Protocol):
     def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
         """Kill what is left of run ``run_id`` (processes carrying it in their command line) on each host."""
 
-    def ssh_mesh(self) -> SshMesh | None:
-        """The SSH logins between nodes, where the transport is SSH; None elsewhere."""
+    def ssh_mesh(self) -> SshSettings | None:
+        """How nodes log in to each other over SSH (the survey's mesh probe), where the transport is SSH;
+        None elsewhere (ranks started by srun or on this machine need no SSH between nodes)."""
 
     def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
         """The scheduler's view of the nodes (Slurm), or None where there is no scheduler."""

@@ -28,6 +28,8 @@ class SlurmReach:
 
     request: SlurmRequest | None = None
     job_id: str | None = None
+    #: A directory every node sees, where the agent is unpacked once instead of broadcast.
+    agent_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,12 @@ def hostfile_target(hostfile: str, settings: SshSettings, *, include: str = "", 
     return Target(hosts=hosts, reach=reach, hostfile=hostfile, whole=whole, include=include, exclude=exclude)
 
 
-def allocation_target(request: SlurmRequest | None = None, job_id: str | None = None) -> Target:
-    """A Slurm allocation's nodes: this one, job ``job_id``, or a new one from ``request``."""
-    return Target(hosts=[], reach=SlurmReach(request=request, job_id=job_id))
+def allocation_target(request: SlurmRequest | None = None, job_id: str | None = None, *, include: str = "",
+                      exclude: str = "", agent_dir: str | None = None) -> Target:
+    """A Slurm allocation's nodes (less --exclude, or only --include): this one, job ``job_id``, or a new
+    one from ``request``."""
+    return Target(hosts=[], reach=SlurmReach(request=request, job_id=job_id, agent_dir=agent_dir),
+                  include=include, exclude=exclude)
 
 
 def this_machine(slots: int = 1) -> Target:

@@ -187,9 +187,9 @@ def make_context(args: argparse.Namespace, console: Console) -> Any:
 def _slurm_context(args: argparse.Namespace, console: Console) -> Any:
     import os
 
+    from clusterkit.cluster.slurm import allocation_hostfile
     from clusterkit.commands.launch_slurm import deepspeed_env_values
     from clusterkit.slurmlaunch import runner_exports
-    from clusterkit.survey_slurm import allocation_hostfile
     from clusterkit.workloads.slurm import SlurmWorkloadContext
 
     alloc = args.allocation

@@ -20,6 +20,7 @@ from clusterkit.checks.registry import (
     CheckSpec,
     select_checks,
 )
+from clusterkit.cluster.slurm import allocation_hostfile
 from clusterkit.commands.common import (
     add_hostfile_arguments,
     add_ssh_arguments,
@@ -33,7 +34,6 @@ from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
-from clusterkit.survey_slurm import allocation_hostfile
 
 
 def register(subparsers: Any) -> None:

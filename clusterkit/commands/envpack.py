@@ -138,8 +138,8 @@ def _nodes(args: argparse.Namespace, options: Any) -> Iterator[tuple[list[str], 
     from clusterkit.inventory import load_hostfile, select_hosts
 
     if use_slurm(args, args.hostfile):
+        from clusterkit.cluster.slurm import allocation_hostfile
         from clusterkit.envpack.slurm_push import slurm_channel
-        from clusterkit.survey_slurm import allocation_hostfile
 
         with slurm_allocation(args) as alloc:
             hosts = [h.name for h in select_hosts(allocation_hostfile(alloc), args.include, args.exclude)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from clusterkit.cluster.slurm import allocation_hostfile, hostfile_text
 from clusterkit.commands.slurm import slurm_allocation
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.errors import ExitCode, UsageError
@@ -37,7 +38,6 @@ from clusterkit.slurmlaunch import (
     saves_no_checkpoints,
 )
 from clusterkit.survey import DEFAULT_MASTER_PORT
-from clusterkit.survey_slurm import allocation_hostfile, hostfile_text
 
 
 def deepspeed_env_values(cwd: str) -> dict[str, str]:

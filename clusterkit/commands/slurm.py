@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clusterkit.cluster.slurm import hostfile_text
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
 from clusterkit.remote.slurm import Allocation, SlurmError, allocation, current_allocation, in_allocation
 from clusterkit.slurmrequest import SlurmRequest
-from clusterkit.survey_slurm import hostfile_text
 
 
 def add_slurm_arguments(parser: Any) -> None:

@@ -149,18 +149,24 @@ def parse_agent_output(stdout: str, host: str, received_at: float | None = None)
 _NEED_AGENT = "@@clusterkit-need-agent@@"
 
 
-def run_agent_reply(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> AgentReply:
-    """Run ``agent ARGS`` with the node's python3 (shipping the agent first if it is not there yet)."""
+def agent_command(args: list[str], python: str | None = None) -> str:
+    """The shell line that runs ``agent ARGS`` from the agent directory with the node's python3 (or
+    ``python``); it prints a marker instead where the agent is not there yet (see :func:`ship_agent`)."""
     path = agent_remote_path()
     fallback = f" || command -v {shlex.quote(python)}" if python else ""
     # Only run an agent we own from a directory we own: /tmp is shared with other users.
-    command = (f'a={path}; if [ ! -s "$a/__main__.py" ] || [ ! -O "$a" ] || [ ! -O "${{a%/*}}" ]; '
-               f'then echo {_NEED_AGENT}; exit 0; fi; '
-               f'PY="$(command -v python3{fallback})"; '
-               '[ -n "$PY" ] || { echo "no python3 on PATH" >&2; exit 127; }; '
-               # -I: the node's PYTHON* variables cannot break the agent, and bytecode gets cached;
-               # -S: no site-packages, the agent is stdlib-only (and starts faster without them).
-               f'exec "$PY" -I -S "$a" {" ".join(shlex.quote(a) for a in args)}')
+    return (f'a={path}; if [ ! -s "$a/__main__.py" ] || [ ! -O "$a" ] || [ ! -O "${{a%/*}}" ]; '
+            f'then echo {_NEED_AGENT}; exit 0; fi; '
+            f'PY="$(command -v python3{fallback})"; '
+            '[ -n "$PY" ] || { echo "no python3 on PATH" >&2; exit 127; }; '
+            # -I: the node's PYTHON* variables cannot break the agent, and bytecode gets cached;
+            # -S: no site-packages, the agent is stdlib-only (and starts faster without them).
+            f'exec "$PY" -I -S "$a" {" ".join(shlex.quote(a) for a in args)}')
+
+
+def run_agent_reply(conn: Connection, args: list[str], timeout_s: float, python: str | None = None) -> AgentReply:
+    """Run ``agent ARGS`` with the node's python3 (shipping the agent first if it is not there yet)."""
+    command = agent_command(args, python)
     for _ in range(2):
         result = conn.run(command, hide=True, warn=True, timeout=timeout_s)
         received_at = time.time()

@@ -289,18 +289,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def kill_by_run_id_command(run_id: str) -> str:
-    """Shell command that kills this user's processes carrying ``run_id`` and says how many it found.
-
-    The pattern is written so that it does not match the shell running it.
-    """
-    if not re.fullmatch(r"[0-9a-f]{6,64}", run_id):
-        raise ValueError(f"bad run id {run_id!r}")
-    pattern = f"ck-run-i[d]={run_id}"
-    return (f'n=$(pgrep -u "$(id -u)" -f -- {pattern!r} | wc -l); '
-            f'if [ "$n" -gt 0 ]; then pkill -KILL -u "$(id -u)" -f -- {pattern!r}; fi; echo "killed $n"')
-
-
 def run_id_argument(run_id: str) -> str:
     return f"{RUN_ID_FLAG}={run_id}"
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.errors import ClusterkitError
 from clusterkit.progress import NodeProgress
 from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
-from clusterkit.workloads.run import Cleanup, kill_by_run_id_command
+from clusterkit.workloads.run import Cleanup
 
 if TYPE_CHECKING:
     from fabric import Connection

@@ -17,13 +17,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.errors import ClusterkitError
 from clusterkit.inventory import ActiveHost
 from clusterkit.launchline import LaunchPlan
 from clusterkit.remote import HostResult
 from clusterkit.remote.slurm import Allocation, TaskOutput, run_on_nodes
 from clusterkit.slurmlaunch import SrunPlan, build_srun_line
-from clusterkit.workloads.run import Cleanup, kill_by_run_id_command, run_id_argument
+from clusterkit.workloads.run import Cleanup, run_id_argument
 from clusterkit.workloads.session import WorkloadContext
 from clusterkit.workloads.ship import Shipped, _base_dir_shell, bundle_digest, bundle_zip
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from clusterkit.cluster.slurm import allocation_hostfile, blocked_nodes, hostfile_text, why_blocked
 from clusterkit.facts import SlurmFacts, SlurmJobFacts, SlurmNodeFacts
 from clusterkit.inventory import parse_hostfile, select_hosts
 from clusterkit.remote.slurm import Allocation
-from clusterkit.survey_slurm import _blocked, _why_blocked, allocation_hostfile, hostfile_text
 
 
 def allocation(**changes: object) -> Allocation:
@@ -42,7 +42,7 @@ def test_nodes_slurm_will_not_run_get_no_task_and_say_why() -> None:
                             reason_time="2024-05-01T10:00:00"),
              SlurmNodeFacts("gpu03", "MIXED+DRAIN", reason="bad DIMM")]
     slurm = SlurmFacts(version="22.05.8", job=allocation().job, nodes=nodes)
-    blocked = _blocked(slurm, ["gpu01", "gpu02", "gpu03"])
+    blocked = blocked_nodes(slurm, ["gpu01", "gpu02", "gpu03"])
     assert list(blocked) == ["gpu02"]  # a draining node still runs its job's steps
-    assert _why_blocked(blocked["gpu02"]) == ("Slurm says gpu02 is DOWN+NOT_RESPONDING: Not responding (set by "
+    assert why_blocked(blocked["gpu02"]) == ("Slurm says gpu02 is DOWN+NOT_RESPONDING: Not responding (set by "
                                               "slurm at 2024-05-01T10:00:00); no task was started there")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.workloads.run import (
     Launch,
     LogLine,
-    kill_by_run_id_command,
     new_run_id,
     ranks_of,
     split_line,

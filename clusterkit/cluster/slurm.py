@@ -1,0 +1,236 @@
+"""Nodes through Slurm: one ``srun`` step per call across the allocation's nodes (sharing the job's
+resources), files by ``sbcast``, launches by srun running DeepSpeed's per-node launcher
+(:mod:`clusterkit.slurmlaunch`). The head's cost is a couple of processes however many nodes there are,
+and nodes need no sshd (``pam_slurm_adopt`` clusters refuse SSH to nodes a user holds no job on)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clusterkit.cluster.nodes import (
+    BroadcastOptions,
+    HostStream,
+    LaunchLine,
+    LaunchStyle,
+    LineCallback,
+    ProgressListener,
+    SchedulerView,
+    StateCallback,
+)
+from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
+from clusterkit.cluster.shell import kill_by_run_id_command
+from clusterkit.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
+from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
+from clusterkit.launchline import LaunchPlan
+from clusterkit.remote.agent import AgentReply
+from clusterkit.remote.slurm import (
+    Allocation,
+    SlurmError,
+    TaskOutput,
+    read_nodes,
+    release_allocation,
+    run_on_nodes,
+    slurm_command,
+)
+from clusterkit.remote.slurm_agent import run_agent_on_nodes
+from clusterkit.remote.ssh import SshSettings
+from clusterkit.remote.transfer import Delivery, RemoteFile
+from clusterkit.slurmlaunch import SrunPlan, build_srun_line
+from clusterkit.slurmstate import slurm_facts, unusable
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+#: States in which a node runs no task at all (a draining node still runs its job's steps).
+NO_TASKS = ("DOWN", "NOT_RESPONDING", "FAIL", "POWERED_DOWN", "POWERING_DOWN")
+SLURM_COMMAND_TIMEOUT_S = 20.0
+
+
+def allocation_hostfile(alloc: Allocation) -> Hostfile:
+    """The allocation as a hostfile (node order is node rank; slots from the job's GPUs or tasks)."""
+    source = f"slurm job {alloc.job_id}"
+    return Hostfile(source, tuple(HostEntry(node, alloc.slots(node), i + 1) for i, node in enumerate(alloc.nodes)))
+
+
+def hostfile_text(alloc: Allocation, slots: int | None = None) -> str:
+    """A DeepSpeed hostfile for the allocation (``slots`` on every node instead of the allocation's)."""
+    lines = [f"# from slurm job {alloc.job_id} ({alloc.job.partition or 'default partition'})"]
+    lines += [f"{node} slots={slots or alloc.slots(node)}" for node in alloc.nodes]
+    return "\n".join(lines) + "\n"
+
+
+def read_slurm_facts(alloc: Allocation, timeout_s: float = SLURM_COMMAND_TIMEOUT_S) -> SlurmFacts:
+    """The job, and every node of its partition(s) with state and reason; a failed command is a value."""
+    version: Maybe[str]
+    try:
+        version = slurm_command(["scontrol", "--version"], timeout_s).strip().removeprefix("slurm ")
+    except SlurmError as exc:
+        version = Unavailable(str(exc))
+    nodes: Maybe[list[SlurmNodeFacts]]
+    try:
+        partition = alloc.job.partition
+        every = read_nodes(timeout_s, partition or None)
+        wanted = set(alloc.nodes)
+        nodes = [n for n in every if n.name in wanted or not partition or partition in n.partitions]
+    except SlurmError as exc:
+        nodes = Unavailable(str(exc))
+    return slurm_facts(version, alloc.job, nodes, alloc.nodes)
+
+
+def blocked_nodes(slurm: SlurmFacts, names: Sequence[str]) -> dict[str, SlurmNodeFacts]:
+    """The nodes among ``names`` that Slurm will run no task on."""
+    if isinstance(slurm.nodes, Unavailable):
+        return {}
+    return {n.name: n for n in slurm.nodes
+            if n.name in names and any(state in NO_TASKS for state in unusable(n))}
+
+
+def why_blocked(node: SlurmNodeFacts) -> str:
+    reason = f": {node.reason}" if node.reason else ""
+    by = f" (set by {node.reason_user} at {node.reason_time})" if node.reason_user else ""
+    return f"Slurm says {node.name} is {node.state}{reason}{by}; no task was started there"
+
+
+def allocation_hosts(alloc: Allocation) -> list[ActiveHost]:
+    """The allocation's nodes as active hosts: node order is node rank; slots from its GPUs or tasks."""
+    return [ActiveHost(node, tuple(range(alloc.slots(node))), HostEntry(node, alloc.slots(node), i + 1))
+            for i, node in enumerate(alloc.nodes)]
+
+
+def command_output(task: TaskOutput) -> CommandOutput:
+    return CommandOutput(task.exit_code if task.exit_code is not None else 255, "\n".join(task.stdout),
+                         "\n".join(task.stderr), task.finished_at)
+
+
+class SlurmNodes:
+    """The nodes of one Slurm allocation (``hosts``: all of them, or those chosen by --include/--exclude)."""
+
+    transport = "slurm"
+
+    def __init__(self, alloc: Allocation, hosts: Sequence[ActiveHost] | None = None, *,
+                 environ: Mapping[str, str] | None = None, agent_dir: str | None = None) -> None:
+        self.alloc = alloc
+        self._hosts = list(hosts) if hosts is not None else allocation_hosts(alloc)
+        self.environ = dict(os.environ if environ is None else environ)
+        #: A directory every node sees (a shared filesystem): the agent is unpacked there once, not broadcast.
+        self.agent_dir = agent_dir
+
+    @property
+    def hosts(self) -> list[ActiveHost]:
+        return list(self._hosts)
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self._hosts]
+
+    def describe(self) -> str:
+        return f"{len(self._hosts)} node(s) through srun in job {self.alloc.job_id}"
+
+    def _chosen(self, hosts: Sequence[str] | None) -> list[str]:
+        return list(hosts) if hosts is not None else self.names
+
+    def run(self, command: str, timeout_s: float, *, hosts: Sequence[str] | None = None,
+            progress: ProgressListener | None = None) -> GroupResult[CommandOutput]:
+        line = f'export CLUSTERKIT_NODE="$SLURMD_NODENAME"; {command}'
+        done = run_on_nodes(self.alloc, line, timeout_s, self._chosen(hosts), progress, environ=self.environ)
+        return GroupResult.of(done.values()).then(lambda host, task: command_output(task))
+
+    def run_agent(self, args: Sequence[str], timeout_s: float, *, python: str | None = None,
+                  per_host_args: Mapping[str, Sequence[str]] | None = None, hosts: Sequence[str] | None = None,
+                  progress: ProgressListener | None = None) -> GroupResult[AgentReply]:
+        done = run_agent_on_nodes(self.alloc, args, timeout_s, self._chosen(hosts), python, per_host_args,
+                                  progress, self.agent_dir, self.environ)
+        return GroupResult.of(done.values())
+
+    def agent_streams(self, args: Sequence[str], on_line: LineCallback, on_state: StateCallback, *,
+                      stale_after_s: float, lost_after_s: float) -> list[HostStream]:
+        raise NotImplementedError("agent streams through srun land with the monitor under Slurm")
+
+    def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
+            options: BroadcastOptions | None = None) -> GroupResult[Delivery]:
+        """``sbcast`` into a scratch name beside ``remote.path`` (its directory made first), each node's copy
+        checked (size and sha256) and renamed into place; nodes already holding it are left alone."""
+        del options
+        chosen = self._chosen(hosts)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        path = shlex.quote(remote.path)
+        scratch = f"{remote.path}.ck-sbcast"
+        check = (f'p={path}; mkdir -p "$(dirname "$p")" || exit 3; '
+                 f'if [ -f "$p" ] && [ "$(stat -c %s "$p")" = {remote.size} ] '
+                 f'&& [ "$(sha256sum < "$p" | cut -d" " -f1)" = {remote.sha256} ]; then echo have; else echo need; fi')
+        probed = self.run(check, timeout_s, hosts=chosen)
+        results: dict[str, HostResult[Delivery]] = {}
+        need = []
+        for host in chosen:
+            probe = probed[host]
+            if probe.value is None or not probe.ok or probe.value.exit_code != 0:
+                why = probe.error or (probe.value.tail() if probe.value else "no answer")
+                results[host] = HostResult(host, value=Delivery(host, ok=False, error=why), error=why, fix=probe.fix)
+            elif probe.value.stdout.strip().endswith("have"):
+                results[host] = HostResult(host, value=Delivery(host, ok=True, notes=["already there"]))
+            else:
+                need.append(host)
+        if need:
+            sbcast_error = ""
+            try:
+                # sbcast reaches every node of the job (it takes no node list): the others ignore the copy.
+                slurm_command(["sbcast", f"--jobid={self.alloc.job_id}", "--force", "--preserve", str(source),
+                               scratch],
+                              max(5.0, deadline - time.monotonic()), self.environ)
+            except Exception as exc:  # the nodes' checks below say which copies are missing
+                sbcast_error = str(exc)
+            q = shlex.quote(scratch)
+            settle = (f's={q}; if [ "$(sha256sum < "$s" 2>/dev/null | cut -d" " -f1)" = {remote.sha256} ]; '
+                      f'then mv -f "$s" {path} && echo placed; else rm -f "$s"; echo bad; fi')
+            settled = self.run(settle, max(5.0, deadline - time.monotonic()), hosts=need)
+            for host in need:
+                out = settled[host]
+                if out.value is not None and out.value.stdout.strip().endswith("placed"):
+                    results[host] = HostResult(host, value=Delivery(host, ok=True, sent_bytes=remote.size, rounds=1))
+                    continue
+                why = out.error or f"sbcast left no good copy of {remote.path} on {host}" + (
+                    f" ({sbcast_error})" if sbcast_error else "")
+                fix = out.fix or f"is there room in {Path(remote.path).parent} on {host}? scontrol show node {host}"
+                results[host] = HostResult(host, value=Delivery(host, ok=False, rounds=1, error=why, fix=fix),
+                                           error=why, fix=fix)
+        return GroupResult.of(results[h] for h in chosen)
+
+    def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
+        """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``."""
+        chosen = list(hosts)
+        gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
+        srun_args = " ".join(a for a in ("--label" if style.labelled else "", style.launcher_args) if a)
+        line = build_srun_line(SrunPlan(plan, chosen, style.cwd or str(Path.cwd()), job_id=self.alloc.job_id,
+                                        cpus_per_task=style.cpus_per_task, gpus_per_node=gpus,
+                                        exports=style.exports, srun_args=srun_args))
+        return LaunchLine(line, [h.name for h in chosen] if style.labelled else None)
+
+    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
+        done = self.run(kill_by_run_id_command(run_id), timeout_s, hosts=hosts)
+        return done.then(lambda host, out: out.stdout.strip() or out.tail())
+
+    def ssh_mesh(self) -> SshSettings | None:
+        return None
+
+    def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
+        facts = read_slurm_facts(self.alloc, timeout_s)
+        return SchedulerView(facts, {n: why_blocked(node) for n, node in blocked_nodes(facts, self.names).items()})
+
+    def close(self) -> None:
+        """Release the allocation if clusterkit asked for it."""
+        if self.alloc.owned:
+            release_allocation(self.alloc)
+
+    def __enter__(self) -> SlurmNodes:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+"""The command line turned into a :class:`~clusterkit.cluster.Target` once, and opened as ``Nodes``.
+
+Which transport a command takes (the one place that decides; :func:`clusterkit.cluster.open_nodes` then
+builds it): inside an allocation (``SLURM_JOB_ID`` set) without a HOSTFILE, or with ``--slurm`` (its
+partition/nodes options become ``salloc`` arguments outside an allocation), the nodes come from Slurm and
+are reached through srun; a HOSTFILE, or ``--no-slurm``, means SSH (or no transport at all when the
+hostfile names only this machine); neither means this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from clusterkit.cluster import Nodes, Target, open_nodes
+from clusterkit.cluster.target import allocation_target, hostfile_target, this_machine
+from clusterkit.commands.common import ssh_settings
+from clusterkit.commands.slurm import slurm_request, use_slurm
+from clusterkit.errors import ClusterkitError, UsageError
+from clusterkit.remote.slurm import in_allocation
+from clusterkit.remote.ssh import RemoteError
+
+
+def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,
+                     slots_here: int = 1) -> Target:
+    """The hosts this command works on and how to reach them, from its flags (HOSTFILE, --include/
+    --exclude, the SSH flags, --slurm and its request); this machine when none names nodes."""
+    hostfile = getattr(args, "hostfile", None)
+    include, exclude = getattr(args, "include", ""), getattr(args, "exclude", "")
+    if hasattr(args, "slurm") and use_slurm(args, hostfile, environ):
+        # Inside an allocation its nodes are used as they are; outside, salloc is asked (released after).
+        request = None if in_allocation(environ) else slurm_request(args)
+        return allocation_target(request, include=include, exclude=exclude)
+    if hostfile:
+        return hostfile_target(hostfile, ssh_settings(args), include=include, exclude=exclude)
+    if include or exclude:
+        raise UsageError("--include/--exclude need a HOSTFILE (or a Slurm allocation)")
+    return this_machine(slots_here)
+
+
+@contextmanager
+def opened(target: Target, environ: Mapping[str, str] | None = None) -> Iterator[Nodes]:
+    """The target's nodes for the length of the block (an allocation asked for is released after);
+    Slurm's refusals become one-line errors naming what to run."""
+    try:
+        nodes = open_nodes(target, environ)
+    except RemoteError as exc:
+        raise ClusterkitError(f"{exc}" + (f"; fix: {exc.fix}" if exc.fix else "")) from None
+    with nodes:
+        yield nodes
