@@ -45,6 +45,7 @@ from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_
 if TYPE_CHECKING:
     from fabric import Connection
 
+    from clusterkit.cluster import Nodes, ProgressListener
     from clusterkit.remote.slurm import Allocation
 
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
@@ -312,3 +313,17 @@ def _free_local_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return int(sock.getsockname()[1])
+
+
+def survey_nodes(nodes: Nodes, options: SurveyOptions, progress: ProgressListener | None = None
+                 ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
+    """Every node's facts and the cross-node probes, through whatever transport ``nodes`` has.
+
+    Interim: this delegates to the transport-specific surveys until the survey is written once against
+    ``Nodes`` (issue 20); its signature is the one callers keep.
+    """
+    del progress
+    alloc = getattr(nodes, "alloc", None)
+    if alloc is not None:
+        return survey_cluster(nodes.hosts, SshSettings(), options, slurm=alloc)
+    return survey_cluster(nodes.hosts, nodes.ssh_mesh() or SshSettings(), options)
