@@ -13,8 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from clusterkit.checks.registry import CLUSTER_HOST
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.inventory import ActiveHost
 from clusterkit.workloads.expect import Expectation
 from clusterkit.workloads.plot import busbw_series, save_png, terminal_plot
