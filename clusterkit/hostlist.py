@@ -78,22 +78,25 @@ def compress(names: Iterable[str]) -> str:
     return ",".join(sorted([*items, *kept]))
 
 
+def _most_names(item: str) -> int:
+    """How many names ``item`` stands for at most, counted before NodeSet builds every one of them."""
+    count = 1
+    for bracket in _BRACKETED.findall(item):
+        spans = (_SPAN.match(element) for element in bracket.split(","))
+        count *= sum(max(1, int(span[2]) - int(span[1]) + 1) if span else 1 for span in spans)
+    return count
+
+
 def _expand_item(item: str) -> list[str]:
     operator = next((char for char in _SET_OPERATORS if char in item), None)
     if operator:
         raise ValueError(f"not a host list: {item!r} (NodeSet would read {operator!r} as a set operation)")
-    for bracket in _BRACKETED.findall(item):
-        for first, last in _SPAN.findall(bracket):
-            if int(last) - int(first) >= MAX_NAMES:
-                raise ValueError(f"not a host list Slurm takes: {first}-{last} in {item!r} stands for more "
-                                 f"than {MAX_NAMES} names")
+    if _most_names(item) > MAX_NAMES:
+        raise ValueError(f"not a host list Slurm takes: {item!r} stands for more than {MAX_NAMES} names")
     try:
-        nodes = _nodeset(item)
+        return [str(name) for name in _nodeset(item)]
     except NodeSetError as exc:
         raise ValueError(f"not a host list: {item!r} ({exc})") from None
-    if len(nodes) > MAX_NAMES:
-        raise ValueError(f"not a host list Slurm takes: {item!r} stands for {len(nodes)} names")
-    return [str(name) for name in nodes]
 
 
 def expand(expression: str) -> list[str]:
