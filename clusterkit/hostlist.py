@@ -1,103 +1,108 @@
-"""Compact host lists as Slurm and ``dshbak -c`` write them: ``node[01-64]``, ``10.0.0.[11-13,20]``.
+"""Compact host lists as Slurm and ``dshbak -c`` write them: ``node[01-64]``, ``gpu[01-04],cpu[1-2]``,
+``rack[1-2]-n[01-08]``, ``10.0.0.[11-13,20]``, read and written by ClusterShell's NodeSet.
 
-A name's trailing digits are its number; names that share the rest and the digit width (zero-padded
-numbers keep their width) fold into one bracketed range list. :func:`expand` reads the form back.
+NodeSet is a set: it sorts and drops duplicates. Slurm lists a job's nodes in its own order and
+``scontrol show hostnames`` keeps the written order, so :func:`expand` hands NodeSet one comma-separated
+item at a time and keeps the items in the order written (inside one bracketed item the names come
+ascending, as Slurm writes them). :func:`compress` sorts. Its output stays in the grammar Slurm 22.05
+reads, which is narrower than NodeSet's: nothing may follow a host list's last bracket, so
+``rack[1-2]-n01`` is written ``rack[1-2]-n[01]`` and names that do not end in their number
+(``node1.example.com``) are never folded.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-_NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<digits>\d+)$")
-_BRACKETED = re.compile(r"^(?P<prefix>[^\[\]]*)\[(?P<ranges>[^\[\]]+)\](?P<suffix>[^\[\]]*)$")
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetError
 
-
-def _ranges(numbers: list[int], width: int) -> str:
-    spans: list[str] = []
-    start = previous = numbers[0]
-    for number in [*numbers[1:], None]:
-        if number is not None and number == previous + 1:
-            previous = number
-            continue
-        first, last = str(start).zfill(width), str(previous).zfill(width)
-        spans.append(first if start == previous else f"{first}-{last}")
-        if number is not None:
-            start = previous = number
-    return ",".join(spans)
-
-
-def compress(names: Iterable[str]) -> str:
-    """``node1,node2,node3,gpu7`` -> ``node[1-3],gpu7`` (duplicates dropped, families in first-seen order)."""
-    families: dict[tuple[str, int], set[int]] = {}
-    plain: list[str] = []
-    order: list[tuple[str, int] | str] = []
-    unique = list(dict.fromkeys(names))
-    padded_width: dict[str, int] = {}
-    for name in unique:
-        match = _NUMBERED.match(name)
-        if match and match.group("digits").startswith("0") and len(match.group("digits")) > 1:
-            padded_width.setdefault(match.group("prefix"), len(match.group("digits")))
-    for name in unique:
-        match = _NUMBERED.match(name)
-        if not match:
-            plain.append(name)
-            order.append(name)
-            continue
-        prefix, digits = match.group("prefix"), match.group("digits")
-        width = padded_width.get(prefix, 0)
-        if width and len(digits) != width:
-            width = 0 if not digits.startswith("0") else len(digits)
-        key = (prefix, width)
-        if key not in families:
-            families[key] = set()
-            order.append(key)
-        families[key].add(int(digits))
-    parts = []
-    for item in order:
-        if isinstance(item, str):
-            parts.append(item)
-            continue
-        prefix, width = item
-        numbers = sorted(families[item])
-        if len(numbers) == 1:
-            parts.append(f"{prefix}{str(numbers[0]).zfill(width)}")
-        else:
-            parts.append(f"{prefix}[{_ranges(numbers, width)}]")
-    return ",".join(parts)
+#: Slurm's own limit on the names one range may stand for (hostlist.c's MAX_RANGE): a list asking for more
+#: is a typo, and NodeSet would spend minutes and gigabytes expanding it.
+MAX_NAMES = 64 * 1024
+#: Fold along every axis, whatever a site's ClusterShell defaults.conf says (its ``fold_axis``).
+_EVERY_AXIS = tuple(range(64))
+#: NodeSet reads these as set operations (difference, intersection, symmetric difference), Slurm as letters.
+_SET_OPERATORS = "!&^"
+#: A name NodeSet reads as one node and folds into a form Slurm reads: no separators, brackets or set
+#: operators, ending in its number.
+_FOLDABLE = re.compile(r"[^\s,\[\]!&^]*\d")
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+_SPAN = re.compile(r"(\d+)-(\d+)")
 
 
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for char in text:
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append(current)
+def _nodeset(text: str = "") -> Any:
+    """A NodeSet that resolves no ``@groups`` (no groups.conf, no external commands) and ignores the site's
+    folding defaults."""
+    return NodeSet(text or None, resolver=RESOLVER_NOGROUP, fold_axis=_EVERY_AXIS)
+
+
+def _items(expression: str) -> list[str]:
+    """The host list's items: split at commas and whitespace outside brackets, as Slurm does."""
+    items, depth, current = [], 0, ""
+    for char in expression:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth == 0 and (char == "," or char.isspace()):
+            items.append(current)
             current = ""
         else:
             current += char
-    parts.append(current)
-    return [p for p in parts if p]
+    items.append(current)
+    return [item for item in items if item]
+
+
+def _readable_by_slurm(item: str) -> str:
+    """``rack[1-2]-n01`` -> ``rack[1-2]-n[01]``: Slurm refuses text after a list's last bracket."""
+    if "[" in item and not item.endswith("]"):
+        return re.sub(r"(\d+)$", r"[\1]", item)
+    return item
+
+
+def compress(names: Iterable[str]) -> str:
+    """``node2,node1,node3,gpu7`` -> ``gpu7,node[1-3]`` (sorted, duplicates dropped). Names NodeSet cannot
+    fold into a form Slurm reads are kept as they are."""
+    folded = _nodeset()
+    kept: set[str] = set()
+    for name in names:
+        if not name:
+            continue
+        if _FOLDABLE.fullmatch(name):
+            try:
+                folded.update(_nodeset(name))
+                continue
+            except NodeSetError:  # a number NodeSet will not hold (over 100 digits)
+                pass
+        kept.add(name)
+    items = [_readable_by_slurm(item) for item in _items(str(folded))]
+    return ",".join(sorted([*items, *kept]))
+
+
+def _most_names(item: str) -> int:
+    """How many names ``item`` stands for at most, counted before NodeSet builds every one of them."""
+    count = 1
+    for bracket in _BRACKETED.findall(item):
+        spans = (_SPAN.match(element) for element in bracket.split(","))
+        count *= sum(max(1, int(span[2]) - int(span[1]) + 1) if span else 1 for span in spans)
+    return count
+
+
+def _expand_item(item: str) -> list[str]:
+    operator = next((char for char in _SET_OPERATORS if char in item), None)
+    if operator:
+        raise ValueError(f"not a host list: {item!r} (NodeSet would read {operator!r} as a set operation)")
+    if _most_names(item) > MAX_NAMES:
+        raise ValueError(f"not a host list Slurm takes: {item!r} stands for more than {MAX_NAMES} names")
+    try:
+        return [str(name) for name in _nodeset(item)]
+    except NodeSetError as exc:
+        raise ValueError(f"not a host list: {item!r} ({exc})") from None
 
 
 def expand(expression: str) -> list[str]:
-    """``node[01-03],gpu7`` -> ``["node01", "node02", "node03", "gpu7"]``; ValueError on bad syntax."""
+    """``node[01-03],gpu7`` -> ``["node01", "node02", "node03", "gpu7"]``, items in written order; ValueError
+    on bad syntax. A name without brackets is taken as it is written (IP addresses, FQDNs)."""
     names: list[str] = []
-    for part in _split_top_level(expression.strip()):
-        match = _BRACKETED.match(part)
-        if not match:
-            if "[" in part or "]" in part:
-                raise ValueError(f"not a host list: {part!r}")
-            names.append(part)
-            continue
-        for span in match.group("ranges").split(","):
-            first, _, last = span.partition("-")
-            if not first.isdigit() or (last and not last.isdigit()):
-                raise ValueError(f"not a number range: {span!r} in {part!r}")
-            width = len(first) if first.startswith("0") else 0
-            for number in range(int(first), int(last or first) + 1):
-                names.append(f"{match.group('prefix')}{str(number).zfill(width)}{match.group('suffix')}")
+    for item in _items(expression):
+        names += _expand_item(item) if "[" in item or "]" in item else [item]
     return names

@@ -104,8 +104,9 @@ def expand_counts(text: str) -> list[int]:
 
 
 def expand_nodes(nodelist: str, fallback: Callable[[str], list[str]] | None = None) -> list[str]:
-    """A Slurm host list (``node[01-03],gpu7``) as names; forms :func:`expand` cannot read go to
-    ``fallback`` (``scontrol show hostnames``)."""
+    """A Slurm host list (``node[01-03],gpu7``, ``rack[1-2]-n[01-08]``) as names, in its order; the few
+    forms NodeSet refuses and Slurm reads (``node[01-3]``, whose ends differ in width, or a name with
+    ``!``, ``&`` or ``^``) go to ``fallback`` (``scontrol show hostnames``)."""
     try:
         return expand(nodelist)
     except ValueError:

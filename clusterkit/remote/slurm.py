@@ -116,7 +116,7 @@ def slurm_command(argv: Sequence[str], timeout_s: float, environ: Mapping[str, s
 
 
 def hostnames(nodelist: str, timeout_s: float = 15.0) -> list[str]:
-    """``scontrol show hostnames``: host-list forms clusterkit's own parser does not read."""
+    """``scontrol show hostnames``: for the host-list forms NodeSet refuses (see ``expand_nodes``)."""
     return slurm_command(["scontrol", "show", "hostnames", nodelist], timeout_s).split()
 
 

@@ -15,6 +15,7 @@ from clusterkit.slurmstate import (
     SlurmParseError,
     count_gpus,
     expand_counts,
+    expand_nodes,
     node_facts,
     parse_duration,
     parse_job,
@@ -121,3 +122,29 @@ def test_record_parsers_never_raise_anything_but_their_own_error(text: str) -> N
     for parse in (parse_job, parse_reasons, parse_duration, expand_counts):
         with contextlib.suppress(SlurmParseError):
             parse(text)  # type: ignore[operator]
+
+
+def _no_scontrol(nodelist: str) -> list[str]:
+    raise AssertionError(f"scontrol asked for {nodelist!r}")
+
+
+@pytest.mark.parametrize(("nodelist", "names"), [
+    ("gpu[01-02],cpu[1-2]", ["gpu01", "gpu02", "cpu1", "cpu2"]),
+    ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
+    ("10.0.0.[11-12],login", ["10.0.0.11", "10.0.0.12", "login"]),
+])
+def test_host_lists_slurm_writes_are_read_without_asking_scontrol(nodelist: str, names: list[str]) -> None:
+    assert expand_nodes(nodelist, _no_scontrol) == names
+
+
+def test_a_host_list_nodeset_refuses_is_left_to_scontrol() -> None:
+    asked: list[str] = []
+
+    def scontrol(nodelist: str) -> list[str]:
+        asked.append(nodelist)
+        return ["node01", "node02", "node03"]
+
+    assert expand_nodes("node[01-3]", scontrol) == ["node01", "node02", "node03"]
+    assert asked == ["node[01-3]"]
+    with pytest.raises(SlurmParseError, match="node\\[01-3\\]"):
+        expand_nodes("node[01-3]")
