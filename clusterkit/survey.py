@@ -45,7 +45,7 @@ from clusterkit.launchsite import LaunchPlace, launch_place
 from clusterkit.remote.ssh import known_host_name
 
 if TYPE_CHECKING:
-    from clusterkit.cluster import Nodes, ProgressListener
+    from clusterkit.cluster import CommandOutput, Nodes, ProgressListener
     from clusterkit.remote.agent import AgentReply
     from clusterkit.remote.fanout import HostResult
 
@@ -195,6 +195,8 @@ class _Master:
     addresses: list[str] = field(default_factory=list)
     port: int = DEFAULT_MASTER_PORT
     error: str = ""
+    #: The first node gave no answer at all (refused, timed out): it is not asked again for its facts.
+    silent: HostResult[CommandOutput] | None = None
 
 
 def master_command(options: SurveyOptions) -> str:
@@ -207,9 +209,9 @@ def master_command(options: SurveyOptions) -> str:
 
 
 def _read_master(nodes: Nodes, first: str, options: SurveyOptions) -> _Master:
-    result = nodes.run(master_command(options), MASTER_STEP_TIMEOUT_S, hosts=[first])[first]
+    result = nodes.run(master_command(options), min(MASTER_STEP_TIMEOUT_S, options.timeout_s), hosts=[first])[first]
     if not result.ok or result.value is None:
-        return _Master(error=result.error or f"no answer from {first}")
+        return _Master(error=result.error or f"no answer from {first}", silent=result)
     lines = result.value.stdout.splitlines()
     addresses = lines[0].split() if lines else []
     if options.master_addr:
@@ -310,12 +312,18 @@ def survey_nodes(nodes: Nodes, options: SurveyOptions, progress: ProgressListene
     for node in facts:
         _tell(progress, [node], "failed", unusable[node])
     master = _Master(error="no node to probe")
+    asked = list(runnable)
     if options.probes and runnable:
         master = _read_master(nodes, runnable[0], options)
+        if master.silent is not None:  # a dead first node costs one timeout, not two
+            asked.remove(runnable[0])
+            note_unanswered(runnable[0], master.error, master.silent.fix, facts, offsets, fixes)
+            _tell(progress, [runnable[0]], "failed", master.error)
     args, per_host = _agent_args(nodes, names, runnable, options, master, place)
-    _tell(progress, runnable, "collecting")
+    _tell(progress, asked, "collecting")
     replies = nodes.run_agent(args, options.timeout_s + AGENT_SLACK_S, python=options.python,
-                              per_host_args=per_host, hosts=runnable, progress=progress) if runnable else {}
+                              per_host_args={h: per_host[h] for h in asked}, hosts=asked,
+                              progress=progress) if asked else {}
     here.join(options.timeout_s)
     readings = _read_replies(replies, facts, offsets, fixes)
     mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}

@@ -239,18 +239,32 @@ def test_an_unreachable_first_node_leaves_the_master_probe_unavailable_and_the_r
     nodes = cluster("node1", "node2", agents=agents, timeouts={"node1"})
     facts, probes = surveyed(nodes)
     assert probes.master == Unavailable("first host node1 is unreachable")
+    assert isinstance(facts["node1"], Unavailable) and "no answer within the deadline" in facts["node1"].reason
+    assert probes.unreachable_fixes == {"node1": "check node1 by hand"}
     assert not isinstance(facts["node2"], Unavailable)
     assert "--connect" not in agents.args["node2"]  # no address to connect to
+    assert [c.kind for c in nodes.calls if "node1" in c.hosts] == ["run"]  # one timeout, not two
 
 
 # ----------------------------------------------------------------------------------- the master step
 
 
-def test_the_master_step_failing_is_the_probes_reason_while_the_facts_still_come() -> None:
+def test_a_first_node_refusing_the_master_step_is_unreachable_and_not_asked_again() -> None:
+    agents = Agents()
+    nodes = cluster("node1", "node2", agents=agents, on_run=refuses("node1: connection refused", fix="start sshd"))
+    facts, probes = surveyed(nodes)
+    assert facts["node1"] == Unavailable("node1: connection refused")
+    assert probes.unreachable_fixes == {"node1": "start sshd"}
+    assert probes.master == Unavailable("first host node1 is unreachable")
+    assert list(agents.args) == ["node2"] and not isinstance(facts["node2"], Unavailable)
+    assert "--connect" not in agents.args["node2"]
+
+
+def test_a_master_step_that_prints_nothing_leaves_the_probe_unavailable_while_the_facts_still_come() -> None:
     agents = Agents()
     facts, probes = surveyed(cluster("node1", "node2", agents=agents,
-                                     on_run=refuses("node1: hostname: command not found")))
-    assert probes.master == Unavailable("node1: hostname: command not found")
+                                     on_run=lambda host, command: CommandOutput(127, "", "hostname: not found")))
+    assert probes.master == Unavailable("`hostname -I` on node1 printed no address")
     assert all(not isinstance(f, Unavailable) for f in facts.values())
     assert all("--listen-port" not in a and "--connect" not in a for a in agents.args.values())
 
