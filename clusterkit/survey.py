@@ -209,7 +209,8 @@ def master_command(options: SurveyOptions) -> str:
 
 
 def _read_master(nodes: Nodes, first: str, options: SurveyOptions) -> _Master:
-    result = nodes.run(master_command(options), min(MASTER_STEP_TIMEOUT_S, options.timeout_s), hosts=[first])[first]
+    timeout_s = min(MASTER_STEP_TIMEOUT_S, options.timeout_s + AGENT_SLACK_S)
+    result = nodes.run(master_command(options), timeout_s, hosts=[first])[first]
     if not result.ok or result.value is None:
         return _Master(error=result.error or f"no answer from {first}", silent=result)
     lines = result.value.stdout.splitlines()
