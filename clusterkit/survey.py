@@ -186,8 +186,6 @@ def _free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
-
-
 @dataclass
 class _Master:
     """The first node's addresses and the port to probe there, or why there are none."""
