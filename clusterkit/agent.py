@@ -136,6 +136,13 @@ def _split(text: str | None) -> list[str]:
     return [part for part in (text or "").split(",") if part]
 
 
+def ssh_server_address(ssh_connection: str) -> str | None:
+    """``ADDR:PORT`` of the sshd this session came in through, from ``SSH_CONNECTION`` (``client_addr
+    client_port server_addr server_port``); None outside an SSH session."""
+    words = ssh_connection.split()
+    return f"{words[2]}:{words[3]}" if len(words) == 4 else None
+
+
 def cmd_collect(args: argparse.Namespace) -> CollectReply:
     from clusterkit.collect.node import CollectOptions, collect_node
 
@@ -153,8 +160,11 @@ def cmd_collect(args: argparse.Namespace) -> CollectReply:
         host, _, port = args.connect.rpartition(":")
         threads.append(_in_thread(probes, "connect", lambda: reach(host, int(port), args.connect_timeout),
                                   lambda why: ConnectProbe(False, why)))
+    sshd_address = args.sshd_address
+    if sshd_address == "ssh":
+        sshd_address = ssh_server_address(os.environ.get("SSH_CONNECTION", ""))
     options = CollectOptions(section_timeout_s=args.timeout, use_probe_cache=not args.fresh,
-                             peers=_split(args.peers), sshd_address=args.sshd_address)
+                             peers=_split(args.peers), sshd_address=sshd_address)
     if args.python:
         options.python = args.python
     if args.cwd:
@@ -201,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--fresh", action="store_true", help="probe the Python env even if a cached probe is valid")
     collect.add_argument("--peers", help="hostfile names whose known_hosts entries to read")
     collect.add_argument("--sshd-address", metavar="ADDR:PORT",
-                         help="where the head reached this node's sshd: read the host keys it serves there")
+                         help="where the head reached this node's sshd: read the host keys it serves there "
+                              "(ssh: the server end of this session's SSH_CONNECTION)")
     collect.add_argument("--ssh-check", metavar="HOSTS", help="log into these hosts with ssh -o BatchMode=yes")
     collect.add_argument("--ssh-timeout", type=float, default=5.0)
     collect.add_argument("--ssh-port", type=int)

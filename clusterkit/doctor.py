@@ -7,8 +7,7 @@ render, nothing else.
 from __future__ import annotations
 
 import time
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from clusterkit.checks.registry import (
     CheckSpec,
@@ -21,10 +20,11 @@ from clusterkit.checks.registry import (
 )
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost
-from clusterkit.remote import SshSettings
-from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport
-from clusterkit.survey import SurveyOptions, survey_cluster
+from clusterkit.survey import SurveyOptions, survey_nodes
+
+if TYPE_CHECKING:
+    from clusterkit.cluster import Nodes, ProgressListener
 
 
 def doctor_here(specs: list[CheckSpec], python: str | None, timeout_s: float, fresh: bool = False) -> DoctorReport:
@@ -48,7 +48,8 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
     findings = []
     launch_name = probes.head if probes is not None else None
     local_only = probes is not None and probes.local_only
-    via_slurm = probes is not None and probes.transport == "slurm"
+    # Ranks of an allocation are started by srun, which needs no SSH and exports the environment itself.
+    via_slurm = probes is not None and not isinstance(probes.slurm, Unavailable)
     here = probes.launch_facts if probes is not None else Unavailable("no survey")
     # pdsh puts the launching machine's exports before every rank's command, over each node's own shell.
     exports = None if local_only or via_slurm or isinstance(here, Unavailable) else deepspeed_exports(here)
@@ -72,11 +73,19 @@ def judge_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], facts: dict[s
                         started_at=started, duration_s=time.time() - started)
 
 
-def doctor_cluster(specs: list[CheckSpec], hosts: list[ActiveHost], settings: SshSettings, options: SurveyOptions,
-                   hostfile: str, console: Console | None = None, slurm: Allocation | None = None
-                   ) -> tuple[DoctorReport, ClusterProbes]:
-    """Survey every node (one SSH session each, or one srun step over a Slurm allocation) and judge them;
-    the report and what the survey probed."""
+def doctor_cluster(specs: list[CheckSpec], nodes: Nodes, options: SurveyOptions, hostfile: str = "",
+                   progress: ProgressListener | None = None) -> tuple[DoctorReport, ClusterProbes]:
+    """Survey every node of ``nodes`` and judge them; the report and what the survey probed.
+
+    ``hostfile`` names where the hosts came from; for an allocation, "slurm job ID" when it is not given.
+    """
     started = time.time()
-    facts, probes = survey_cluster(hosts, settings, options, console, slurm)
-    return judge_cluster(specs, hosts, facts, probes, started, hostfile), probes
+    facts, probes = survey_nodes(nodes, options, progress)
+    return judge_cluster(specs, nodes.hosts, facts, probes, started, hostfile or hosts_source(probes)), probes
+
+
+def hosts_source(probes: ClusterProbes) -> str:
+    """Where the hosts came from when no hostfile named them: the scheduler's job, if any."""
+    if isinstance(probes.slurm, Unavailable) or isinstance(probes.slurm.job, Unavailable):
+        return ""
+    return f"slurm job {probes.slurm.job.job_id}"

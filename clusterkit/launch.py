@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
@@ -29,7 +29,10 @@ from clusterkit.inventory import ActiveHost
 from clusterkit.remote import SshSettings
 from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport
-from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_cluster
+from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
+
+if TYPE_CHECKING:
+    from clusterkit.cluster import Nodes
 
 #: Judged by the line instead: it names --master_addr, so DeepSpeed's own guess of it does not apply.
 NOT_FOR_A_LAUNCH = ("master-address-suspicious",)
@@ -87,7 +90,11 @@ def preflight(request: PreflightRequest, console: Console | None = None) -> Pref
                             master_port=AUTO_PORT if request.master_port is None else request.master_port,
                             script=request.script)
     started = time.time()
-    facts, probes = survey_cluster(request.hosts, request.settings, options, console, request.slurm)
+    from clusterkit.progress import nodes_view
+
+    nodes = _request_nodes(request)
+    with nodes_view(nodes, "surveying", console) as progress:
+        facts, probes = survey_nodes(nodes, options, progress)
     if request.slurm_intent is not None and not isinstance(probes.slurm, Unavailable):
         probes.slurm.launch = request.slurm_intent
     report = judge_cluster(specs, request.hosts, facts, probes, started, request.hostfile)
@@ -100,6 +107,18 @@ def preflight(request: PreflightRequest, console: Console | None = None) -> Pref
         return Preflight(report, request.master_addr, request.master_port)
     address = master.address if not isinstance(master.address, Unavailable) else request.master_addr
     return Preflight(report, address, master.port)
+
+
+def _request_nodes(request: PreflightRequest) -> Nodes:
+    """Interim, until launch takes ``Nodes`` itself: the request's hosts, reached as it says."""
+    if request.slurm is not None:
+        from clusterkit.cluster.slurm import SlurmNodes
+
+        return SlurmNodes(request.slurm, request.hosts,
+                          agent_dir=os.environ.get("CLUSTERKIT_AGENT_DIR") or None)
+    from clusterkit.cluster.ssh import SshNodes
+
+    return SshNodes(request.hosts, request.settings, hostfile=request.hostfile)
 
 
 def config_findings(config: ConfigToCheck, hosts: list[ActiveHost], facts: dict[str, Maybe[NodeFacts]],

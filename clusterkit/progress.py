@@ -9,11 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from clusterkit.cluster import Nodes
 
 _STYLES = {"ok": "green", "done": "green", "failed": "bold red", "timed out": "bold red",
            "skipped": "dim", "changed": "cyan", "would change": "yellow"}
@@ -76,3 +80,12 @@ class NodeProgress:
                 shown += " ago"
             table.add_row(host, Text(shown, style=_STYLES.get(state, "")), detail)
         return table
+
+
+#: How each transport's nodes are reached, for view titles (messages only: nothing branches on it).
+_REACHED = {"ssh": "over SSH", "slurm": "over Slurm", "local": "on this machine"}
+
+
+def nodes_view(nodes: Nodes, doing: str, console: Console | None = None) -> NodeProgress:
+    """A view of ``doing`` (``surveying``...) on every host of ``nodes``, titled with how they are reached."""
+    return NodeProgress(nodes.names, f"{doing} {_REACHED.get(nodes.transport, nodes.describe())}", console)

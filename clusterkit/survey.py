@@ -1,17 +1,22 @@
-"""Survey a cluster from the head: every node's facts and the cross-node probes, in one pass.
+"""Survey a cluster from the head: every node's facts and the cross-node probes, in one pass, through
+whatever transport the :class:`~clusterkit.cluster.Nodes` has.
 
-Each node gets one SSH connection and one agent run, which collects the node's facts and, in
-threads beside them, logs into other nodes over SSH, connects to the master port on the first host
-(which holds that port open meanwhile), and reads its known_hosts for every peer. The probes answer
-what no single node can: clock skew against the head, whether the rendezvous address DeepSpeed
-would pick (first word of ``hostname -I`` on the first host) is reachable on the master port from
-every node, and whether every node can log into every node.
+1. The scheduler's view, where there is one (Slurm's job, node states and reasons): nodes it will run
+   nothing on get no task and are reported with its reason.
+2. The first node's ``hostname -I`` (the address DeepSpeed picks) and, for an automatic port, a free one.
+3. One agent run per node: its facts and, in threads beside them, a listener on the master port (first
+   node) and a connection to it (every node), and where the nodes log into each other over SSH
+   (:meth:`Nodes.ssh_mesh`), the known_hosts entries of every peer and any live logins.
+4. The launching machine (this one), read in-process beside them: the launcher's own view.
 
-Logins are always judged for every ordered pair from files (user keys, authorized_keys, known_hosts
-and host keys, see :mod:`clusterkit.collect.sshtrust`), which costs nothing per pair. Live logins are
-opt-in: ``mesh="ring"`` (each node logs into the next, and the head into itself) or ``mesh="full"``
-(every pair: N x N SSH handshakes, fine for a handful of nodes, heavy at a hundred, and bursts of
-logins trip sshd's MaxStartups). Every node's sshd is already logged into by the head for the survey.
+The probes answer what no single node can: clock skew against the head, whether the rendezvous
+address is reachable on the master port from every node, and whether every node can log into every
+node. Logins are always judged for every ordered pair from files (user keys, authorized_keys,
+known_hosts and host keys, see :mod:`clusterkit.collect.sshtrust`), which costs nothing per pair. Live
+logins are opt-in: ``mesh="ring"`` (each node logs into the next, and the head into itself) or
+``mesh="full"`` (every pair: N x N SSH handshakes, fine for a handful of nodes, heavy at a hundred, and
+bursts of logins trip sshd's MaxStartups). Ranks started by srun or on this machine need no SSH
+between nodes, so there is no mesh to probe there.
 """
 
 from __future__ import annotations
@@ -20,11 +25,9 @@ import os
 import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-from rich.console import Console
 
 from clusterkit.facts import (
     ClusterProbes,
@@ -33,20 +36,18 @@ from clusterkit.facts import (
     MasterProbe,
     Maybe,
     NodeFacts,
+    SlurmFacts,
     SshLoginProbe,
     Unavailable,
 )
 from clusterkit.facts_codec import FactsDecodeError, from_jsonable
-from clusterkit.inventory import ActiveHost
 from clusterkit.launchsite import LaunchPlace, launch_place
-from clusterkit.progress import NodeProgress
-from clusterkit.remote import RemoteError, SshSettings, connect, fan_out, known_host_name, run_agent_reply
+from clusterkit.remote.ssh import known_host_name
 
 if TYPE_CHECKING:
-    from fabric import Connection
-
-    from clusterkit.cluster import Nodes, ProgressListener
-    from clusterkit.remote.slurm import Allocation
+    from clusterkit.cluster import CommandOutput, Nodes, ProgressListener
+    from clusterkit.remote.agent import AgentReply
+    from clusterkit.remote.fanout import HostResult
 
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
 #: ``SurveyOptions.master_port`` value meaning: DeepSpeed's default if free on the first host, else any free port.
@@ -62,8 +63,12 @@ _PICK_PORT = ("import socket\n"
               "        s.bind(('', port)); print(s.getsockname()[1]); break\n"
               "    except OSError: pass\n"
               "    finally: s.close()\n")
-#: The same script, for the Slurm transport's first-node step.
-PICK_PORT_SCRIPT = _PICK_PORT
+#: Seconds beyond the agent's own deadline a node's reply may take (starting it, shipping it first).
+AGENT_SLACK_S = 10.0
+#: Seconds the first node may take to print its addresses (and pick a port).
+MASTER_STEP_TIMEOUT_S = 30.0
+#: Seconds the scheduler's commands may take (``scontrol``, ``sinfo``).
+SCHEDULER_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -103,98 +108,6 @@ def login_targets(names: list[str], host: str, mesh: str, head: str | None = Non
     return []
 
 
-@dataclass
-class _Reading:
-    reply: CollectReply
-    clock_offset_s: float | None
-
-
-class _Master:
-    """The first host's `hostname -I`, shared with the other nodes' tasks once it is known."""
-
-    def __init__(self) -> None:
-        self.ready = threading.Event()
-        self.addresses: list[str] = []
-        self.port = DEFAULT_MASTER_PORT
-        self.error = ""
-
-    @property
-    def address(self) -> str | None:
-        return self.addresses[0] if self.addresses else None
-
-
-def _read_node(host: str, names: list[str], settings: SshSettings, options: SurveyOptions, master: _Master,
-               place: LaunchPlace, progress: NodeProgress) -> _Reading:
-    first = host == names[0]
-    try:
-        with connect(host, settings) as conn:
-            progress.update(host, "collecting")
-            args = options.collect_args()
-            if options.probes:
-                if first:
-                    _read_master(conn, host, options, master)
-                    if master.addresses:
-                        args += ["--listen-port", str(master.port), "--listen-expect", str(len(names)),
-                                 "--listen-seconds", f"{min(options.timeout_s, 15.0):g}"]
-                args += ["--peers", ",".join(known_host_name(n, settings.port) for n in names)]
-                peer = conn.transport.getpeername() if conn.transport is not None else None
-                if peer:
-                    args += ["--sshd-address", f"{peer[0]}:{peer[1]}"]
-                targets = login_targets(names, host, options.mesh, head=place.entry)
-                if targets:
-                    args += ["--ssh-check", ",".join(targets), "--ssh-timeout", "5"]
-                    if settings.port:
-                        args += ["--ssh-port", str(settings.port)]
-                if master.ready.wait(settings.connect_timeout_s + 10) and master.address:
-                    args += ["--connect", f"{master.address}:{master.port}",
-                             "--connect-timeout", f"{max(2.0, min(options.timeout_s, 15.0) - 3):g}"]
-            reply = run_agent_reply(conn, args, timeout_s=options.timeout_s, python=options.python)
-    finally:
-        if first:
-            master.ready.set()  # never leave the others waiting on a host that failed
-    try:
-        return _Reading(from_jsonable(CollectReply, reply.result), reply.clock_offset_s)
-    except FactsDecodeError as exc:
-        raise RemoteError(f"the reply from {host} does not match this clusterkit's wire: {exc}") from None
-
-
-def _read_master(conn: Connection, host: str, options: SurveyOptions, master: _Master) -> None:
-    """The first host's addresses (and, for AUTO_PORT, a port free there); wakes the other nodes."""
-    command = "hostname -I"
-    if options.master_port == AUTO_PORT:
-        pick = shlex.quote(_PICK_PORT)
-        command += f"; {{ {shlex.quote(options.python)} -c {pick} || python3 -c {pick}; }} 2>/dev/null"
-    out = conn.run(command, hide=True, warn=True, timeout=10)
-    lines = out.stdout.splitlines()
-    master.addresses = lines[0].split() if lines else []
-    if options.master_addr:
-        master.addresses = [options.master_addr] + [a for a in master.addresses if a != options.master_addr]
-    master.error = "" if master.addresses else f"`hostname -I` on {host} printed no address"
-    if options.master_port != AUTO_PORT:
-        master.port = options.master_port
-    elif len(lines) > 1 and lines[1].strip().isdigit():
-        master.port = int(lines[1])
-    elif master.addresses:
-        master.addresses, master.error = [], f"no free port found on {host} (no Python 3 there?)"
-    master.ready.set()
-
-
-def _master_probe(names: list[str], master: _Master, readings: dict[str, _Reading],
-                  options: SurveyOptions) -> Maybe[MasterProbe]:
-    first = readings.get(names[0])
-    if first is None:
-        return Unavailable(f"first host {names[0]} is unreachable")
-    if master.address is None:
-        return Unavailable(master.error or "no master address")
-    listen = first.reply.listen
-    port_free: Maybe[bool] = listen.free if listen is not None else Unavailable(
-        "the first host's listener gave no answer")
-    not_tested = Unavailable("not tested")
-    return MasterProbe(host=names[0], address=master.address, all_addresses=master.addresses,
-                       port=master.port, port_free=port_free,
-                       reachable_from={h: r.reply.connect or not_tested for h, r in readings.items()})
-
-
 def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> Maybe[NodeFacts]:
     """This machine's facts, read in-process: the view DeepSpeed's runner has when launched here."""
     from clusterkit.collect.node import CollectOptions, collect_node
@@ -211,56 +124,6 @@ def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> M
 LAUNCH_SECTIONS = ["launcher", "python_env"]
 
 
-def survey_cluster(hosts: Sequence[ActiveHost], settings: SshSettings, options: SurveyOptions,
-                   console: Console | None = None, slurm: Allocation | None = None
-                   ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
-    """Every node's facts and probes in parallel; a dead or frozen node costs one timeout, nothing more.
-
-    A single active host that is this machine is read in-process, with no SSH: DeepSpeed launches it
-    the same way. The launching machine (this one) is always read in-process too, beside the nodes.
-    With ``slurm`` (the allocation holding ``hosts``) the nodes are reached through srun instead of SSH
-    (:mod:`clusterkit.survey_slurm`).
-    """
-    if slurm is not None:
-        from clusterkit.survey_slurm import default_agent_dir, survey_over_slurm
-
-        return survey_over_slurm(hosts, slurm, options, console, default_agent_dir())
-    console = console or Console(stderr=True)
-    names = [h.name for h in hosts]
-    place = launch_place(names)
-    if place.local_only:
-        return _survey_here(names[0], options, console)
-    master = _Master()
-    launch: dict[str, Maybe[NodeFacts]] = {}
-    here = threading.Thread(target=lambda: launch.setdefault("facts", collect_here(options, LAUNCH_SECTIONS)),
-                            name="collect:launching-machine", daemon=True)
-    here.start()
-    with NodeProgress(names, "surveying" if options.probes else "collecting facts", console) as progress:
-        results = fan_out(names, lambda h: _read_node(h, names, settings, options, master, place, progress),
-                          options.timeout_s + settings.connect_timeout_s + 15, progress, settings)
-    here.join(options.timeout_s)
-    facts: dict[str, Maybe[NodeFacts]] = {}
-    offsets: dict[str, Maybe[float]] = {}
-    fixes: dict[str, str] = {}
-    readings: dict[str, _Reading] = {}
-    for name, result in results.items():
-        if result.ok and result.value is not None:
-            readings[name] = result.value
-            facts[name] = result.value.reply.facts
-            offsets[name] = clock_offset(result.value.clock_offset_s)
-        else:
-            note_unanswered(name, result.error, result.fix, facts, offsets, fixes)
-    mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}
-    master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
-    if options.probes:
-        mesh = {name: r.reply.ssh for name, r in readings.items() if r.reply.ssh is not None}
-        master_probe = _master_probe(names, master, readings, options)
-    return facts, ClusterProbes(head=place.name, clock_offset_s=offsets, ssh_mesh=mesh, master=master_probe,
-                                unreachable_fixes=fixes, mesh_mode=options.mesh, head_in_hostfile=place.in_hostfile,
-                                launch_facts=launch.get("facts", Unavailable(
-                                    f"this machine's facts took longer than {options.timeout_s:g}s")))
-
-
 def clock_offset(offset: float | None) -> Maybe[float]:
     """A node's clock offset as its reply gave it (an agent that sent no clock leaves it unknown)."""
     return offset if offset is not None else Unavailable("the agent sent no clock")
@@ -275,11 +138,19 @@ def note_unanswered(name: str, error: str | None, fix: str | None, facts: dict[s
         fixes[name] = fix
 
 
-def _survey_here(name: str, options: SurveyOptions, console: Console
+def _tell(progress: ProgressListener | None, hosts: Sequence[str], state: str, detail: str = "") -> None:
+    if progress is not None:
+        for host in hosts:
+            progress.update(host, state, detail)
+
+
+def _survey_here(name: str, options: SurveyOptions, progress: ProgressListener | None
                  ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
     """A one-host run on this machine: its facts in-process, and a free local rendezvous port."""
-    with console.status(f"Collecting facts on this machine ({name})…", spinner="dots"):
-        facts = collect_here(options)
+    _tell(progress, [name], "collecting")
+    facts = collect_here(options)
+    _tell(progress, [name], "failed" if isinstance(facts, Unavailable) else "ok",
+          facts.reason if isinstance(facts, Unavailable) else "")
     master: Maybe[MasterProbe] = Unavailable("probes skipped")
     if options.probes:
         port = options.master_port if options.master_port != AUTO_PORT else _free_local_port()
@@ -315,15 +186,154 @@ def _free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class _Master:
+    """The first node's addresses and the port to probe there, or why there are none."""
+
+    addresses: list[str] = field(default_factory=list)
+    port: int = DEFAULT_MASTER_PORT
+    error: str = ""
+    #: The first node gave no answer at all (refused, timed out): it is not asked again for its facts.
+    silent: HostResult[CommandOutput] | None = None
+
+
+def master_command(options: SurveyOptions) -> str:
+    """What the first node runs: ``hostname -I``, and for AUTO_PORT a port free there on a second line."""
+    command = "hostname -I"
+    if options.master_port == AUTO_PORT:
+        pick = shlex.quote(_PICK_PORT)
+        command += f"; {{ {shlex.quote(options.python)} -c {pick} || python3 -c {pick}; }} 2>/dev/null"
+    return command
+
+
+def _read_master(nodes: Nodes, first: str, options: SurveyOptions) -> _Master:
+    timeout_s = min(MASTER_STEP_TIMEOUT_S, options.timeout_s + AGENT_SLACK_S)
+    result = nodes.run(master_command(options), timeout_s, hosts=[first])[first]
+    if not result.ok or result.value is None:
+        return _Master(error=result.error or f"no answer from {first}", silent=result)
+    lines = result.value.stdout.splitlines()
+    addresses = lines[0].split() if lines else []
+    if options.master_addr:
+        addresses = [options.master_addr] + [a for a in addresses if a != options.master_addr]
+    if not addresses:
+        return _Master(error=f"`hostname -I` on {first} printed no address")
+    if options.master_port != AUTO_PORT:
+        return _Master(addresses, options.master_port)
+    if len(lines) > 1 and lines[1].strip().isdigit():
+        return _Master(addresses, int(lines[1]))
+    return _Master(error=f"no free port found on {first} (no Python 3 there?)")
+
+
+def _agent_args(nodes: Nodes, names: list[str], runnable: list[str], options: SurveyOptions, master: _Master,
+                place: LaunchPlace) -> tuple[list[str], dict[str, list[str]]]:
+    """The agent's arguments on every node, and those of some nodes only (the listener, SSH logins)."""
+    args = options.collect_args()
+    per_host: dict[str, list[str]] = {n: [] for n in runnable}
+    if not options.probes or not runnable:
+        return args, per_host
+    if master.addresses:
+        per_host[runnable[0]] += ["--listen-port", str(master.port), "--listen-expect", str(len(runnable)),
+                                  "--listen-seconds", f"{min(options.timeout_s, 15.0):g}"]
+        args += ["--connect", f"{master.addresses[0]}:{master.port}",
+                 "--connect-timeout", f"{max(2.0, min(options.timeout_s, 15.0) - 3):g}"]
+    mesh = nodes.ssh_mesh()
+    if mesh is not None:
+        # "ssh": the agent reads where the head reached its sshd from its session's SSH_CONNECTION.
+        args += ["--peers", ",".join(known_host_name(n, mesh.port) for n in names), "--sshd-address", "ssh"]
+        for host in runnable:
+            targets = login_targets(names, host, options.mesh, head=place.entry)
+            if targets:
+                per_host[host] += ["--ssh-check", ",".join(targets), "--ssh-timeout", "5"]
+                if mesh.port:
+                    per_host[host] += ["--ssh-port", str(mesh.port)]
+    return args, per_host
+
+
+def _master_probe(runnable: list[str], master: _Master, readings: Mapping[str, CollectReply]
+                  ) -> Maybe[MasterProbe]:
+    if not runnable:
+        return Unavailable("no node runs tasks")
+    first = runnable[0]
+    if first not in readings:
+        return Unavailable(f"first host {first} is unreachable")
+    if not master.addresses:
+        return Unavailable(master.error or "no master address")
+    listen = readings[first].listen
+    port_free: Maybe[bool] = listen.free if listen is not None else Unavailable(
+        "the first host's listener gave no answer")
+    not_tested = Unavailable("not tested")
+    return MasterProbe(host=first, address=master.addresses[0], all_addresses=master.addresses, port=master.port,
+                       port_free=port_free, reachable_from={h: r.connect or not_tested for h, r in readings.items()})
+
+
+def _read_replies(replies: Mapping[str, HostResult[AgentReply]], facts: dict[str, Maybe[NodeFacts]],
+                  offsets: dict[str, Maybe[float]], fixes: dict[str, str]) -> dict[str, CollectReply]:
+    """Each node's decoded reply; a node without one gets why in place of its facts and clock."""
+    readings: dict[str, CollectReply] = {}
+    for name, result in replies.items():
+        if not result.ok or result.value is None:
+            note_unanswered(name, result.error, result.fix, facts, offsets, fixes)
+            continue
+        try:
+            reading = from_jsonable(CollectReply, result.value.result)
+        except FactsDecodeError as exc:
+            facts[name] = Unavailable(f"the reply from {name} does not match this clusterkit's wire: {exc}")
+            offsets[name] = Unavailable("unreadable reply")
+            continue
+        readings[name] = reading
+        facts[name] = reading.facts
+        offsets[name] = clock_offset(result.value.clock_offset_s)
+    return readings
+
+
 def survey_nodes(nodes: Nodes, options: SurveyOptions, progress: ProgressListener | None = None
                  ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
-    """Every node's facts and the cross-node probes, through whatever transport ``nodes`` has.
+    """Every node's facts and the cross-node probes, through whatever transport ``nodes`` has; a dead or
+    frozen node costs one timeout, nothing more.
 
-    Interim: this delegates to the transport-specific surveys until the survey is written once against
-    ``Nodes`` (issue 20); its signature is the one callers keep.
+    With no scheduler, a single host that is this machine is read in-process (DeepSpeed launches it the
+    same way). The launching machine (this one) is always read in-process too, beside the nodes.
     """
-    del progress
-    alloc = getattr(nodes, "alloc", None)
-    if alloc is not None:
-        return survey_cluster(nodes.hosts, SshSettings(), options, slurm=alloc)
-    return survey_cluster(nodes.hosts, nodes.ssh_mesh() or SshSettings(), options)
+    names = nodes.names
+    place = launch_place(names)
+    view = nodes.scheduler_view(SCHEDULER_TIMEOUT_S)
+    if view is None and place.local_only:
+        return _survey_here(names[0], options, progress)
+    launch: dict[str, Maybe[NodeFacts]] = {}
+    here = threading.Thread(target=lambda: launch.setdefault("facts", collect_here(options, LAUNCH_SECTIONS)),
+                            name="collect:launching-machine", daemon=True)
+    here.start()
+    unusable = view.unusable if view is not None else {}
+    runnable = [n for n in names if n not in unusable]
+    facts: dict[str, Maybe[NodeFacts]] = {n: Unavailable(unusable[n]) for n in names if n in unusable}
+    offsets: dict[str, Maybe[float]] = {n: Unavailable("no task on this node") for n in facts}
+    fixes = {n: view.fixes[n] for n in facts if view is not None and n in view.fixes}
+    for node in facts:
+        _tell(progress, [node], "failed", unusable[node])
+    master = _Master(error="no node to probe")
+    asked = list(runnable)
+    if options.probes and runnable:
+        master = _read_master(nodes, runnable[0], options)
+        if master.silent is not None:  # a dead first node costs one timeout, not two
+            asked.remove(runnable[0])
+            note_unanswered(runnable[0], master.error, master.silent.fix, facts, offsets, fixes)
+            _tell(progress, [runnable[0]], "failed", master.error)
+    args, per_host = _agent_args(nodes, names, runnable, options, master, place)
+    _tell(progress, asked, "collecting")
+    replies = nodes.run_agent(args, options.timeout_s + AGENT_SLACK_S, python=options.python,
+                              per_host_args={h: per_host[h] for h in asked}, hosts=asked,
+                              progress=progress) if asked else {}
+    here.join(options.timeout_s)
+    readings = _read_replies(replies, facts, offsets, fixes)
+    mesh: dict[str, Maybe[list[SshLoginProbe]]] = {}
+    master_probe: Maybe[MasterProbe] = Unavailable("probes skipped")
+    if options.probes:
+        mesh = {name: r.ssh for name, r in readings.items() if r.ssh is not None}
+        master_probe = _master_probe(runnable, master, readings)
+    slurm = view.facts if view is not None and isinstance(view.facts, SlurmFacts) else Unavailable(
+        "not run through Slurm")
+    return {n: facts[n] for n in names}, ClusterProbes(
+        head=place.name, clock_offset_s={n: offsets[n] for n in names}, ssh_mesh=mesh, master=master_probe,
+        unreachable_fixes=fixes, mesh_mode=options.mesh if nodes.ssh_mesh() is not None else "static",
+        head_in_hostfile=place.in_hostfile, transport=nodes.transport, slurm=slurm,
+        launch_facts=launch.get("facts", Unavailable(f"this machine's facts took longer than {options.timeout_s:g}s")))

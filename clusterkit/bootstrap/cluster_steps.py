@@ -253,12 +253,14 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     rank; the nodes get it too, so a launch from any of them works alike. A home shared by several
     machines holds one file, edited once.
     """
-    from clusterkit.survey import SurveyOptions, survey_cluster
+    from clusterkit.cluster.ssh import SshNodes
+    from clusterkit.progress import nodes_view
+    from clusterkit.survey import SurveyOptions, survey_nodes
 
-    live_hosts = [h for h in ctx.hosts if h.name in ctx.live]
-    facts, _ = survey_cluster(live_hosts, ctx.settings,
-                              SurveyOptions(python=ctx.python, timeout_s=spec.timeout_s, probes=False),
-                              ctx.console)
+    nodes = SshNodes([h for h in ctx.hosts if h.name in ctx.live], ctx.settings)
+    with nodes_view(nodes, "collecting facts", ctx.console) as progress:
+        facts, _ = survey_nodes(nodes, SurveyOptions(python=ctx.python, timeout_s=spec.timeout_s, probes=False),
+                                progress)
     ctx.facts = {h: f for h, f in facts.items() if not isinstance(f, Unavailable)}
     values, notes = plan_deepspeed_env(ctx.facts, ctx.addresses, ctx.python, os.environ)
     env_bin = str(Path(ctx.python).parent)

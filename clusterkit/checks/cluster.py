@@ -17,7 +17,7 @@ def _over_ssh(view: ClusterView) -> None:
     """Skip where the launch needs no SSH: one host, this machine, or ranks started by srun."""
     if view.probes is not None and view.probes.local_only:
         raise NotApplicable("a launch on this machine alone needs no SSH between nodes")
-    if view.probes is not None and view.probes.transport == "slurm":
+    if view.probes is not None and not isinstance(view.probes.slurm, Unavailable):
         raise NotApplicable("srun starts the ranks under Slurm: no SSH between nodes")
 
 

@@ -101,6 +101,8 @@ class SchedulerView:
     facts: object
     #: Nodes the scheduler will not run on, with why (drained, down...).
     unusable: dict[str, str] = field(default_factory=dict)
+    #: What to run about an unusable node (how to see it, how to return it to service).
+    fixes: dict[str, str] = field(default_factory=dict)
 
 
 class Nodes(Protocol):

@@ -221,7 +221,10 @@ class SlurmNodes:
 
     def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
         facts = read_slurm_facts(self.alloc, timeout_s)
-        return SchedulerView(facts, {n: why_blocked(node) for n, node in blocked_nodes(facts, self.names).items()})
+        blocked = blocked_nodes(facts, self.names)
+        return SchedulerView(facts, {n: why_blocked(node) for n, node in blocked.items()},
+                             {n: f"scontrol show node {n}; once it is fixed: scontrol update NodeName={n} State=RESUME"
+                              for n in blocked})
 
     def close(self) -> None:
         """Release the allocation if clusterkit asked for it."""

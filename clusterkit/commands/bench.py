@@ -219,16 +219,22 @@ def gather_facts(args: argparse.Namespace, ctx: Any) -> dict[str, Maybe[NodeFact
         options = CollectOptions(section_timeout_s=args.timeout, python=ctx.python)
         with ctx.console.status("Collecting this machine's facts…", spinner="dots"):
             return {ctx.names[0]: collect_node(options)}
-    from clusterkit.survey import SurveyOptions, survey_cluster
+    from clusterkit.cluster import Nodes
+    from clusterkit.progress import nodes_view
+    from clusterkit.survey import SurveyOptions, survey_nodes
 
-    if getattr(args, "allocation", None) is not None:
-        from clusterkit.survey_slurm import survey_over_slurm
+    nodes: Nodes
+    if getattr(args, "allocation", None) is not None:  # until the workloads take Nodes (the bench port)
+        from clusterkit.cluster.slurm import SlurmNodes
 
-        facts, _ = survey_over_slurm(ctx.hosts, args.allocation, SurveyOptions(python=ctx.python,
-                                     timeout_s=args.timeout, probes=False), ctx.console)
-        return facts
-    facts, _ = survey_cluster(ctx.hosts, ctx.settings, SurveyOptions(python=ctx.python, timeout_s=args.timeout,
-                                                                     probes=False), ctx.console)
+        nodes = SlurmNodes(args.allocation, ctx.hosts)
+    else:
+        from clusterkit.cluster.ssh import SshNodes
+
+        nodes = SshNodes(ctx.hosts, ctx.settings)
+    with nodes_view(nodes, "collecting facts", ctx.console) as progress:
+        facts, _ = survey_nodes(nodes, SurveyOptions(python=ctx.python, timeout_s=args.timeout, probes=False),
+                                progress)
     return facts
 
 

@@ -1,8 +1,9 @@
 """``clusterkit doctor [HOSTFILE]``: collect facts, run the checks, render the findings.
 
-Without a hostfile it checks this machine in-process. With one it ships the agent to every node over
-SSH (see :mod:`clusterkit.remote`), runs node checks on each node's facts and then the cluster-wide
-checks. Collection and SSH live elsewhere; this module only wires them and picks a renderer.
+Without a hostfile (or an allocation) it checks this machine in-process. With one it surveys every node
+through the transport the flags choose (:mod:`clusterkit.commands.flags`), runs node checks on each
+node's facts and then the cluster-wide checks. Collection and transports live elsewhere; this module
+only wires them and picks a renderer.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from clusterkit.checks.registry import (
     CheckSpec,
     select_checks,
 )
-from clusterkit.cluster.slurm import allocation_hostfile
 from clusterkit.commands.common import (
     add_hostfile_arguments,
     add_ssh_arguments,
     id_list,
     interpreter_path,
-    ssh_settings,
 )
-from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
+from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
-from clusterkit.errors import ExitCode, UsageError
-from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.errors import ExitCode
+from clusterkit.facts import ClusterProbes, Unavailable
+from clusterkit.progress import nodes_view
+from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
 
@@ -89,23 +91,16 @@ def run(args: argparse.Namespace) -> int:
                             probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
     if args.python:
         options.python = args.python
-    if use_slurm(args, args.hostfile):
-        with slurm_allocation(args) as alloc:
-            nodes = allocation_hostfile(alloc)
-            hosts = select_hosts(nodes, args.include, args.exclude)
-            report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, nodes.path, err, slurm=alloc)
-            args.allocation = alloc  # the workloads start through srun in the same allocation
-            _run_workloads(args, report)
-    else:
-        if args.hostfile:
-            hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-            report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, args.hostfile, err)
-        else:
-            if args.include or args.exclude:
-                raise UsageError("--include/--exclude need a HOSTFILE")
-            with err.status("Collecting facts on this machine…", spinner="dots"):
-                report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
+    target = target_from_args(args)
+    if not target.hostfile and not use_slurm(args, args.hostfile):
+        with err.status("Collecting facts on this machine…", spinner="dots"):
+            report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
         _run_workloads(args, report)
+    else:
+        with opened(target) as nodes:
+            with nodes_view(nodes, "surveying" if options.probes else "collecting facts", err) as progress:
+                report, probes = doctor_cluster(specs, nodes, options, target.hostfile, progress)
+            _run_workloads(args, report, probes)
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:
@@ -115,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
 
 
-def _run_workloads(args: argparse.Namespace, report: DoctorReport) -> None:
+def _run_workloads(args: argparse.Namespace, report: DoctorReport, probes: ClusterProbes | None = None) -> None:
     """``--workloads``: clusterkit bench's workloads after the checks; their findings join the report."""
     if not args.workloads:
         return
+    slurm = probes.slurm if probes is not None else Unavailable("no survey")
+    if not isinstance(slurm, Unavailable) and not isinstance(slurm.job, Unavailable):
+        # Until the workloads take Nodes: they start through srun in the allocation the doctor surveyed.
+        args.allocation = Allocation(slurm.job)
     from clusterkit.commands.bench import workloads_for_doctor
 
     report.findings += workloads_for_doctor(args, dict(report.facts))

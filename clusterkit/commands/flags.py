@@ -10,6 +10,7 @@ hostfile names only this machine); neither means this machine.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -31,7 +32,9 @@ def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | N
     if hasattr(args, "slurm") and use_slurm(args, hostfile, environ):
         # Inside an allocation its nodes are used as they are; outside, salloc is asked (released after).
         request = None if in_allocation(environ) else slurm_request(args)
-        return allocation_target(request, include=include, exclude=exclude)
+        env = os.environ if environ is None else environ
+        return allocation_target(request, include=include, exclude=exclude,
+                                 agent_dir=env.get("CLUSTERKIT_AGENT_DIR") or None)
     if hostfile:
         return hostfile_target(hostfile, ssh_settings(args), include=include, exclude=exclude)
     if include or exclude:

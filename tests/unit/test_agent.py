@@ -145,3 +145,11 @@ def test_the_agent_reads_the_training_script_the_survey_names(python: str, zipap
     out = run_agent_locally(python, zipapp, *args)
     launcher = from_jsonable(CollectReply, parse_agent_output(out, "local").result).facts.launcher
     assert (launcher.script, launcher.script_exists) == ("train.py", True)  # type: ignore[union-attr]
+
+
+def test_the_sshd_the_head_came_through_is_read_from_the_sessions_ssh_connection() -> None:
+    from clusterkit.agent import ssh_server_address
+
+    assert ssh_server_address("10.0.0.9 51234 10.0.0.2 2222") == "10.0.0.2:2222"
+    assert ssh_server_address("fe80::1 51234 fe80::2 22") == "fe80::2:22"  # the port is after the last colon
+    assert ssh_server_address("") is None  # not an SSH session: no sshd to read keys from
