@@ -9,6 +9,7 @@ import os
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -191,11 +192,18 @@ class SlurmNodes:
         options = options or BroadcastOptions()
         say = options.phase or (lambda _text: None)
         chosen = self._chosen(hosts)
+        if not chosen:
+            return GroupResult()
         deadline = time.monotonic() + timeout_s
         head_path = str(source.resolve())
         stat = source.stat()
         others = [n for n in self.names if n not in chosen]
-        probed = self.run(put_probe_command(remote, head_path), timeout_s, hosts=[*chosen, *others])
+        # The others only need the directory sbcast writes into; a dead one of them costs a short wait.
+        with ThreadPoolExecutor(1) as pool:
+            making = pool.submit(self.run, f"mkdir -p {shlex.quote(str(Path(remote.path).parent))}",
+                                 min(timeout_s, SLURM_COMMAND_TIMEOUT_S), hosts=others) if others else None
+            probed = self.run(put_probe_command(remote, head_path), timeout_s, hosts=chosen)
+            made = making.result() if making is not None else GroupResult[CommandOutput]()
         results: dict[str, HostResult[Delivery]] = {}
         states: dict[str, str] = {}
         seeing: dict[str, bool] = {}
@@ -227,10 +235,9 @@ class SlurmNodes:
             results.update(self._sbcast(source, remote, need, deadline))
             # sbcast wrote its scratch copy on every node: gone where it was not wanted (after the renames,
             # which a shared directory's one copy must not lose).
-            spare = [h for h in [*chosen, *others] if h not in need and probed[h].ok]
+            spare = [h for h in chosen if h not in need and probed[h].ok] + [h for h in others if made[h].ok]
             if spare:
-                self.run(f"rm -f {shlex.quote(remote.path + SBCAST_SUFFIX)}", max(5.0, deadline - time.monotonic()),
-                         hosts=spare)
+                self.run(f"rm -f {shlex.quote(remote.path + SBCAST_SUFFIX)}", SLURM_COMMAND_TIMEOUT_S, hosts=spare)
         return GroupResult.of(results[h] for h in chosen)
 
     def _sbcast(self, source: Path, remote: RemoteFile, need: list[str], deadline: float
