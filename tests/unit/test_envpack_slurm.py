@@ -70,7 +70,7 @@ def node_env(spec: dict[str, object], node: str) -> dict[str, object]:
 def test_one_spec_for_every_node_of_a_step_still_finds_the_nodes_that_share_a_directory(tmp_path: Path) -> None:
     prefix = str(tmp_path / "envs" / "ckconda")
     (tmp_path / "envs").mkdir()
-    survey = {"op": "survey", "prefix": prefix, "run": "r1", "base_python": None}
+    survey: dict[str, object] = {"op": "survey", "prefix": prefix, "run": "r1", "base_python": None}
     # two nodes of one step, one filesystem: the one that surveys last sees both tokens
     assert node_env(survey, "gpu01")["seen"] == {"prefix": ["gpu01"]}
     assert node_env(survey, "gpu02")["seen"] == {"prefix": ["gpu01", "gpu02"]}
