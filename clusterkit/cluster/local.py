@@ -123,10 +123,16 @@ class LocalNodes:
 
     def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
             options: BroadcastOptions | None = None) -> GroupResult[Delivery]:
-        del timeout_s, options
+        del timeout_s
+        options = options or BroadcastOptions()
+        here = str(source.resolve())
+        if options.phase is not None:
+            options.phase(f"{here} read where it lies (this machine): nothing copied" if options.in_place
+                          else f"copy {source} to {remote.path} on this machine")
         group: GroupResult[Delivery] = GroupResult()
         for host in self._chosen(hosts):
-            delivery = copy_here(source, remote, host)
+            delivery = Delivery(host, ok=True, notes=[f"{here} is on this machine: read in place"], path=here) \
+                if options.in_place else copy_here(source, remote, host)
             group[host] = HostResult(host, value=delivery, error=None if delivery.ok else delivery.error,
                                      fix=delivery.fix)
         return group

@@ -65,6 +65,13 @@ class BroadcastOptions:
     listener: Callable[[HopEvent], None] | None = None
     #: ``(round, hosts, bytes)`` when a round starts.
     round_listener: Callable[[int, list[str], int], None] | None = None
+    #: A node that sees ``source`` itself where it lies (the same absolute path, size and modification
+    #: time: a filesystem shared with this machine) may read it there: nothing is sent, and its
+    #: ``Delivery.path`` says so. Where the copy reaches every node of a job anyway (sbcast) and on this
+    #: machine; the relay, which sends only to the nodes asked, sends all the same.
+    in_place: bool = False
+    #: One line when the copy starts, saying how it goes (the relay's route, sbcast, read in place).
+    phase: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

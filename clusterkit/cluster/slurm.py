@@ -9,6 +9,7 @@ import os
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from clusterkit.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
 from clusterkit.launchline import LaunchPlan
 from clusterkit.remote.agent import AgentReply
+from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.slurm import (
     Allocation,
     SlurmError,
@@ -36,6 +38,7 @@ from clusterkit.remote.slurm import (
     release_allocation,
     run_on_nodes,
     slurm_command,
+    step_environment,
 )
 from clusterkit.remote.slurm_agent import run_agent_on_nodes
 from clusterkit.remote.ssh import SshSettings
@@ -108,6 +111,34 @@ def command_output(task: TaskOutput) -> CommandOutput:
                          "\n".join(task.stderr), task.finished_at)
 
 
+SBCAST_SUFFIX = ".ck-sbcast"
+PUT_HAVE, PUT_NEED, PUT_NO_DIR = "have", "need", "no-dir"
+_PUT = "@@ck-put"
+
+
+def put_probe_command(remote: RemoteFile, source_path: str) -> str:
+    """Per node: make ``remote.path``'s directory, say whether the node holds the file already (size and
+    sha256), needs it, or cannot write there; and the size and mtime of ``source_path`` if it sees it."""
+    p, d = shlex.quote(remote.path), shlex.quote(str(Path(remote.path).parent))
+    return (f'p={p}; if ! {{ mkdir -p {d} 2>/dev/null && [ -w {d} ]; }}; then echo "{_PUT} {PUT_NO_DIR}"; '
+            f'elif [ -f "$p" ] && [ "$(stat -c %s "$p")" = {remote.size} ] '
+            f'&& [ "$(sha256sum < "$p" | cut -d" " -f1)" = {remote.sha256} ]; then echo "{_PUT} {PUT_HAVE}"; '
+            f'else echo "{_PUT} {PUT_NEED}"; fi; '
+            f"printf '{_PUT}-sees '; stat -L -c '%s %Y' {shlex.quote(source_path)} 2>/dev/null || echo")
+
+
+def read_put_probe(stdout: str, size: int, mtime: int) -> tuple[str, bool]:
+    """A node's probe: what it holds (``PUT_HAVE``/``PUT_NEED``/``PUT_NO_DIR``), and whether it sees the
+    source where it lies (same size and mtime)."""
+    state, sees = PUT_NEED, False
+    for line in stdout.splitlines():
+        if line.startswith(f"{_PUT}-sees "):
+            sees = line.split()[1:] == [str(size), str(mtime)]
+        elif line.startswith(f"{_PUT} "):
+            state = line.split()[1]
+    return state, sees
+
+
 class SlurmNodes:
     """The nodes of one Slurm allocation (``hosts``: all of them, or those chosen by --include/--exclude)."""
 
@@ -154,53 +185,93 @@ class SlurmNodes:
 
     def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
             options: BroadcastOptions | None = None) -> GroupResult[Delivery]:
-        """``sbcast`` into a scratch name beside ``remote.path`` (its directory made first), each node's copy
-        checked (size and sha256) and renamed into place; nodes already holding it are left alone."""
-        del options
+        """``sbcast`` into a scratch name beside ``remote.path`` (its directory made first, on every node of
+        this command: sbcast writes to all of the job's), each node's copy checked (size and sha256) and
+        renamed into place; nodes already holding it are left alone. With ``options.in_place``, when every
+        node that needs it sees ``source`` itself where it lies, nothing is sent."""
+        options = options or BroadcastOptions()
+        say = options.phase or (lambda _text: None)
         chosen = self._chosen(hosts)
-        started = time.monotonic()
-        deadline = started + timeout_s
-        path = shlex.quote(remote.path)
-        scratch = f"{remote.path}.ck-sbcast"
-        check = (f'p={path}; mkdir -p "$(dirname "$p")" || exit 3; '
-                 f'if [ -f "$p" ] && [ "$(stat -c %s "$p")" = {remote.size} ] '
-                 f'&& [ "$(sha256sum < "$p" | cut -d" " -f1)" = {remote.sha256} ]; then echo have; else echo need; fi')
-        probed = self.run(check, timeout_s, hosts=chosen)
+        if not chosen:
+            return GroupResult()
+        deadline = time.monotonic() + timeout_s
+        head_path = str(source.resolve())
+        stat = source.stat()
+        others = [n for n in self.names if n not in chosen]
+        # The others only need the directory sbcast writes into; a dead one of them costs a short wait.
+        with ThreadPoolExecutor(1) as pool:
+            making = pool.submit(self.run, f"mkdir -p {shlex.quote(str(Path(remote.path).parent))}",
+                                 min(timeout_s, SLURM_COMMAND_TIMEOUT_S), hosts=others) if others else None
+            probed = self.run(put_probe_command(remote, head_path), timeout_s, hosts=chosen)
+            made = making.result() if making is not None else GroupResult[CommandOutput]()
         results: dict[str, HostResult[Delivery]] = {}
-        need = []
+        states: dict[str, str] = {}
+        seeing: dict[str, bool] = {}
         for host in chosen:
             probe = probed[host]
-            if probe.value is None or not probe.ok or probe.value.exit_code != 0:
-                why = probe.error or (probe.value.tail() if probe.value else "no answer")
+            if probe.value is None or not probe.ok:
+                why = probe.error or "no answer"
                 results[host] = HostResult(host, value=Delivery(host, ok=False, error=why), error=why, fix=probe.fix)
-            elif probe.value.stdout.strip().endswith("have"):
+                continue
+            states[host], seeing[host] = read_put_probe(probe.value.stdout, stat.st_size, int(stat.st_mtime))
+            if states[host] == PUT_HAVE:
                 results[host] = HostResult(host, value=Delivery(host, ok=True, notes=["already there"]))
-            else:
-                need.append(host)
+        wanting = [h for h in states if states[h] != PUT_HAVE]
+        if wanting and options.in_place and all(seeing[h] for h in wanting):
+            say(f"archive read where it lies: {head_path} (nodes see it, same size and time): nothing sent")
+            note = f"{head_path} is on a filesystem shared with this machine: read in place, nothing sent"
+            for host in wanting:
+                results[host] = HostResult(host, value=Delivery(host, ok=True, notes=[note], path=head_path))
+            wanting = []
+        directory = str(Path(remote.path).parent)
+        for host in [h for h in wanting if states[h] == PUT_NO_DIR]:
+            why = f"cannot create {directory} on {host} (writable by this user?)"
+            fix = f"on {host}: create {directory} writable by this user, or choose another directory"
+            results[host] = HostResult(host, value=Delivery(host, ok=False, error=why, fix=fix), error=why, fix=fix)
+        need = [h for h in wanting if states[h] == PUT_NEED]
         if need:
-            sbcast_error = ""
-            try:
-                # sbcast reaches every node of the job (it takes no node list): the others ignore the copy.
-                slurm_command(["sbcast", f"--jobid={self.alloc.job_id}", "--force", "--preserve", str(source),
-                               scratch],
-                              max(5.0, deadline - time.monotonic()), self.environ)
-            except Exception as exc:  # the nodes' checks below say which copies are missing
-                sbcast_error = str(exc)
-            q = shlex.quote(scratch)
-            settle = (f's={q}; if [ "$(sha256sum < "$s" 2>/dev/null | cut -d" " -f1)" = {remote.sha256} ]; '
-                      f'then mv -f "$s" {path} && echo placed; else rm -f "$s"; echo bad; fi')
-            settled = self.run(settle, max(5.0, deadline - time.monotonic()), hosts=need)
-            for host in need:
-                out = settled[host]
-                if out.value is not None and out.value.stdout.strip().endswith("placed"):
-                    results[host] = HostResult(host, value=Delivery(host, ok=True, sent_bytes=remote.size, rounds=1))
-                    continue
-                why = out.error or f"sbcast left no good copy of {remote.path} on {host}" + (
-                    f" ({sbcast_error})" if sbcast_error else "")
-                fix = out.fix or f"is there room in {Path(remote.path).parent} on {host}? scontrol show node {host}"
-                results[host] = HostResult(host, value=Delivery(host, ok=False, rounds=1, error=why, fix=fix),
-                                           error=why, fix=fix)
+            say(f"sbcast {human_bytes(remote.size)} to job {self.alloc.job_id}'s {len(self.alloc.nodes)} node(s) "
+                f"-> {remote.path}, then each copy's sha256")
+            results.update(self._sbcast(source, remote, need, deadline))
+            # sbcast wrote its scratch copy on every node: gone where it was not wanted (after the renames,
+            # which a shared directory's one copy must not lose).
+            spare = [h for h in chosen if h not in need and probed[h].ok] + [h for h in others if made[h].ok]
+            if spare:
+                self.run(f"rm -f {shlex.quote(remote.path + SBCAST_SUFFIX)}", SLURM_COMMAND_TIMEOUT_S, hosts=spare)
         return GroupResult.of(results[h] for h in chosen)
+
+    def _sbcast(self, source: Path, remote: RemoteFile, need: list[str], deadline: float
+                ) -> dict[str, HostResult[Delivery]]:
+        path = shlex.quote(remote.path)
+        scratch = remote.path + SBCAST_SUFFIX
+        sbcast_error = ""
+        try:
+            # sbcast reaches every node of the job (it takes no node list): the others' copies are removed after.
+            slurm_command(["sbcast", f"--jobid={self.alloc.job_id}", "--force", "--preserve", str(source), scratch],
+                          max(5.0, deadline - time.monotonic()), step_environment(self.environ))
+        except SlurmError as exc:  # the nodes' checks below say which copies are missing
+            sbcast_error = str(exc)
+        q = shlex.quote(scratch)
+        settle = (f's={q}; if [ "$(sha256sum < "$s" 2>/dev/null | cut -d" " -f1)" = {remote.sha256} ]; '
+                  f'then mv -f "$s" {path} && echo placed; '
+                  # a directory shared with another node of ``need``, which renamed the one copy first
+                  f'elif [ "$(sha256sum < {path} 2>/dev/null | cut -d" " -f1)" = {remote.sha256} ]; then echo placed; '
+                  f'else rm -f "$s"; echo bad; fi')
+        settled = self.run(settle, max(5.0, deadline - time.monotonic()), hosts=need)
+        results: dict[str, HostResult[Delivery]] = {}
+        for host in need:
+            out = settled[host]
+            if out.value is not None and out.value.stdout.strip().endswith("placed"):
+                results[host] = HostResult(host, value=Delivery(
+                    host, ok=True, sent_bytes=remote.size, rounds=1,
+                    notes=[f"sbcast copy checked (sha256 {remote.sha256[:16]}...)"]))
+                continue
+            why = out.error or f"sbcast left no good copy of {remote.path} on {host}" + (
+                f" ({sbcast_error})" if sbcast_error else "")
+            fix = out.fix or f"is there room in {Path(remote.path).parent} on {host}? scontrol show node {host}"
+            results[host] = HostResult(host, value=Delivery(host, ok=False, rounds=1, error=why, fix=fix),
+                                       error=why, fix=fix)
+        return results
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``."""

@@ -27,6 +27,7 @@ from clusterkit.launchline import LaunchPlan, build_launch_line
 from clusterkit.launchsite import launch_place
 from clusterkit.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
 from clusterkit.remote.fanout import fan_out
+from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.ssh import SshSettings, connect
 from clusterkit.remote.stream import LineStream, SshOpener
 from clusterkit.remote.transfer import Delivery, RemoteFile, broadcast, relay_options
@@ -111,6 +112,9 @@ class SshNodes:
         relay = relay_options(self.settings, python=options.python, stall_s=options.stall_s,
                               max_rounds=options.max_rounds)
         chosen = list(hosts) if hosts is not None else self.names
+        if options.phase is not None:
+            route = " -> ".join(chosen[:4]) + (" -> ..." if len(chosen) > 4 else "")
+            options.phase(f"broadcast {human_bytes(remote.size)} to {len(chosen)} node(s) (relay: head -> {route})")
         deliveries = broadcast(source, remote, chosen, self.settings, relay, options.listener,
                                options.round_listener)
         return GroupResult.of(delivered(deliveries[h]) for h in chosen)

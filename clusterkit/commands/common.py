@@ -70,8 +70,10 @@ def ssh_settings(args: argparse.Namespace) -> SshSettings:
         if env_var not in os.environ:
             raise UsageError(f"--password-env {env_var}: that environment variable is not set")
         password = os.environ[env_var]
+    # A dry run changes nothing, known_hosts included: a host key it trusts is not recorded.
     return SshSettings(user=args.user, port=args.ssh_port, identity_file=args.identity, password=password,
-                       trust_new_hosts=args.trust_new_hosts, connect_timeout_s=args.connect_timeout)
+                       trust_new_hosts=args.trust_new_hosts, connect_timeout_s=args.connect_timeout,
+                       record_trust=not getattr(args, "dry_run", False))
 
 
 class TrailingArgsParser(argparse.ArgumentParser):

@@ -5,23 +5,22 @@ because they are about the same thing: the training env, first described, then s
 
 push and verify take the nodes from a HOSTFILE (over SSH), or from Slurm as doctor does (inside an
 allocation without a HOSTFILE, or ``--slurm``): then every stage is one srun step and the archive goes
-by sbcast (:mod:`clusterkit.envpack.slurm_push`).
+by sbcast. The target is built once (:func:`clusterkit.commands.flags.target_from_args`); the push
+itself (:mod:`clusterkit.envpack.push`) is the same whichever transport reaches the nodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
-from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
+from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.errors import ExitCode, UsageError
 
 DEFAULT_OUTPUT = Path("~/.cache/clusterkit/envpack")
@@ -132,27 +131,13 @@ def _looks_like_archive(path: Path) -> bool:
         path.with_name(path.name + ".json").is_file()
 
 
-@contextmanager
-def _nodes(args: argparse.Namespace, options: Any) -> Iterator[tuple[list[str], Any]]:
-    """The hosts and how to reach them: the HOSTFILE over SSH, or the Slurm allocation through srun."""
-    from clusterkit.inventory import load_hostfile, select_hosts
-
-    if use_slurm(args, args.hostfile):
-        from clusterkit.cluster.slurm import allocation_hostfile
-        from clusterkit.envpack.slurm_push import slurm_channel
-
-        with slurm_allocation(args) as alloc:
-            hosts = [h.name for h in select_hosts(allocation_hostfile(alloc), args.include, args.exclude)]
-            yield hosts, slurm_channel(alloc, options)
-        return
-    settings = ssh_settings(args)
-    if getattr(args, "dry_run", False):
-        settings = replace(settings, record_trust=False)
-    yield [h.name for h in select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)], settings
+def _push_command(args: argparse.Namespace) -> str:
+    """The command that pushes again the way this one reached its nodes (in fixes)."""
+    return f"clusterkit env push {'HOSTFILE' if args.hostfile else '--slurm'} ARCHIVE"
 
 
 def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
-    from clusterkit.envpack.view import outcome_text
+    from clusterkit.commands.envpack_view import outcome_text
 
     if args.json:
         print(json.dumps({h: {"status": r.status, "actions": r.actions, "error": r.error, "fix": r.fix}
@@ -163,29 +148,29 @@ def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from clusterkit.commands.envpack_view import RelayView
     from clusterkit.envpack.push import PushOptions, push_env
-    from clusterkit.envpack.view import RelayView
 
     archive, manifest = _load(args)
-    console = Console(stderr=True)
+    target = target_from_args(args)
     options = PushOptions(staging_dir=args.staging, dry_run=args.dry_run, stall_s=args.stall_timeout,
                           unpack_timeout_s=args.timeout, remove_archive=args.remove_archive,
-                          replace_existing=args.replace_existing)
-    with _nodes(args, options) as (hosts, channel), RelayView(manifest.size, console) as view:
-        report = push_env(archive, manifest, hosts, channel, options, view,
-                          lambda text: console.print(f"[bold]{text}[/]", highlight=False), view.round)
+                          replace_existing=args.replace_existing, push_command=_push_command(args))
+    with opened(target) as nodes, RelayView(manifest.size) as view:
+        report = push_env(archive, manifest, nodes, options, view)
     title = f"env push: {manifest.prefix} ({manifest.archive})" + (" (dry run: nothing changed)" if args.dry_run
                                                                   else "")
     return _finish(report, args, title)
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from clusterkit.commands.envpack_view import PhaseLines
     from clusterkit.envpack.push import PushOptions, push_env
 
     archive, manifest = _load(args)
-    console = Console(stderr=True)
-    options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout)
-    with _nodes(args, options) as (hosts, channel):
-        report = push_env(archive, manifest, hosts, channel, options, None,
-                          lambda text: console.print(f"[bold]{text}[/]", highlight=False))
+    target = target_from_args(args)
+    options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout,
+                          push_command=_push_command(args))
+    with opened(target) as nodes:
+        report = push_env(archive, manifest, nodes, options, PhaseLines())
     return _finish(report, args, f"env verify: {manifest.prefix} ({manifest.archive})")

@@ -14,6 +14,7 @@ from typing import Any
 
 from clusterkit.bootstrap.context import CHANGED, FAILED, OK, WOULD_CHANGE, BootstrapContext, NodeOutcome, StepReport
 from clusterkit.bootstrap.playbook import StepSpec
+from clusterkit.cluster import SshReach, Target, open_nodes
 from clusterkit.envpack.pack import (
     Manifest,
     PackOptions,
@@ -102,7 +103,8 @@ def env_push(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
                 FAILED, error=f"{python} differs here, and the head's env cannot be packed: {exc}",
                 fix=f"fix the env, then rerun (check with: clusterkit env pack {prefix})")
         return report
-    pushed = push_env(archive, manifest, differ, ctx.settings, PushOptions(unpack_timeout_s=spec.timeout_s))
+    with open_nodes(Target(ctx.hosts, SshReach(ctx.settings))) as nodes:
+        pushed = push_env(archive, manifest, nodes, PushOptions(unpack_timeout_s=spec.timeout_s), hosts=differ)
     for host in differ:
         result = pushed.nodes[host]
         if result.status == PUSH_FAILED:

@@ -398,8 +398,10 @@ def discard(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     spec = json.loads(base64.b64decode(sys.argv[2]).decode("utf-8"))
-    # One command for every node (a Slurm step) names no host: each node fills in its own name.
-    spec["host"] = spec.get("host") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    # One command for every node names no host: each fills in the name the head knows it by (every
+    # transport exports CLUSTERKIT_NODE), else Slurm's name for it, else its own.
+    spec["host"] = (spec.get("host") or os.environ.get("CLUSTERKIT_NODE") or os.environ.get("SLURMD_NODENAME")
+                    or socket.gethostname())
     op = spec["op"]
     try:
         if op == "survey":

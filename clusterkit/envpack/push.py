@@ -5,18 +5,18 @@
    directory for the archive and for the env, tar and zstd, a venv's base interpreter; and which
    nodes (and whether the head) see the same directory beside the prefix and the same staging
    directory, by tokens each writes there (``clusterkit.envpack.judge``);
-2. broadcast the archive to one node of each group sharing a staging directory, among those that need
-   it (``transfer.broadcast``: a pipelined relay, checksummed on every node, resumed, routed around
-   dead nodes);
+2. put the archive on one node of each group sharing a staging directory, among those that need it
+   (``Nodes.put``: over SSH a pipelined relay, checksummed on every node, resumed, routed around dead
+   nodes; through Slurm sbcast, or nothing sent where every node reads the head's archive in place);
 3. unpack on one node of each group sharing the prefix's directory, in parallel (temporary directory,
    conda-unpack with the env's python, rename); only what clusterkit installed (or an empty
    directory) is replaced, anything else only with ``replace_existing``, and then moved aside;
 4. verify with the env's own interpreter: it starts, its package set matches the head's, and torch and
    deepspeed import where they do on the head.
 
-How nodes are reached is a :class:`NodeChannel`: over SSH (:class:`SshChannel`, the relay above), or
-through Slurm (:class:`clusterkit.envpack.slurm_push.SlurmChannel`: one srun step per stage, sbcast).
-The stages and their judgement are the same whichever carries them.
+The nodes are a :class:`~clusterkit.cluster.Nodes` (SSH, Slurm or this machine): each stage is one
+``nodes.run`` of node_env's operation (the same command on every node, which fills in its own name),
+the archive one ``nodes.put``. Nothing here asks which transport carries them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterkit.cluster import BroadcastOptions, GroupResult, Nodes
 from clusterkit.envpack import node_env
 from clusterkit.envpack.judge import (
     HEAD,
@@ -41,15 +42,9 @@ from clusterkit.envpack.judge import (
 )
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
 from clusterkit.errors import UsageError
-from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
+from clusterkit.remote import HostResult, RemoteError
 from clusterkit.remote.relay_hop import human as human_bytes
-from clusterkit.remote.transfer import (
-    Delivery,
-    Listener,
-    RemoteFile,
-    broadcast,
-    relay_options,
-)
+from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
 
 UP_TO_DATE, INSTALLED, WOULD_INSTALL, SHARED, FAILED = "up to date", "installed", "would install", "shared", "failed"
 
@@ -68,6 +63,21 @@ class PushOptions:
     remove_archive: bool = False
     #: Replace what is at the prefix though clusterkit did not install it (moved aside, never deleted).
     replace_existing: bool = False
+    #: The command that pushes again the way this push was asked for (in fixes; ARCHIVE is filled in).
+    push_command: str = "clusterkit env push HOSTFILE ARCHIVE"
+
+
+class PushProgress(Protocol):
+    """What a push tells a progress view: each stage as it starts, and the archive's bytes per node."""
+
+    def phase(self, text: str) -> None:
+        """A stage starts (``survey: ...``, ``broadcast ...``, ``unpack ...``, ``verify ...``)."""
+
+    def hop(self, event: HopEvent) -> None:
+        """Bytes reached a node, or its copy finished or failed."""
+
+    def round(self, number: int, chain: list[str], offset: int) -> None:
+        """A relay round starts along ``chain`` from byte ``offset``."""
 
 
 @dataclass
@@ -101,12 +111,6 @@ def staging_path(manifest: Manifest, options: PushOptions) -> str:
     return f"{directory.rstrip('/')}/{manifest.archive}"
 
 
-def _run_node_env(conn: Any, python: str, spec: dict[str, Any], timeout_s: float, isolated: bool = True
-                  ) -> dict[str, Any]:
-    result = conn.run(node_env_command(python, spec, isolated_site=isolated), hide=True, warn=True, timeout=timeout_s)
-    return node_env_result(conn.host, python, int(result.exited), str(result.stdout), str(result.stderr), spec["op"])
-
-
 def node_env_result(host: str, python: str, exit_code: int, stdout: str, stderr: str, op: str) -> dict[str, Any]:
     """node_env's JSON answer from what its command printed on ``host``; RemoteError when there is none."""
     if exit_code == 127:
@@ -119,76 +123,39 @@ def node_env_result(host: str, python: str, exit_code: int, stdout: str, stderr:
         raise RemoteError(f"{exc}{': ' + tail if tail else ''}") from None
 
 
-class NodeChannel(Protocol):
-    """How a push reaches its nodes: runs node_env's operations there, and delivers the archive."""
-
-    #: The command that redoes a push this way (in fixes).
-    push_command: str
-
-    def run_op(self, hosts: Sequence[str], python: str, spec: dict[str, Any], timeout_s: float,
-               isolated: bool = True) -> dict[str, HostResult[dict[str, Any]]]:
-        """node_env ``spec`` (the same for every host; each fills in its ``host``) run with ``python``."""
-        ...
-
-    def deliver(self, archive: Path, remote: RemoteFile, hosts: list[str], say: Callable[[str], None],
-                listener: Listener | None, round_listener: Callable[[int, list[str], int], None] | None
-                ) -> tuple[dict[str, Delivery], str]:
-        """The archive onto ``hosts`` (each copy checked); per-host deliveries and the path to unpack from."""
-        ...
+def run_op(nodes: Nodes, hosts: Sequence[str], python: str, spec: dict[str, Any], timeout_s: float,
+           isolated: bool = True) -> GroupResult[dict[str, Any]]:
+    """node_env ``spec`` run with ``python`` on each of ``hosts`` (one command for all: each node fills in
+    its own name); its answer per host, or why there is none."""
+    if not hosts:
+        return GroupResult()
+    op = str(spec["op"])
+    done = nodes.run(node_env_command(python, spec, isolated_site=isolated), timeout_s, hosts=list(hosts))
+    return done.then(lambda host, out: node_env_result(host, python, out.exit_code, out.stdout, out.stderr, op))
 
 
-@dataclass
-class SshChannel:
-    """Nodes over SSH from the head; the archive by the pipelined relay."""
-
-    settings: SshSettings
-    options: PushOptions
-    push_command: str = "clusterkit env push HOSTFILE ARCHIVE"
-
-    def run_op(self, hosts: Sequence[str], python: str, spec: dict[str, Any], timeout_s: float,
-               isolated: bool = True) -> dict[str, HostResult[dict[str, Any]]]:
-        def task(host: str) -> dict[str, Any]:
-            with connect(host, self.settings) as conn:
-                return _run_node_env(conn, python, {**spec, "host": host}, timeout_s, isolated)
-
-        return fan_out(list(hosts), task, timeout_s, settings=self.settings)
-
-    def deliver(self, archive: Path, remote: RemoteFile, hosts: list[str], say: Callable[[str], None],
-                listener: Listener | None, round_listener: Callable[[int, list[str], int], None] | None
-                ) -> tuple[dict[str, Delivery], str]:
-        say(f"broadcast {human_bytes(remote.size)} to {len(hosts)} node(s) (relay: head -> "
-            f"{' -> '.join(hosts[:4])}{' -> ...' if len(hosts) > 4 else ''})")
-        options = self.options
-        relaying = relay_options(self.settings, python=options.python, stall_s=options.stall_s,
-                                 probe_timeout_s=options.survey_timeout_s, max_rounds=options.max_rounds)
-        return broadcast(archive, remote, hosts, self.settings, relaying, listener, round_listener), remote.path
-
-
-def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: SshSettings | NodeChannel,
-             options: PushOptions, listener: Listener | None = None,
-             phase: Callable[[str], None] | None = None,
-             round_listener: Callable[[int, list[str], int], None] | None = None) -> PushReport:
-    """Make ``manifest``'s env present and verified on every host; per-host outcomes, never an exception
-    (but a UsageError, before anything is done, when the head's archive is not its manifest's size).
-
-    ``settings``: SSH settings (the nodes over SSH), or a :class:`NodeChannel` that reaches them another way."""
-    channel = SshChannel(settings, options) if isinstance(settings, SshSettings) else settings
-    say = phase or (lambda _text: None)
+def push_env(archive: Path, manifest: Manifest, nodes: Nodes, options: PushOptions,
+             progress: PushProgress | None = None, *, hosts: Sequence[str] | None = None) -> PushReport:
+    """Make ``manifest``'s env present and verified on every host of ``nodes`` (or ``hosts`` among them);
+    per-host outcomes, never an exception (but a UsageError, before anything is done, when the head's
+    archive is not its manifest's size)."""
+    chosen = list(hosts) if hosts is not None else nodes.names
+    say = progress.phase if progress is not None else (lambda _text: None)
     check_archive_size(archive, manifest)
-    report = PushReport({h: NodeResult(h, FAILED) for h in hosts})
+    report = PushReport({h: NodeResult(h, FAILED) for h in chosen})
     prefix = manifest.prefix
-    survey = Survey.run(hosts, manifest, channel, options, say)
-    for host in hosts:
+    survey = Survey.run(chosen, manifest, nodes, options, say)
+    for host in chosen:
         if host not in survey.reachable:
             report.nodes[host] = NodeResult(host, FAILED, error=survey.results[host].error,
                                             fix=survey.results[host].fix)
     need: list[str] = []
     for host in survey.reachable:
-        if _judge(host, survey, manifest, channel.push_command.replace("ARCHIVE", str(archive)), options,
+        if _judge(host, survey, manifest, options.push_command.replace("ARCHIVE", str(archive)), options,
                   report.nodes[host]):
             need.append(host)
     if need:
-        _install(need, archive, manifest, survey, channel, options, report, say, listener, round_listener)
+        _install(need, archive, manifest, survey, nodes, options, report, progress)
     to_verify = [h for h in survey.reachable if report.nodes[h].status in (INSTALLED, SHARED)
                  or (options.verify_only and report.nodes[h].status == UP_TO_DATE)]
     for host in list(to_verify):
@@ -200,7 +167,7 @@ def push_env(archive: Path, manifest: Manifest, hosts: Sequence[str], settings: 
     if to_verify and not options.dry_run:
         say(f"verify on {len(to_verify)} node(s): {prefix}/bin/python starts, package set, "
             f"{', '.join(manifest.imports) or 'no torch/deepspeed'} import")
-        verify_nodes(to_verify, manifest, channel, options, report)
+        verify_nodes(to_verify, manifest, nodes, options, report)
     return report
 
 
@@ -228,7 +195,7 @@ class Survey:
     manifest: Manifest
 
     @classmethod
-    def run(cls, hosts: Sequence[str], manifest: Manifest, channel: NodeChannel, options: PushOptions,
+    def run(cls, hosts: Sequence[str], manifest: Manifest, nodes: Nodes, options: PushOptions,
             say: Callable[[str], None]) -> Survey:
         run_id = uuid.uuid4().hex[:12]
         staging = staging_path(manifest, options).rsplit("/", 1)[0]
@@ -236,12 +203,12 @@ class Survey:
         say(f"survey: is {manifest.prefix} there and is it this env, room for "
             f"{human_bytes(manifest.size + manifest.unpacked_bytes)}, tools")
         with _head_tokens(base):
-            results = channel.run_op(hosts, options.python, {
+            results = run_op(nodes, hosts, options.python, {
                 **base, "op": "survey", "base_python": manifest.base_python, "archive_name": manifest.archive,
                 "check_env": True, "check_timeout_s": options.survey_timeout_s / 2}, options.survey_timeout_s)
             reachable = [h for h in hosts if results[h].ok and results[h].value is not None]
             # After every survey: then no token is gone before every node has listed them.
-            later = channel.run_op(reachable, options.python, {**base, "op": "forget"}, options.survey_timeout_s)
+            later = run_op(nodes, reachable, options.python, {**base, "op": "forget"}, options.survey_timeout_s)
         groups = []
         for kind in ("prefix", "staging"):
             sightings = {h: [*((results[h].value or {}).get("seen") or {}).get(kind, []),
@@ -331,14 +298,19 @@ def _head_tokens(spec: dict[str, Any]) -> Iterator[None]:
                 (directory / f"{node_env.TOKEN_PREFIX}{spec['run']}-{HEAD}").unlink()
 
 
-def _install(need: list[str], archive: Path, manifest: Manifest, survey: Survey, channel: NodeChannel,
-             options: PushOptions, report: PushReport, say: Callable[[str], None], listener: Listener | None,
-             round_listener: Callable[[int, list[str], int], None] | None) -> None:
+def _install(need: list[str], archive: Path, manifest: Manifest, survey: Survey, nodes: Nodes,
+             options: PushOptions, report: PushReport, progress: PushProgress | None) -> None:
     """The archive onto one host of each group sharing a staging directory, then unpacked on every host in ``need``."""
+    say = progress.phase if progress is not None else (lambda _text: None)
     remote = RemoteFile(staging_path(manifest, options), manifest.size, manifest.sha256)
     receiver = {host: next(h for h in need if h in survey.staging_groups[host]) for host in need}
     receivers = [h for h in need if receiver[h] == h]
-    report.deliveries, unpack_from = channel.deliver(archive, remote, receivers, say, listener, round_listener)
+    how = BroadcastOptions(stall_s=options.stall_s, max_rounds=options.max_rounds, python=options.python,
+                           listener=progress.hop if progress is not None else None,
+                           round_listener=progress.round if progress is not None else None,
+                           in_place=True, phase=say)
+    put = nodes.put(archive, remote, options.unpack_timeout_s, hosts=receivers, options=how)
+    report.deliveries = {h: delivery_of(h, put.get(h)) for h in receivers}
     landed = []
     for host in need:
         delivery, result = report.deliveries[receiver[host]], report.nodes[host]
@@ -349,7 +321,7 @@ def _install(need: list[str], archive: Path, manifest: Manifest, survey: Survey,
             result.actions += delivery.notes
         if delivery.ok:
             landed.append(host)
-            if receiver[host] == host:
+            if receiver[host] == host and delivery.path is None:
                 resumed = "resumed, " if delivery.resumed_from else ""
                 result.actions.append(f"archive there ({resumed}{human_bytes(delivery.sent_bytes)} sent, "
                                       f"round {delivery.rounds or 1})")
@@ -358,19 +330,34 @@ def _install(need: list[str], archive: Path, manifest: Manifest, survey: Survey,
     if not landed:
         return
     say(f"unpack to {manifest.prefix} on {len(landed)} node(s)")
-    _unpack(landed, unpack_from, manifest, channel, options, report)
+    # Where every node reads the head's archive in place, that path; else the staging copy.
+    sources = {h: report.deliveries[receiver[h]].path or remote.path for h in landed}
+    for source in dict.fromkeys(sources.values()):
+        _unpack([h for h in landed if sources[h] == source], source, manifest, nodes, options, report)
     # An archive read where it lies (a filesystem shared with this machine) is not the nodes' to delete.
-    if options.remove_archive and unpack_from == remote.path and unpack_from != str(archive.resolve()):
-        done = [h for h in receivers if all(report.nodes[m].status == INSTALLED for m in need if receiver[m] == h)]
-        channel.run_op(done, options.python, {"op": "discard", "archive": unpack_from}, options.survey_timeout_s)
+    if options.remove_archive and remote.path != str(archive.resolve()):
+        done = [h for h in receivers if report.deliveries[h].path is None
+                and all(report.nodes[m].status == INSTALLED for m in need if receiver[m] == h)]
+        run_op(nodes, done, options.python, {"op": "discard", "archive": remote.path}, options.survey_timeout_s)
 
 
-def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, channel: NodeChannel, options: PushOptions,
+def delivery_of(host: str, result: HostResult[Delivery] | None) -> Delivery:
+    """A host's delivery whatever the put said: its own, or a failed one carrying the put's reason."""
+    if result is None:
+        return Delivery(host, ok=False, error=f"no copy was attempted on {host}")
+    if result.value is None:
+        return Delivery(host, ok=False, error=result.error or f"no copy on {host}", fix=result.fix)
+    if not result.ok and result.value.ok:  # the transport's error stands over a value that says otherwise
+        result.value.ok, result.value.error, result.value.fix = False, result.error, result.fix
+    return result.value
+
+
+def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, nodes: Nodes, options: PushOptions,
             report: PushReport) -> None:
     spec = {"op": "unpack", "archive": archive_path, "prefix": manifest.prefix,
             "kind": manifest.kind, "unpacked_bytes": manifest.unpacked_bytes, "shebangs": manifest.shebangs,
             "marker": manifest.installed_marker(), "replace_existing": options.replace_existing}
-    results = channel.run_op(hosts, options.python, spec, options.unpack_timeout_s)
+    results = run_op(nodes, hosts, options.python, spec, options.unpack_timeout_s)
     for host in hosts:
         outcome, result = report.nodes[host], results[host]
         value = result.value or {}
@@ -383,17 +370,15 @@ def _unpack(hosts: list[str], archive_path: str, manifest: Manifest, channel: No
             outcome.error = result.error or value.get("error")
             outcome.fix = result.fix or value.get("fix")
             if value.get("refused"):  # something else appeared at the prefix since the survey
-                outcome.fix = foreign_refusal(host, {}, manifest.prefix, channel.push_command)[1]
+                outcome.fix = foreign_refusal(host, {}, manifest.prefix, options.push_command)[1]
 
 
-def verify_nodes(hosts: list[str], manifest: Manifest, channel: SshSettings | NodeChannel, options: PushOptions,
+def verify_nodes(hosts: list[str], manifest: Manifest, nodes: Nodes, options: PushOptions,
                  report: PushReport) -> None:
     """Run the env's own python on each host and compare with the head's manifest."""
-    if isinstance(channel, SshSettings):
-        channel = SshChannel(channel, options)
     python = f"{manifest.prefix}/bin/python"
-    results = channel.run_op(hosts, python, {"op": "verify", "imports": sorted(manifest.imports)},
-                             options.verify_timeout_s, isolated=False)
+    results = run_op(nodes, hosts, python, {"op": "verify", "imports": sorted(manifest.imports)},
+                     options.verify_timeout_s, isolated=False)
     for host in hosts:
         outcome, result = report.nodes[host], results[host]
         if not result.ok or result.value is None:
@@ -404,7 +389,7 @@ def verify_nodes(hosts: list[str], manifest: Manifest, channel: SshSettings | No
         if problems:
             outcome.status, outcome.error = FAILED, f"{python} on {host}: " + "; ".join(problems)
             if verification_problems(result.value, manifest, imports=False):  # what a push sees, and redoes
-                outcome.fix = f"{channel.push_command} (reinstalls {manifest.prefix} on {host})"
+                outcome.fix = f"{options.push_command} (reinstalls {manifest.prefix} on {host})"
             else:  # a push would find this env whole and change nothing: the cause is elsewhere
                 outcome.fix = (f"the env's files, package set and Python on {host} match the archive, so a push "
                                "would not change this: look outside the env on "

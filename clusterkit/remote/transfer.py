@@ -124,6 +124,8 @@ class Delivery:
     error: str | None = None
     fix: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Where the host reads the file when not at the path asked for (``BroadcastOptions.in_place``).
+    path: str | None = None
 
 
 def relay_options(settings: SshSettings, **fields: Any) -> RelayOptions:

@@ -1,8 +1,10 @@
-"""env push through Slurm, its pure parts: whether nodes read the head's archive where it lies, the probe
-each node runs (by a real shell here), node_env filling in each node's own name in a step's one spec."""
+"""env push through Slurm, its pure parts: the probe each node runs before sbcast (by a real shell here:
+whether it holds the file, can write its directory, sees the head's archive where it lies), node_env
+filling in each node's own name in a step's one spec."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from clusterkit.cli import main
+from clusterkit.cluster.slurm import PUT_HAVE, PUT_NEED, PUT_NO_DIR, put_probe_command, read_put_probe
 from clusterkit.envpack.pack import node_env_command
-from clusterkit.envpack.slurm_push import NO_DIR, probe_command, read_in_place, sees_head_archive
 from clusterkit.errors import ExitCode
+from clusterkit.remote.transfer import RemoteFile
 
 
 def run_shell(command: str, env: dict[str, str] | None = None) -> list[str]:
@@ -22,34 +25,40 @@ def run_shell(command: str, env: dict[str, str] | None = None) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_a_node_that_sees_the_heads_archive_with_its_size_and_time_reads_it_in_place(tmp_path: Path) -> None:
+def probe(tmp_path: Path, source: Path, target: Path, content: bytes = b"x" * 1234) -> tuple[str, bool]:
+    remote = RemoteFile(str(target), len(content), hashlib.sha256(content).hexdigest())
+    stat = source.stat() if source.exists() else None
+    lines = run_shell(put_probe_command(remote, str(source)))
+    return read_put_probe("\n".join(lines), stat.st_size if stat else 0, int(stat.st_mtime) if stat else 0)
+
+
+def test_a_node_that_sees_the_heads_archive_with_its_size_and_time_may_read_it_in_place(tmp_path: Path) -> None:
     archive = tmp_path / "env.tar.zst"
     archive.write_bytes(b"x" * 1234)
     stat = archive.stat()
-    lines = run_shell(probe_command(str(archive), str(tmp_path / "staging")))
-    assert (tmp_path / "staging").is_dir() and NO_DIR not in lines
-    assert sees_head_archive(lines, 1234, int(stat.st_mtime))
-    assert not sees_head_archive(lines, 1235, int(stat.st_mtime))  # another archive at the same path
-    assert not sees_head_archive(lines, 1234, int(stat.st_mtime) - 60)
+    lines = "\n".join(run_shell(put_probe_command(RemoteFile(str(tmp_path / "staging" / "e"), 1, "0"), str(archive))))
+    assert (tmp_path / "staging").is_dir()
+    assert read_put_probe(lines, 1234, int(stat.st_mtime)) == (PUT_NEED, True)
+    assert read_put_probe(lines, 1235, int(stat.st_mtime)) == (PUT_NEED, False)  # another archive at that path
+    assert read_put_probe(lines, 1234, int(stat.st_mtime) - 60) == (PUT_NEED, False)
 
 
-def test_a_node_without_the_heads_archive_or_a_writable_staging_directory_says_so(tmp_path: Path) -> None:
+def test_a_node_already_holding_the_file_at_the_path_asked_for_needs_nothing(tmp_path: Path) -> None:
+    archive = tmp_path / "env.tar.zst"
+    archive.write_bytes(b"x" * 1234)
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "env.tar.zst").write_bytes(b"x" * 1234)
+    assert probe(tmp_path, archive, tmp_path / "staging" / "env.tar.zst")[0] == PUT_HAVE
+    (tmp_path / "staging" / "env.tar.zst").write_bytes(b"y" * 1234)  # same size, other bytes
+    assert probe(tmp_path, archive, tmp_path / "staging" / "env.tar.zst")[0] == PUT_NEED
+
+
+def test_a_node_without_the_heads_archive_or_a_writable_directory_says_so(tmp_path: Path) -> None:
     (tmp_path / "locked").mkdir(mode=0o500)
-    lines = run_shell(probe_command(str(tmp_path / "absent.tar.zst"), str(tmp_path / "locked" / "staging")))
+    state, sees = probe(tmp_path, tmp_path / "absent.tar.zst", tmp_path / "locked" / "staging" / "e.tar.zst")
     if os.geteuid() != 0:  # root writes anywhere
-        assert NO_DIR in lines
-    assert not sees_head_archive(lines, 0, 0)
-
-
-@pytest.mark.parametrize(("seeing", "staging", "in_place"), [
-    ({"n1": True, "n2": True}, "/stage/e.tar.zst", True),
-    ({"n1": True, "n2": False}, "/stage/e.tar.zst", False),  # sbcast goes to the whole job anyway
-    ({}, "/stage/e.tar.zst", False),
-    ({"n1": False}, "/packs/e.tar.zst", True),  # sbcast would write over the head's own archive
-])
-def test_nodes_read_the_archive_in_place_only_when_all_see_it_or_sbcast_would_overwrite_it(
-        seeing: dict[str, bool], staging: str, in_place: bool) -> None:
-    assert read_in_place(seeing, "/packs/e.tar.zst", staging) is in_place
+        assert state == PUT_NO_DIR
+    assert not sees
 
 
 def node_env(spec: dict[str, object], node: str) -> dict[str, object]:
@@ -61,7 +70,7 @@ def node_env(spec: dict[str, object], node: str) -> dict[str, object]:
 def test_one_spec_for_every_node_of_a_step_still_finds_the_nodes_that_share_a_directory(tmp_path: Path) -> None:
     prefix = str(tmp_path / "envs" / "ckconda")
     (tmp_path / "envs").mkdir()
-    survey = {"op": "survey", "prefix": prefix, "run": "r1", "base_python": None}
+    survey: dict[str, object] = {"op": "survey", "prefix": prefix, "run": "r1", "base_python": None}
     # two nodes of one step, one filesystem: the one that surveys last sees both tokens
     assert node_env(survey, "gpu01")["seen"] == {"prefix": ["gpu01"]}
     assert node_env(survey, "gpu02")["seen"] == {"prefix": ["gpu01", "gpu02"]}

@@ -1,4 +1,7 @@
-"""What a push looks like: a live relay view (bytes and rate per hop) and the per-node outcome table."""
+"""What a push looks like: its stages, a live relay view (bytes and rate per hop), and the per-node outcomes.
+
+Both views are :class:`~clusterkit.envpack.push.PushProgress` listeners the library reports to.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +24,31 @@ _OUTCOME_STYLE = {"up to date": "green", "installed": "cyan", "shared": "green",
                   "failed": "bold red"}
 
 
-class RelayView:
-    """A listener for ``transfer.broadcast``: one row per node, its upstream, bytes so far and rate.
+class PhaseLines:
+    """A push's stages as bold lines (verify moves no bytes: nothing else to show)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+
+    def phase(self, text: str) -> None:
+        self.console.print(f"[bold]{text}[/]", highlight=False)
+
+    def hop(self, event: HopEvent) -> None:
+        """Nothing to show per byte."""
+
+    def round(self, number: int, chain: list[str], offset: int) -> None:
+        """Nothing to show per round."""
+
+
+class RelayView(PhaseLines):
+    """A push's stages, and one row per node receiving the archive: its upstream, bytes so far and rate.
 
     On a terminal it redraws in place; elsewhere it prints a line when a node finishes or fails.
     """
 
     def __init__(self, total_bytes: int, console: Console | None = None) -> None:
+        super().__init__(console)
         self.total = total_bytes
-        self.console = console or Console(stderr=True)
         self._lock = threading.Lock()
         self._rows: dict[str, dict[str, object]] = {}
         self._order: list[str] = []
@@ -63,7 +82,7 @@ class RelayView:
             resumed = f" from {human_bytes(offset)}" if offset else ""
             self.console.print(f"relay round {number}{resumed}: head -> {' -> '.join(chain)}", highlight=False)
 
-    def __call__(self, event: HopEvent) -> None:
+    def hop(self, event: HopEvent) -> None:
         with self._lock:
             row = self._rows.setdefault(event.host, {"from": "?", "state": "waiting", "pos": 0, "error": ""})
             if event.host not in self._order:
