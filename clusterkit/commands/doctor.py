@@ -20,7 +20,9 @@ from clusterkit.checks.registry import (
     CheckSpec,
     select_checks,
 )
+from clusterkit.cluster import Target
 from clusterkit.cluster.slurm import allocation_hostfile
+from clusterkit.cluster.target import allocation_target
 from clusterkit.commands.common import (
     add_hostfile_arguments,
     add_ssh_arguments,
@@ -28,12 +30,14 @@ from clusterkit.commands.common import (
     interpreter_path,
     ssh_settings,
 )
+from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
+from clusterkit.workloads.checkup import WORKLOADS, chosen_workloads
 
 
 def register(subparsers: Any) -> None:
@@ -71,9 +75,9 @@ def register(subparsers: Any) -> None:
                         help="skip the cross-node probes (SSH all-to-all, master port)")
     add_ssh_arguments(parser)
     add_slurm_arguments(parser)
-    from clusterkit.commands.bench import add_doctor_flag
-
-    add_doctor_flag(parser)
+    parser.add_argument("--workloads", nargs="?", const=",".join(WORKLOADS), default="", metavar="LIST",
+                        help=f"after the checks, run workloads across the nodes ({', '.join(WORKLOADS)}; "
+                             "default all): their failures join the findings")
     parser.set_defaults(run=run)
 
 
@@ -84,6 +88,7 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
 
 def run(args: argparse.Namespace) -> int:
     specs = _selected(args)
+    wanted = chosen_workloads(args.workloads)
     err = Console(stderr=True)
     options = SurveyOptions(timeout_s=args.timeout, master_port=args.master_port,
                             probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
@@ -94,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
             nodes = allocation_hostfile(alloc)
             hosts = select_hosts(nodes, args.include, args.exclude)
             report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, nodes.path, err, slurm=alloc)
-            args.allocation = alloc  # the workloads start through srun in the same allocation
-            _run_workloads(args, report)
+            # The workloads start through srun in the same allocation.
+            _run_workloads(args, wanted, report, allocation_target(job_id=alloc.job_id, include=args.include,
+                                                                   exclude=args.exclude))
     else:
         if args.hostfile:
             hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("--include/--exclude need a HOSTFILE")
             with err.status("Collecting facts on this machine…", spinner="dots"):
                 report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
-        _run_workloads(args, report)
+        _run_workloads(args, wanted, report, target_from_args(args))
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:
@@ -115,11 +121,20 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
 
 
-def _run_workloads(args: argparse.Namespace, report: DoctorReport) -> None:
-    """``--workloads``: clusterkit bench's workloads after the checks; their findings join the report."""
-    if not args.workloads:
+def _run_workloads(args: argparse.Namespace, wanted: list[str], report: DoctorReport, target: Target) -> None:
+    """``--workloads``: clusterkit bench's workloads after the checks, on the nodes the doctor checked;
+    their findings join the report."""
+    if not wanted:
         return
-    from clusterkit.commands.bench import workloads_for_doctor
+    from rich.text import Text
 
-    report.findings += workloads_for_doctor(args, dict(report.facts))
+    from clusterkit.commands.bench_common import node_views
+    from clusterkit.workloads.checkup import run_workloads
+    from clusterkit.workloads.session import WorkloadContext
+
+    err = Console(stderr=True)
+    with opened(target) as nodes:
+        ctx = WorkloadContext(nodes=nodes, python=args.python or sys.executable, views=node_views(err))
+        report.findings += run_workloads(ctx, wanted, dict(report.facts),
+                                         lambda name: err.print(Text(f"workload: {name}", style="bold")))
     report.duration_s = time.time() - report.started_at
