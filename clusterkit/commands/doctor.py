@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
             hosts = select_hosts(nodes, args.include, args.exclude)
             report, _ = doctor_cluster(specs, hosts, ssh_settings(args), options, nodes.path, err, slurm=alloc)
             # The workloads start through srun in the same allocation.
-            _run_workloads(args, wanted, report, allocation_target(job_id=alloc.job_id, include=args.include,
-                                                                   exclude=args.exclude))
+            if wanted:
+                _run_workloads(args, wanted, report, allocation_target(job_id=alloc.job_id, include=args.include,
+                                                                       exclude=args.exclude))
     else:
         if args.hostfile:
             hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("--include/--exclude need a HOSTFILE")
             with err.status("Collecting facts on this machine…", spinner="dots"):
                 report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
-        _run_workloads(args, wanted, report, target_from_args(args))
+        if wanted:
+            _run_workloads(args, wanted, report, target_from_args(args))
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:
@@ -124,17 +126,16 @@ def run(args: argparse.Namespace) -> int:
 def _run_workloads(args: argparse.Namespace, wanted: list[str], report: DoctorReport, target: Target) -> None:
     """``--workloads``: clusterkit bench's workloads after the checks, on the nodes the doctor checked;
     their findings join the report."""
-    if not wanted:
-        return
     from rich.text import Text
 
-    from clusterkit.commands.bench_common import node_views
+    from clusterkit.progress import NodeProgress
     from clusterkit.workloads.checkup import run_workloads
     from clusterkit.workloads.session import WorkloadContext
 
     err = Console(stderr=True)
     with opened(target) as nodes:
-        ctx = WorkloadContext(nodes=nodes, python=args.python or sys.executable, views=node_views(err))
+        ctx = WorkloadContext(nodes=nodes, python=args.python or sys.executable,
+                              views=lambda hosts, title: NodeProgress(hosts, title, err))
         report.findings += run_workloads(ctx, wanted, dict(report.facts),
                                          lambda name: err.print(Text(f"workload: {name}", style="bold")))
     report.duration_s = time.time() - report.started_at
