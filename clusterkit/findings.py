@@ -27,6 +27,8 @@ from clusterkit.errors import UsageError
 from clusterkit.facts import Maybe, Unavailable
 
 INTERNAL_ERROR_ID = "internal-error"
+#: The host of findings about the cluster as a whole (not one node).
+CLUSTER_HOST = "cluster"
 T = TypeVar("T")
 
 

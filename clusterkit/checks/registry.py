@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 from clusterkit.dsenv import effective_values, parse_deepspeed_env
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
-from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
+from clusterkit.findings import CLUSTER_HOST, Catalogue, Finding, JudgeSpec, Problem, Severity, judge
 from clusterkit.inventory import ActiveHost
 
-CLUSTER_HOST = "cluster"
 CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster", "slurm")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from clusterkit.cluster.result import CommandOutput, GroupResult
+from clusterkit.remote.fanout import ProgressListener
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -32,13 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BroadcastOptions", "CommandOutput", "GroupResult", "HostStream", "LaunchLine", "LaunchStyle",
            "Nodes", "ProgressListener", "SchedulerView"]
-
-
-class ProgressListener(Protocol):
-    """Anything that shows per-host progress (a terminal view, a Textual widget, a test's list)."""
-
-    def update(self, host: str, state: str, detail: str = "") -> None:
-        """``host`` is now in ``state`` (``connecting``, ``ok``, ``failed``, ``timed out``...)."""
 
 
 class HostStream(Protocol):

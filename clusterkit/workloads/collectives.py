@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.checks.registry import CLUSTER_HOST
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.inventory import ActiveHost
 from clusterkit.workloads.expect import Expectation
 from clusterkit.workloads.plot import busbw_series, save_png

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterkit.checks.registry import CLUSTER_HOST
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.inventory import ActiveHost
 from clusterkit.workloads.session import WorkloadContext, WorkloadRun
 

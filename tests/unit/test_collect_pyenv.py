@@ -9,7 +9,6 @@ import re
 import stat
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -181,16 +180,18 @@ def test_library_output_does_not_reach_the_probes_stdout() -> None:
 
 
 def test_the_probe_source_is_found_inside_a_zipapp_as_the_agent_ships(tmp_path: Path) -> None:
-    package = Path(__file__).resolve().parents[2] / "clusterkit"
+    from clusterkit.collect import pyenv
+    from clusterkit.remote.agent import agent_zipapp
+
     archive = tmp_path / "agent.pyz"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in [package / "__init__.py", package / "facts.py", *sorted((package / "collect").glob("*.py"))]:
-            zf.write(path, str(path.relative_to(package.parent)))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from clusterkit.collect import pyenv; "
-            "print(pyenv.__file__); print(pyenv.probe_source() == open(sys.argv[2]).read())")
-    result = subprocess.run([sys.executable, "-c", code, str(archive), str(package / "collect" / "pyprobe.py")],
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.splitlines() == [str(archive / "clusterkit" / "collect" / "pyenv.py"), "True"]
+    archive.write_bytes(agent_zipapp())
+    code = (f"import sys; sys.path.insert(0, sys.argv[1]); from {pyenv.__name__} import probe_source; "
+            f"import {pyenv.__name__} as m; print(m.__file__); print(probe_source() == open(sys.argv[2]).read())")
+    probe = Path(pyenv.__file__).with_name("pyprobe.py")
+    result = subprocess.run([sys.executable, "-c", code, str(archive), str(probe)], capture_output=True, text=True,
+                            check=True)
+    inside = archive / (pyenv.__name__.replace(".", "/") + ".py")
+    assert result.stdout.splitlines() == [str(inside), "True"]
 
 
 def test_probe_output_of_the_wrong_type_becomes_unavailable() -> None:

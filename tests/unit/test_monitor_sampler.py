@@ -145,7 +145,8 @@ REPLAY = REPO / "tests" / "fixtures" / "h100-x1" / "nvml-readings.json"
 
 
 def test_agent_stream_prints_marked_samples_with_rising_sequence_numbers() -> None:
-    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", "0.2", "--count", "3"],
+    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent",
+                           "stream", "--interval", "0.2", "--count", "3"],
                           capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL,
                           env={"CLUSTERKIT_NVML_REPLAY": str(REPLAY), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
@@ -195,7 +196,8 @@ def test_a_terminal_or_dev_null_on_stdin_is_no_channel_to_watch() -> None:
 @pytest.mark.parametrize("interval", ["inf", "nan", "1e9", "0.001", "-1", "soon"])
 def test_the_agent_refuses_an_interval_it_cannot_keep(interval: str) -> None:
     """issue 19, C2: `--interval inf` crashed every agent (OverflowError) and the nodes showed down."""
-    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", interval, "--count", "1"],
+    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent",
+                           "stream", "--interval", interval, "--count", "1"],
                           capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "argument --interval" in proc.stderr and "Traceback" not in proc.stderr
