@@ -81,7 +81,8 @@ def exit_code(findings: list[Finding]) -> int:
 def show_findings(findings: list[Finding], tails: dict[str, list[str]], hosts: list[str], console: Console,
                   duration_s: float) -> None:
     """Findings as the doctor shows them, then the log tail of every failing node and rank."""
-    from clusterkit.report import DoctorReport, render_table
+    from clusterkit.findings_report import DoctorReport
+    from clusterkit.report import render_table
 
     report = DoctorReport(hosts=hosts, facts={}, findings=findings, duration_s=duration_s)
     render_table(report, console)

@@ -76,7 +76,7 @@ class CollectivesReport:
         return self.result is not None and self.result.get("complete", True) is not False
 
     def to_json(self) -> dict[str, Any]:
-        from clusterkit.report import finding_to_json
+        from clusterkit.findings_report import finding_to_json
 
         doc: dict[str, Any] = {
             "schema": JSON_SCHEMA, "hosts": self.run.hosts, "command": self.run.command,
