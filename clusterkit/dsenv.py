@@ -392,3 +392,16 @@ def update_deepspeed_env(current: str | None, updates: Mapping[str, str], path: 
     if text != (current or "") and not changes and not notes and current is not None:
         changes.append("rewrote the file in DeepSpeed's plain KEY=value form")
     return DsEnvUpdate(text, notes + changes, len(merged))
+
+
+def deepspeed_env_values(cwd: str) -> dict[str, str]:
+    """What DeepSpeed's runner exports from ``~/.deepspeed_env`` then ``./.deepspeed_env`` (cwd wins)."""
+    from pathlib import Path
+
+    values: dict[str, str] = {}
+    for path in (Path.home() / ".deepspeed_env", Path(cwd) / ".deepspeed_env"):
+        if path.is_file():
+            entries, _ = parse_deepspeed_env(path.read_text(encoding="utf-8", errors="replace").splitlines(),
+                                             str(path))
+            values.update(effective_values(entries))
+    return values

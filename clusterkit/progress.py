@@ -18,14 +18,12 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from clusterkit.cluster import Nodes
+# A host that said something is shown with how long ago ("last heard 3s ago"), not as a state it is in
+from clusterkit.workloads.session import LAST_HEARD
 
 _STYLES = {"ok": "green", "done": "green", "failed": "bold red", "timed out": "bold red",
            "skipped": "dim", "changed": "cyan", "would change": "yellow"}
 FINAL_STATES = frozenset(_STYLES)
-#: A host that said something: shown with how long ago ("last heard 3s ago"), not as a state it is in.
-LAST_HEARD = "last heard"
-#: A host not heard from since the start: "no output for 12s".
-NO_OUTPUT = "no output for"
 
 
 class NodeProgress:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -139,7 +141,8 @@ class LocalNodes:
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         """DeepSpeed's runner with this machine's hostfile: ranks start here, no SSH, loopback master."""
-        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include="", exclude="",
+        hostfile = plan.hostfile or self.hostfile or local_hostfile(len(self.host.slots))
+        full = replace(plan, hostfile=hostfile, include="", exclude="",
                        launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or "127.0.0.1", force_multi=False, no_ssh_check=True)
         return LaunchLine(build_launch_line(full), None, dict(style.exports))
@@ -163,6 +166,16 @@ class LocalNodes:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def local_hostfile(slots: int) -> str:
+    """A one-line hostfile for this machine (DeepSpeed's runner then launches here, without pdsh): for a
+    target that came from no hostfile."""
+    directory = Path(tempfile.gettempdir()) / f"clusterkit-{os.getuid()}"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"hostfile-localhost-{slots}"
+    path.write_text(f"localhost slots={slots}\n", encoding="utf-8")
+    return str(path)
 
 
 def copy_here(source: Path, remote: RemoteFile, host: str) -> Delivery:

@@ -88,6 +88,9 @@ class LaunchStyle:
     cpus_per_task: int | None = None
     #: Variables every rank gets (the ``.deepspeed_env`` values where the launcher would export them).
     exports: Mapping[str, str] = field(default_factory=dict)
+    #: The ranks may share the job's resources with its other steps (Slurm's ``--overlap``: a clean-up or a
+    #: second run beside this one); nothing elsewhere, where no scheduler holds the resources.
+    overlap: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,6 +106,14 @@ def allocation_hosts(alloc: Allocation) -> list[ActiveHost]:
     """The allocation's nodes as active hosts: node order is node rank; slots from its GPUs or tasks."""
     return [ActiveHost(node, tuple(range(alloc.slots(node))), HostEntry(node, alloc.slots(node), i + 1))
             for i, node in enumerate(alloc.nodes)]
+
+
+def first_address(host: str) -> str | None:
+    """The rendezvous address of a launch whose first node is ``host``, as this machine resolves it."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return None
 
 
 def command_output(task: TaskOutput) -> CommandOutput:
@@ -274,12 +284,21 @@ class SlurmNodes:
         return results
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
-        """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``."""
+        """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``.
+
+        Where the plan and style leave them open: the master is the first node's address as this machine
+        resolves it (no runner is there to find it), and each node's task gets every CPU the job holds
+        there (the fewest among ``hosts``)."""
         chosen = list(hosts)
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
-        srun_args = " ".join(a for a in ("--label" if style.labelled else "", style.launcher_args) if a)
+        cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),
+                                          default=0) or None
+        flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
+        srun_args = " ".join(a for a in flags if a)
+        if plan.master_addr is None and chosen:
+            plan = replace(plan, master_addr=first_address(chosen[0].name))
         line = build_srun_line(SrunPlan(plan, chosen, style.cwd or str(Path.cwd()), job_id=self.alloc.job_id,
-                                        cpus_per_task=style.cpus_per_task, gpus_per_node=gpus,
+                                        cpus_per_task=cpus, gpus_per_node=gpus,
                                         exports=style.exports, srun_args=srun_args))
         return LaunchLine(line, [h.name for h in chosen] if style.labelled else None)
 

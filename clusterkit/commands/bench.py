@@ -5,7 +5,8 @@ Every workload runs inside the training env through DeepSpeed's own launcher acr
 findings (cause, node and rank, fix) with each failing rank's log tail. Without a hostfile the
 workload runs on this machine (``--slots`` ranks). Every workload runs in a Slurm allocation as
 doctor does (inside one without a HOSTFILE, or ``--slurm``): started by srun, as ``clusterkit launch``
-starts a job there (:mod:`clusterkit.workloads.slurm`).
+starts a job there. The flags name the nodes once (:mod:`clusterkit.commands.flags`); the workloads
+(:mod:`clusterkit.workloads`) take those nodes, whatever reaches them.
 """
 
 from __future__ import annotations
@@ -19,16 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.text import Text
 
+from clusterkit.cluster import Nodes
+from clusterkit.commands.bench_common import (
+    exit_code,
+    expectation,
+    gather_facts,
+    make_context,
+    render_collectives,
+    show_findings,
+    show_search,
+    write_log,
+)
 from clusterkit.commands.bench_inputs import check_bench_arguments
-from clusterkit.commands.common import add_ssh_arguments, interpreter_path, ssh_settings
-from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
-from clusterkit.errors import ExitCode, UsageError
-from clusterkit.facts import Maybe, NodeFacts, Unavailable
-from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
+from clusterkit.commands.common import add_ssh_arguments, interpreter_path
+from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.slurm import add_slurm_arguments
+from clusterkit.errors import UsageError
+from clusterkit.workloads.session import WorkloadContext
 
-WORKLOADS = ("collectives", "gpu", "zero")
+#: A bench command, run on the nodes its flags name.
+BenchRun = Callable[[argparse.Namespace, Nodes], int]
+
 
 
 def register(subparsers: Any) -> None:
@@ -74,20 +87,17 @@ def register(subparsers: Any) -> None:
     bench_gpu_zero.register(commands, _common)
     for workload in commands.choices.values():  # every workload can run in a Slurm allocation, through srun
         add_slurm_arguments(workload)
-        workload.set_defaults(run=_in_allocation(workload.get_default("run")))
+        workload.set_defaults(run=_on_nodes(workload.get_default("run")))
 
 
-def _in_allocation(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``run`` with its flags checked first, inside the Slurm allocation when the command goes through
-    Slurm (``args.allocation``)."""
+def _on_nodes(run: BenchRun) -> Callable[[argparse.Namespace], int]:
+    """``run`` with its flags checked first, then on the nodes they name (opened once: an allocation
+    asked for is released after)."""
 
     def wrapped(args: argparse.Namespace) -> int:
         check_bench_arguments(args)
-        if not use_slurm(args, args.hostfile):
-            return run(args)
-        with slurm_allocation(args) as alloc:
-            args.allocation = alloc
-            return run(args)
+        with opened(target_from_args(args, slots_here=args.slots)) as nodes:
+            return run(args, nodes)
 
     return wrapped
 
@@ -151,137 +161,6 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the hostfile without the slow or broken nodes there")
 
 
-# ----------------------------------------------------------------------------------------- set-up
-
-
-def hosts_and_hostfile(args: argparse.Namespace) -> tuple[list[ActiveHost], str]:
-    from clusterkit.inventory import HostEntry
-    from clusterkit.workloads.session import local_hostfile
-
-    if args.hostfile:
-        hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-        return hosts, str(Path(args.hostfile).resolve())
-    if args.include or args.exclude:
-        raise UsageError("--include/--exclude need a HOSTFILE")
-    if args.slots < 1:
-        raise UsageError(f"--slots {args.slots}: need at least one rank")
-    entry = HostEntry("localhost", args.slots, 1)
-    return [ActiveHost("localhost", tuple(range(args.slots)), entry)], local_hostfile(args.slots)
-
-
-def make_context(args: argparse.Namespace, console: Console) -> Any:
-    from clusterkit.workloads.session import WorkloadContext
-
-    if getattr(args, "allocation", None) is not None:
-        return _slurm_context(args, console)
-    hosts, hostfile = hosts_and_hostfile(args)
-    python = args.python or sys.executable
-    whole = select_hosts(load_hostfile(args.hostfile)) if args.hostfile else None
-    return WorkloadContext(hosts=hosts, hostfile=hostfile, python=python, hostfile_hosts=whole,
-                           settings=ssh_settings(args),
-                           console=console, workdir=args.workdir,
-                           shared_workdir=args.shared_workdir, master_addr=args.master_addr,
-                           master_port=args.master_port, launcher=args.launcher, deadline_s=args.deadline)
-
-
-def _slurm_context(args: argparse.Namespace, console: Console) -> Any:
-    import os
-
-    from clusterkit.cluster.slurm import allocation_hostfile
-    from clusterkit.commands.launch_slurm import deepspeed_env_values
-    from clusterkit.slurmlaunch import runner_exports
-    from clusterkit.workloads.slurm import SlurmWorkloadContext
-
-    alloc = args.allocation
-    nodes = allocation_hostfile(alloc)
-    hosts = select_hosts(nodes, args.include, args.exclude)
-    cwd = str(Path.cwd())
-    cpus = min((alloc.job.cpus_per_node.get(h.name, 0) for h in hosts), default=0) or None
-    return SlurmWorkloadContext(hosts=hosts, hostfile=nodes.path, python=args.python or sys.executable,
-                                hostfile_hosts=select_hosts(nodes), settings=ssh_settings(args), console=console,
-                                workdir=args.workdir, shared_workdir=args.shared_workdir,
-                                master_addr=args.master_addr, master_port=args.master_port, launcher="srun",
-                                deadline_s=args.deadline, cwd=cwd, alloc=alloc, cpus_per_task=cpus,
-                                exports=runner_exports(cwd, os.environ.get("PYTHONPATH"), deepspeed_env_values(cwd)))
-
-
-def gather_facts(args: argparse.Namespace, ctx: Any) -> dict[str, Maybe[NodeFacts]]:
-    """Each node's facts for the expectations: --facts, or a survey (this machine in-process)."""
-    if args.no_expect:
-        return {}
-    if args.facts:
-        from clusterkit.dsconfig.resources import load_facts_file
-
-        return load_facts_file(args.facts)
-    if ctx.local:
-        from clusterkit.collect.node import CollectOptions, collect_node
-
-        options = CollectOptions(section_timeout_s=args.timeout, python=ctx.python)
-        with ctx.console.status("Collecting this machine's facts…", spinner="dots"):
-            return {ctx.names[0]: collect_node(options)}
-    from clusterkit.cluster import Nodes
-    from clusterkit.progress import nodes_view
-    from clusterkit.survey import SurveyOptions, survey_nodes
-
-    nodes: Nodes
-    if getattr(args, "allocation", None) is not None:  # until the workloads take Nodes (the bench port)
-        from clusterkit.cluster.slurm import SlurmNodes
-
-        nodes = SlurmNodes(args.allocation, ctx.hosts)
-    else:
-        from clusterkit.cluster.ssh import SshNodes
-
-        nodes = SshNodes(ctx.hosts, ctx.settings)
-    with nodes_view(nodes, "collecting facts", ctx.console) as progress:
-        facts, _ = survey_nodes(nodes, SurveyOptions(python=ctx.python, timeout_s=args.timeout, probes=False),
-                                progress)
-    return facts
-
-
-def backend_of(facts: dict[str, Maybe[NodeFacts]]) -> str:
-    """nccl when the training env sees CUDA on the nodes, else gloo (what DeepSpeed would pick)."""
-    for node in facts.values():
-        if isinstance(node, Unavailable):
-            continue
-        env = node.python_env
-        if not isinstance(env, Unavailable) and env.torch_cuda_available is True:
-            return "nccl"
-    return "gloo"
-
-
-def expectation_for(ctx: Any, facts: dict[str, Maybe[NodeFacts]], args: argparse.Namespace,
-                    hosts: list[ActiveHost] | None = None) -> Any:
-    from clusterkit.workloads.expect import Expectation, expected_busbw
-
-    if args.no_expect:
-        return None
-    if not facts:
-        return Expectation(None, reason="no facts")
-    return expected_busbw(facts, ctx.ranks_per_node(hosts), backend_of(facts))
-
-
-def emit(doc: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
-    if args.json:
-        print(json.dumps(doc, indent=2))
-
-
-def show_findings(findings: list[Any], tails: dict[str, list[str]], hosts: list[str], console: Console,
-                  duration_s: float) -> None:
-    """Findings as the doctor shows them, then the log tail of every failing node and rank."""
-    from clusterkit.report import DoctorReport, render_table
-
-    report = DoctorReport(hosts=hosts, facts={}, findings=findings, duration_s=duration_s)
-    render_table(report, console)
-    for where, lines in tails.items():
-        console.print(Text(f"log tail: {where}", style="bold"))
-        for line in lines:
-            console.print(Text(f"  {line}", style="dim"), soft_wrap=True)
-
-
-def exit_code(findings: list[Any]) -> int:
-    return int(ExitCode.PROBLEMS if any(f.is_error for f in findings) else ExitCode.OK)
-
-
 # --------------------------------------------------------------------------------------- commands
 
 
@@ -298,22 +177,14 @@ def _options(args: argparse.Namespace) -> Any:
                               rounds=args.rounds, timeout_s=max(10.0, args.deadline - 15))
 
 
-def write_log(args: argparse.Namespace, ctx: Any) -> None:
-    """``--log``: every launch of the command, line by line."""
-    if getattr(args, "log", None):
-        from clusterkit.workloads.session import write_log as write
-
-        write(args.log, ctx.runs)
-
-
-def run_collectives_command(args: argparse.Namespace) -> int:
+def run_collectives_command(args: argparse.Namespace, nodes: Nodes) -> int:
     from clusterkit.workloads import collectives
 
     console = Console(stderr=True)
     options = _options(args)
-    ctx = make_context(args, console)
-    facts = gather_facts(args, ctx)
-    report = collectives.run_collectives(ctx, options, expectation_for(ctx, facts, args))
+    ctx = make_context(args, nodes, console)
+    facts = gather_facts(args, ctx, console)
+    report = collectives.run_collectives(ctx, options, expectation(args, ctx, facts))
     findings = report.findings + report.run.diagnosis.findings
     slow = any(f.check_id == "collectives-below-expectation" and f.outcome.value == "fail" for f in report.findings)
     if args.find_slow and len(ctx.hosts) > 1 and (not report.run.ok or slow):
@@ -326,14 +197,14 @@ def run_collectives_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        collectives.render(report, Console())
-        _show_search(report.search, console)
+        render_collectives(report, Console())
+        show_search(report.search, console)
         show_findings(findings, report.run.diagnosis.tails, report.run.hosts, console, report.run.outcome.duration_s)
     return exit_code(findings)
 
 
 def _finding_json(finding: Any) -> dict[str, Any]:
-    from clusterkit.report import finding_to_json
+    from clusterkit.findings_report import finding_to_json
 
     return finding_to_json(finding)
 
@@ -349,7 +220,7 @@ def _save(args: argparse.Namespace, report: Any, doc: dict[str, Any], console: C
     console.print(f"saved: {', '.join(str(p) for p in written)}", style="dim", highlight=False)
 
 
-def _search(args: argparse.Namespace, ctx: Any, console: Console) -> Any:
+def _search(args: argparse.Namespace, ctx: WorkloadContext, console: Console) -> Any:
     from clusterkit.workloads import collectives
     from clusterkit.workloads.scripts.nccl_format import parse_size
     from clusterkit.workloads.slownode import cleaned_hostfile
@@ -367,19 +238,11 @@ def _search(args: argparse.Namespace, ctx: Any, console: Console) -> Any:
     return search
 
 
-def _show_search(search: Any, console: Console) -> None:
-    if search is None:
-        return
-    console.print(Text("slow-node search", style="bold underline"))
-    for line in search.evidence():
-        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-
-
-def run_find_slow_command(args: argparse.Namespace) -> int:
+def run_find_slow_command(args: argparse.Namespace, nodes: Nodes) -> int:
     from clusterkit.workloads import collectives
 
     console = Console(stderr=True)
-    ctx = make_context(args, console)
+    ctx = make_context(args, nodes, console)
     started = time.monotonic()
     search = _search(args, ctx, console)
     findings = collectives.search_findings(search)
@@ -392,57 +255,19 @@ def run_find_slow_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _show_search(search, console)
+        show_search(search, console)
         if not search.excluded and not search.slow_links:
             console.print("no node or link stands out from its peers", style="green")
         show_findings(findings, {}, ctx.names, console, time.monotonic() - started)
     return exit_code(findings)
 
 
-def run_traffic_command(args: argparse.Namespace) -> int:
+def run_traffic_command(args: argparse.Namespace, nodes: Nodes) -> int:
     from clusterkit.commands.bench_traffic import run_traffic
 
-    ctx = make_context(args, Console(stderr=True))
+    console = Console(stderr=True)
+    ctx = make_context(args, nodes, console)
     try:
-        return run_traffic(args, ctx)
+        return run_traffic(args, ctx, console)
     finally:
         write_log(args, ctx)
-
-
-# ------------------------------------------------------------------------------------ doctor flag
-
-
-def add_doctor_flag(parser: argparse.ArgumentParser) -> None:
-    """``clusterkit doctor --workloads [LIST]``: run workloads after the checks."""
-    parser.add_argument("--workloads", nargs="?", const=",".join(WORKLOADS), default="", metavar="LIST",
-                        help=f"after the checks, run workloads across the nodes ({', '.join(WORKLOADS)}; "
-                             "default all): their failures join the findings")
-
-
-def workloads_for_doctor(args: argparse.Namespace, facts: dict[str, Maybe[NodeFacts]]) -> list[Any]:
-    """Run the workloads ``--workloads`` names (after the doctor's checks); their findings."""
-    from clusterkit.commands import bench_gpu_zero
-    from clusterkit.workloads import collectives
-
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = [w for w in wanted if w not in WORKLOADS]
-    if unknown:
-        raise UsageError(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    console = Console(stderr=True)
-    for name, default in (("slots", 1), ("workdir", None), ("shared_workdir", False), ("master_addr", None),
-                          ("master_port", 29500), ("launcher", "pdsh"), ("deadline", 300.0), ("no_expect", False)):
-        if not hasattr(args, name):
-            setattr(args, name, default)
-    ctx = make_context(args, console)
-    findings: list[Any] = []
-    for name in wanted:
-        console.print(Text(f"workload: {name}", style="bold"))
-        if name == "collectives":
-            report = collectives.run_collectives(ctx, collectives.CollectivesOptions(max_bytes="4M"),
-                                                 expectation_for(ctx, facts, args))
-            findings += report.findings + report.run.diagnosis.findings
-        elif name == "gpu":
-            findings += bench_gpu_zero.gpu_findings(ctx, facts)
-        else:
-            findings += bench_gpu_zero.zero_findings(ctx)
-    return findings

@@ -1,4 +1,5 @@
-"""``clusterkit bench gpu`` and ``clusterkit bench zero`` (and their part of ``doctor --workloads``)."""
+"""``clusterkit bench gpu`` and ``clusterkit bench zero`` (``doctor --workloads`` runs the same workloads
+through :mod:`clusterkit.workloads.checkup`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clusterkit.facts import Maybe, NodeFacts
-from clusterkit.report import finding_to_json
+from clusterkit.cluster import Nodes
+from clusterkit.commands.bench_common import exit_code, gather_facts, make_context, show_findings, write_log
+from clusterkit.findings_report import finding_to_json
 from clusterkit.workloads import gpu_health, zero_suite
-from clusterkit.workloads.session import WorkloadContext
+from clusterkit.workloads.checkup import gpu_run
 
 
 def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -47,35 +49,13 @@ def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -
     zero.set_defaults(run=run_zero_command)
 
 
-def _exit(findings: list[Any]) -> int:
-    from clusterkit.commands.bench import exit_code
-
-    return exit_code(findings)
-
-
 # --------------------------------------------------------------------------------------------- gpu
 
 
-def gpu_run(ctx: WorkloadContext, iters: int = 10, allow_cpu: bool = False, mem_mib: int = 0,
-            matmul_n: int = 0) -> tuple[Any, gpu_health.GpuHealth]:
-    args = ["--iters", str(iters), "--mem-mib", str(mem_mib), "--matmul-n", str(matmul_n)]
-    args += ["--allow-cpu"] if allow_cpu else []
-    run = ctx.launch("gpu_health.py", args, "gpu health")
-    return run, gpu_health.readings_from(run.outcome, run.rank_hosts)
-
-
-def gpu_findings(ctx: WorkloadContext, facts: dict[str, Maybe[NodeFacts]]) -> list[Any]:
-    run, health = gpu_run(ctx)
-    findings: list[Any] = gpu_health.judge(health, facts) + run.diagnosis.findings
-    return findings
-
-
-def run_gpu_command(args: argparse.Namespace) -> int:
-    from clusterkit.commands.bench import gather_facts, make_context, show_findings, write_log
-
+def run_gpu_command(args: argparse.Namespace, nodes: Nodes) -> int:
     console = Console(stderr=True)
-    ctx = make_context(args, console)
-    facts = gather_facts(args, ctx)
+    ctx = make_context(args, nodes, console)
+    facts = gather_facts(args, ctx, console)
     run, health = gpu_run(ctx, args.iters, args.allow_cpu, args.mem_mib, args.matmul_n)
     write_log(args, ctx)
     on_cpu = any(r.device.get("kind") == "cpu" for r in health.readings)
@@ -91,7 +71,7 @@ def run_gpu_command(args: argparse.Namespace) -> int:
         Path(args.save).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(doc, indent=2))
-        return _exit(findings)
+        return exit_code(findings)
     if health.readings:
         table = Table(title="GPU health (share of datasheet or PCIe link)", title_justify="left")
         for header in ["node", "device", *gpu_health.metric_headers()]:
@@ -103,19 +83,13 @@ def run_gpu_command(args: argparse.Namespace) -> int:
         console.print(Text("nothing measured: no node's training env sees a GPU (--allow-cpu measures the CPU "
                            "instead)", style="bold red"), soft_wrap=True)
     show_findings(findings, run.diagnosis.tails, ctx.names, console, run.outcome.duration_s)
-    return _exit(findings)
+    return exit_code(findings)
 
 
 # -------------------------------------------------------------------------------------------- zero
 
 
-def zero_findings(ctx: WorkloadContext) -> list[Any]:
-    report = zero_suite.run_zero(ctx, zero_suite.ZeroOptions())
-    return report.findings + [f for run in report.runs for f in run.diagnosis.findings]
-
-
-def run_zero_command(args: argparse.Namespace) -> int:
-    from clusterkit.commands.bench import make_context, show_findings, write_log
+def run_zero_command(args: argparse.Namespace, nodes: Nodes) -> int:
     from clusterkit.errors import UsageError
 
     console = Console(stderr=True)
@@ -124,7 +98,7 @@ def run_zero_command(args: argparse.Namespace) -> int:
     if unknown or not stages:
         raise UsageError(f"--stages: unknown {', '.join(unknown) or '(none given)'}; choose from "
                          f"{', '.join(zero_suite.ALL_STAGES)}")
-    ctx = make_context(args, console)
+    ctx = make_context(args, nodes, console)
     options = zero_suite.ZeroOptions(stages=stages, steps=args.steps, ops_cache=args.ops_cache,
                                      build_deadline_s=args.build_deadline, timeout_s=max(10.0, args.deadline - 15))
     started = time.monotonic()
@@ -139,7 +113,7 @@ def run_zero_command(args: argparse.Namespace) -> int:
         Path(args.save).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(doc, indent=2))
-        return _exit(findings)
+        return exit_code(findings)
     out = Console()
     if report.result is not None:
         table = Table(title=f"ZeRO smoke suite: {report.result['world_size']} ranks, {report.result['precision']}",
@@ -153,7 +127,7 @@ def run_zero_command(args: argparse.Namespace) -> int:
         out.print(Text(f"loss tolerance {agreement.get('tolerance')} (relative, against ZeRO-"
                        f"{agreement.get('reference')}); timings {report.timings()}", style="dim"), soft_wrap=True)
     show_findings(findings, tails, ctx.names, console, time.monotonic() - started)
-    return _exit(findings)
+    return exit_code(findings)
 
 
 def _stage_cells(stage: dict[str, Any], agreement: dict[str, Any]) -> list[str]:

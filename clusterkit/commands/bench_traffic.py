@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from clusterkit.commands.bench_common import exit_code, show_findings
 from clusterkit.errors import UsageError
 from clusterkit.workloads import traffic
 from clusterkit.workloads.collectives import CollectivesOptions, run_collectives
@@ -44,10 +45,7 @@ def measured_sizes(shape: traffic.JobShape, max_bytes: int) -> tuple[list[str], 
     return ops, sorted(wanted)
 
 
-def run_traffic(args: argparse.Namespace, ctx: WorkloadContext) -> int:
-    from clusterkit.commands.bench import exit_code, show_findings
-
-    console = ctx.console
+def run_traffic(args: argparse.Namespace, ctx: WorkloadContext, console: Console) -> int:
     config: dict[str, Any] = {}
     if args.deepspeed_config:
         from clusterkit.dsconfig.load import load_ds_config
@@ -93,7 +91,7 @@ def run_traffic(args: argparse.Namespace, ctx: WorkloadContext) -> int:
         doc["notes"] = list(shape.notes) + ([node_note] if node_note else [])
         if not args.json:
             _print(console, shape, stages, advice, favoured, doc["notes"])
-    from clusterkit.report import finding_to_json
+    from clusterkit.findings_report import finding_to_json
 
     doc["findings"] = [finding_to_json(f) for f in findings]
     if args.save:

@@ -21,6 +21,7 @@ from clusterkit.checks.registry import (
     CheckSpec,
     select_checks,
 )
+from clusterkit.cluster import Nodes
 from clusterkit.commands.common import (
     add_hostfile_arguments,
     add_ssh_arguments,
@@ -31,11 +32,10 @@ from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode
-from clusterkit.facts import ClusterProbes, Unavailable
 from clusterkit.progress import nodes_view
-from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
+from clusterkit.workloads.checkup import WORKLOADS, chosen_workloads
 
 
 def register(subparsers: Any) -> None:
@@ -73,9 +73,9 @@ def register(subparsers: Any) -> None:
                         help="skip the cross-node probes (SSH all-to-all, master port)")
     add_ssh_arguments(parser)
     add_slurm_arguments(parser)
-    from clusterkit.commands.bench import add_doctor_flag
-
-    add_doctor_flag(parser)
+    parser.add_argument("--workloads", nargs="?", const=",".join(WORKLOADS), default="", metavar="LIST",
+                        help=f"after the checks, run workloads across the nodes ({', '.join(WORKLOADS)}; "
+                             "default all): their failures join the findings")
     parser.set_defaults(run=run)
 
 
@@ -86,6 +86,7 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
 
 def run(args: argparse.Namespace) -> int:
     specs = _selected(args)
+    wanted = chosen_workloads(args.workloads)
     err = Console(stderr=True)
     options = SurveyOptions(timeout_s=args.timeout, master_port=args.master_port,
                             probes=not args.no_probes, fresh=args.fresh, mesh=args.mesh)
@@ -95,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
     if not target.hostfile and not use_slurm(args, args.hostfile):
         with err.status("Collecting facts on this machine…", spinner="dots"):
             report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
-        _run_workloads(args, report)
+        if wanted:
+            with opened(target) as nodes:
+                _run_workloads(args, wanted, report, nodes)
     else:
         with opened(target) as nodes:
             with nodes_view(nodes, "surveying" if options.probes else "collecting facts", err) as progress:
-                report, probes = doctor_cluster(specs, nodes, options, target.hostfile, progress)
-            _run_workloads(args, report, probes)
+                report, _ = doctor_cluster(specs, nodes, options, target.hostfile, progress)
+            if wanted:  # on the nodes the doctor checked, through the same transport
+                _run_workloads(args, wanted, report, nodes)
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:
@@ -110,15 +114,18 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
 
 
-def _run_workloads(args: argparse.Namespace, report: DoctorReport, probes: ClusterProbes | None = None) -> None:
-    """``--workloads``: clusterkit bench's workloads after the checks; their findings join the report."""
-    if not args.workloads:
-        return
-    slurm = probes.slurm if probes is not None else Unavailable("no survey")
-    if not isinstance(slurm, Unavailable) and not isinstance(slurm.job, Unavailable):
-        # Until the workloads take Nodes: they start through srun in the allocation the doctor surveyed.
-        args.allocation = Allocation(slurm.job)
-    from clusterkit.commands.bench import workloads_for_doctor
+def _run_workloads(args: argparse.Namespace, wanted: list[str], report: DoctorReport, nodes: Nodes) -> None:
+    """``--workloads``: clusterkit bench's workloads after the checks, on the nodes the doctor checked;
+    their findings join the report."""
+    from rich.text import Text
 
-    report.findings += workloads_for_doctor(args, dict(report.facts))
+    from clusterkit.progress import NodeProgress
+    from clusterkit.workloads.checkup import run_workloads
+    from clusterkit.workloads.session import WorkloadContext
+
+    err = Console(stderr=True)
+    ctx = WorkloadContext(nodes=nodes, python=args.python or sys.executable,
+                          views=lambda hosts, title: NodeProgress(hosts, title, err))
+    report.findings += run_workloads(ctx, wanted, dict(report.facts),
+                                     lambda name: err.print(Text(f"workload: {name}", style="bold")))
     report.duration_s = time.time() - report.started_at

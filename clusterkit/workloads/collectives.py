@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.text import Text
-
 from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.inventory import ActiveHost
 from clusterkit.workloads.expect import Expectation
-from clusterkit.workloads.plot import busbw_series, save_png, terminal_plot
+from clusterkit.workloads.plot import busbw_series, save_png
 from clusterkit.workloads.run import RunOutcome
 from clusterkit.workloads.scripts import nccl_format as fmt
 from clusterkit.workloads.session import WorkloadContext, WorkloadRun
@@ -79,7 +76,7 @@ class CollectivesReport:
         return self.result is not None and self.result.get("complete", True) is not False
 
     def to_json(self) -> dict[str, Any]:
-        from clusterkit.report import finding_to_json
+        from clusterkit.findings_report import finding_to_json
 
         doc: dict[str, Any] = {
             "schema": JSON_SCHEMA, "hosts": self.run.hosts, "command": self.run.command,
@@ -218,38 +215,6 @@ def cut_short(result: Mapping[str, Any], expectation: Expectation | None, outcom
     return findings
 
 
-def render(report: CollectivesReport, console: Console, plot: bool = True) -> None:
-    """nccl-tests' tables, the expectation and the curve."""
-    result = report.result
-    if result is None:
-        return
-    console.print(Text(f"# {result['world_size']} ranks on {', '.join(report.run.hosts)}, backend "
-                       f"{result['backend']}, device {result['device']}, dtype {result['dtype']}", style="bold"),
-                  soft_wrap=True)
-    if not report.complete:
-        console.print(Text("# cut short: the rows measured before the run ended", style="bold yellow"))
-    for op, body in result["ops"].items():
-        console.print(f"#\n# {op}", highlight=False, markup=False)
-        for line in fmt.header_lines():
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
-        for row in body["rows"]:
-            if row.get("requested_bytes"):
-                console.print(f"# {fmt.human_bytes(row['requested_bytes'])} would not finish before the deadline: "
-                              f"{fmt.human_bytes(row['size'])} instead", highlight=False, markup=False)
-            console.print(fmt.format_row(row), highlight=False, markup=False, soft_wrap=True)
-        if body.get("not_measured"):
-            console.print(f"# {fmt.human_bytes(min(body['not_measured']))} and up not measured", highlight=False,
-                          markup=False)
-        for line in fmt.footer_lines(int(body["wrong"]), float(body["avg_busbw"])):
-            console.print(line, highlight=False, markup=False)
-    if report.expectation is not None:
-        console.print(report.expectation.explain(), style="dim", soft_wrap=True, highlight=False, markup=False)
-    if plot:
-        expected = report.expectation.busbw_gbs if report.expectation else None
-        for line in terminal_plot(busbw_series(result), expected):
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
-
-
 def save(report: CollectivesReport, path: Path) -> list[Path]:
     """Write the JSON document to ``path`` and the plot beside it (same name, ``.png``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +266,7 @@ def pair_result(group: tuple[str, ...], run: WorkloadRun, seconds: float) -> Pai
 
 
 def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float, dtype: str = "float32",
-                 log: Console | None = None) -> Any:
+                 notes: Callable[[str], None] | None = None) -> Any:
     """A :data:`clusterkit.workloads.slownode.Measure` that times all_reduce over each group at once.
 
     Each pair measures a small message first, then ``size`` shrunk to what its rate lets finish within
@@ -338,11 +303,10 @@ def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float,
             t.join()
         done = [r if r is not None else PairResult(g, None, "measurement crashed")
                 for r, g in zip(results, groups, strict=True)]
-        if log is not None:
+        if notes is not None:
             for r in done:
                 value = r.measured if r.busbw is not None else f"failed: {r.detail}"
-                log.print(f"find-slow: {' + '.join(r.nodes)}: {value} ({r.seconds:.1f}s)", highlight=False,
-                          markup=False, soft_wrap=True)
+                notes(f"find-slow: {' + '.join(r.nodes)}: {value} ({r.seconds:.1f}s)")
         return done
 
     return measure
@@ -351,7 +315,7 @@ def pair_measure(ctx: WorkloadContext, size: int, iters: int, deadline_s: float,
 def search_slow(ctx: WorkloadContext, size: int, iters: int = 5, deadline_s: float = 120.0,
                 slow_ratio: float = 0.5, dtype: str = "float32") -> SearchResult:
     """Pairwise rings until the slow or broken nodes (or links) are named."""
-    measure = pair_measure(ctx, size, iters, deadline_s, dtype, ctx.console)
+    measure = pair_measure(ctx, size, iters, deadline_s, dtype, ctx.notes)
     return find_slow(ctx.names, measure, slow_ratio=slow_ratio)
 
 

@@ -1,26 +1,26 @@
-"""Run one workload script across the cluster: ship it, build the ``deepspeed`` line, supervise, diagnose.
+"""Run one workload script across the cluster: ship it, build the launch line, supervise, diagnose.
 
-A :class:`WorkloadContext` holds what every workload of one command shares (hosts, training
-interpreter, SSH settings, where the scripts are); :meth:`WorkloadContext.launch` runs a script on
-all hosts or a subset, shows live progress per node, and returns the outcome with its diagnosis.
+A :class:`WorkloadContext` holds what every workload of one command shares (the :class:`Nodes`, the
+training interpreter, where the scripts are); :meth:`WorkloadContext.launch` runs a script on all
+hosts or a subset through the nodes' own launch line (DeepSpeed's runner over pdsh, srun, or this
+machine), reports each node's progress to a listener, and returns the outcome with its diagnosis. A
+stopped run's ranks left on the nodes are ended by :meth:`Nodes.cleanup`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from clusterkit.cluster import LaunchStyle, Nodes, ProgressListener
+from clusterkit.dsenv import deepspeed_env_values
 from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line, shell_line
-from clusterkit.progress import LAST_HEARD, NO_OUTPUT, NodeProgress
-from clusterkit.remote import SshSettings
+from clusterkit.launchline import LaunchPlan, shell_line
+from clusterkit.slurmlaunch import runner_exports
 from clusterkit.workloads.diagnose import Diagnosis, diagnose
 from clusterkit.workloads.run import (
     Cleanup,
@@ -33,7 +33,30 @@ from clusterkit.workloads.run import (
     supervise,
 )
 from clusterkit.workloads.scripts.workload_io import DONE, PROGRESS
-from clusterkit.workloads.ship import Shipped, is_local, remote_cleanup, ship
+from clusterkit.workloads.ship import Shipped, ship
+
+#: A node heard from: its detail says what its ranks last said (a view shows how long ago).
+LAST_HEARD = "last heard"
+#: A node not heard from since the start.
+NO_OUTPUT = "no output for"
+#: How long the clean-up of a stopped run may take on each node.
+CLEANUP_TIMEOUT_S = 20.0
+
+#: ``views(hosts, title)``: a per-node progress view for one step (shipping, one launch), open for its length.
+ProgressViews = Callable[[list[str], str], AbstractContextManager[ProgressListener]]
+
+
+class _Unseen:
+    """A listener that shows nothing (the library's default: it never prints)."""
+
+    def update(self, host: str, state: str, detail: str = "") -> None:
+        """Nothing to show."""
+
+
+@contextmanager
+def no_view(hosts: list[str], title: str) -> Iterator[ProgressListener]:
+    """No progress shown."""
+    yield _Unseen()
 
 
 @dataclass
@@ -104,57 +127,41 @@ def rank_layout(hosts: Sequence[ActiveHost]) -> dict[int, str]:
     return layout
 
 
-def include_spec(hosts: Sequence[ActiveHost]) -> str:
-    """DeepSpeed's ``--include`` naming exactly these hosts and slots."""
-    return "@".join(f"{h.name}:{','.join(map(str, h.slots))}" for h in hosts)
-
-
-def local_hostfile(slots: int) -> str:
-    """A one-line hostfile for this machine (DeepSpeed then launches locally, without pdsh)."""
-    directory = Path(tempfile.gettempdir()) / f"clusterkit-{os.getuid()}"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / f"hostfile-localhost-{slots}"
-    path.write_text(f"localhost slots={slots}\n", encoding="utf-8")
-    return str(path)
-
-
 @dataclass
 class WorkloadContext:
     """What every workload launch of one command shares."""
 
-    hosts: list[ActiveHost]
-    hostfile: str
+    nodes: Nodes
     python: str
-    #: Every host and slot of the hostfile (before --include/--exclude); None: the same as ``hosts``.
-    hostfile_hosts: list[ActiveHost] | None = None
-    settings: SshSettings = field(default_factory=SshSettings)
-    console: Console = field(default_factory=lambda: Console(stderr=True))
+    #: Opens a progress view per step (a terminal table from commands; none by default).
+    views: ProgressViews = no_view
+    #: Where a line worth telling goes as it happens (the slow-node search's pair results).
+    notes: Callable[[str], None] | None = None
     workdir: str | None = None
-    #: ``workdir`` is shared by every node: the scripts are written there once, without SSH.
+    #: ``workdir`` is shared by every node: the scripts are written there once, through no transport.
     shared_workdir: bool = False
+    #: None: the launch's own choice (DeepSpeed's runner finds it; through srun, the first node's address).
     master_addr: str | None = None
     master_port: int = 29500
+    #: DeepSpeed's multi-node launcher where its runner starts the ranks (pdsh).
     launcher: str = "pdsh"
     deadline_s: float = 300.0
     grace_s: float = 15.0
     cwd: str = field(default_factory=os.getcwd)
+    #: What every rank gets where no runner adds it (PYTHONPATH with the launch directory, .deepspeed_env);
+    #: None: what DeepSpeed's runner would add, read from ``cwd`` and this environment.
+    exports: dict[str, str] | None = None
     #: Every launch of this context, in the order they finished (for ``--log``).
     runs: list[WorkloadRun] = field(default_factory=list)
     _shipped: Shipped | None = None
 
     @property
-    def names(self) -> list[str]:
-        return [h.name for h in self.hosts]
+    def hosts(self) -> list[ActiveHost]:
+        return self.nodes.hosts
 
     @property
-    def whole_hostfile(self) -> list[ActiveHost]:
-        """Every host and slot of the hostfile, before --include/--exclude."""
-        return self.hostfile_hosts if self.hostfile_hosts is not None else self.hosts
-
-    @functools.cached_property
-    def local(self) -> bool:
-        """Every rank runs on this machine (one host, and it is this machine)."""
-        return is_local(self.names)
+    def names(self) -> list[str]:
+        return self.nodes.names
 
     def ranks_per_node(self, hosts: Sequence[ActiveHost] | None = None) -> dict[str, int]:
         return {h.name: len(h.slots) for h in (hosts if hosts is not None else self.hosts)}
@@ -162,45 +169,42 @@ class WorkloadContext:
     def shipped(self) -> Shipped:
         """The scripts on every node (shipped on first use, then reused)."""
         if self._shipped is None:
-            with NodeProgress(self.names, "shipping workload scripts", self.console) as progress:
-                self._shipped = ship(self.names, self.settings, workdir=self.workdir, python=self.python,
-                                     progress=None if self.local or self.shared_workdir else progress,
-                                     shared=self.shared_workdir)
+            with self.views(self.names, "shipping workload scripts") as progress:
+                self._shipped = ship(self.nodes, workdir=self.workdir, python=self.python,
+                                     shared=self.shared_workdir, progress=progress)
         return self._shipped
 
-    def command_line(self, script_path: str, args: Sequence[str], chosen: Sequence[ActiveHost], run_id: str,
-                     master_port: int | None = None) -> list[str]:
-        """The ``deepspeed`` line for ``script_path`` on ``chosen`` (launchline's, plus what a workload needs)."""
-        whole = self.whole_hostfile
-        include = "" if [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole] \
-            else include_spec(chosen)
-        # One active host: DeepSpeed's runner starts it on this machine unless told --force_multi; when
-        # it is this machine, no SSH at all and the master is loopback (as clusterkit launch does).
-        here = len(chosen) == 1 and (self.local or is_local([chosen[0].name]))
-        plan = LaunchPlan(python=self.python, hostfile=self.hostfile, script=script_path,
-                          script_args=[*args, run_id_argument(run_id)], include=include, launcher=self.launcher,
-                          master_addr=self.master_addr or ("127.0.0.1" if here else None),
-                          master_port=master_port or self.master_port, ssh_port=self.settings.port,
-                          force_multi=len(chosen) == 1 and not here, no_ssh_check=here)
-        argv = build_launch_line(plan)
-        return argv
+    def plan(self, script_path: str, args: Sequence[str], run_id: str, master_port: int | None = None) -> LaunchPlan:
+        """What to launch (the nodes' launch line adds where and how)."""
+        return LaunchPlan(python=self.python, hostfile="", script=script_path,
+                          script_args=[*args, run_id_argument(run_id)], launcher=self.launcher,
+                          master_addr=self.master_addr, master_port=master_port or self.master_port)
+
+    def style(self) -> LaunchStyle:
+        """How every workload runs: lines labelled with their node, in ``cwd``, sharing the job's resources."""
+        exports = self.exports
+        if exports is None:
+            exports = runner_exports(self.cwd, os.environ.get("PYTHONPATH"), deepspeed_env_values(self.cwd))
+        return LaunchStyle(labelled=True, cwd=self.cwd, exports=exports, overlap=True)
 
     def in_launch_order(self, hosts: Sequence[ActiveHost]) -> list[ActiveHost]:
-        """``hosts`` in the order the launcher ranks them: the hostfile's (DeepSpeed's runner keeps it
-        whatever ``--include`` says; srun gives node ranks in the allocation's order), so node rank 0, the
-        master, and the rank layout are the ones the launch really has (a pair asked as node3 + node1 is
-        launched as node1 + node3)."""
-        whole = [h.name for h in self.whole_hostfile]
-        position = {name: index for index, name in enumerate(whole)}
-        return sorted(hosts, key=lambda h: position.get(h.name, len(whole)))
-
-    def task_nodes(self, names: list[str]) -> list[str] | None:
-        """Which node each labelled task of the launch line is (None: the line labels lines with hosts)."""
-        return None
+        """``hosts`` in the order the launcher ranks them: the nodes' (DeepSpeed's runner keeps the
+        hostfile's whatever ``--include`` says; srun gives node ranks in the allocation's order), so node
+        rank 0, the master, and the rank layout are the ones the launch really has (a pair asked as
+        node3 + node1 is launched as node1 + node3)."""
+        order = self.names
+        position = {name: index for index, name in enumerate(order)}
+        return sorted(hosts, key=lambda h: position.get(h.name, len(order)))
 
     def cleanup_for(self, names: list[str]) -> Cleanup:
-        """What kills a run's processes left on ``names`` after it was stopped."""
-        return remote_cleanup(names if not self.local else ["localhost"], self.settings)
+        """What kills a run's processes left on ``names`` after it was stopped (by its run id)."""
+
+        def cleanup(run_id: str) -> dict[str, str]:
+            done = self.nodes.cleanup(run_id, CLEANUP_TIMEOUT_S, hosts=names)
+            return {h: (str(r.value) if r.ok and r.value is not None else f"clean-up failed: {r.error}")
+                    for h, r in done.items()}
+
+        return cleanup
 
     def launch(self, script: str, args: Sequence[str], title: str, *, hosts: Sequence[ActiveHost] | None = None,
                master_port: int | None = None, deadline_s: float | None = None, env: dict[str, str] | None = None,
@@ -209,15 +213,17 @@ class WorkloadContext:
         chosen = self.in_launch_order(hosts if hosts is not None else self.hosts)
         names = [h.name for h in chosen]
         run_id = new_run_id()
-        argv = self.command_line(self.shipped().script(script), args, chosen, run_id, master_port)
+        plan = self.plan(self.shipped().script(script), args, run_id, master_port)
+        line = self.nodes.launch_line(plan, chosen, self.style())
         layout = rank_layout(chosen)
-        launch = Launch(argv=argv, cwd=self.cwd, deadline_s=deadline_s or self.deadline_s, hosts=names,
-                        run_id=run_id, env=env, grace_s=self.grace_s, task_nodes=self.task_nodes(names))
+        launch = Launch(argv=line.argv, cwd=self.cwd, deadline_s=deadline_s or self.deadline_s, hosts=names,
+                        run_id=run_id, env={**line.env, **(env or {})} or None, grace_s=self.grace_s,
+                        task_nodes=line.task_nodes)
         cleanup = self.cleanup_for(names)
         if quiet:
             outcome = supervise(launch, cleanup=cleanup)
         else:
-            with NodeProgress(names, title, self.console) as progress:
+            with self.views(names, title) as progress:
                 tracker = _ProgressTracker(progress, layout)
                 outcome = supervise(launch, cleanup=cleanup, on_line=tracker.on_line)
                 tracker.finish(outcome)
@@ -227,11 +233,11 @@ class WorkloadContext:
 
 
 class _ProgressTracker:
-    """Feeds a NodeProgress from a run's lines: when each node was last heard and what its ranks last
+    """Feeds a progress listener from a run's lines: when each node was last heard and what its ranks last
     said (with when they said it), done when its ranks are. Never a state not seen: a rank's last
     progress may be long past while its later output is stuck behind a saturated link."""
 
-    def __init__(self, progress: NodeProgress, layout: dict[int, str]) -> None:
+    def __init__(self, progress: ProgressListener, layout: dict[int, str]) -> None:
         self.progress = progress
         self.layout = layout
         self.pending = {host: {r for r, h in layout.items() if h == host} for host in set(layout.values())}

@@ -1,8 +1,10 @@
 """Put the workload scripts on every node at one path, without clusterkit in the training env.
 
 The scripts (``clusterkit/workloads/scripts/*.py``: standard library plus torch/DeepSpeed) travel as
-a content-addressed bundle, like the agent (:func:`clusterkit.remote.ship_agent`), into a private
-per-user directory on each node: ``${TMPDIR:-/tmp}/clusterkit-<uid>/workloads-<digest>/``.
+a content-addressed bundle, like the agent, into a private per-user directory on each node:
+``${TMPDIR:-/tmp}/clusterkit-<uid>/workloads-<digest>/``. One command per node through whatever
+transport the nodes have (:meth:`clusterkit.cluster.Nodes.run`) unpacks the bundle, which travels inside
+the command (some 30 KB), where it is missing, and says where it is.
 
 Why there and not under the launch directory: it needs nothing from the user's tree (which may be
 read-only, or a shared filesystem where every node would race to write the same files), a node
@@ -15,6 +17,7 @@ a directory to use on every node instead (a shared or launch-relative path).
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import io
@@ -23,19 +26,11 @@ import shlex
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from clusterkit.cluster.shell import kill_by_run_id_command
+from clusterkit.cluster import CommandOutput, HostResult, Nodes, ProgressListener
 from clusterkit.errors import ClusterkitError
-from clusterkit.progress import NodeProgress
-from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
-from clusterkit.workloads.run import Cleanup
-
-if TYPE_CHECKING:
-    from fabric import Connection
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @functools.cache
@@ -65,13 +60,6 @@ def _base_dir_shell(workdir: str | None) -> str:
     if workdir:
         return shlex.quote(workdir)
     return '"${TMPDIR:-/tmp}/clusterkit-$(id -u)"'
-
-
-def is_local(hosts: list[str]) -> bool:
-    """A launch DeepSpeed runs on this machine only: one host, and it is this machine."""
-    from clusterkit.launchsite import launch_place
-
-    return bool(hosts) and launch_place(hosts).local_only
 
 
 @dataclass
@@ -108,88 +96,69 @@ def ship_local(workdir: str | None = None) -> str:
     return str(target)
 
 
-def ship_to(conn: Connection, timeout_s: float, workdir: str | None = None, python: str | None = None) -> str:
-    """Unpack the bundle on one node unless it is already there; returns the directory on that node."""
-    digest = bundle_digest()
-    probe = conn.run(
-        f'd={_base_dir_shell(workdir)}; mkdir -p -m 700 "$d" || exit 3; '
-        '[ -O "$d" ] || { echo "$d is not owned by $(id -un)" >&2; exit 4; }; '
-        f'a="$d/workloads-{digest}"; if [ -s "$a/workload_io.py" ] && [ -O "$a" ]; then echo "present $a"; '
-        'else echo "missing $a"; fi',
-        hide=True, warn=True, timeout=timeout_s)
-    if probe.exited != 0 or not probe.stdout.strip():
-        raise RemoteError(f"cannot prepare the workload directory: {(probe.stderr or probe.stdout).strip()}",
-                          fix="pass --workdir with a directory you own on every node")
-    state, path = str(probe.stdout).split()[-2:]
-    if state == "missing":
-        zip_path = f"{path}.{os.getpid()}.zip"
-        conn.put(io.BytesIO(bundle_zip()), remote=zip_path)
-        q, z = shlex.quote(path), shlex.quote(zip_path)
-        fallback = f" || command -v {shlex.quote(python)}" if python else ""
-        unpack = conn.run(
+#: What the ship command prints before the directory the bundle is in.
+PLACED = "@@ck-workloads@@"
+#: How long one node may take to unpack the bundle.
+SHIP_TIMEOUT_S = 60.0
+
+
+def ship_command(workdir: str | None, python: str | None) -> str:
+    """Per node: the bundle's directory, unpacked from the inline zip when missing; prints ``PLACED path``."""
+    q = shlex.quote
+    blob = base64.b64encode(bundle_zip()).decode("ascii")
+    fallback = f" || command -v {q(python)}" if python else ""
+    return (f'd={_base_dir_shell(workdir)}; mkdir -p -m 700 "$d" || exit 3; '
+            '[ -O "$d" ] || { echo "$d is not owned by $(id -un)" >&2; exit 4; }; '
+            f'a="$d/workloads-{bundle_digest()}"; '
+            'if [ ! -s "$a/workload_io.py" ] || [ ! -O "$a" ]; then '
             f'PY="$(command -v python3{fallback})" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
-            f'rm -rf {q}.tmp && "$PY" -m zipfile -e {z} {q}.tmp && rm -f {z} && chmod -R go-rwx {q}.tmp '
-            f'&& {{ mv -T {q}.tmp {q} 2>/dev/null || rm -rf {q}.tmp; }}',
-            hide=True, warn=True, timeout=timeout_s)
-        if unpack.exited != 0:
-            raise RemoteError(f"cannot unpack the workload scripts: {unpack.stderr.strip()}")
-    return path
+            't="$a.${CLUSTERKIT_NODE:-node}.$$"; z="$t.zip"; '
+            f'echo {blob} | base64 -d > "$z" && "$PY" -m zipfile -e "$z" "$t" && rm -f "$z" '
+            '&& chmod -R go-rwx "$t" && { mv -T "$t" "$a" 2>/dev/null || rm -rf "$t"; } || exit 5; fi; '
+            f'echo {PLACED} "$a"')
 
 
-def ship(hosts: list[str], settings: SshSettings, timeout_s: float = 30.0, workdir: str | None = None,
-         python: str | None = None, progress: NodeProgress | None = None, shared: bool = False) -> Shipped:
-    """Ship the bundle to every host in parallel; the one directory they all hold it in.
+def placed_at(result: HostResult[CommandOutput]) -> tuple[str | None, str | None]:
+    """(the directory a node holds the bundle in, or None and why not) from its ship command."""
+    output = result.value
+    if not result.ok or output is None:
+        return None, result.error
+    for line in output.stdout.splitlines():
+        if line.startswith(PLACED):
+            return line[len(PLACED):].strip(), None
+    return None, f"{output.tail(2)} (exit {output.exit_code})"
+
+
+def ship(nodes: Nodes, *, workdir: str | None = None, python: str | None = None, shared: bool = False,
+         progress: ProgressListener | None = None, timeout_s: float = SHIP_TIMEOUT_S) -> Shipped:
+    """The bundle on every node of ``nodes``; the one directory they all hold it in.
 
     ``shared``: ``workdir`` is on a filesystem every node mounts at the same path, so the bundle is
-    written there once, from this machine, without SSH. Raises ClusterkitError naming the hosts that
-    failed, or that hold it at a different path.
+    written there once, from this machine, through no transport. Raises ClusterkitError naming the
+    nodes that failed, or that hold it at a different path.
     """
     if workdir and not workdir.startswith("/"):
-        workdir = str(Path(workdir).absolute())  # pdsh runs the same words on every node: make it absolute
+        workdir = str(Path(workdir).absolute())  # every node gets the same words: make it absolute
     if shared:
         if not workdir:
             raise ClusterkitError("a shared workdir needs --workdir DIR (a directory every node mounts)")
         return Shipped(ship_local(workdir), {})
-    if is_local(hosts):
-        path = ship_local(workdir)
-        return Shipped(path, {hosts[0]: HostResult(hosts[0], value=path)})
-
-    def task(host: str) -> str:
-        with connect(host, settings) as conn:
-            return ship_to(conn, timeout_s, workdir, python)
-
-    results = fan_out(hosts, task, timeout_s + settings.connect_timeout_s + 5, progress, settings)
-    failed = {h: r for h, r in results.items() if not r.ok}
+    results = nodes.run(ship_command(workdir, python), timeout_s, progress=progress)
+    paths: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for host, result in results.items():
+        path, why = placed_at(result)
+        if path is None:
+            failed[host] = why or "no answer"
+        else:
+            paths[host] = path
     if failed:
-        detail = "; ".join(f"{h}: {r.error}" for h, r in failed.items())
+        detail = "; ".join(f"{h}: {why}" for h, why in failed.items())
         raise ClusterkitError(f"could not put the workload scripts on {len(failed)} node(s): {detail}")
-    paths = {h: str(r.value) for h, r in results.items()}
     distinct = sorted(set(paths.values()))
     if len(distinct) > 1:
         where = ", ".join(f"{h}: {p}" for h, p in paths.items())
         raise ClusterkitError(f"the workload scripts landed at different paths ({where}); DeepSpeed's launcher "
                               "gives every node the same path: pass --workdir DIR with a directory usable on "
                               "every node (e.g. under the launch directory)")
-    return Shipped(distinct[0], dict(results))
-
-
-def remote_cleanup(hosts: list[str], settings: SshSettings, timeout_s: float = 20.0) -> Cleanup:
-    """A clean-up for :func:`clusterkit.workloads.run.supervise`: kills a run's processes on every node."""
-
-    def cleanup(run_id: str) -> dict[str, str]:
-        command = kill_by_run_id_command(run_id)
-
-        def task(host: str) -> str:
-            if host in LOCAL_NAMES:
-                import subprocess
-
-                done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout_s,
-                                      check=False)
-                return done.stdout.strip()
-            with connect(host, settings) as conn:
-                return str(conn.run(command, hide=True, warn=True, timeout=timeout_s).stdout).strip()
-
-        results = fan_out(hosts, task, timeout_s + settings.connect_timeout_s, None, settings)
-        return {h: (str(r.value) if r.ok else f"clean-up failed: {r.error}") for h, r in results.items()}
-
-    return cleanup
+    return Shipped(distinct[0], {h: HostResult(h, value=p) for h, p in paths.items()})
