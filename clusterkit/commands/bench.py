@@ -188,7 +188,7 @@ def _slurm_context(args: argparse.Namespace, console: Console) -> Any:
     import os
 
     from clusterkit.cluster.slurm import allocation_hostfile
-    from clusterkit.commands.launch_slurm import deepspeed_env_values
+    from clusterkit.launchsite import deepspeed_env_values
     from clusterkit.slurmlaunch import runner_exports
     from clusterkit.workloads.slurm import SlurmWorkloadContext
 
