@@ -133,6 +133,17 @@ def include_for(chosen: Sequence[ActiveHost], whole: Sequence[ActiveHost]) -> st
     return "" if same else include_spec(chosen)
 
 
+def selection_for(plan: LaunchPlan, chosen: Sequence[ActiveHost], selected: Sequence[ActiveHost],
+                  whole: Sequence[ActiveHost]) -> tuple[str, str]:
+    """``--include``/``--exclude`` for ``chosen`` out of the hostfile's ``whole``: the plan's own words
+    when they chose ``selected`` and ``chosen`` is that selection (a line as the user wrote it), else
+    the exact hosts and slots (none when they are the whole hostfile)."""
+    if (plan.include or plan.exclude) and [(h.name, h.slots) for h in chosen] == \
+            [(h.name, h.slots) for h in selected]:
+        return plan.include, plan.exclude
+    return include_for(chosen, whole), ""
+
+
 def shell_line(argv: Sequence[str]) -> str:
     """One copy-pastable shell line (each word quoted only where it needs it)."""
     return shlex.join(argv)

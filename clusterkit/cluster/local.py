@@ -30,7 +30,7 @@ from clusterkit.cluster.nodes import (
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
 from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line, include_for
+from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
 from clusterkit.remote.agent import AgentReply, parse_agent_output
 from clusterkit.remote.ssh import RemoteError, SshSettings
 from clusterkit.remote.stream import LineStream, ProcessOpener
@@ -136,8 +136,8 @@ class LocalNodes:
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         """DeepSpeed's runner with this machine's hostfile: ranks start here, no SSH, loopback master
         (``--include`` where the hostfile names more than the slots chosen here)."""
-        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include_for(hosts, self.whole),
-                       exclude="",
+        include, exclude = selection_for(plan, hosts, [self.host], self.whole)
+        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include, exclude=exclude,
                        launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or "127.0.0.1", force_multi=False, no_ssh_check=True)
         return LaunchLine(build_launch_line(full), None, dict(style.exports))

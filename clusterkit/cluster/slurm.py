@@ -29,7 +29,7 @@ from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
-from clusterkit.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, include_for
+from clusterkit.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
 from clusterkit.launchsite import deepspeed_env_values
 from clusterkit.remote.agent import AgentReply
 from clusterkit.remote.slurm import (
@@ -243,8 +243,9 @@ class SlurmNodes:
         hostfile written from the allocation and filtered to ``chosen``."""
         path = Path(tempfile.gettempdir()) / f"clusterkit-slurm-{self.alloc.job_id}.hostfile"
         path.write_text(hostfile_text(self.alloc), encoding="utf-8")
-        return build_launch_line(replace(plan, hostfile=str(path), include=include_for(chosen, self._every),
-                                         exclude="", launcher_args=style.launcher_args or plan.launcher_args,
+        include, exclude = selection_for(plan, chosen, self._hosts, self._every)
+        return build_launch_line(replace(plan, hostfile=str(path), include=include, exclude=exclude,
+                                         launcher_args=style.launcher_args or plan.launcher_args,
                                          force_multi=False, no_ssh_check=True))
 
     def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:

@@ -23,7 +23,7 @@ from clusterkit.cluster.nodes import (
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
 from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line, include_for
+from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
 from clusterkit.launchsite import launch_place
 from clusterkit.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
 from clusterkit.remote.fanout import fan_out
@@ -112,13 +112,14 @@ class SshNodes:
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         """DeepSpeed's runner over pdsh (its lines are ``host: ...``), with ``--include`` where ``hosts``
-        are not the whole hostfile; one host runs through the multi-node launcher all the same."""
+        are not the whole hostfile (the plan's --include/--exclude where they chose these hosts); one
+        host runs through the multi-node launcher all the same."""
         chosen = list(hosts)
-        include = include_for(chosen, self.whole)
+        include, exclude = selection_for(plan, chosen, self._hosts, self.whole)
         # One active host: DeepSpeed's runner starts it on this machine unless told --force_multi; when it
         # is this machine, no SSH at all and the master is loopback (as clusterkit launch does).
         here = len(chosen) == 1 and launch_place([chosen[0].name]).local_only
-        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include, exclude="",
+        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include, exclude=exclude,
                        ssh_port=self.settings.port, launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or ("127.0.0.1" if here else None),
                        force_multi=len(chosen) == 1 and not here, no_ssh_check=here)

@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_preflight:
         preflight_checks(args.skip)  # an unknown id is a usage error before any node is asked
     plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()) if args.hostfile else "",
-                      script=script, script_args=script_args, launcher=launcher, launcher_args=args.launcher_args,
+                      script=script, script_args=script_args, include=args.include, exclude=args.exclude,
+                      launcher=launcher, launcher_args=args.launcher_args,
                       master_addr=args.master_addr, master_port=args.master_port, module=args.module,
                       deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style])
     style = LaunchStyle(labelled=False, cwd=str(Path.cwd()), launcher_args=args.launcher_args,

@@ -360,3 +360,13 @@ def test_this_machine_picked_out_of_a_larger_hostfile_keeps_its_include() -> Non
     assert line[line.index("--include") + 1] == "localhost:0,1" and "--no_ssh_check" in line
     alone = LocalNodes(here, hostfile="/h")
     assert "--include" not in alone.launch_line(plan(), alone.hosts, LaunchStyle()).argv
+
+
+def test_the_users_include_and_exclude_are_kept_for_the_hosts_they_chose_and_exact_slots_otherwise() -> None:
+    whole = hosts_named("node1", "node2", "node3", slots=8)
+    nodes = SshNodes(whole[1:], SshSettings(), hostfile="/h", whole=whole)
+    theirs = nodes.launch_line(plan(exclude="node1"), nodes.hosts, LaunchStyle()).argv
+    assert theirs[theirs.index("--exclude") + 1] == "node1" and "--include" not in theirs
+    pair = nodes.launch_line(plan(exclude="node1"), whole[2:], LaunchStyle()).argv
+    assert pair[pair.index("--include") + 1] == "node3:" + ",".join(str(s) for s in range(8))
+    assert "--exclude" not in pair
