@@ -104,11 +104,12 @@ def launch_intent(launcher: str, hosts: Sequence[ActiveHost], cpus_per_task: int
     holds on a node (:func:`with_job_cpus` fills it in from the job). ValueError for a bad interval."""
     interval = parse_interval(checkpoint_every) if checkpoint_every else None
     no_checkpoints = saves_no_checkpoints(script_args)
-    source = "--save_strategy no" if no_checkpoints else f"--checkpoint-every {checkpoint_every}" if interval else ""
+    source = f"--checkpoint-every {checkpoint_every}" if checkpoint_every else ""
     return SlurmLaunchIntent(launcher=launcher, ranks_per_node=max((len(h.slots) for h in hosts), default=1),
                              cpus_per_node_task=cpus_per_task if launcher == SRUN_LAUNCHER else None,
                              dataloader_workers=dataloader_workers(script_args), checkpoint_interval_s=interval,
-                             checkpoint_source=source, no_checkpoints=no_checkpoints)
+                             checkpoint_source="--save_strategy no" if no_checkpoints else source,
+                             no_checkpoints=no_checkpoints)
 
 
 def with_job_cpus(intent: SlurmLaunchIntent, job: SlurmJobFacts, hosts: Sequence[ActiveHost]) -> SlurmLaunchIntent:
