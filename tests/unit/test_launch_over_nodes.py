@@ -332,6 +332,7 @@ def test_a_printed_line_names_no_allocation_that_clusterkit_releases(tmp_path: P
     theirs = slurm_nodes(tmp_path)
     kept = theirs.launch_line(plan(master_addr="m"), theirs.hosts, style)
     assert "--jobid=42" in kept.argv and not kept.while_open
+    assert theirs.hostfile == "slurm job 42"  # what the preflight's report names
 
 
 def test_deepspeeds_own_slurm_launcher_reads_a_hostfile_of_the_allocation(tmp_path: Path) -> None:
