@@ -1,7 +1,9 @@
 """Launching a job as a library: the preflight (the doctor's survey and checks, plus config check of
-the config the script reads) and the run step, which hands the process to DeepSpeed's runner.
+the config the script reads) over any :class:`~clusterkit.cluster.Nodes`, and the run step, which hands
+the process to the launch line (DeepSpeed's runner, or srun).
 
-The ``deepspeed`` line itself is built by :mod:`clusterkit.launchline` (pure).
+The line itself comes from the nodes (:meth:`~clusterkit.cluster.Nodes.launch_line`). Nothing here
+prints: the survey's progress goes to a listener, the report back to the command.
 """
 
 from __future__ import annotations
@@ -9,30 +11,27 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from rich.console import Console
-
 from clusterkit.checks import load_checks
-from clusterkit.checks.registry import select_checks
+from clusterkit.checks.registry import CheckSpec, select_checks
 from clusterkit.doctor import judge_cluster
 from clusterkit.dsconfig.check import check_config
 from clusterkit.dsconfig.load import load_ds_config
 from clusterkit.dsconfig.resources import resources_from_facts
 from clusterkit.dsconfig.rules import Runner, load_rules
 from clusterkit.dsconfig.topology import topology_from_hosts
-from clusterkit.facts import Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
+from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
 from clusterkit.findings import Finding
 from clusterkit.inventory import ActiveHost
-from clusterkit.remote import SshSettings
-from clusterkit.remote.slurm import Allocation
 from clusterkit.report import DoctorReport
+from clusterkit.slurmlaunch import with_job_cpus
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
 
 if TYPE_CHECKING:
-    from clusterkit.cluster import Nodes
+    from clusterkit.cluster import Nodes, ProgressListener
 
 #: Judged by the line instead: it names --master_addr, so DeepSpeed's own guess of it does not apply.
 NOT_FOR_A_LAUNCH = ("master-address-suspicious",)
@@ -50,12 +49,9 @@ class ConfigToCheck:
 
 @dataclass(frozen=True)
 class PreflightRequest:
-    """What the preflight looks at and how."""
+    """What the preflight looks at and how (the nodes are given apart, opened by the command)."""
 
-    hosts: list[ActiveHost]
-    hostfile: str
     python: str
-    settings: SshSettings = field(default_factory=SshSettings)
     timeout_s: float = 30.0
     master_addr: str | None = None
     #: None: DeepSpeed's 29500 if free on the first host, else a free one.
@@ -65,10 +61,8 @@ class PreflightRequest:
     config: ConfigToCheck | None = None
     #: The training script as the launch line names it (relative to this directory); None for a module.
     script: str | None = None
-    #: Reach the nodes through srun in this allocation (the hosts are its nodes) instead of SSH.
-    slurm: Allocation | None = None
-    #: What the launch will ask of Slurm, for the Slurm checks to weigh against the allocation.
-    slurm_intent: SlurmLaunchIntent | None = None
+    #: What the launch will ask of a scheduler, weighed against the job where the survey read one (Slurm).
+    intent: SlurmLaunchIntent | None = None
 
 
 @dataclass(frozen=True)
@@ -80,26 +74,27 @@ class Preflight:
     master_port: int | None
 
 
-def preflight(request: PreflightRequest, console: Console | None = None) -> Preflight:
-    """Survey and judge the nodes, check the config. ``console`` shows the survey's progress."""
+def preflight_checks(skip: Sequence[str]) -> list[CheckSpec]:
+    """The doctor's checks a launch runs, less ``skip`` (config rule ids there are the config check's);
+    an unknown id or tag is a usage error, raised before any node is asked."""
     load_checks()
     rules = load_rules()
-    skip = [name for name in request.skip if name not in rules] + list(NOT_FOR_A_LAUNCH)
-    specs = select_checks(skip=skip)
+    return select_checks(skip=[name for name in skip if name not in rules] + list(NOT_FOR_A_LAUNCH))
+
+
+def preflight(nodes: Nodes, request: PreflightRequest, progress: ProgressListener | None = None) -> Preflight:
+    """Survey and judge ``nodes``, check the config; each node's progress goes to ``progress``."""
+    specs = preflight_checks(request.skip)
     options = SurveyOptions(python=request.python, timeout_s=request.timeout_s, master_addr=request.master_addr,
                             master_port=AUTO_PORT if request.master_port is None else request.master_port,
                             script=request.script)
     started = time.time()
-    from clusterkit.progress import nodes_view
-
-    nodes = _request_nodes(request)
-    with nodes_view(nodes, "surveying", console) as progress:
-        facts, probes = survey_nodes(nodes, options, progress)
-    if request.slurm_intent is not None and not isinstance(probes.slurm, Unavailable):
-        probes.slurm.launch = request.slurm_intent
-    report = judge_cluster(specs, request.hosts, facts, probes, started, request.hostfile)
+    hosts = nodes.hosts
+    facts, probes = survey_nodes(nodes, options, progress)
+    weigh_intent(probes, request.intent, hosts)
+    report = judge_cluster(specs, hosts, facts, probes, started, nodes.hostfile)
     if request.config is not None:
-        report.findings += [f for f in config_findings(request.config, request.hosts, facts, request.hostfile)
+        report.findings += [f for f in config_findings(request.config, hosts, facts, nodes.hostfile)
                             if f.check_id not in request.skip]
     report.duration_s = time.time() - started
     master = probes.master
@@ -109,16 +104,12 @@ def preflight(request: PreflightRequest, console: Console | None = None) -> Pref
     return Preflight(report, address, master.port)
 
 
-def _request_nodes(request: PreflightRequest) -> Nodes:
-    """Interim, until launch takes ``Nodes`` itself: the request's hosts, reached as it says."""
-    if request.slurm is not None:
-        from clusterkit.cluster.slurm import SlurmNodes
-
-        return SlurmNodes(request.slurm, request.hosts,
-                          agent_dir=os.environ.get("CLUSTERKIT_AGENT_DIR") or None)
-    from clusterkit.cluster.ssh import SshNodes
-
-    return SshNodes(request.hosts, request.settings, hostfile=request.hostfile)
+def weigh_intent(probes: ClusterProbes, intent: SlurmLaunchIntent | None, hosts: Sequence[ActiveHost]) -> None:
+    """Hand the launch's intent to the scheduler checks, where the survey read a scheduler's job."""
+    slurm = probes.slurm
+    if intent is None or isinstance(slurm, Unavailable):
+        return
+    slurm.launch = intent if isinstance(slurm.job, Unavailable) else with_job_cpus(intent, slurm.job, hosts)
 
 
 def config_findings(config: ConfigToCheck, hosts: list[ActiveHost], facts: dict[str, Maybe[NodeFacts]],
@@ -131,14 +122,17 @@ def config_findings(config: ConfigToCheck, hosts: list[ActiveHost], facts: dict[
     return list(report.findings)
 
 
-def exec_launch(argv: Sequence[str]) -> NoReturn:
-    """Replace this process with DeepSpeed's runner: its signals and its exit code are the job's."""
+def exec_launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NoReturn:
+    """Replace this process with DeepSpeed's runner (``env`` added to this environment): its signals and
+    its exit code are the job's."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if env:
+        os.execvpe(argv[0], list(argv), {**os.environ, **env})
     os.execvp(argv[0], list(argv))
 
 
-def run_launch(argv: Sequence[str]) -> int:
+def run_launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     """Run the launch line as a child and return its exit code, passing Ctrl-C and SIGTERM on to it:
     for a launch inside an allocation clusterkit made, which it must release once the job ends."""
     import signal
@@ -146,7 +140,7 @@ def run_launch(argv: Sequence[str]) -> int:
 
     sys.stdout.flush()
     sys.stderr.flush()
-    child = subprocess.Popen(list(argv))
+    child = subprocess.Popen(list(argv), env={**os.environ, **env} if env else None)
     forwarded = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
                  for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

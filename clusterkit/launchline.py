@@ -12,12 +12,20 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clusterkit.inventory import ActiveHost
 
 #: How a training script takes its DeepSpeed config: DeepSpeed's ``add_config_arguments`` flag, or the
 #: HF Trainer's ``--deepspeed FILE``.
 DEFAULT_CONFIG_FLAG = "--deepspeed_config"
 HF_CONFIG_FLAG = "--deepspeed"
 CONFIG_FLAGS = (DEFAULT_CONFIG_FLAG, HF_CONFIG_FLAG)
+#: DeepSpeed's multi-node launchers (its runner's ``--launcher``), pdsh its default.
+DEEPSPEED_LAUNCHERS = ("pdsh", "openmpi", "mpich", "impi", "mvapich", "slurm")
+#: DeepSpeed's default rendezvous port (TORCH_DISTRIBUTED_DEFAULT_PORT), its runner's and launch.py's.
+DEFAULT_MASTER_PORT = 29500
 #: ``clusterkit launch --config-style`` -> the flag the script reads its config from.
 CONFIG_STYLES = {"deepspeed": DEFAULT_CONFIG_FLAG, "hf": HF_CONFIG_FLAG}
 
@@ -112,6 +120,28 @@ def build_launch_line(plan: LaunchPlan) -> list[str]:
     if plan.module:
         line.append("--module")
     return [*line, plan.script, *script_arguments(plan)]
+
+
+def include_spec(hosts: Sequence[ActiveHost]) -> str:
+    """DeepSpeed's ``--include`` naming exactly these hosts and slots: ``node1:0,1@node2:0``."""
+    return "@".join(f"{h.name}:{','.join(str(s) for s in h.slots)}" for h in hosts)
+
+
+def include_for(chosen: Sequence[ActiveHost], whole: Sequence[ActiveHost]) -> str:
+    """``--include`` for ``chosen`` out of the hostfile's ``whole``: none when they are all of it."""
+    same = [(h.name, h.slots) for h in chosen] == [(h.name, h.slots) for h in whole]
+    return "" if same else include_spec(chosen)
+
+
+def selection_for(plan: LaunchPlan, chosen: Sequence[ActiveHost], selected: Sequence[ActiveHost],
+                  whole: Sequence[ActiveHost]) -> tuple[str, str]:
+    """``--include``/``--exclude`` for ``chosen`` out of the hostfile's ``whole``: the plan's own words
+    when they chose ``selected`` and ``chosen`` is that selection (a line as the user wrote it), else
+    the exact hosts and slots (none when they are the whole hostfile)."""
+    if (plan.include or plan.exclude) and [(h.name, h.slots) for h in chosen] == \
+            [(h.name, h.slots) for h in selected]:
+        return plan.include, plan.exclude
+    return include_for(chosen, whole), ""
 
 
 def shell_line(argv: Sequence[str]) -> str:

@@ -24,14 +24,17 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from clusterkit.facts import SlurmJobFacts, SlurmLaunchIntent
 from clusterkit.hostlist import compress
 from clusterkit.inventory import ActiveHost
 from clusterkit.launchline import LaunchPlan, script_arguments
 
 #: ``clusterkit launch --launcher`` values under Slurm: clusterkit's srun line, or DeepSpeed's Slurm launcher.
-SLURM_LAUNCHERS = ("srun", "slurm")
+SRUN_LAUNCHER = "srun"
+DEEPSPEED_SLURM_LAUNCHER = "slurm"
+SLURM_LAUNCHERS = (SRUN_LAUNCHER, DEEPSPEED_SLURM_LAUNCHER)
 #: Runs DeepSpeed's launch.py with this node's rank; "$0" is the interpreter, "$@" launch.py's arguments.
 NODE_RANK_WRAPPER = 'exec "$0" -u -m deepspeed.launcher.launch --node_rank="$SLURM_NODEID" "$@"'
 
@@ -93,6 +96,29 @@ def build_srun_line(plan: SrunPlan) -> list[str]:
     if base.module:
         line.append("--module")
     return [*line, base.script, *script_arguments(base)]
+
+
+def launch_intent(launcher: str, hosts: Sequence[ActiveHost], cpus_per_task: int | None, script_args: Sequence[str],
+                  checkpoint_every: str | None) -> SlurmLaunchIntent:
+    """What a launch asks of Slurm, for the Slurm checks: ``cpus_per_task`` None means every CPU the job
+    holds on a node (:func:`with_job_cpus` fills it in from the job). ValueError for a bad interval."""
+    interval = parse_interval(checkpoint_every) if checkpoint_every else None
+    no_checkpoints = saves_no_checkpoints(script_args)
+    source = f"--checkpoint-every {checkpoint_every}" if checkpoint_every else ""
+    return SlurmLaunchIntent(launcher=launcher, ranks_per_node=max((len(h.slots) for h in hosts), default=1),
+                             cpus_per_node_task=cpus_per_task if launcher == SRUN_LAUNCHER else None,
+                             dataloader_workers=dataloader_workers(script_args), checkpoint_interval_s=interval,
+                             checkpoint_source="--save_strategy no" if no_checkpoints else source,
+                             no_checkpoints=no_checkpoints)
+
+
+def with_job_cpus(intent: SlurmLaunchIntent, job: SlurmJobFacts, hosts: Sequence[ActiveHost]) -> SlurmLaunchIntent:
+    """The intent with the CPUs the srun line asks for when none were given: the fewest the job holds on
+    any of ``hosts`` (as :meth:`clusterkit.cluster.slurm.SlurmNodes.launch_line` does)."""
+    if intent.launcher != SRUN_LAUNCHER or intent.cpus_per_node_task is not None:
+        return intent
+    held = min((job.cpus_per_node.get(h.name, 0) for h in hosts), default=0)
+    return replace(intent, cpus_per_node_task=held or None)
 
 
 def dataloader_workers(script_args: Sequence[str]) -> int | None:

@@ -65,6 +65,10 @@ class FakeNodes:
     scheduler: SchedulerView | None = None
     calls: list[Call] = field(default_factory=list)
     closed: bool = False
+    #: Where the hosts came from, as reports name it.
+    hostfile: str = ""
+    #: Launch lines run inside what closing releases (as under an allocation clusterkit asked for).
+    launch_while_open: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -119,7 +123,7 @@ class FakeNodes:
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         self.calls.append(Call("launch_line", [h.name for h in hosts], plan))
-        return LaunchLine(build_launch_line(plan))
+        return LaunchLine(build_launch_line(plan), while_open=self.launch_while_open)
 
     def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
         return self._each("cleanup", hosts, run_id, lambda h: "", None)

@@ -40,7 +40,7 @@ def open_nodes(target: Target, environ: Mapping[str, str] | None = None) -> Node
     if isinstance(reach, LocalReach):
         from clusterkit.cluster.local import LocalNodes
 
-        return LocalNodes(target.hosts[0], hostfile=target.hostfile)
+        return LocalNodes(target.hosts[0], hostfile=target.hostfile, whole=target.every_host)
     from clusterkit.cluster.slurm import SlurmNodes, allocation_hostfile
     from clusterkit.inventory import select_hosts
     from clusterkit.remote.slurm import current_allocation, describe_job, release_allocation, request_allocation

@@ -32,7 +32,7 @@ from clusterkit.cluster.nodes import (
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
 from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line
+from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
 from clusterkit.remote.agent import AgentReply, parse_agent_output
 from clusterkit.remote.ssh import RemoteError, SshSettings
 from clusterkit.remote.stream import LineStream, ProcessOpener
@@ -56,9 +56,11 @@ class LocalNodes:
 
     transport = "local"
 
-    def __init__(self, host: ActiveHost, *, hostfile: str = "") -> None:
+    def __init__(self, host: ActiveHost, *, hostfile: str = "", whole: Sequence[ActiveHost] = ()) -> None:
         self.host = host
         self.hostfile = hostfile
+        #: Every host and slot of the hostfile, this machine among them (--include picks it out).
+        self.whole = list(whole) or [host]
 
     @property
     def hosts(self) -> list[ActiveHost]:
@@ -140,9 +142,11 @@ class LocalNodes:
         return group
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
-        """DeepSpeed's runner with this machine's hostfile: ranks start here, no SSH, loopback master."""
+        """DeepSpeed's runner with this machine's hostfile: ranks start here, no SSH, loopback master
+        (``--include`` where the hostfile names more than the slots chosen here)."""
+        include, exclude = selection_for(plan, hosts, [self.host], self.whole)
         hostfile = plan.hostfile or self.hostfile or local_hostfile(len(self.host.slots))
-        full = replace(plan, hostfile=hostfile, include="", exclude="",
+        full = replace(plan, hostfile=hostfile, include=include, exclude=exclude,
                        launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or "127.0.0.1", force_multi=False, no_ssh_check=True)
         return LaunchLine(build_launch_line(full), None, dict(style.exports))

@@ -86,11 +86,15 @@ class LaunchStyle:
     launcher_args: str = ""
     #: CPUs each rank's task may use (Slurm's ``--cpus-per-task``); None: the transport's default.
     cpus_per_task: int | None = None
-    #: Variables every rank gets (the ``.deepspeed_env`` values where the launcher would export them).
+    #: Variables every rank gets beyond what DeepSpeed's runner exports (``PYTHONPATH`` with the launch
+    #: directory first, ``.deepspeed_env``), which every transport gives the ranks as the runner would.
     exports: Mapping[str, str] = field(default_factory=dict)
     #: The ranks may share the job's resources with its other steps (Slurm's ``--overlap``: a clean-up or a
     #: second run beside this one); nothing elsewhere, where no scheduler holds the resources.
     overlap: bool = False
+    #: The line is for later (printed), to run after the nodes are closed: it names nothing their closing
+    #: releases (under Slurm, no ``--jobid`` of an allocation clusterkit asked for).
+    outlives_nodes: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,9 @@ class LaunchLine:
     task_nodes: list[str] | None = None
     #: Extra environment for the launching process.
     env: dict[str, str] = field(default_factory=dict)
+    #: It runs inside what the nodes hold and their closing releases (an allocation clusterkit asked for):
+    #: run it as a child while they stay open, not in place of this process.
+    while_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,3 +180,8 @@ class Nodes(Protocol):
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None: ...
+
+    @property
+    def hostfile(self) -> str:
+        """Where the hosts came from, for reports and findings: the hostfile's path as given, or
+        ``slurm job 42`` for an allocation ("" for this machine named by no hostfile)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
-from clusterkit.launchline import LaunchPlan
+from clusterkit.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
+from clusterkit.launchsite import deepspeed_env_values
 from clusterkit.remote.agent import AgentReply
 from clusterkit.remote.relay_hop import human as human_bytes
 from clusterkit.remote.slurm import (
@@ -45,7 +47,7 @@ from clusterkit.remote.slurm import (
 from clusterkit.remote.slurm_agent import run_agent_on_nodes
 from clusterkit.remote.ssh import SshSettings
 from clusterkit.remote.transfer import Delivery, RemoteFile
-from clusterkit.slurmlaunch import SrunPlan, build_srun_line
+from clusterkit.slurmlaunch import DEEPSPEED_SLURM_LAUNCHER, SrunPlan, build_srun_line, runner_exports
 from clusterkit.slurmstate import slurm_facts, unusable
 
 if TYPE_CHECKING:
@@ -109,7 +111,7 @@ def allocation_hosts(alloc: Allocation) -> list[ActiveHost]:
 
 
 def first_address(host: str) -> str | None:
-    """The rendezvous address of a launch whose first node is ``host``, as this machine resolves it."""
+    """``host``'s address as this machine resolves it (the master when the preflight chose none)."""
     try:
         return socket.gethostbyname(host)
     except OSError:
@@ -157,7 +159,8 @@ class SlurmNodes:
     def __init__(self, alloc: Allocation, hosts: Sequence[ActiveHost] | None = None, *,
                  environ: Mapping[str, str] | None = None, agent_dir: str | None = None) -> None:
         self.alloc = alloc
-        self._hosts = list(hosts) if hosts is not None else allocation_hosts(alloc)
+        self._every = allocation_hosts(alloc)
+        self._hosts = list(hosts) if hosts is not None else self._every
         self.environ = dict(os.environ if environ is None else environ)
         #: A directory every node sees (a shared filesystem): the agent is unpacked there once, not broadcast.
         self.agent_dir = agent_dir
@@ -284,23 +287,38 @@ class SlurmNodes:
         return results
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
-        """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``.
-
-        Where the plan and style leave them open: the master is the first node's address as this machine
-        resolves it (no runner is there to find it), and each node's task gets every CPU the job holds
-        there (the fewest among ``hosts``)."""
+        """srun running DeepSpeed's per-node launcher on each node, node rank from ``SLURM_NODEID``, with
+        what DeepSpeed's runner would export and every CPU the job holds on a node unless told; or, for
+        ``plan.launcher`` ``slurm``, DeepSpeed's own Slurm launcher over a hostfile of the allocation.
+        The master is the first node's address (port 29500) unless the plan names one."""
         chosen = list(hosts)
+        plan = replace(plan, master_addr=plan.master_addr or first_address(chosen[0].name),
+                       master_port=DEFAULT_MASTER_PORT if plan.master_port is None else plan.master_port)
+        if plan.launcher == DEEPSPEED_SLURM_LAUNCHER:
+            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style), while_open=self.alloc.owned)
+        cwd = style.cwd or str(Path.cwd())
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
         cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),
                                           default=0) or None
+        exports = runner_exports(cwd, self.environ.get("PYTHONPATH"),
+                                 deepspeed_env_values(cwd, self.environ.get("HOME")))
         flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
         srun_args = " ".join(a for a in flags if a)
-        if plan.master_addr is None and chosen:
-            plan = replace(plan, master_addr=first_address(chosen[0].name))
-        line = build_srun_line(SrunPlan(plan, chosen, style.cwd or str(Path.cwd()), job_id=self.alloc.job_id,
-                                        cpus_per_task=cpus, gpus_per_node=gpus,
-                                        exports=style.exports, srun_args=srun_args))
-        return LaunchLine(line, [h.name for h in chosen] if style.labelled else None)
+        # A line printed for later runs in whichever allocation it is run inside, not in one released by then.
+        job_id = None if style.outlives_nodes and self.alloc.owned else self.alloc.job_id
+        line = build_srun_line(SrunPlan(plan, chosen, cwd, job_id=job_id, cpus_per_task=cpus, gpus_per_node=gpus,
+                                        exports={**exports, **style.exports}, srun_args=srun_args))
+        return LaunchLine(line, [h.name for h in chosen] if style.labelled else None, while_open=self.alloc.owned)
+
+    def _deepspeed_slurm_line(self, plan: LaunchPlan, chosen: list[ActiveHost], style: LaunchStyle) -> list[str]:
+        """DeepSpeed's runner with ``--launcher slurm`` (it runs srun itself, from this machine), reading a
+        hostfile written from the allocation and filtered to ``chosen``."""
+        path = Path(tempfile.gettempdir()) / f"clusterkit-slurm-{self.alloc.job_id}.hostfile"
+        path.write_text(hostfile_text(self.alloc), encoding="utf-8")
+        include, exclude = selection_for(plan, chosen, self._hosts, self._every)
+        return build_launch_line(replace(plan, hostfile=str(path), include=include, exclude=exclude,
+                                         launcher_args=style.launcher_args or plan.launcher_args,
+                                         force_multi=False, no_ssh_check=True))
 
     def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
         done = self.run(kill_by_run_id_command(run_id), timeout_s, hosts=hosts)
@@ -327,3 +345,8 @@ class SlurmNodes:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def hostfile(self) -> str:
+        """The allocation in reports: ``slurm job 42``."""
+        return allocation_hostfile(self.alloc).path

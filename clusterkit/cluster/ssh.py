@@ -23,7 +23,7 @@ from clusterkit.cluster.nodes import (
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
 from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line
+from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
 from clusterkit.launchsite import launch_place
 from clusterkit.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
 from clusterkit.remote.fanout import fan_out
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 
 #: Time beyond a command's own deadline that connecting may take (the handshake has its own timeout).
 CONNECT_SLACK_S = 5.0
-
-
-def include_spec(hosts: Sequence[ActiveHost]) -> str:
-    """DeepSpeed's ``--include`` naming exactly these hosts and slots: ``node1:0,1@node2:0``."""
-    return "@".join(f"{h.name}:{','.join(str(s) for s in h.slots)}" for h in hosts)
 
 
 def delivered(delivery: Delivery) -> HostResult[Delivery]:
@@ -121,14 +116,14 @@ class SshNodes:
 
     def launch_line(self, plan: LaunchPlan, hosts: Sequence[ActiveHost], style: LaunchStyle) -> LaunchLine:
         """DeepSpeed's runner over pdsh (its lines are ``host: ...``), with ``--include`` where ``hosts``
-        are not the whole hostfile; one host runs through the multi-node launcher all the same."""
+        are not the whole hostfile (the plan's --include/--exclude where they chose these hosts); one
+        host runs through the multi-node launcher all the same."""
         chosen = list(hosts)
-        whole = [(h.name, h.slots) for h in self.whole]
-        include = "" if [(h.name, h.slots) for h in chosen] == whole else include_spec(chosen)
+        include, exclude = selection_for(plan, chosen, self._hosts, self.whole)
         # One active host: DeepSpeed's runner starts it on this machine unless told --force_multi; when it
         # is this machine, no SSH at all and the master is loopback (as clusterkit launch does).
         here = len(chosen) == 1 and launch_place([chosen[0].name]).local_only
-        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include, exclude="",
+        full = replace(plan, hostfile=plan.hostfile or self.hostfile, include=include, exclude=exclude,
                        ssh_port=self.settings.port, launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or ("127.0.0.1" if here else None),
                        force_multi=len(chosen) == 1 and not here, no_ssh_check=here)

@@ -7,10 +7,13 @@ Below ``commands/`` nothing sees argparse's Namespace: a command turns its flags
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from clusterkit.inventory import ActiveHost, HostEntry, load_hostfile, select_hosts
+from clusterkit.launchline import DEEPSPEED_LAUNCHERS
 from clusterkit.launchsite import launch_place
 from clusterkit.remote.ssh import SshSettings
+from clusterkit.slurmlaunch import SLURM_LAUNCHERS
 from clusterkit.slurmrequest import SlurmRequest
 
 
@@ -19,6 +22,9 @@ class SshReach:
     """Over SSH (Fabric/paramiko for commands, OpenSSH for pdsh and relay hops)."""
 
     settings: SshSettings = field(default_factory=SshSettings)
+    #: ``launch --launcher`` values that start ranks this way (the first is the default), and how to say it.
+    launchers: ClassVar[tuple[str, ...]] = DEEPSPEED_LAUNCHERS
+    how: ClassVar[str] = "over SSH"
 
 
 @dataclass(frozen=True)
@@ -30,11 +36,18 @@ class SlurmReach:
     job_id: str | None = None
     #: A directory every node sees, where the agent is unpacked once instead of broadcast.
     agent_dir: str | None = None
+    #: clusterkit's srun line (the default), or DeepSpeed's own Slurm launcher.
+    launchers: ClassVar[tuple[str, ...]] = SLURM_LAUNCHERS
+    how: ClassVar[str] = "under Slurm"
 
 
 @dataclass(frozen=True)
 class LocalReach:
     """This machine only, in-process and by subprocess: no SSH, no scheduler."""
+
+    #: DeepSpeed's runner starts one local host's ranks itself, whichever launcher it is given.
+    launchers: ClassVar[tuple[str, ...]] = DEEPSPEED_LAUNCHERS
+    how: ClassVar[str] = "on this machine"
 
 
 Reach = SshReach | SlurmReach | LocalReach

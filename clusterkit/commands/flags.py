@@ -24,9 +24,10 @@ from clusterkit.remote.ssh import RemoteError
 
 
 def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,
-                     slots_here: int = 1) -> Target:
+                     slots_here: int = 1, nodes_needed: str = "") -> Target:
     """The hosts this command works on and how to reach them, from its flags (HOSTFILE, --include/
-    --exclude, the SSH flags, --slurm and its request); this machine when none names nodes."""
+    --exclude, the SSH flags, --slurm and its request); this machine when none names nodes, unless
+    ``nodes_needed`` (then the usage error it says)."""
     hostfile = getattr(args, "hostfile", None)
     include, exclude = getattr(args, "include", ""), getattr(args, "exclude", "")
     if hasattr(args, "slurm") and use_slurm(args, hostfile, environ):
@@ -37,6 +38,8 @@ def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | N
                                  agent_dir=env.get("CLUSTERKIT_AGENT_DIR") or None)
     if hostfile:
         return hostfile_target(hostfile, ssh_settings(args), include=include, exclude=exclude)
+    if nodes_needed:
+        raise UsageError(nodes_needed)
     if include or exclude:
         raise UsageError("--include/--exclude need a HOSTFILE (or a Slurm allocation)")
     return this_machine(slots_here)

@@ -1,10 +1,14 @@
-"""``clusterkit launch HOSTFILE -- train.py ARGS``: preflight, then DeepSpeed's own launcher.
+"""``clusterkit launch HOSTFILE -- train.py ARGS``: preflight, then DeepSpeed's launcher, over SSH or
+under Slurm alike.
 
-The preflight is the doctor's survey and checks (one SSH session per node, no workloads) plus the
-config check of the DeepSpeed config the script will read. It also settles what DeepSpeed would
-otherwise guess at launch time: the master address (tested from every node) and a master port that
-is free on the first host. Then the ``deepspeed`` line is built (:mod:`clusterkit.launchline`),
-printed, and, unless ``--print-only``, run in place of this process.
+The nodes come from the flags once (:func:`~clusterkit.commands.flags.target_from_args`): a HOSTFILE
+over SSH (this machine alone without SSH), or a Slurm allocation reached through srun. The preflight
+is the doctor's survey and checks over those nodes (no workloads) plus the config check of the
+DeepSpeed config the script will read. It also settles what DeepSpeed would otherwise guess at launch
+time: the master address (tested from every node) and a master port that is free on the first host.
+Then the nodes give the launch line (DeepSpeed's runner over pdsh, or srun running DeepSpeed's
+per-node launcher), which is printed and, unless ``--print-only``, run in place of this process (as a
+child where it runs in an allocation clusterkit asked for, released when it ends).
 """
 
 from __future__ import annotations
@@ -18,31 +22,40 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from clusterkit.cluster import LaunchStyle, Nodes, Target
 from clusterkit.commands.common import (
     add_hostfile_arguments,
     add_ssh_arguments,
     add_trailing_args_parser,
     id_list,
     interpreter_path,
-    ssh_settings,
 )
-from clusterkit.commands.launch_slurm import launch_over_slurm
-from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
+from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.inventory import load_hostfile, select_hosts
-from clusterkit.launch import ConfigToCheck, PreflightRequest, exec_launch, preflight
+from clusterkit.launch import (
+    ConfigToCheck,
+    Preflight,
+    PreflightRequest,
+    exec_launch,
+    preflight,
+    preflight_checks,
+    run_launch,
+)
 from clusterkit.launchline import (
     CONFIG_STYLES,
     HF_CONFIG_FLAG,
     LaunchPlan,
-    build_launch_line,
     config_in_args,
     deepspeed_launcher,
     shell_line,
 )
-from clusterkit.launchsite import launch_place
+from clusterkit.progress import NodeProgress
 from clusterkit.report import DoctorReport, render_table, summary_line
-from clusterkit.slurmlaunch import SLURM_LAUNCHERS
+from clusterkit.slurmlaunch import launch_intent, parse_interval
+
+NO_NODES = ("give a HOSTFILE, or launch inside a Slurm allocation (or with --slurm): "
+            "clusterkit launch HOSTFILE -- train.py ARGS")
 
 
 def register(subparsers: Any) -> None:
@@ -97,6 +110,45 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    script, script_args, python = _training_command(args)
+    if args.checkpoint_every:
+        try:
+            parse_interval(args.checkpoint_every)
+        except ValueError as exc:
+            raise UsageError(f"--checkpoint-every: {exc}") from None
+    target = target_from_args(args, nodes_needed=NO_NODES)
+    launcher = _launcher(args.launcher, target)
+    config = _config(args, script_args)
+    if not args.no_preflight:
+        preflight_checks(args.skip)  # an unknown id is a usage error before any node is asked
+    plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()) if args.hostfile else "",
+                      script=script, script_args=script_args, include=args.include, exclude=args.exclude,
+                      launcher=launcher, launcher_args=args.launcher_args,
+                      master_addr=args.master_addr, master_port=args.master_port, module=args.module,
+                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style])
+    style = LaunchStyle(labelled=False, cwd=str(Path.cwd()), launcher_args=args.launcher_args,
+                        cpus_per_task=args.cpus_per_task, outlives_nodes=args.print_only)
+    err = Console(stderr=True)
+    with opened(target) as nodes:
+        if not args.no_preflight:
+            checked = _preflight(args, nodes, plan, config, launcher, err)
+            if checked.report.has_errors and not args.force:
+                err.print(f"[bold red]not launching:[/] the preflight found {checked.report.counts()['error']} "
+                          "error(s); fix them (or pass --force to launch anyway)", soft_wrap=True)
+                return int(ExitCode.PROBLEMS)
+            plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
+        line = nodes.launch_line(plan, nodes.hosts, style)
+        if args.print_only:
+            print(shell_line(line.argv))
+            return int(ExitCode.OK)
+        err.print(Text.assemble(("launching: ", "bold"), shell_line(line.argv)), soft_wrap=True)
+        if line.while_open:
+            return run_launch(line.argv, line.env)
+        exec_launch(line.argv, line.env)
+
+
+def _training_command(args: argparse.Namespace) -> tuple[str, list[str], str]:
+    """The script, its arguments and the training env's interpreter, each checked here first."""
     if not args.trainer_args:
         raise UsageError("give the training command after '--': clusterkit launch HOSTFILE -- train.py ARGS")
     script, *script_args = args.trainer_args
@@ -108,8 +160,24 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(launcher, os.X_OK):
         raise ClusterkitError(f"no DeepSpeed launcher at {launcher}; fix: {python} -m pip install deepspeed "
                               "(or pass --python with the training env's interpreter)")
-    slurm = use_slurm(args, args.hostfile)
-    _check_launcher(args, slurm)
+    return script, script_args, python
+
+
+def _launcher(asked: str | None, target: Target) -> str:
+    """``--launcher``, or the default of the way the nodes are reached; one that cannot start ranks
+    that way is a usage error."""
+    choices = target.reach.launchers
+    if asked is None:
+        return choices[0]
+    if asked.lower() not in choices:
+        raise UsageError(f"--launcher {asked} {target.reach.how}: use {choices[0]} (the default) or "
+                         f"{', '.join(choices[1:])}; a HOSTFILE means SSH, an allocation (or --slurm) Slurm, "
+                         "and --no-slurm keeps SSH inside one")
+    return asked.lower()
+
+
+def _config(args: argparse.Namespace, script_args: list[str]) -> ConfigToCheck | None:
+    """The DeepSpeed config the script will read (named once), to check unless --no-preflight."""
     config_path = args.deepspeed_config
     named = config_in_args(script_args)
     if named is not None:
@@ -117,65 +185,44 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--deepspeed-config {config_path} differs from {named.flag} {named.path} in the "
                              "script's arguments; give one")
         config_path = named.path
-    config = None
-    if config_path and not args.no_preflight:
-        hf_style = (named.flag if named else CONFIG_STYLES[args.config_style]) == HF_CONFIG_FLAG
-        config = ConfigToCheck(config_path, script_args, hf_style)
-    if slurm:
-        base = LaunchPlan(python=python, hostfile="", script=script, script_args=script_args,
-                          launcher_args=args.launcher_args, master_addr=args.master_addr,
-                          master_port=args.master_port, module=args.module, deepspeed_config=args.deepspeed_config,
-                          config_flag=CONFIG_STYLES[args.config_style])
-        return launch_over_slurm(args, base, config, _show_preflight)
-    hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-    place = launch_place([h.name for h in hosts])
-    plan = LaunchPlan(python=python, hostfile=str(Path(args.hostfile).resolve()), script=script,
-                      script_args=script_args, include=args.include, exclude=args.exclude,
-                      launcher=args.launcher or "pdsh", launcher_args=args.launcher_args, master_addr=args.master_addr,
-                      master_port=args.master_port, ssh_port=args.ssh_port, module=args.module,
-                      deepspeed_config=args.deepspeed_config, config_flag=CONFIG_STYLES[args.config_style],
-                      force_multi=len(hosts) == 1 and not place.local_only, no_ssh_check=place.local_only)
-    if place.local_only and not plan.master_addr:
-        plan.master_addr = "127.0.0.1"  # every rank runs here; DeepSpeed would ssh to ask `hostname -I`
-    err = Console(stderr=True)
-    if not args.no_preflight:
-        checked = preflight(PreflightRequest(
-            hosts=hosts, hostfile=args.hostfile, python=python, settings=ssh_settings(args), timeout_s=args.timeout,
-            master_addr=args.master_addr, master_port=args.master_port, skip=args.skip, config=config,
-            script=None if args.module else script), err)
-        report = checked.report
-        plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
-        _show_preflight(report, args.hostfile, err)
-        if report.has_errors and not args.force:
-            err.print(f"[bold red]not launching:[/] the preflight found {report.counts()['error']} error(s); "
-                      "fix them (or pass --force to launch anyway)", soft_wrap=True)
-            return int(ExitCode.PROBLEMS)
-    argv = build_launch_line(plan)
-    if args.print_only:
-        print(shell_line(argv))
-        return int(ExitCode.OK)
-    err.print(Text.assemble(("launching: ", "bold"), shell_line(argv)), soft_wrap=True)
-    exec_launch(argv)
+    if not config_path or args.no_preflight:
+        return None
+    hf_style = (named.flag if named else CONFIG_STYLES[args.config_style]) == HF_CONFIG_FLAG
+    return ConfigToCheck(config_path, script_args, hf_style)
 
 
-def _check_launcher(args: argparse.Namespace, slurm: bool) -> None:
-    """The launcher fits the transport; a launch needs a HOSTFILE or Slurm."""
-    if not slurm and not args.hostfile:
-        raise UsageError("give a HOSTFILE, or launch inside a Slurm allocation (or with --slurm): "
-                         "clusterkit launch HOSTFILE -- train.py ARGS")
-    if slurm and args.launcher not in (None, *SLURM_LAUNCHERS):
-        raise UsageError(f"--launcher {args.launcher} under Slurm: use srun (the default) or slurm; for pdsh over "
-                         "SSH give a HOSTFILE (and --no-slurm inside an allocation)")
-    if not slurm and args.launcher == "srun":
-        raise UsageError("--launcher srun needs Slurm: launch inside an allocation, or pass --slurm")
+def _preflight(args: argparse.Namespace, nodes: Nodes, plan: LaunchPlan, config: ConfigToCheck | None,
+               launcher: str, err: Console) -> Preflight:
+    """The preflight over ``nodes``, its progress shown per node, its findings shown after."""
+    intent = launch_intent(launcher, nodes.hosts, args.cpus_per_task, plan.script_args, args.checkpoint_every)
+    request = PreflightRequest(python=plan.python, timeout_s=args.timeout, master_addr=args.master_addr,
+                               master_port=args.master_port, skip=args.skip, config=config,
+                               script=None if args.module else plan.script, intent=intent)
+    with NodeProgress(nodes.names, f"preflight ({nodes.describe()})", err) as progress:
+        checked = preflight(nodes, request, progress)
+    _show_preflight(checked.report, _doctor_command(args), err)
+    return checked
 
 
-def _show_preflight(report: DoctorReport, hostfile: str, err: Console) -> None:
+def _doctor_command(args: argparse.Namespace) -> str:
+    """The doctor over the same nodes, for the full findings."""
+    words = ["clusterkit", "doctor"]
+    if args.hostfile:
+        words.append(args.hostfile)
+    for flag, value in (("--include", args.include), ("--exclude", args.exclude), ("--partition", args.partition),
+                        ("--nodes", args.nodes), ("--nodelist", args.nodelist)):
+        if value:
+            words += [flag, value]
+    if args.slurm:
+        words.append("--slurm")
+    return shell_line(words)
+
+
+def _show_preflight(report: DoctorReport, doctor: str, err: Console) -> None:
     """What failed (errors in full, other checks a line each), or one green line."""
     if report.failed:
         render_table(report, err, brief=True)
         if any(not f.is_error for f in report.failed):
-            err.print(f"(clusterkit doctor {hostfile} shows every finding with its fix)", style="dim",
-                      soft_wrap=True)
+            err.print(f"({doctor} shows every finding with its fix)", style="dim", soft_wrap=True)
     else:
         err.print(Text.assemble(("preflight: ", "green"), summary_line(report)), soft_wrap=True)

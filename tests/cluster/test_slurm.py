@@ -140,6 +140,31 @@ def test_a_zero_step_launched_through_srun_runs_on_every_node(healthy: SlurmClus
     assert "ZERO SMOKE OK" in ran.stdout
 
 
+def test_a_preflight_error_stops_a_launch_under_slurm_as_over_ssh(healthy: SlurmCluster, training_python: str) -> None:
+    # One launch path over both transports: the same refusal as tests/cluster/test_launch.py's over SSH.
+    stopped = in_allocation(healthy, f"launch --python {training_python} --print-only -- {SMOKE} "
+                                     "--deepspeed_config tests/fixtures/launch/batch_mismatch_3ranks.json")
+    assert stopped.rc == 1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "batch-arithmetic" in stopped.stderr and "set train_batch_size to 6" in stopped.stderr
+    assert "not launching" in stopped.stderr
+    assert stopped.stdout == ""
+
+
+def test_deepspeeds_own_slurm_launcher_line_keeps_the_users_selection(healthy: SlurmCluster,
+                                                                      training_python: str) -> None:
+    printed = in_allocation(healthy, f"launch --python {training_python} --launcher slurm --include node2@node3 "
+                                     f"--print-only --no-preflight -- {SMOKE} --steps 2")
+    assert printed.rc == 0, printed.stdout[-3000:] + printed.stderr[-3000:]
+    words = shlex.split(printed.stdout.strip().splitlines()[-1])
+    assert words[0] == training_python.rsplit("/", 1)[0] + "/deepspeed"
+    assert words[words.index("--launcher") + 1] == "slurm" and "--no_ssh_check" in words
+    assert words[words.index("--include") + 1] == "node2@node3"
+    assert words[words.index("--master_addr") + 1] == healthy.cluster.nodes[1].ip
+    written = healthy.cluster.nodes[0].read_file(words[words.index("--hostfile") + 1]).splitlines()
+    assert written[1:] == ["node1 slots=1", "node2 slots=1", "node3 slots=1"]
+    assert words[-3:] == [SMOKE, "--steps", "2"]
+
+
 def test_slurm_hostfile_writes_the_allocation_for_deepspeed(healthy: SlurmCluster) -> None:
     result = in_allocation(healthy, "slurm hostfile", salloc="-N3 --ntasks-per-node=2")
     assert result.rc == 0, result.stderr
