@@ -143,8 +143,10 @@ def test_exports_match_deepspeeds_own_add_export(pairs: list[tuple[str, str]]) -
     assert pdsh_export_prefix(entries) == expected
 
 
+# A value wrapped whole in single quotes (``''``, ``'x'``) reads as a quoted value, which the checker rightly
+# flags: DeepSpeed would keep the quotes. Such values are what the check is for, not what a file renders.
 SAFE_VALUE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"$`\\'),
-                     max_size=24).map(str.strip)
+                     max_size=24).map(str.strip).filter(lambda v: not (len(v) >= 2 and v[0] == v[-1] == "'"))
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
