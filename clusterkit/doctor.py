@@ -20,7 +20,7 @@ from clusterkit.checks.registry import (
 )
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.inventory import ActiveHost
-from clusterkit.report import DoctorReport
+from clusterkit.findings_report import DoctorReport
 from clusterkit.survey import SurveyOptions, survey_nodes
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from clusterkit.dsconfig.topology import topology_from_hosts
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
 from clusterkit.findings import Finding
 from clusterkit.inventory import ActiveHost
-from clusterkit.report import DoctorReport
+from clusterkit.findings_report import DoctorReport
 from clusterkit.slurmlaunch import with_job_cpus
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
 
