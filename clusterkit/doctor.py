@@ -19,8 +19,8 @@ from clusterkit.checks.registry import (
     run_node_checks,
 )
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
-from clusterkit.inventory import ActiveHost
 from clusterkit.findings_report import DoctorReport
+from clusterkit.inventory import ActiveHost
 from clusterkit.survey import SurveyOptions, survey_nodes
 
 if TYPE_CHECKING:

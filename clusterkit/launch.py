@@ -25,8 +25,8 @@ from clusterkit.dsconfig.rules import Runner, load_rules
 from clusterkit.dsconfig.topology import topology_from_hosts
 from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
 from clusterkit.findings import Finding
-from clusterkit.inventory import ActiveHost
 from clusterkit.findings_report import DoctorReport
+from clusterkit.inventory import ActiveHost
 from clusterkit.slurmlaunch import with_job_cpus
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
 
