@@ -25,14 +25,12 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
 from tests.cluster import pyenv, system
-from tests.cluster.system import ClusterError, NodeCommandTimeout, sh, tool
+from tests.cluster.system import ROOT_PATH, USER_PATH, ClusterError, NodeCommandTimeout, sh, tool
 
 if TYPE_CHECKING:
     from tests.cluster.harness import Cluster
 
 HARNESS_DIR = "/tmp/.ckt-harness"  # root-only, each node's own (a private mount where /tmp is shared)
-USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
-ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SSHD_OPTIONS: dict[str, str] = {
     "HostKey": "/etc/ssh/ssh_host_ed25519_key",
     "PidFile": "/etc/ssh/sshd.pid",  # /run is shared between nodes; /etc/ssh is not
