@@ -148,6 +148,13 @@ class Cluster:
         for node in self.nodes:
             node.reset_home()
 
+    def renew(self) -> None:
+        """The cluster as just started, for a next user: healed, the test user's processes killed, every
+        node's home, /tmp, /opt and root's home emptied (host keys and addresses stay)."""
+        self.heal()
+        for node in self.nodes:
+            node.reset_disks()
+
     def heal(self) -> None:
         """Undo faults: every node thawed, booted, unshaped, binaries unhidden, default sshd config."""
         for node in self.nodes:

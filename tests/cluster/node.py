@@ -402,12 +402,24 @@ class Node:
 
     def reset_home(self) -> None:
         """Kill the test user's processes in the node; empty its home and the node's /tmp."""
+        self._kill_user_processes()
+        self._empty(self.home, self.tmp)
+
+    def reset_disks(self) -> None:
+        """As the node was when it first booted: the test user's processes killed; its home, /tmp,
+        /opt and root's home emptied."""
+        self._kill_user_processes()
+        self._empty(self.home, self.tmp, self.opt, self.root_home)
+
+    def _kill_user_processes(self) -> None:
         uid = pwd.getpwnam(self.cluster.user).pw_uid
         system.signal_pids([pid for pid in self.pids() if _owner(pid) == uid], signal.SIGKILL)
+
+    def _empty(self, *directories: Path) -> None:
         # Mount points of the repo and venv (a clone under /tmp) stay: removing one unmounts it in the node.
         kept = {self.host_path(HARNESS_DIR), self.tmp / HARNESS_DIR[len("/tmp/"):],
                 *(self.host_path(p) for p in pyenv.paths_nodes_need())}
-        for directory in (self.home, self.tmp):
+        for directory in directories:
             for entry in directory.iterdir():
                 if any(entry == k or k.is_relative_to(entry) for k in kept):
                     continue
