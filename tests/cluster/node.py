@@ -434,8 +434,11 @@ class Node:
             self.thaw()
         self.boot()
         self.unshape()
-        for directory in list(self._overlays):
+        for directory, overlay in list(self._overlays.items()):
             self.run(f"umount --lazy {directory}", user="root", check=True)  # running binaries pin it
+            # Its copy goes too, so a later hide_binary copies the directory anew (the old copy lacks
+            # what was hidden before); removing hard links leaves the originals as they are.
+            shutil.rmtree(self.host_path(overlay), ignore_errors=True)
             del self._overlays[directory]
         if self._sshd_overrides:
             self._sshd_overrides = {}
