@@ -1,6 +1,8 @@
 """Fixtures for tests on the namespace cluster; every test under tests/cluster is marked ``cluster``.
 
-- ``cluster``: 3 nodes shared by a test module (for tests that do not break nodes for good);
+- ``cluster``: 3 nodes for a test module (for tests that do not break nodes for good); one cluster serves
+  every module in turn, renewed for each (healed, homes, /tmp, /opt emptied), instead of one started and
+  stopped per module;
 - ``clean_cluster``: that cluster healed (thawed, booted, unshaped, default sshd) with empty homes;
 - ``cluster_python``: the module cluster with a training env at /opt/ckenv; its interpreter path;
 - ``start_cluster``: a factory for a private cluster, stopped after the test (for kill/freeze tests).
@@ -27,8 +29,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
-    # The planted workload faults last: under a time budget (tests/conftest.py) they are what gives way.
-    items.sort(key=lambda item: item.path.name == "test_workload_faults.py")
+    # The clone's pytest first: it needs the machine's run lock, which this session holds from its first
+    # cluster (the shared one lives until the package ends). The planted workload faults last: under a
+    # time budget (tests/conftest.py) they are what gives way.
+    items.sort(key=lambda item: (item.path.name != "test_any_clone.py", item.path.name == "test_workload_faults.py"))
 
 
 def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False,
@@ -53,13 +57,19 @@ def slurm_on(cluster: Cluster, *, gpus_per_node: int = 0, conf_dir: str | None =
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@pytest.fixture(scope="package")
+def shared_cluster() -> Iterator[Cluster]:
     started = launch_or_skip(3)
     try:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_cluster: Cluster) -> Cluster:
+    shared_cluster.renew()
+    return shared_cluster
 
 
 @pytest.fixture

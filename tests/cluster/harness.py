@@ -132,18 +132,28 @@ class Cluster:
         path.write_text(self.hostfile_text(slots))
         return path
 
-    def install_python_env(self, path: str = pyenv.DEFAULT_ENV, *, prebuilt_ops: bool = False) -> str:
+    def install_python_env(self, path: str = pyenv.DEFAULT_ENV, *, prebuilt_ops: bool = False,
+                           optimizer_ops: bool = False) -> str:
         """A venv at ``path`` on every node importing torch/deepspeed from the shared venv; its python.
 
         ``prebuilt_ops``: DeepSpeed's CPU comm op ready in ``{path}/torch_extensions`` on every node,
-        so a DeepSpeed launch does not JIT-build it per node (built once per machine, then cached).
+        so a DeepSpeed launch does not JIT-build it per node (built once per machine, then copied);
+        ``optimizer_ops``: FusedAdam and CPUAdam too, for the ZeRO suite.
         """
-        return pyenv.install(self, path, prebuilt_ops)
+        ops = pyenv.OPTIMIZER_OPS if optimizer_ops else pyenv.COMM_OPS if prebuilt_ops else ()
+        return pyenv.install(self, path, ops)
 
     def reset_homes(self) -> None:
         """Kill the test user's processes and empty its home and /tmp on every running node."""
         for node in self.nodes:
             node.reset_home()
+
+    def renew(self) -> None:
+        """The cluster as just started, for a next user: healed, the test user's processes killed, every
+        node's home, /tmp, /opt and root's home emptied (host keys and addresses stay)."""
+        self.heal()
+        for node in self.nodes:
+            node.reset_disks()
 
     def heal(self) -> None:
         """Undo faults: every node thawed, booted, unshaped, binaries unhidden, default sshd config."""

@@ -25,14 +25,12 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
 from tests.cluster import pyenv, system
-from tests.cluster.system import ClusterError, NodeCommandTimeout, sh, tool
+from tests.cluster.system import ROOT_PATH, USER_PATH, ClusterError, NodeCommandTimeout, sh, tool
 
 if TYPE_CHECKING:
     from tests.cluster.harness import Cluster
 
 HARNESS_DIR = "/tmp/.ckt-harness"  # root-only, each node's own (a private mount where /tmp is shared)
-USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
-ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SSHD_OPTIONS: dict[str, str] = {
     "HostKey": "/etc/ssh/ssh_host_ed25519_key",
     "PidFile": "/etc/ssh/sshd.pid",  # /run is shared between nodes; /etc/ssh is not
@@ -404,12 +402,24 @@ class Node:
 
     def reset_home(self) -> None:
         """Kill the test user's processes in the node; empty its home and the node's /tmp."""
+        self._kill_user_processes()
+        self._empty(self.home, self.tmp)
+
+    def reset_disks(self) -> None:
+        """As the node was when it first booted: the test user's processes killed; its home, /tmp,
+        /opt and root's home emptied."""
+        self._kill_user_processes()
+        self._empty(self.home, self.tmp, self.opt, self.root_home)
+
+    def _kill_user_processes(self) -> None:
         uid = pwd.getpwnam(self.cluster.user).pw_uid
         system.signal_pids([pid for pid in self.pids() if _owner(pid) == uid], signal.SIGKILL)
+
+    def _empty(self, *directories: Path) -> None:
         # Mount points of the repo and venv (a clone under /tmp) stay: removing one unmounts it in the node.
         kept = {self.host_path(HARNESS_DIR), self.tmp / HARNESS_DIR[len("/tmp/"):],
                 *(self.host_path(p) for p in pyenv.paths_nodes_need())}
-        for directory in (self.home, self.tmp):
+        for directory in directories:
             for entry in directory.iterdir():
                 if any(entry == k or k.is_relative_to(entry) for k in kept):
                     continue
@@ -424,8 +434,11 @@ class Node:
             self.thaw()
         self.boot()
         self.unshape()
-        for directory in list(self._overlays):
+        for directory, overlay in list(self._overlays.items()):
             self.run(f"umount --lazy {directory}", user="root", check=True)  # running binaries pin it
+            # Its copy goes too, so a later hide_binary copies the directory anew (the old copy lacks
+            # what was hidden before); removing hard links leaves the originals as they are.
+            shutil.rmtree(self.host_path(overlay), ignore_errors=True)
             del self._overlays[directory]
         if self._sshd_overrides:
             self._sshd_overrides = {}

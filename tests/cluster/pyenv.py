@@ -10,16 +10,20 @@ as a real node does not have clusterkit preinstalled.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.cluster.system import ClusterError
+from tests.cluster.system import ROOT_PATH, USER_PATH, ClusterError
 
 if TYPE_CHECKING:
     from tests.cluster.harness import Cluster, Node
@@ -28,8 +32,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = "/opt/ckenv"
 SHIMMED_SCRIPTS = ("deepspeed", "ds_report", "torchrun")
 PTH_NAME = "clusterkit-test-shared-venv.pth"
-PREBUILT_OPS = ("ShareMemCommBuilder",)  # what deepspeed.comm builds on CPU for every process group
-PREBUILT_OPS_CACHE = Path("/var/cache/clusterkit-tests/torch-extensions")
+#: What deepspeed.comm builds on CPU for every process group.
+COMM_OPS = ("ShareMemCommBuilder",)
+#: What the ZeRO suite builds too: FusedAdam (stages without offload) and CPUAdam (with offload).
+OPTIMIZER_OPS = (*COMM_OPS, "FusedAdamBuilder", "CPUAdamBuilder")
+#: On the filesystem every node shares (not under a node's private /opt, /tmp, /home, /root).
+OPS_CACHE = Path("/var/cache/clusterkit-tests/torch-ops")
 PREBUILT_OPS_PTH = "clusterkit-test-torch-extensions.pth"
 
 
@@ -90,10 +98,11 @@ def paths_nodes_need() -> list[str]:
     return needed
 
 
-def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = False) -> str:
+def install(cluster: Cluster, path: str = DEFAULT_ENV, ops: Sequence[str] = ()) -> str:
     """Make the env on the first node, copy it to the others; return its interpreter path.
 
-    ``prebuilt_ops`` also gives every node DeepSpeed's JIT-built CPU ops (see _install_prebuilt_ops).
+    ``ops``: DeepSpeed op builders (``ShareMemCommBuilder`` ...) whose JIT builds every node gets
+    ready in ``{path}/torch_extensions`` (see prebuilt_ops).
     """
     venv = shared_venv()
     version = python_version(venv)
@@ -103,6 +112,9 @@ def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = Fals
     env_on_host = first.host_path(path)
     pth = site_packages(env_on_host, version) / PTH_NAME
     pth.write_text(f"{site_packages(venv, version)}\n")
+    if ops:  # as on a node where the ops were built before
+        (site_packages(env_on_host, version) / PREBUILT_OPS_PTH).write_text(
+            f"import os; os.environ.setdefault('TORCH_EXTENSIONS_DIR', {path + '/torch_extensions'!r})\n")
     for script in SHIMMED_SCRIPTS:
         source = venv / "bin" / script
         if source.exists():
@@ -110,8 +122,9 @@ def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = Fals
             shim = env_on_host / "bin" / script
             shim.write_text(f"#!{path}/bin/python\n{body}")
             shim.chmod(0o755)
-    if (venv / "bin" / "ninja").exists():
-        (env_on_host / "bin" / "ninja").symlink_to(venv / "bin" / "ninja")
+    ninja = env_ninja(venv)
+    if ninja is not None:
+        (env_on_host / "bin" / "ninja").symlink_to(ninja)
     for node in cluster.nodes[1:]:
         target = node.host_path(path)
         shutil.rmtree(target, ignore_errors=True)
@@ -119,9 +132,23 @@ def install(cluster: Cluster, path: str = DEFAULT_ENV, prebuilt_ops: bool = Fals
         shutil.copytree(env_on_host, target, symlinks=True)
     first.run(f"{path}/bin/python -c 'import sys; assert sys.prefix == \"{path}\", sys.prefix'",
               timeout=60, check=True)
-    if prebuilt_ops:
-        _install_prebuilt_ops(cluster, path)
+    if ops:
+        _install_prebuilt_ops(cluster, path, ops)
     return f"{path}/bin/python"
+
+
+def env_ninja(venv: Path) -> str | None:
+    """The ninja a node's env has in its bin/: the one a node's plain PATH finds, else the venv's.
+
+    One ninja version for every way a rank starts (through ``.deepspeed_env``, which puts the env's
+    bin/ first, or with a login PATH): ninja 1.12+ reads an older ninja's ``.ninja_log`` as "build
+    log version is too old; starting over" and the other way round, so two versions on one node
+    would rebuild every prebuilt op at the first launch of the other kind.
+    """
+    found = shutil.which("ninja", path=USER_PATH)
+    if found is not None:
+        return found
+    return str(venv / "bin" / "ninja") if (venv / "bin" / "ninja").exists() else None
 
 
 def _dist_version(site: Path, name: str) -> str:
@@ -129,50 +156,85 @@ def _dist_version(site: Path, name: str) -> str:
     return found[0].name[len(name) + 1:-len(".dist-info")] if found else "none"
 
 
-def _install_prebuilt_ops(cluster: Cluster, path: str) -> None:
-    """Put DeepSpeed's JIT-built CPU ops into ``{path}/torch_extensions`` on every node.
+def _install_prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> None:
+    """Copy each op's build from the machine's cache (building it there first) into every node's
+    ``{path}/torch_extensions``, the env's TORCH_EXTENSIONS_DIR.
 
-    DeepSpeed builds its shared-memory comm op with ninja in every process group on CPU (half a
-    minute per node on two cores, and again after each reset of the homes where it caches it). The
-    op is built once per machine inside a node, at the same in-node path, kept under
-    PREBUILT_OPS_CACHE and copied to each node; a ``.pth`` line points the env's TORCH_EXTENSIONS_DIR
-    at it, as on a node where the ops were built before.
+    A copy per node, not the cache itself: torch takes a lock file in the op's directory at every
+    load, and a rank killed while holding it must not hang every other node's ranks.
     """
-    version = python_version(shared_venv())
-    cache = PREBUILT_OPS_CACHE / prebuilt_ops_key(path)
-    extensions = f"{path}/torch_extensions"
-    user = cluster.user
+    built = prebuilt_ops(cluster, path, ops)
     for node in cluster.nodes:
-        (site_packages(node.host_path(path), version) / PREBUILT_OPS_PTH).write_text(
-            f"import os; os.environ.setdefault('TORCH_EXTENSIONS_DIR', {extensions!r})\n")
-    if not cache.exists():
-        first = cluster.nodes[0]
-        first.run(f"mkdir -p {extensions} && chown {user}: {extensions}", user="root", check=True)
-        builders = "; ".join(f"B.{name}().load()" for name in PREBUILT_OPS)
-        first.run(f"{path}/bin/python -c 'import deepspeed.ops.op_builder.cpu as B; {builders}'",
-                  timeout=600, check=True)
-        building = cache.with_name(cache.name + ".partial")
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(first.host_path(extensions), building)
-        building.rename(cache)
-    for node in cluster.nodes:
-        target = node.host_path(extensions)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(cache, target)
-        node.run(f"chown -R {user}: {extensions}", user="root", check=True)
+        extensions = node.host_path(f"{path}/torch_extensions")
+        for op in built:
+            for op_dir in op.iterdir():
+                shutil.rmtree(extensions / op_dir.name, ignore_errors=True)
+                shutil.copytree(op_dir, extensions / op_dir.name)  # with mtimes, which ninja compares
+        account = pwd.getpwnam(cluster.user)
+        for owned in (extensions, *extensions.rglob("*")):
+            os.chown(owned, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 
-def prebuilt_ops_key(env: str) -> str:
-    """The name of a cache of DeepSpeed ops built for the env at ``env``: the versions and both paths.
+def prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> list[Path]:
+    """Each op's build directory in the machine's cache, built first where missing; the list in order.
 
-    The venv's path too: an op's build.ninja names its include directories, and torch rebuilds an op
-    whose build.ninja differs (a clone's own venv would otherwise rebuild the op in every process group).
+    DeepSpeed JIT-builds its CPU ops (the shared-memory comm op in every process group, the optimizer
+    ops for ZeRO) with ninja: half a minute to minutes per op on two cores. Each op is built once per
+    machine (so at most once per test session), on the first node of the cluster that first needs it,
+    by the env's interpreter with the env's bin/ first on PATH, as ranks run it; into its own
+    directory ``OPS_CACHE/<key>/<builder>`` on the filesystem every node shares. A file lock keeps
+    test sessions that need the same op at once from building it twice or reading a half-built one.
+    """
+    cache = OPS_CACHE / prebuilt_ops_key()
+    missing = [name for name in ops if not (cache / name).is_dir()]
+    if missing:
+        cache.mkdir(parents=True, exist_ok=True)
+        with _locked(OPS_CACHE / ".lock"):
+            for name in missing:
+                if not (cache / name).is_dir():
+                    _build_op(cluster.nodes[0], path, name, cache / name)
+    return [cache / name for name in ops]
+
+
+def _build_op(node: Node, path: str, builder: str, done: Path) -> None:
+    building = done.with_name(done.name + ".partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    node.run(f"{path}/bin/python -c 'import deepspeed.ops.op_builder.cpu as B; B.{builder}().load()'",
+             user="root", timeout=1800, check=True,
+             env={"PATH": f"{path}/bin:{ROOT_PATH}", "TORCH_EXTENSIONS_DIR": str(building)})
+    building.rename(done)
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def prebuilt_ops_key() -> str:
+    """The name of the cache of DeepSpeed ops for the shared venv: what a build depends on.
+
+    The versions of torch, DeepSpeed, Python, ninja and the compiler, and the venv's path: an op's
+    build.ninja names the venv's include directories, and torch rebuilds an op whose build.ninja
+    differs (a clone's own venv would otherwise rebuild the op in every process group).
     """
     venv = shared_venv()
     version = python_version(venv)
     shared_site = site_packages(venv, version)
+    tools = []
+    for argv in ([env_ninja(venv) or "ninja", "--version"], ["c++", "-dumpfullversion"]):
+        try:
+            tools.append(subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip())
+        except OSError:
+            tools.append("none")
+    ninja_version, cxx_version = tools
     return (f"torch-{_dist_version(shared_site, 'torch')}-deepspeed-{_dist_version(shared_site, 'deepspeed')}"
-            f"-py{version}{env.replace('/', '_')}-{hashlib.sha256(str(venv).encode()).hexdigest()[:8]}")
+            f"-py{version}-ninja{ninja_version}-gcc{cxx_version}-{hashlib.sha256(str(venv).encode()).hexdigest()[:8]}")
 
 
 def _env_site_packages(node: Node, path: str) -> Path:

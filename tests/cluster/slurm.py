@@ -204,6 +204,7 @@ class SlurmCluster:
 
     def _start_daemons(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        shutil.rmtree(self.state, ignore_errors=True)  # an earlier Slurm's on this cluster (kept for its logs)
         self.state.mkdir(mode=0o755)
         (self.state / "ctld").mkdir(mode=0o700)
         self._write_config(self.state / "etc")

@@ -26,6 +26,8 @@ STATE_DIR_PREFIX = "clusterkit-cluster-"
 LOCK_PATH = Path("/tmp/clusterkit-cluster.lock")
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client pdsh rsync"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -43,7 +43,7 @@ def test_every_rule_has_a_real_log_or_waits_for_the_gpu_machine() -> None:
                         "ssh-unknown-host", "pdsh-rsh", "rendezvous-refused", "script-missing", "header-missing",
                         "op-not-loaded", "shm-bus-error", "gloo-timeout", "rendezvous-clients-missing",
                         "peer-closed", "python-exception", "rank-exited", "pdsh-ssh-exit",
-                        # seen building this suite's own op caches (tests/cluster/workloads_env.py), not kept
+                        # seen building this suite's own op caches (tests/cluster/pyenv.py), not kept
                         "ninja-log-restarted"}, unproven
 
 
