@@ -106,7 +106,8 @@ class SrunChannel:
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGINT)
-            threading.Thread(target=self._reap, name=f"srun-reaper:{self._proc.pid}", daemon=True).start()
+            # Not a daemon: a head that exits right after closing (--once) still sees its steps ended.
+            threading.Thread(target=self._reap, name=f"srun-reaper:{self._proc.pid}", daemon=False).start()
         else:
             self._close_pipes()
 
