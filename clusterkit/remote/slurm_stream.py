@@ -9,8 +9,8 @@ a session's, so a command that watches its input for the end (the monitor's samp
 channel even if the head dies; ``close()`` also stops srun, which kills its task.
 
 :func:`ensure_agent` puts the agent on every node first (one step, sbcast where it is missing) at
-:func:`~clusterkit.remote.slurm_agent.node_agent_dir`, and :func:`agent_stream_command` runs its
-``stream`` from there.
+:func:`~clusterkit.remote.slurm_agent.node_agent_dir`, and :func:`node_agent_command` runs it from
+there (:func:`agent_stream_command`: its ``stream``).
 """
 
 from __future__ import annotations
@@ -159,10 +159,15 @@ def ensure_agent(alloc: Allocation, timeout_s: float, nodes: Sequence[str] | Non
             for node, reply in replies.items()}
 
 
-def agent_stream_command(interval_s: float, slow_every: int = 0, environ: Mapping[str, str] | None = None) -> str:
-    """The shell command that runs ``agent stream`` from where :func:`ensure_agent` put the agent."""
+def node_agent_command(args: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
+    """The shell command that runs ``agent ARGS`` from where :func:`ensure_agent` put the agent."""
     agent = shlex.quote(node_agent_dir(os.environ if environ is None else environ))
-    args = f"stream --interval {interval_s:g} --slow-every {int(slow_every)}"
     return (f'a={agent}; [ -s "$a/__main__.py" ] || {{ echo "no clusterkit agent at $a on $(hostname)" >&2; '
             f'exit 3; }}; PY="$(command -v python3)" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
-            f'exec "$PY" -I -S "$a" {args}')
+            f'exec "$PY" -I -S "$a" {shlex.join(args)}')
+
+
+def agent_stream_command(interval_s: float, slow_every: int = 0, environ: Mapping[str, str] | None = None) -> str:
+    """``agent stream`` (the monitor's sampler) as :func:`node_agent_command` runs it."""
+    return node_agent_command(["stream", "--interval", f"{interval_s:g}", "--slow-every", str(int(slow_every))],
+                              environ)
