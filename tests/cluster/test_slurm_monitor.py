@@ -22,7 +22,8 @@ from tests.cluster.harness import Cluster
 from tests.cluster.node import Node
 from tests.cluster.slurm import SlurmCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# 2400: the machine-wide cluster lock may be held by another run for a while before the cluster starts.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 #: The sampler on a node, as the monitor runs it (``$TMPDIR/clusterkit-<uid>/agent-<digest> stream``).
 AGENT = shlex.quote("agent-[0-9a-f]+ stream")
