@@ -79,7 +79,7 @@ def test_once_json_inside_an_allocation_reports_every_node_and_rank_through_srun
     cluster = no_sshd.cluster
     head = cluster.nodes[0]
     script = (f"{TRAINING}"
-              f"started=$(date +%s%N); CLUSTERKIT_NVML_REPLAY={shlex.quote(str(GPUS))} {MONITOR} --once --json "
+              f"export CLUSTERKIT_NVML_REPLAY={shlex.quote(str(GPUS))}; started=$(date +%s%N); {MONITOR} --once --json "
               "--interval 0.5 > ~/once.json; "
               "echo \"@@monitor exit $? in $(( ($(date +%s%N) - started) / 1000000 )) ms\"\n"
               "squeue -h -s -j $SLURM_JOB_ID -o '@@step %j'\n"
