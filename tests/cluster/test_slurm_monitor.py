@@ -138,6 +138,10 @@ def test_a_dead_stream_goes_stale_then_down_on_the_screen_and_the_recording_repl
         node3.run(f"mv {agent_dir} {away}", check=True)
         took = wait_until(lambda: node_status(pane(head), "node3") == "DOWN", 20, lambda: pane(head))
         print(f"then DOWN after {took:.1f}s more")
+        # Its reconnects fail, each saying what srun said (the node's own words through srun's stderr).
+        took = wait_until(lambda: head.run("grep -q 'no clusterkit agent at' ~/slurm.rec").rc == 0, 30,
+                          lambda: head.run("tail -5 ~/slurm.rec").stdout)
+        print(f"a reconnect failed with srun's words after {took:.1f}s more")
         assert node_status(pane(head), "node1") == node_status(pane(head), "node2") == "up"
         head.run(f"tmux send-keys -t {SESSION} q", check=True)
         wait_until(lambda: head.run(f"tmux has-session -t {SESSION}").rc != 0, 30, lambda: pane(head))
