@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""`clusterkit doctor` and `clusterkit env push` over SSH and over Slurm on the same nodes: wall time and
-the head's CPU time.
+"""`clusterkit doctor`, `clusterkit env push` and `clusterkit monitor` over SSH and over Slurm on the same
+nodes: wall time and the head's CPU time.
 
 One namespace cluster of N compute nodes plus a head (a login node outside the hostfile and the
 allocations, as on a real cluster), with Slurm on it (tests/cluster/slurm.py) and the head's key
@@ -12,10 +12,15 @@ size (1, 3 and N nodes by default) the head runs, in turn within each round:
            slurm: salloc -w bench[1-K] clusterkit doctor --json     (one srun step with a task per node)
   env push ssh:   clusterkit env push hostfile-K ARCHIVE --json     (the relay, then unpack and verify per node)
            slurm: salloc -w bench[1-K] clusterkit env push ARCHIVE  (sbcast, then one srun step per stage)
+  monitor  ssh:   clusterkit monitor hostfile-K --once --json       (an SSH channel per node streaming samples)
+           slurm: salloc -w bench[1-K] clusterkit monitor --once    (an srun step per node streaming samples)
 
 env push sends a real conda env (tests/cluster/packed_env.py: rattler, offline, packed on the head)
 and every push is a whole one: the env and its staged archive are removed from the nodes before it
-(not timed).
+(not timed). The monitor runs its own command path (allocation, agent, a stream per node at
+`--interval 1`, the report) with its round held for `--monitor-seconds` instead of ending at the
+second sample (MONITOR_FOR): its head CPU is startup plus that long of streaming, and a run counts only
+when every node was up at the end.
 
 The head's CPU time is user+system of clusterkit and everything it waited for (srun included; salloc
 itself and slurmctld are not the head's work, slurmctld's share is printed apart). One warm-up per
@@ -45,6 +50,19 @@ from tests.cluster.node import Node  # noqa: E402
 from tests.cluster.packed_env import PREFIX, STAGED_DIR, install_and_pack, make_env_parents  # noqa: E402
 from tests.cluster.slurm import SlurmCluster  # noqa: E402
 
+#: ``clusterkit ARGS`` (after SECONDS) with ``monitor --once``'s round held for SECONDS of streaming.
+MONITOR_FOR = """
+import sys, time
+from clusterkit import cli
+from clusterkit.commands import monitor
+seconds = float(sys.argv.pop(1))
+def hold(source, deadline_s):
+    source.start()
+    time.sleep(seconds)
+    source.tick()
+monitor.wait_for_round = hold
+sys.exit(cli.main(sys.argv[1:]))
+"""
 #: Runs a command and prints its wall time and the CPU time of it and every process it waited for.
 MEASURE = ("import resource, subprocess, sys, time; t = time.monotonic(); "
            "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
@@ -117,18 +135,20 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120, help="doctor's per-node deadline (default 120: "
                         "every node's agent shares this machine's cores)")
     parser.add_argument("--commands", default="doctor,env-push",
-                        help="what to measure, of doctor and env-push (default: both)")
+                        help="what to measure, of doctor, env-push and monitor (default: doctor,env-push)")
+    parser.add_argument("--monitor-seconds", type=float, default=30,
+                        help="how long each monitor run streams (default 30, at one sample a second)")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     commands = [c.strip() for c in args.commands.split(",") if c.strip()]
-    if not set(commands) <= {"doctor", "env-push"}:
-        parser.error(f"--commands: {args.commands}: choose from doctor, env-push")
+    if not set(commands) <= {"doctor", "env-push", "monitor"}:
+        parser.error(f"--commands: {args.commands}: choose from doctor, env-push, monitor")
     biggest = max(sizes)
     python = sys.executable
     transports = ("ssh", "slurm")
     results: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
     with Cluster.start(biggest + 1, "bench") as cluster, SlurmCluster.start(cluster) as slurm:
-        env_python = cluster.install_python_env()
+        env_python = cluster.install_python_env() if "doctor" in commands else ""
         computes, head = cluster.nodes[:biggest], cluster.nodes[biggest]
         hostfile = "".join(f"{n.name} slots=1\n" for n in computes)
         authorize_head(head, computes)
@@ -142,13 +162,16 @@ def main() -> int:
             head.put_file(f"/home/{cluster.user}/hostfile-{size}", "\n".join(lines[:size]) + "\n")
         measured = f"cd {shlex.quote(str(REPO))} && {shlex.quote(python)} -c {shlex.quote(MEASURE)} " \
                    f"{shlex.quote(python)} -m clusterkit"
+        streaming = f"cd {shlex.quote(str(REPO))} && {shlex.quote(python)} -c {shlex.quote(MEASURE)} " \
+                    f"{shlex.quote(python)} -c {shlex.quote(MONITOR_FOR)} {args.monitor_seconds:g}"
         clusterkit = {"doctor": f"{measured} doctor --json --timeout {args.timeout:g} --python {env_python}",
-                      "env-push": f"{measured} env push --json --connect-timeout 10 {archive}"}
+                      "env-push": f"{measured} env push --json --connect-timeout 10 {archive}",
+                      "monitor": f"{streaming} monitor --once --json --interval 1 --connect-timeout 10"}
 
         def command(what: str, transport: str, size: int) -> str:
             if transport == "ssh":
-                return f"{clusterkit[what]} ~/hostfile-{size}" if what == "doctor" else \
-                    clusterkit[what].replace(" env push ", f" env push ~/hostfile-{size} ")
+                return clusterkit[what].replace(f" {what.replace('-', ' ')} ",
+                                                f" {what.replace('-', ' ')} ~/hostfile-{size} ", 1)
             nodelist = ",".join(n.name for n in computes[:size])
             return f"salloc --quiet -N{size} -w {nodelist} /bin/bash -c {shlex.quote(clusterkit[what])}"
 
@@ -156,8 +179,9 @@ def main() -> int:
             if what == "env-push":
                 for node in computes[:size]:
                     node.run(f"rm -rf {PREFIX} {STAGED_DIR}", check=True)
-            # doctor's findings (exit 1) are fine here; a push that failed on a node would not measure a push.
-            return run_measured(slurm, head, command(what, transport, size), (0,) if what == "env-push" else (0, 1))
+            # doctor's findings (exit 1) are fine here; a push that failed on a node would not measure a push,
+            # nor would a monitor that lost a node measure its streams.
+            return run_measured(slurm, head, command(what, transport, size), (0, 1) if what == "doctor" else (0,))
 
         for what in commands:
             for size in sizes:
@@ -184,7 +208,9 @@ def main() -> int:
         print("\nhead CPU = a + b * nodes (least squares over the sizes above), extrapolated:")
         for transport in transports:
             a, b = fit([(size, medians[(transport, size)][1]) for size in sizes])
-            print(f"  {transport:6} a = {a:.3f} s, b = {b * 1000:.1f} ms/node -> 1,000 nodes: {a + 1000 * b:.1f} s")
+            print(f"  {transport:6} a = {a:.3f} s, b = {b * 1000:.1f} ms/node -> 1,000 nodes: {a + 1000 * b:.1f} s"
+                  + (f" ({100 * b / args.monitor_seconds:.2f}% of a core per node while streaming)"
+                     if what == "monitor" else ""))
         print()
     return 0
 

@@ -1,6 +1,6 @@
 """``clusterkit monitor [HOSTFILE]``: a live view of every node and rank while training runs.
 
-Picks a source (agents streaming over SSH, this machine, or ``--replay``), optionally records it,
+Picks a source (agents streaming over SSH, over Slurm, this machine, or ``--replay``), optionally records it,
 then either runs the Textual app or, with ``--once``, waits for a first full round and prints it
 (``--json`` for scripts). Samples, streams and alerts live elsewhere; this module only wires them.
 """
@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from rich.console import Console
@@ -20,7 +21,8 @@ from rich.table import Table
 
 from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
-from clusterkit.errors import ExitCode, UsageError
+from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
+from clusterkit.errors import ClusterkitError, ExitCode, UsageError
 from clusterkit.inventory import load_hostfile, select_hosts
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import (
@@ -32,6 +34,8 @@ from clusterkit.monitor.sources import (
     local_stream_command,
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
+from clusterkit.remote.slurm_stream import SlurmStreamOpener, ensure_agent
+from clusterkit.remote.slurm_stream import agent_stream_command as slurm_stream_command
 from clusterkit.remote.stream import ProcessOpener, SshOpener
 from clusterkit.tui.thresholds import Thresholds, all_alerts
 
@@ -46,7 +50,8 @@ def register(subparsers: Any) -> None:
         description="Stream one sample per interval from an agent on every node over one SSH channel each "
                     "(GPUs from NVML, CPU, RAM, network, and the training ranks found by their RANK/LOCAL_RANK "
                     "environment) and show them: a row per node, a node's GPUs with history, the job's ranks, "
-                    "alerts and stragglers. Without HOSTFILE, this machine.",
+                    "alerts and stragglers. Without HOSTFILE, this machine; inside a Slurm allocation (or with "
+                    "--slurm), the job's nodes, each through its own srun step beside the job's (no SSH).",
         epilog="keys in the view: enter node, j job view, s/r sort, f faults only, / filter, ? help, q quit. "
                "exit codes with --once: 0 every node answered and no critical alert, 1 otherwise.")
     add_hostfile_arguments(parser, required=False)
@@ -72,6 +77,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
+    add_slurm_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -87,32 +93,82 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--slow-every {args.slow_every}: must be 0 (never) or more")
 
 
-def build_source(args: argparse.Namespace, thresholds: Thresholds) -> Source:
+def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitStack) -> tuple[Source, str]:
+    """The source the flags ask for and what it watches (for the title); what it holds open (an
+    allocation clusterkit made) is left on ``stack``."""
     if args.replay:
         if args.hostfile or args.record or args.log:
             raise UsageError("--replay plays a recording: give no HOSTFILE, --record or --log with it "
                              "(a recording made with --log holds the job's progress)")
-        return ReplaySource(args.replay, speed=args.speed)
+        if args.slurm or any(getattr(args, name) for name in SLURM_REQUEST_OPTIONS):
+            raise UsageError("--replay plays a recording and reaches no nodes: give no --slurm, --partition, "
+                             "--nodes, --nodelist, --slurm-time or --slurm-args with it")
+        return ReplaySource(args.replay, speed=args.speed), args.replay
     log = LogFollower(args.log) if args.log else None
     if log is not None and (why := log.check()) is not None:
         raise UsageError(f"--log: {why}")
-    if args.hostfile:
+    opener: Any
+    if use_slurm(args, args.hostfile):
+        refuse_ssh_options(args)
+        hosts, slots, opener, command = slurm_streams(args, stack)
+        where = f"slurm job {opener.alloc.job_id}"
+    elif args.hostfile:
         active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
         hosts = [h.name for h in active]
         slots = {h.name: len(h.slots) for h in active}
         settings = ssh_settings(args)
         from clusterkit.remote import ship_agent
 
-        opener: Any = SshOpener(settings, prepare=lambda conn: ship_agent(conn, max(15.0, settings.connect_timeout_s)))
+        opener = SshOpener(settings, prepare=lambda conn: ship_agent(conn, max(15.0, settings.connect_timeout_s)))
         command = agent_stream_command(args.interval, args.slow_every)
+        where = args.hostfile
     else:
         import socket
 
         hosts, slots = [socket.gethostname()], {}
         opener, command = ProcessOpener(), local_stream_command(args.interval, args.slow_every)
+        where = "this machine"
     recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
     return LiveSource(hosts, slots, opener, command, args.interval, stale_after_s=thresholds.stale_after_s,
-                      lost_after_s=thresholds.lost_after_s, recorder=recorder, log=log)
+                      lost_after_s=thresholds.lost_after_s, recorder=recorder, log=log), where
+
+
+#: The allocation request's options (they imply --slurm).
+SLURM_REQUEST_OPTIONS = ("partition", "nodes", "nodelist", "slurm_time", "slurm_args")
+#: SSH options (dest, flag) that mean nothing when the nodes are reached through Slurm.
+SSH_ONLY_OPTIONS = (("user", "--user"), ("ssh_port", "--ssh-port"), ("identity", "--identity"),
+                    ("trust_new_hosts", "--trust-new-hosts"))
+
+
+def refuse_ssh_options(args: argparse.Namespace) -> None:
+    given = [flag for dest, flag in SSH_ONLY_OPTIONS if getattr(args, dest, None)]
+    if given:
+        raise UsageError(f"{'/'.join(given)}: SSH options, but the nodes are reached through Slurm (srun); give a "
+                         "HOSTFILE (or --no-slurm) to monitor over SSH")
+
+
+def slurm_streams(args: argparse.Namespace, stack: ExitStack
+                  ) -> tuple[list[str], dict[str, int], SlurmStreamOpener, str]:
+    """Hosts, slots, opener and command for streams through srun steps in the allocation (made with salloc,
+    and released when ``stack`` closes, outside one); the agent put on every node first."""
+    from clusterkit.survey_slurm import allocation_hostfile
+
+    alloc = stack.enter_context(slurm_allocation(args))
+    active = select_hosts(allocation_hostfile(alloc), args.include, args.exclude)
+    hosts = [h.name for h in active]
+    slots = {h.name: len(h.slots) for h in active}
+    err = Console(stderr=True)
+    with err.status(f"Putting the agent on {len(hosts)} node(s) of Slurm job {alloc.job_id}…", spinner="dots"):
+        placed = ensure_agent(alloc, max(30.0, args.connect_timeout), hosts)
+    failed = {host: result for host, result in placed.items() if not result.ok}
+    if failed and len(failed) == len(hosts):
+        first = next(iter(failed.values()))
+        raise ClusterkitError(f"the agent could not be run on any node of Slurm job {alloc.job_id}: {first.error}"
+                              + (f"; fix: {first.fix}" if first.fix else ""))
+    for host, result in failed.items():
+        err.print(f"{host}: no agent there ({result.error}); it will show as down", style="yellow", markup=False,
+                  highlight=False)
+    return hosts, slots, SlurmStreamOpener(alloc), slurm_stream_command(args.interval, args.slow_every)
 
 
 def wait_for_round(source: Source, deadline_s: float) -> None:
@@ -177,23 +233,23 @@ def run(args: argparse.Namespace) -> int:
     thresholds = Thresholds.for_interval(args.interval).with_overrides(args.alert)
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")
-    source = build_source(args, thresholds)
-    if args.once:
+    with ExitStack() as stack:  # holds an allocation made for this run until the view or round is done
+        source, where = build_source(args, thresholds, stack)
+        if not args.once:
+            from clusterkit.tui.app import MonitorApp
+
+            MonitorApp(source, thresholds, title=f"clusterkit monitor {where}").run()
+            return ExitCode.OK
         try:
             wait_for_round(source, args.wait if args.wait is not None
                            else args.connect_timeout + 3 * args.interval + 2)
             doc = report(source, thresholds)
         finally:
             source.stop()
-        if args.json:
-            json.dump(doc, sys.stdout, indent=1)
-            sys.stdout.write("\n")
-        else:
-            print_table(doc)
-        bad = any(n["status"] != "up" for n in doc["nodes"]) or any(a["level"] == "crit" for a in doc["alerts"])
-        return ExitCode.PROBLEMS if bad else ExitCode.OK
-    from clusterkit.tui.app import MonitorApp
-
-    title = f"clusterkit monitor {args.hostfile or args.replay or 'this machine'}"
-    MonitorApp(source, thresholds, title=title).run()
-    return ExitCode.OK
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_table(doc)
+    bad = any(n["status"] != "up" for n in doc["nodes"]) or any(a["level"] == "crit" for a in doc["alerts"])
+    return ExitCode.PROBLEMS if bad else ExitCode.OK

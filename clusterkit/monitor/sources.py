@@ -306,6 +306,8 @@ class LiveSource:
         self.state.apply_raw(host, raw, received_at)
 
     def _on_state(self, state: StreamState) -> None:
-        if self.recorder is not None:
+        # "stopped" is this monitor ending, not a node: recorded, it would turn a node that was DOWN at
+        # the end of a recording into a merely stale one on replay.
+        if self.recorder is not None and state.status != "stopped":
             self.recorder.link(state)
         self.state.apply_link(state)
