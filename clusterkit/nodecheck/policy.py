@@ -30,6 +30,7 @@ REASON_MAX = 64
 LEFT_ALONE_STATES = ("DOWN", "NOT_RESPONDING", "FAIL", "POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN",
                      "REBOOT_ISSUED", "FUTURE")
 _GPU = re.compile(r"^GPU (\d+)\b")
+_DOMAIN = re.compile(r"\b0000:(?=[0-9a-fA-F]{2}:)")
 _STATE_WORD = re.compile(r"[+*~#!%$@^-]")
 
 
@@ -86,12 +87,14 @@ def drain_reason(faults: Sequence[Fault], limit: int = REASON_MAX) -> str:
 
 
 def _places(places: list[str]) -> str:
+    """One place as it is (PCI domain 0000 dropped); several GPUs as ``GPU 0,3``, other places counted."""
+    places = [_DOMAIN.sub("", p) for p in places]
     if len(places) <= 1:
         return places[0] if places else ""
-    gpus = [_GPU.match(p) for p in places]
-    if all(gpus):
-        return "GPU " + ",".join(m.group(1) for m in gpus if m)
-    return f"{places[0]} +{len(places) - 1}"
+    gpus = [m.group(1) for p in places if (m := _GPU.match(p))]
+    others = [p for p in places if not _GPU.match(p)]
+    text = ", ".join(filter(None, ["GPU " + ",".join(gpus) if gpus else "", others[0] if others else ""]))
+    return text + (f" +{len(others) - 1}" if len(others) > 1 else "")
 
 
 def _ascii(text: str) -> str:

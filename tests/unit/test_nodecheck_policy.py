@@ -32,6 +32,13 @@ def test_what_does_not_fit_is_counted_and_the_gravest_comes_first() -> None:
     assert all(len(drain_reason(faults[:n])) <= REASON_MAX for n in range(1, 5))
 
 
+def test_gpus_and_other_places_of_one_check_fold_and_the_pci_domain_is_dropped() -> None:
+    faults = [Fault("xid-critical", "GPU 0 (0000:1b:00.0)"), Fault("xid-critical", "GPU 1 (0000:3b:00.0)"),
+              Fault("xid-critical", "PCI 0000:86:00.0")]
+    assert drain_reason(faults) == "clusterkit: xid-critical GPU 0,1, PCI 86:00.0"
+    assert drain_reason(faults[:1]) == "clusterkit: xid-critical GPU 0 (1b:00.0)"
+
+
 def test_a_first_fault_longer_than_the_limit_is_cut_and_still_counts_the_rest() -> None:
     reason = drain_reason([Fault("x" * 80, "GPU 0"), SHM], limit=40)
     assert len(reason) <= 40 and reason.startswith(REASON_PREFIX + " xxx") and reason.endswith("; +1 more")
