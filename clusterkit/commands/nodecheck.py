@@ -22,8 +22,16 @@ from clusterkit.findings import Outcome, Severity
 from clusterkit.nodecheck.install import DEFAULT_DIR, DEFAULT_INTERVAL_S, InstallOptions, install_text, write_scripts
 from clusterkit.nodecheck.policy import Act
 from clusterkit.nodecheck.profile import PROFILES, Hook, profile_for
-from clusterkit.nodecheck.runner import DEFAULT_LOG, RunOptions, RunResult, Watchdog, log_line, run_nodecheck, \
-    this_node, write_log
+from clusterkit.nodecheck.runner import (
+    DEFAULT_LOG,
+    RunOptions,
+    RunResult,
+    Watchdog,
+    log_line,
+    run_nodecheck,
+    this_node,
+    write_log,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -97,8 +105,9 @@ def _print(result: RunResult, dry_run: bool, log_path: str) -> None:
     style = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
     failed = [f for f in result.findings if f.outcome is Outcome.FAIL]
     passed = sum(1 for f in result.findings if f.outcome is Outcome.PASS)
-    console.print(f"[bold]clusterkit nodecheck {result.hook.value}[/] on {escape(result.node)}: {len(failed)} "
-                  f"problem(s), {passed} passed, {result.wall_s:.2f}s wall, {result.cpu_s:.2f}s cpu")
+    console.print(f"[bold]clusterkit nodecheck {result.hook.value}[/] on {escape(result.node)}: "
+                  f"{len(failed) + len(result.hung)} problem(s), {passed} passed, {result.wall_s:.2f}s wall, "
+                  f"{result.cpu_s:.2f}s cpu")
     for finding in sorted(failed, key=lambda f: f.severity.rank):
         console.print(f"  [{style[finding.severity]}]{finding.severity.value}[/] {finding.check_id}"
                       f"{' ' + escape(finding.where) if finding.where else ''}: {escape(finding.message)}")
