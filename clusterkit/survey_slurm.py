@@ -178,6 +178,9 @@ def survey_over_slurm(hosts: Sequence[ActiveHost], alloc: Allocation, options: S
             note_unanswered(name, result.error, result.fix, facts, offsets, fixes)
     if options.probes:
         master = _master_probe(names, runnable, addresses, port, master_error, readings)
+        from clusterkit.nodecheck.installed import read_health_check
+
+        slurm.health_check = read_health_check(alloc, runnable, min(30.0, step_timeout))
     return {n: facts[n] for n in names}, ClusterProbes(
         head=place.name, clock_offset_s={n: offsets[n] for n in names}, ssh_mesh={}, master=master,
         unreachable_fixes=fixes, mesh_mode="static", head_in_hostfile=place.in_hostfile,
