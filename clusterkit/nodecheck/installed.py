@@ -17,7 +17,7 @@ from clusterkit.remote.slurm import Allocation, SlurmError, run_on_nodes, slurm_
 
 _CONFIG_LINE = re.compile(r"^(\w+)\s*=\s*(.*?)\s*$")
 NOT_OURS = "not a clusterkit nodecheck script"
-MISSING = "no such program on this node"
+MISSING = "missing"
 
 
 def parse_hook_config(text: str) -> SlurmHealthCheckFacts:

@@ -10,7 +10,9 @@ recording replaced by a FIFO nobody writes (NVML hangs reading it).
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -24,6 +26,7 @@ from clusterkit.nodecheck.install import InstallOptions, hook_script
 from clusterkit.nodecheck.policy import REASON_PREFIX
 from clusterkit.nodecheck.profile import Hook
 from clusterkit.slurmstate import parse_nodes
+from tests.cluster.clusterkit_run import REPO
 from tests.cluster.conftest import slurm_on
 from tests.cluster.harness import Cluster
 from tests.cluster.node import Node
@@ -209,3 +212,22 @@ def test_a_hung_nvml_is_cut_off_within_the_budget_and_drains_saying_so(healthy: 
     hung_runs = [line for line in node.host_path(LOG).read_text().splitlines() if "hung nvidia" in line]
     walls = [float(m.group(1)) for line in hung_runs if (m := re.search(r"\[([\d.]+)s wall", line))]
     assert walls and max(walls) < BUDGET_S, hung_runs
+
+
+def test_doctor_says_on_which_nodes_clusterkit_is_the_health_check_and_at_which_version(
+        healthy: SlurmCluster) -> None:
+    node3 = healthy.cluster.nodes[2]
+    script = node3.host_path(f"{HOOK_DIR}/clusterkit-health")
+    aside = script.with_name("clusterkit-health.aside")
+    script.rename(aside)
+    try:
+        command = (f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m clusterkit doctor --json "
+                   "--only slurm-nodecheck-installed")
+        result = healthy.salloc(healthy.cluster.nodes[0], command, "-N3", timeout=300)
+    finally:
+        aside.rename(script)
+    assert result.rc in (0, 1), result.stdout[-2000:] + result.stderr[-3000:]
+    found = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "slurm-nodecheck-installed"]
+    assert [(f["severity"], f["host"], f["outcome"]) for f in found] == [("warning", "node3", "fail")], found
+    assert found[0]["message"] == (f"node3: {HOOK_DIR}/clusterkit-health is missing; "
+                                   f"clusterkit's health check runs every {INTERVAL_S}s on node[1-2] only")
