@@ -13,9 +13,6 @@ import os
 import sys
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-
 from clusterkit import __version__
 from clusterkit.errors import ClusterkitError, UsageError
 from clusterkit.findings import Outcome, Severity
@@ -101,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(result: RunResult, dry_run: bool, log_path: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     console = Console(highlight=False)
     style = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
     failed = [f for f in result.findings if f.outcome is Outcome.FAIL]

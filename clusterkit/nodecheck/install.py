@@ -72,7 +72,7 @@ def hook_script(options: InstallOptions, hook: Hook) -> str:
         f"{SCRIPT_MARK} {hook.value}, made by clusterkit {__version__} (`clusterkit nodecheck install`)",
         "# Prints nothing: what it finds and does is logged in " + options.log_path,
         *[f"export {line}" for line in exports],
-        f"exec timeout -k 5 {budget + OUTER_GRACE_S:g} {q(options.python)} -m clusterkit nodecheck "
+        f"exec timeout -k 5 {budget + OUTER_GRACE_S:g} {q(options.python)} -m clusterkit.nodecheck "
         f"{shlex.join(args)} \"$@\"",
         "",
     ])

@@ -100,5 +100,5 @@ def test_a_hook_script_is_quiet_bounded_and_carries_its_environment() -> None:
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh" and lines[1].startswith(f"{SCRIPT_MARK} prolog")
     assert "export LD_LIBRARY_PATH='/x y'" in lines
-    assert lines[-1].startswith("exec timeout -k 5 20 /opt/ck/bin/python -m clusterkit nodecheck run --hook prolog "
+    assert lines[-1].startswith("exec timeout -k 5 20 /opt/ck/bin/python -m clusterkit.nodecheck run --hook prolog "
                                 "--quiet --log /var/log/clusterkit/nodecheck.log --budget 10")
