@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+
+import pytest
 
 from clusterkit import __version__
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
+from clusterkit.cli import main
 from clusterkit.facts import ClusterProbes, Maybe, SlurmFacts, SlurmHealthCheckFacts, Unavailable
 from clusterkit.findings import Finding, Outcome, Severity
 from clusterkit.nodecheck.install import SCRIPT_MARK, InstallOptions, hook_script, install_text
@@ -102,3 +107,19 @@ def test_a_hook_script_is_quiet_bounded_and_carries_its_environment() -> None:
     assert "export LD_LIBRARY_PATH='/x y'" in lines
     assert lines[-1].startswith("exec timeout -k 5 20 /opt/ck/bin/python -m clusterkit.nodecheck run --hook prolog "
                                 "--quiet --log /var/log/clusterkit/nodecheck.log --budget 10")
+
+
+def test_install_writes_the_three_scripts_executable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nodecheck", "install", "--dir", str(tmp_path), "--write", "--python", "/opt/ck/bin/python"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["clusterkit-epilog", "clusterkit-health", "clusterkit-prolog"]
+    assert all(os.access(tmp_path / name, os.X_OK) for name in written)
+    assert capsys.readouterr().out.count("wrote ") == 3
+
+
+@pytest.mark.parametrize("args", [["install", "--env", "NO_EQUALS"], ["install", "--interval", "0"],
+                                  ["run", "--budget", "0"], ["run", "--hook", "sometimes"]])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nodecheck", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
