@@ -1,11 +1,12 @@
 """clusterkit as slurmd's HealthCheckProgram on the real Slurm harness: faults drain exactly their node,
 fixing them returns it, an administrator's drain stays, a hung check is cut off.
 
-Every node runs the hook script ``clusterkit nodecheck install`` makes, from its private /opt, with a
-recorded H100 (``CLUSTERKIT_NVML_REPLAY``) and a stand-in libcuda.so.1 on ``LD_LIBRARY_PATH``: a
-healthy GPU node as far as the checks can tell. Faults are planted under those: a full /dev/shm (a
-tmpfs of the node's own mounted over the host's), a recording with XIDs, the library removed, the
-recording replaced by a FIFO nobody writes (NVML hangs reading it).
+Slurm runs the slurm.conf lines and hook scripts ``clusterkit nodecheck install`` makes (health check,
+prolog and epilog: the doctor test's allocation runs the prolog and epilog on every node). Each node
+runs them from its private /opt, with a recorded H100 (``CLUSTERKIT_NVML_REPLAY``) and a stand-in
+libcuda.so.1 on ``LD_LIBRARY_PATH``: a healthy GPU node as far as the checks can tell. Faults are
+planted under those: a full /dev/shm (a tmpfs of the node's own mounted over the host's), a recording
+with XIDs, the library removed, the recording replaced by a FIFO nobody writes (NVML hangs reading it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit.facts import SlurmNodeFacts
-from clusterkit.nodecheck.install import InstallOptions, hook_script
+from clusterkit.nodecheck.install import InstallOptions, hook_script, slurm_conf_lines
 from clusterkit.nodecheck.policy import REASON_PREFIX
 from clusterkit.nodecheck.profile import Hook
 from clusterkit.slurmstate import parse_nodes
@@ -43,20 +44,24 @@ BUDGET_S = 10.0
 WITHIN_S = 2 * INTERVAL_S + BUDGET_S + 10
 
 
+#: As ``clusterkit nodecheck install --dir /opt/cknc --budget 10 --env ...`` would make them.
+OPTIONS = InstallOptions(python=sys.executable, directory=HOOK_DIR, interval_s=INTERVAL_S, log_path=LOG,
+                         budget_s=BUDGET_S, env={"CLUSTERKIT_NVML_REPLAY": f"{HOOK_DIR}/nvml/nvml-readings.json",
+                                                 "LD_LIBRARY_PATH": f"{HOOK_DIR}/lib"})
+
+
 def write_hooks(node: Node) -> None:
-    """The health hook script in the node's /opt, over a healthy recorded H100."""
+    """The hook scripts in the node's /opt, over a healthy recorded H100."""
     replay = node.host_path(f"{HOOK_DIR}/nvml")
     replay.mkdir(parents=True, exist_ok=True)
     set_recording(node, HEALTHY)
     lib = node.host_path(f"{HOOK_DIR}/lib")
     lib.mkdir(exist_ok=True)
     (lib / "libcuda.so.1").write_text("")
-    options = InstallOptions(python=sys.executable, directory=HOOK_DIR, log_path=LOG, budget_s=BUDGET_S,
-                             env={"CLUSTERKIT_NVML_REPLAY": f"{HOOK_DIR}/nvml/nvml-readings.json",
-                                  "LD_LIBRARY_PATH": f"{HOOK_DIR}/lib"})
-    script = node.host_path(f"{HOOK_DIR}/clusterkit-{Hook.HEALTH.value}")
-    script.write_text(hook_script(options, Hook.HEALTH))
-    script.chmod(0o755)
+    for hook in Hook:
+        script = node.host_path(f"{HOOK_DIR}/clusterkit-{hook.value}")
+        script.write_text(hook_script(OPTIONS, hook))
+        script.chmod(0o755)
     for directory in (node.host_path(HOOK_DIR), node.opt):
         directory.chmod(0o755)
 
@@ -74,9 +79,8 @@ def set_recording(node: Node, source: Path) -> None:
 def slurm(cluster: Cluster) -> Iterator[SlurmCluster]:
     for node in cluster.nodes:
         write_hooks(node)
-    conf = (f"HealthCheckProgram={HOOK_DIR}/clusterkit-health", f"HealthCheckInterval={INTERVAL_S}",
-            "HealthCheckNodeState=ANY")
-    with slurm_on(cluster, extra_conf=conf) as started:
+    # The lines `nodecheck install` prints, prolog and epilog included: slurmctld and slurmd must take them.
+    with slurm_on(cluster, extra_conf=tuple(slurm_conf_lines(OPTIONS))) as started:
         yield started
 
 
