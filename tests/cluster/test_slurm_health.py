@@ -235,3 +235,17 @@ def test_doctor_says_on_which_nodes_clusterkit_is_the_health_check_and_at_which_
     assert [(f["severity"], f["host"], f["outcome"]) for f in found] == [("warning", "node3", "fail")], found
     assert found[0]["message"] == (f"node3: {HOOK_DIR}/clusterkit-health is missing; "
                                    f"clusterkit's health check runs every {INTERVAL_S}s on node[1-2] only")
+
+
+def test_a_health_check_run_takes_a_few_seconds_well_inside_slurms_window(healthy: SlurmCluster) -> None:
+    """The whole script as slurmd runs it (interpreter start included), three times on a healthy node."""
+    node = healthy.cluster.nodes[0]
+    runs = []
+    for _ in range(3):
+        timed = node.run(f"/usr/bin/time -f '%e %U %S' {HOOK_DIR}/clusterkit-health --dry-run", user="root",
+                         timeout=60)
+        assert timed.rc == 0 and timed.stdout == "", timed.stdout + timed.stderr
+        wall, user, system = (float(x) for x in timed.stderr.split()[-3:])
+        runs.append((wall, user + system))
+    print(f"nodecheck health on a healthy node: wall {[w for w, _ in runs]} s, cpu {[c for _, c in runs]} s")
+    assert max(wall for wall, _ in runs) < BUDGET_S
