@@ -11,6 +11,7 @@ with XIDs, the library removed, the recording replaced by a FIFO nobody writes (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -50,25 +51,30 @@ OPTIONS = InstallOptions(python=sys.executable, directory=HOOK_DIR, interval_s=I
                                                  "LD_LIBRARY_PATH": f"{HOOK_DIR}/lib"})
 
 
+#: The prolog replays a recording of its own, so a fault can be planted where only the prolog sees it.
+PROLOG_OPTIONS = dataclasses.replace(
+    OPTIONS, env={**OPTIONS.env, "CLUSTERKIT_NVML_REPLAY": f"{HOOK_DIR}/nvml-prolog/nvml-readings.json"})
+
+
 def write_hooks(node: Node) -> None:
     """The hook scripts in the node's /opt, over a healthy recorded H100."""
-    replay = node.host_path(f"{HOOK_DIR}/nvml")
-    replay.mkdir(parents=True, exist_ok=True)
-    set_recording(node, HEALTHY)
+    for name in ("nvml", "nvml-prolog"):
+        node.host_path(f"{HOOK_DIR}/{name}").mkdir(parents=True, exist_ok=True)
+        set_recording(node, HEALTHY, name)
     lib = node.host_path(f"{HOOK_DIR}/lib")
     lib.mkdir(exist_ok=True)
     (lib / "libcuda.so.1").write_text("")
     for hook in Hook:
         script = node.host_path(f"{HOOK_DIR}/clusterkit-{hook.value}")
-        script.write_text(hook_script(OPTIONS, hook))
+        script.write_text(hook_script(PROLOG_OPTIONS if hook is Hook.PROLOG else OPTIONS, hook))
         script.chmod(0o755)
     for directory in (node.host_path(HOOK_DIR), node.opt):
         directory.chmod(0o755)
 
 
-def set_recording(node: Node, source: Path) -> None:
+def set_recording(node: Node, source: Path, replayed: str = "nvml") -> None:
     """Replace what the node's NVML replays (a FIFO included) with the recording in ``source``."""
-    replay = node.host_path(f"{HOOK_DIR}/nvml")
+    replay = node.host_path(f"{HOOK_DIR}/{replayed}")
     for old in replay.iterdir():
         old.unlink()
     for file in source.iterdir():
@@ -99,6 +105,7 @@ def healthy(slurm: SlurmCluster) -> Iterator[SlurmCluster]:
 def _clear_faults(node: Node) -> None:
     node.run("if grep -q '^ckshm /dev/shm ' /proc/self/mounts; then umount -l /dev/shm; fi", user="root", check=True)
     set_recording(node, HEALTHY)
+    set_recording(node, HEALTHY, "nvml-prolog")
     (node.host_path(f"{HOOK_DIR}/lib") / "libcuda.so.1").write_text("")
 
 
@@ -249,3 +256,27 @@ def test_a_health_check_run_takes_a_few_seconds_well_inside_slurms_window(health
         runs.append((wall, user + system))
     print(f"nodecheck health on a healthy node: wall {[w for w, _ in runs]} s, cpu {[c for _, c in runs]} s")
     assert max(wall for wall, _ in runs) < BUDGET_S
+
+
+def test_a_prolog_on_a_faulty_node_drains_it_with_its_reason_and_the_job_never_runs_there(
+        healthy: SlurmCluster) -> None:
+    """Exit 1 after its own drain: Slurm requeues the job and keeps clusterkit's reason (not 'Prolog error')."""
+    node1, node2 = healthy.cluster.nodes[:2]
+    set_recording(node2, WITH_XID, "nvml-prolog")
+    submitted = node1.run(f"sbatch --parsable -w {node2.name} -N1 --wrap 'touch /tmp/ran-$SLURM_JOB_ID'",
+                          check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+        seen = wait_for(healthy, node2, "drained by clusterkit", drained_by_clusterkit)
+        assert seen.reason.startswith("clusterkit: xid-critical GPU 0,1"), seen.reason
+        assert re.search(rf"nodecheck prolog {node2.name}: drained \(clusterkit: xid-critical", _log(node2))
+        state = healthy.host_run(["squeue", "-h", "-j", job, "-o", "%T"], check=False).stdout.strip()
+        assert state in ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", ""), state
+        assert not node2.host_path(f"/tmp/ran-{job}").exists()
+    finally:
+        healthy.host_run(["scancel", job], check=False)
+        set_recording(node2, HEALTHY, "nvml-prolog")
+
+
+def _log(node: Node) -> str:
+    return node.host_path(LOG).read_text()
