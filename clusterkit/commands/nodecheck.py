@@ -120,7 +120,7 @@ def _print(result: RunResult, dry_run: bool, log_path: str) -> None:
         elif dry_run:
             done = f"would {decision.act.value}"
         else:
-            done = f"{decision.act.value}ed" if result.acted else f"{decision.act.value} failed"
+            done = decision.act.past if result.acted else f"{decision.act.value} failed"
         reason = f" with reason '{escape(decision.reason)}'" if decision.reason else ""
         console.print(f"Slurm: {done}{reason}: {escape(decision.why)}")
     if result.error:

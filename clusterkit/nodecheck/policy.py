@@ -47,6 +47,11 @@ class Act(enum.StrEnum):
     RESUME = "resume"
     NOTHING = "nothing"
 
+    @property
+    def past(self) -> str:
+        """As the log says it was done: ``drained``, ``resumed``."""
+        return {"drain": "drained", "resume": "resumed"}.get(self.value, "nothing done")
+
 
 @dataclass(frozen=True)
 class Decision:

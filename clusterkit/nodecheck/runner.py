@@ -173,7 +173,7 @@ def log_line(result: RunResult, dry_run: bool = False) -> str:
         done = "nothing done"
     else:
         verb = f"would {decision.act.value}" if dry_run else (
-            f"{decision.act.value}ed" if result.acted else f"{decision.act.value} FAILED")
+            decision.act.past if result.acted else f"{decision.act.value} FAILED")
         done = verb + (f" ({decision.reason})" if decision.reason else "")
     found = "; ".join(f"{f.check}{' ' + f.where if f.where else ''}" for f in result.faults) or "no error"
     text = (f"{when} clusterkit {__version__} nodecheck {result.hook.value} {result.node}: {done}. found: {found}. "

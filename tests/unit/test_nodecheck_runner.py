@@ -80,6 +80,7 @@ def test_a_clean_run_resumes_a_node_clusterkit_drained(scontrol: tuple[dict[str,
     (tmp / "record").write_text(RECORD.format(state="IDLE+DRAIN", reason="clusterkit: shm-full /dev/shm [root@x]"))
     result = run_nodecheck(options(tmp, environ), lambda profile: (healthy_gpu_node(), []))
     assert calls(tmp)[-1] == "update NodeName=gpu07 State=RESUME" and result.acted
+    assert "nodecheck health gpu07: resumed. found: no error." in (tmp / "log" / "nc.log").read_text()
 
 
 def test_a_hung_section_is_a_fault_named_after_the_section(scontrol: tuple[dict[str, str], Path]) -> None:
