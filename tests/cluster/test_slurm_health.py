@@ -257,26 +257,3 @@ def test_a_health_check_run_takes_a_few_seconds_well_inside_slurms_window(health
     print(f"nodecheck health on a healthy node: wall {[w for w, _ in runs]} s, cpu {[c for _, c in runs]} s")
     assert max(wall for wall, _ in runs) < BUDGET_S
 
-
-def test_a_prolog_on_a_faulty_node_drains_it_with_its_reason_and_the_job_never_runs_there(
-        healthy: SlurmCluster) -> None:
-    """Exit 1 after its own drain: Slurm requeues the job and keeps clusterkit's reason (not 'Prolog error')."""
-    node1, node2 = healthy.cluster.nodes[:2]
-    set_recording(node2, WITH_XID, "nvml-prolog")
-    submitted = node1.run(f"sbatch --parsable -w {node2.name} -N1 --wrap 'touch /tmp/ran-$SLURM_JOB_ID'",
-                          check=True)
-    job = submitted.stdout.strip().split(";")[0]
-    try:
-        seen = wait_for(healthy, node2, "drained by clusterkit", drained_by_clusterkit)
-        assert seen.reason.startswith("clusterkit: xid-critical GPU 0,1"), seen.reason
-        assert re.search(rf"nodecheck prolog {node2.name}: drained \(clusterkit: xid-critical", _log(node2))
-        state = healthy.host_run(["squeue", "-h", "-j", job, "-o", "%T"], check=False).stdout.strip()
-        assert state in ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", ""), state
-        assert not node2.host_path(f"/tmp/ran-{job}").exists()
-    finally:
-        healthy.host_run(["scancel", job], check=False)
-        set_recording(node2, HEALTHY, "nvml-prolog")
-
-
-def _log(node: Node) -> str:
-    return node.host_path(LOG).read_text()
