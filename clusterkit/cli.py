@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from clusterkit import __version__
 from clusterkit.errors import ClusterkitError, ExitCode
@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "agent",
     "slurm",
     "monitor",
+    "nodecheck",
 )
 
 EPILOG = """exit codes:
@@ -77,12 +78,13 @@ def place_late_positionals(args: argparse.Namespace, extra: list[str]) -> list[s
     return [word for word in extra if word.startswith("-")]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run clusterkit; returns the process exit code (see EPILOG)."""
+def main(argv: Sequence[str] | None = None, build: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    """Run clusterkit; returns the process exit code (see EPILOG). ``build``: a parser of fewer commands
+    (Slurm's node hooks import only theirs)."""
     debug = os.environ.get("CLUSTERKIT_DEBUG") == "1"
     if debug:  # library logs (paramiko's handshake tracebacks) are silent otherwise
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-    parser = build_parser()
+    parser = build()
     try:
         args, extra = parser.parse_known_args(argv)
         extra = place_late_positionals(args, extra)

@@ -500,6 +500,19 @@ class SlurmLaunchIntent:
 
 
 @dataclass
+class SlurmHealthCheckFacts:
+    """Slurm's node hooks (``scontrol show config``) and, on each node of the job, the clusterkit version
+    its HealthCheckProgram runs (``clusterkit nodecheck``), or why none."""
+
+    program: str
+    interval_s: int | None
+    prolog: str
+    epilog: str
+    #: node -> the version its health check script reports, or why there is none.
+    versions: dict[str, Maybe[str]] = field(default_factory=dict)
+
+
+@dataclass
 class SlurmFacts:
     """Slurm's view of the run, read on the head: the job, its nodes (and the partition's), the version."""
 
@@ -508,6 +521,7 @@ class SlurmFacts:
     #: The job's nodes and every other node of its partition(s), in slurmctld's order.
     nodes: Maybe[list[SlurmNodeFacts]]
     launch: SlurmLaunchIntent | None = None
+    health_check: Maybe[SlurmHealthCheckFacts] = Unavailable("not read")
 
 
 # ------------------------------------------------------------------------------------------ cluster

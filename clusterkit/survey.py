@@ -286,6 +286,10 @@ def _read_replies(replies: Mapping[str, HostResult[AgentReply]], facts: dict[str
     return readings
 
 
+#: How long asking each node for its health-check script's version may take.
+HEALTH_CHECK_TIMEOUT_S = 30.0
+
+
 def survey_nodes(nodes: Nodes, options: SurveyOptions, progress: ProgressListener | None = None
                  ) -> tuple[dict[str, Maybe[NodeFacts]], ClusterProbes]:
     """Every node's facts and the cross-node probes, through whatever transport ``nodes`` has; a dead or
@@ -332,6 +336,10 @@ def survey_nodes(nodes: Nodes, options: SurveyOptions, progress: ProgressListene
         master_probe = _master_probe(runnable, master, readings)
     slurm = view.facts if view is not None and isinstance(view.facts, SlurmFacts) else Unavailable(
         "not run through Slurm")
+    if options.probes and not isinstance(slurm, Unavailable):
+        from clusterkit.nodecheck.installed import read_health_check
+
+        slurm.health_check = read_health_check(nodes, runnable, HEALTH_CHECK_TIMEOUT_S)
     return {n: facts[n] for n in names}, ClusterProbes(
         head=place.name, clock_offset_s={n: offsets[n] for n in names}, ssh_mesh=mesh, master=master_probe,
         unreachable_fixes=fixes, mesh_mode=options.mesh if nodes.ssh_mesh() is not None else "static",

@@ -232,3 +232,47 @@ def slurm_startup_env(view: ClusterView) -> Iterator[Problem]:
                   "PMI to find them", where="--launcher slurm", severity=Severity.WARNING,
                   fix="use clusterkit launch's srun line (--launcher srun, the default under Slurm), which runs "
                       "DeepSpeed's launch.py on each node and sets every rank's variables")
+
+
+@cluster_check("slurm-nodecheck-installed", Severity.WARNING, tags=("slurm", "nodecheck", "cluster"),
+               why="clusterkit as Slurm's HealthCheckProgram drains a node whose GPUs, /dev/shm or libraries are "
+                   "broken before the next job lands there; on a node without it, or with another version, that "
+                   "node is judged otherwise or not at all",
+               fix="clusterkit nodecheck install   # prints the slurm.conf lines and the scripts for every node")
+def slurm_nodecheck_installed(view: ClusterView) -> Iterator[Problem]:
+    """clusterkit is Slurm's health check on every node of the job, at this version."""
+    from clusterkit import __version__
+    from clusterkit.hostlist import compress
+
+    hooks = _slurm(view).health_check
+    if isinstance(hooks, Unavailable):
+        raise NotApplicable(f"Slurm's hooks are unknown: {hooks.reason}")
+    if not hooks.program:
+        yield Problem("Slurm runs no HealthCheckProgram: nothing drains a node that goes bad between jobs",
+                      where="slurm.conf", severity=Severity.INFO)
+        return
+    versions: dict[str, list[str]] = {}
+    missing: dict[str, list[str]] = {}
+    for node, said in hooks.versions.items():
+        if isinstance(said, Unavailable):
+            missing.setdefault(said.reason, []).append(node)
+        else:
+            versions.setdefault(said, []).append(node)
+    if not versions:
+        yield Problem(f"HealthCheckProgram={hooks.program} is not clusterkit's nodecheck "
+                      f"({'; '.join(missing) or 'no node answered'}): it is left to that program",
+                      where="slurm.conf", severity=Severity.INFO)
+        return
+    every = f" every {hooks.interval_s}s" if hooks.interval_s else ""
+    installed = compress(node for node, said in hooks.versions.items() if not isinstance(said, Unavailable))
+    for why, nodes in missing.items():
+        yield Problem(f"{compress(nodes)}: {hooks.program} is {why}; clusterkit's health check runs{every} on "
+                      f"{installed} only", where=hooks.program, host=nodes[0])
+    for version, nodes in versions.items():
+        if version != __version__:
+            yield Problem(f"{compress(nodes)} run clusterkit {version} as Slurm's health check{every}; this is "
+                          f"clusterkit {__version__}", where=hooks.program, host=nodes[0],
+                          fix=f"install clusterkit {__version__} on {compress(nodes)}")
+    if not missing and list(versions) == [__version__]:
+        yield Problem(f"clusterkit {__version__} is Slurm's health check{every} on every node of the job "
+                      f"({installed})", where=hooks.program, severity=Severity.INFO)

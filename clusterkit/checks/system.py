@@ -83,6 +83,22 @@ def check_shm_min(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
                       where=shm.path, fix=_shm_fix(wanted))
 
 
+@node_check("shm-full", Severity.ERROR, tags=("system", "shm", "nccl"),
+            why="A /dev/shm filled by files a crashed job left behind fails the next job's NCCL setup and "
+                "DataLoader workers with SIGBUS or 'No space left on device', however large it is.",
+            fix="ls -la /dev/shm; remove what no running job holds (leftover nccl-*, torch_*, psm_* files)")
+def check_shm_free(facts: NodeFacts, ctx: NodeContext) -> Iterator[Problem]:
+    """/dev/shm has the minimum free (a large one filled up by leftovers is as bad as a small one)."""
+    system = require(facts.system, "system facts")
+    shm = require(system.shm, "/dev/shm")
+    total = require(shm.total_bytes, "/dev/shm size")
+    free = require(shm.free_bytes, "/dev/shm free space")
+    minimum = ctx.thresholds.shm_min_bytes
+    if total >= minimum > free:
+        yield Problem(f"/dev/shm has {human_bytes(free)} free of {human_bytes(total)}, below the minimum "
+                      f"{human_bytes(minimum)}", where=shm.path)
+
+
 @node_check("shm-below-per-gpu", Severity.WARNING, tags=("system", "shm", "nccl"),
             why="Each local rank needs room in /dev/shm for NCCL buffers and DataLoader batches; too "
                 "little fails under load with SIGBUS or 'No space left on device'.",

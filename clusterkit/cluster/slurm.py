@@ -46,6 +46,7 @@ from clusterkit.remote.slurm import (
 )
 from clusterkit.remote.slurm_agent import run_agent_on_nodes
 from clusterkit.remote.ssh import SshSettings
+from clusterkit.remote.stream import LineStream
 from clusterkit.remote.transfer import Delivery, RemoteFile
 from clusterkit.slurmlaunch import DEEPSPEED_SLURM_LAUNCHER, SrunPlan, build_srun_line, runner_exports
 from clusterkit.slurmstate import slurm_facts, unusable
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
+#: How long putting the agent on the nodes for their streams may take.
+AGENT_PLACING_TIMEOUT_S = 60.0
 #: States in which a node runs no task at all (a draining node still runs its job's steps).
 NO_TASKS = ("DOWN", "NOT_RESPONDING", "FAIL", "POWERED_DOWN", "POWERING_DOWN")
 SLURM_COMMAND_TIMEOUT_S = 20.0
@@ -174,7 +177,7 @@ class SlurmNodes:
         return [h.name for h in self._hosts]
 
     def describe(self) -> str:
-        return f"{len(self._hosts)} node(s) through srun in job {self.alloc.job_id}"
+        return f"slurm job {self.alloc.job_id} ({len(self._hosts)} node(s) through srun)"
 
     def _chosen(self, hosts: Sequence[str] | None) -> list[str]:
         return list(hosts) if hosts is not None else self.names
@@ -194,7 +197,15 @@ class SlurmNodes:
 
     def agent_streams(self, args: Sequence[str], on_line: LineCallback, on_state: StateCallback, *,
                       stale_after_s: float, lost_after_s: float) -> list[HostStream]:
-        raise NotImplementedError("agent streams through srun land with the monitor under Slurm")
+        """One srun step per host (beside the job's own), the agent put in place first where it is missing;
+        a node where it could not be put shows its stream failing with srun's words."""
+        from clusterkit.remote.slurm_stream import SlurmStreamOpener, ensure_agent, node_agent_command
+
+        ensure_agent(self.alloc, AGENT_PLACING_TIMEOUT_S, self.names, self.environ)
+        opener = SlurmStreamOpener(self.alloc, self.environ)
+        command = node_agent_command(list(args), self.environ)
+        return [LineStream(h, command, opener, on_line, on_state, stale_after_s=stale_after_s,
+                           lost_after_s=lost_after_s) for h in self.names]
 
     def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
             options: BroadcastOptions | None = None) -> GroupResult[Delivery]:

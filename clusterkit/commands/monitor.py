@@ -13,30 +13,29 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from clusterkit.cluster import HostStream, LocalReach, SlurmReach
 from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
-from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, ssh_settings
-from clusterkit.commands.slurm import add_slurm_arguments, slurm_allocation, use_slurm
-from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.inventory import load_hostfile, select_hosts
+from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
+from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.slurm import add_slurm_arguments
+from clusterkit.errors import ExitCode, UsageError
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import (
     LiveSource,
     Recorder,
     ReplaySource,
     Source,
-    agent_stream_command,
-    local_stream_command,
+    stream_args,
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
-from clusterkit.remote.slurm_stream import SlurmStreamOpener, ensure_agent
-from clusterkit.remote.slurm_stream import agent_stream_command as slurm_stream_command
-from clusterkit.remote.stream import ProcessOpener, SshOpener
+from clusterkit.remote.stream import StreamState
 from clusterkit.tui.thresholds import Thresholds, all_alerts
 
 JSON_SCHEMA_VERSION = 1
@@ -107,30 +106,22 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
     log = LogFollower(args.log) if args.log else None
     if log is not None and (why := log.check()) is not None:
         raise UsageError(f"--log: {why}")
-    opener: Any
-    if use_slurm(args, args.hostfile):
+    target = target_from_args(args)
+    if isinstance(target.reach, SlurmReach):
         refuse_ssh_options(args)
-        hosts, slots, opener, command = slurm_streams(args, stack)
-        where = f"slurm job {opener.alloc.job_id}"
-    elif args.hostfile:
-        active = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
-        hosts = [h.name for h in active]
-        slots = {h.name: len(h.slots) for h in active}
-        settings = ssh_settings(args)
-        from clusterkit.remote import ship_agent
+    nodes = stack.enter_context(opened(target))
+    hosts = nodes.names
+    here = isinstance(target.reach, LocalReach) and not target.hostfile
+    slots = {} if here else {h.name: len(h.slots) for h in nodes.hosts}
+    where = target.hostfile or nodes.describe()
 
-        opener = SshOpener(settings, prepare=lambda conn: ship_agent(conn, max(15.0, settings.connect_timeout_s)))
-        command = agent_stream_command(args.interval, args.slow_every)
-        where = args.hostfile
-    else:
-        import socket
+    def streams(on_line: Callable[[str, str, float], None], on_state: Callable[[StreamState], None]
+                ) -> list[HostStream]:
+        return nodes.agent_streams(stream_args(args.interval, args.slow_every), on_line, on_state,
+                                   stale_after_s=thresholds.stale_after_s, lost_after_s=thresholds.lost_after_s)
 
-        hosts, slots = [socket.gethostname()], {}
-        opener, command = ProcessOpener(), local_stream_command(args.interval, args.slow_every)
-        where = "this machine"
     recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
-    return LiveSource(hosts, slots, opener, command, args.interval, stale_after_s=thresholds.stale_after_s,
-                      lost_after_s=thresholds.lost_after_s, recorder=recorder, log=log), where
+    return LiveSource(hosts, slots, streams, args.interval, recorder=recorder, log=log), where
 
 
 #: The allocation request's options (they imply --slurm).
@@ -145,30 +136,6 @@ def refuse_ssh_options(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(f"{'/'.join(given)}: SSH options, but the nodes are reached through Slurm (srun); give a "
                          "HOSTFILE (or --no-slurm) to monitor over SSH")
-
-
-def slurm_streams(args: argparse.Namespace, stack: ExitStack
-                  ) -> tuple[list[str], dict[str, int], SlurmStreamOpener, str]:
-    """Hosts, slots, opener and command for streams through srun steps in the allocation (made with salloc,
-    and released when ``stack`` closes, outside one); the agent put on every node first."""
-    from clusterkit.survey_slurm import allocation_hostfile
-
-    alloc = stack.enter_context(slurm_allocation(args))
-    active = select_hosts(allocation_hostfile(alloc), args.include, args.exclude)
-    hosts = [h.name for h in active]
-    slots = {h.name: len(h.slots) for h in active}
-    err = Console(stderr=True)
-    with err.status(f"Putting the agent on {len(hosts)} node(s) of Slurm job {alloc.job_id}…", spinner="dots"):
-        placed = ensure_agent(alloc, max(30.0, args.connect_timeout), hosts)
-    failed = {host: result for host, result in placed.items() if not result.ok}
-    if failed and len(failed) == len(hosts):
-        first = next(iter(failed.values()))
-        raise ClusterkitError(f"the agent could not be run on any node of Slurm job {alloc.job_id}: {first.error}"
-                              + (f"; fix: {first.fix}" if first.fix else ""))
-    for host, result in failed.items():
-        err.print(f"{host}: no agent there ({result.error}); it will show as down", style="yellow", markup=False,
-                  highlight=False)
-    return hosts, slots, SlurmStreamOpener(alloc), slurm_stream_command(args.interval, args.slow_every)
 
 
 def wait_for_round(source: Source, deadline_s: float) -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from clusterkit.collect.sampler import SAMPLE_MARKER
 from clusterkit.errors import InputError
@@ -31,6 +30,9 @@ from clusterkit.monitor.model import SampleError
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.state import ClusterState
 from clusterkit.remote.stream import ChannelOpener, LineStream, StreamState
+
+if TYPE_CHECKING:
+    from clusterkit.cluster.nodes import HostStream
 
 RECORDING_VERSION = 2
 #: Recording versions this clusterkit plays back.
@@ -223,21 +225,24 @@ class ReplaySource:
 # -------------------------------------------------------------------------------------------- live
 
 
-def agent_stream_command(interval_s: float, slow_every: int = 0) -> str:
-    """The shell command that runs ``agent stream`` from the agent directory on a node."""
-    from clusterkit.remote import agent_remote_path
-
-    args = f"stream --interval {interval_s:g} --slow-every {int(slow_every)}"
-    return (f'a={agent_remote_path()}; PY="$(command -v python3)" || {{ echo "no python3 on PATH" >&2; exit 127; }}; '
-            f'exec "$PY" -I -S "$a" {args}')
+def stream_args(interval_s: float, slow_every: int = 0) -> list[str]:
+    """The agent's arguments for the monitor's sampler (``agent stream ...``)."""
+    return ["stream", "--interval", f"{interval_s:g}", "--slow-every", str(int(slow_every))]
 
 
-def local_stream_command(interval_s: float, slow_every: int = 0) -> str:
-    """``agent stream`` on this machine with clusterkit's own interpreter."""
-    import sys
+#: Builds one stream per host that feeds the two callbacks: ``Nodes.agent_streams`` for live nodes.
+StreamFactory = Callable[[Callable[[str, str, float], None], Callable[[StreamState], None]], list["HostStream"]]
 
-    return (f"exec {shlex.quote(sys.executable)} -m clusterkit.agent stream --interval {interval_s:g} "
-            f"--slow-every {int(slow_every)}")
+
+def line_streams(hosts: list[str], opener: ChannelOpener, command: str, *, stale_after_s: float,
+                 lost_after_s: float, clock: Callable[[], float] = time.time) -> StreamFactory:
+    """A stream factory over any channel opener (tests, and transports that open channels themselves)."""
+
+    def make(on_line: Callable[[str, str, float], None], on_state: Callable[[StreamState], None]) -> list[HostStream]:
+        return [LineStream(h, command, opener, on_line, on_state, stale_after_s=stale_after_s,
+                           lost_after_s=lost_after_s, clock=clock) for h in hosts]
+
+    return make
 
 
 class LiveSource:
@@ -247,17 +252,14 @@ class LiveSource:
     live = True
     notice: str | None = None
 
-    def __init__(self, hosts: list[str], slots: dict[str, int], opener: ChannelOpener, command: str,
-                 interval_s: float, *, stale_after_s: float, lost_after_s: float,
+    def __init__(self, hosts: list[str], slots: dict[str, int], streams: StreamFactory, interval_s: float, *,
                  recorder: Recorder | None = None, log: LogFollower | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.state = ClusterState(hosts, slots, interval_s)
         self.recorder = recorder
         self.log = log
         self._clock = clock
-        self.streams = [LineStream(h, command, opener, self._on_line, self._on_state,
-                                   stale_after_s=stale_after_s, lost_after_s=lost_after_s, clock=clock)
-                        for h in hosts]
+        self.streams = streams(self._on_line, self._on_state)
 
     def start(self) -> None:
         self.state.set_now(self._clock())

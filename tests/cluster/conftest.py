@@ -45,10 +45,12 @@ def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = Fal
 
 
 @contextmanager
-def slurm_on(cluster: Cluster, *, gpus_per_node: int = 0, conf_dir: str | None = None) -> Iterator[SlurmCluster]:
+def slurm_on(cluster: Cluster, *, gpus_per_node: int = 0, conf_dir: str | None = None,
+             extra_conf: tuple[str, ...] = ()) -> Iterator[SlurmCluster]:
     """Slurm started on ``cluster`` and stopped after, or the test skipped with why it cannot run here."""
     try:
-        started = SlurmCluster.launch(cluster, gpus_per_node=gpus_per_node, conf_dir=conf_dir)
+        started = SlurmCluster.launch(cluster, gpus_per_node=gpus_per_node, conf_dir=conf_dir,
+                                      extra_conf=extra_conf)
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
     try:

@@ -94,9 +94,12 @@ def cgroup_script(mounts: list[tuple[str, str, str]]) -> str:
 class SlurmCluster:
     """Slurm daemons on a running :class:`Cluster`; ``start`` it (a context manager) or ``launch``/``stop``."""
 
-    def __init__(self, cluster: Cluster, gpus_per_node: int = 0, conf_dir: str | None = None) -> None:
+    def __init__(self, cluster: Cluster, gpus_per_node: int = 0, conf_dir: str | None = None,
+                 extra_conf: tuple[str, ...] = ()) -> None:
         self.cluster = cluster
         self.gpus_per_node = gpus_per_node
+        #: More slurm.conf lines (a HealthCheckProgram, a Prolog...), written before the nodes.
+        self.extra_conf = extra_conf
         #: Where each node's config lives when not at /etc/slurm (found only through SLURM_CONF).
         self.conf_dir = conf_dir
         self.state = cluster.state_dir / "slurm"
@@ -119,7 +122,7 @@ class SlurmCluster:
 
     @classmethod
     def launch(cls, cluster: Cluster, *, gpus_per_node: int = 0, conf_dir: str | None = None,
-               timeout: float = 60) -> SlurmCluster:
+               extra_conf: tuple[str, ...] = (), timeout: float = 60) -> SlurmCluster:
         """munged, slurmctld, and a slurmd in every node; returns once every node is idle.
 
         ``conf_dir``: an absolute directory in each node's private /opt for its config instead of
@@ -129,7 +132,7 @@ class SlurmCluster:
         if conf_dir is not None and not conf_dir.startswith("/opt/"):
             raise ValueError(f"conf_dir must be under the nodes' private /opt, not {conf_dir}")
         remove_leftover_daemons()
-        slurm = cls(cluster, gpus_per_node, conf_dir)
+        slurm = cls(cluster, gpus_per_node, conf_dir, extra_conf)
         try:
             slurm._start_daemons(timeout)
         except BaseException:
@@ -165,6 +168,7 @@ class SlurmCluster:
             f"SlurmdSpoolDir={harness}/slurmd-%n", f"SlurmdPidFile={harness}/slurmd-%n.pid",
             f"SlurmdLogFile={harness}/slurmd-%n.log",
         ]
+        lines += self.extra_conf
         gres = ""
         if self.gpus_per_node:
             lines.append("GresTypes=gpu")

@@ -26,10 +26,11 @@ from tests.factories import (
 MIB = 1024**2
 
 
-def shm(total: int, gpus: int = 8) -> NodeFacts:
+def shm(total: int, gpus: int = 8, free: int | None = None) -> NodeFacts:
     facts = healthy_gpu_node(gpus)
     assert isinstance(facts.system, SystemFacts) and isinstance(facts.system.shm, DiskFacts)
-    return with_section(facts, "system", shm=dataclasses.replace(facts.system.shm, total_bytes=total))
+    return with_section(facts, "system", shm=dataclasses.replace(facts.system.shm, total_bytes=total,
+                                                                 free_bytes=total if free is None else free))
 
 
 def limits(name: str, soft: int | None, hard: int | None = None, ib_ports: int | None = None) -> NodeFacts:
@@ -50,6 +51,10 @@ CASES: list[CheckCase] = [
     passes("shm-too-small", "cpu-node-4g", cpu_only_node),
     skips("shm-too-small", "no-shm", lambda: with_section(healthy_gpu_node(), "system",
                                                           shm=Unavailable("/dev/shm does not exist")), "/dev/shm"),
+    fail("shm-full", "leftovers-fill-16g", lambda: shm(16 * GIB, free=100 * MIB),
+         "/dev/shm has 100 MiB free of 16 GiB, below the minimum 512 MiB", where="/dev/shm"),
+    passes("shm-full", "mostly-free", lambda: shm(16 * GIB, free=15 * GIB)),
+    passes("shm-full", "small-is-the-other-check", lambda: shm(64 * MIB, free=0)),
     fail("shm-below-per-gpu", "4g-for-8-gpus", lambda: shm(4 * GIB), "/dev/shm is 4 GiB; 8 local ranks want 8 GiB "
          "(1 GiB each)", fix_contains="--shm-size=8g"),
     fail("shm-below-per-gpu", "slots-count", lambda: shm(2 * GIB, gpus=1), "4 local ranks", expected_gpus=4),

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from clusterkit.collect.sampler import SAMPLE_MARKER
-from clusterkit.monitor.sources import LiveSource, Recorder, ReplaySource
+from clusterkit.monitor.sources import LiveSource, Recorder, ReplaySource, line_streams
 from clusterkit.remote.stream import ByteChannel, ProcessOpener
 
 
@@ -27,8 +27,8 @@ class Opener:
 def test_a_node_down_when_the_monitor_quits_replays_as_down(tmp_path: Path) -> None:
     path = tmp_path / "run.rec"
     hosts = ["up", "gone"]
-    source = LiveSource(hosts, {}, Opener(), "unused", 0.5, stale_after_s=1.5, lost_after_s=5,
-                        recorder=Recorder(path, hosts, {}, 0.5))
+    streams = line_streams(hosts, Opener(), "unused", stale_after_s=1.5, lost_after_s=5)
+    source = LiveSource(hosts, {}, streams, 0.5, recorder=Recorder(path, hosts, {}, 0.5))
     source.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
