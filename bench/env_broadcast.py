@@ -42,8 +42,8 @@ STAGE = "/opt/envs/.bench-stage"
 DRIVER = """
 import json, sys, time
 from pathlib import Path
-from clusterkit.remote import SshSettings
-from clusterkit.remote.transfer import RemoteFile, broadcast, relay_options
+from clusterkit.cluster.remote import SshSettings
+from clusterkit.cluster.remote.transfer import RemoteFile, broadcast, relay_options
 archive, path, size, sha, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
 settings = SshSettings(connect_timeout_s=5)
 started = time.perf_counter()

@@ -49,7 +49,7 @@ def share_of_a_core(pid: int, warmup_s: float, seconds: float) -> float:
 
 
 def unpacked_agent(directory: Path) -> Path:
-    from clusterkit.remote import agent_zipapp
+    from clusterkit.cluster.remote import agent_zipapp
 
     target = directory / "agent"
     with zipfile.ZipFile(BytesIO(agent_zipapp())) as archive:
@@ -114,10 +114,10 @@ def tui_cpu(recording: Path, seconds: float) -> float:
 
 
 def latency(hosts: int, seconds: float) -> list[float]:
+    from clusterkit.cluster.remote.stream import ProcessOpener
     from clusterkit.monitor.sources import LiveSource, local_stream_command
-    from clusterkit.remote.stream import ProcessOpener
-    from clusterkit.tui.app import MonitorApp
-    from clusterkit.tui.thresholds import Thresholds
+    from clusterkit.ui.tui.app import MonitorApp
+    from clusterkit.ui.tui.thresholds import Thresholds
 
     names = [f"local{n}" for n in range(hosts)]
     source = LiveSource(names, {}, ProcessOpener(), local_stream_command(1.0), 1.0, stale_after_s=3,

@@ -18,9 +18,9 @@ from clusterkit.checks.registry import (
     run_cluster_checks,
     run_node_checks,
 )
-from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
-from clusterkit.findings_report import DoctorReport
-from clusterkit.inventory import ActiveHost
+from clusterkit.core.findings_report import DoctorReport
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.node.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 from clusterkit.survey import SurveyOptions, survey_nodes
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def doctor_here(specs: list[CheckSpec], python: str | None, timeout_s: float, fresh: bool = False) -> DoctorReport:
     """Collect this machine's facts in-process and judge them."""
-    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.node.collect.node import CollectOptions, collect_node
 
     started = time.time()
     options = CollectOptions(section_timeout_s=timeout_s, use_probe_cache=not fresh)

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, NoReturn
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import CheckSpec, select_checks
+from clusterkit.core.findings import Finding
+from clusterkit.core.findings_report import DoctorReport
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.slurmlaunch import with_job_cpus
 from clusterkit.doctor import judge_cluster
 from clusterkit.dsconfig.check import check_config
 from clusterkit.dsconfig.load import load_ds_config
 from clusterkit.dsconfig.resources import resources_from_facts
 from clusterkit.dsconfig.rules import Runner, load_rules
 from clusterkit.dsconfig.topology import topology_from_hosts
-from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
-from clusterkit.findings import Finding
-from clusterkit.findings_report import DoctorReport
-from clusterkit.inventory import ActiveHost
-from clusterkit.slurmlaunch import with_job_cpus
+from clusterkit.node.facts import ClusterProbes, Maybe, NodeFacts, SlurmLaunchIntent, Unavailable
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ whatever transport the :class:`~clusterkit.cluster.Nodes` has.
 The probes answer what no single node can: clock skew against the head, whether the rendezvous
 address is reachable on the master port from every node, and whether every node can log into every
 node. Logins are always judged for every ordered pair from files (user keys, authorized_keys,
-known_hosts and host keys, see :mod:`clusterkit.collect.sshtrust`), which costs nothing per pair. Live
+known_hosts and host keys, see :mod:`clusterkit.node.collect.sshtrust`), which costs nothing per pair. Live
 logins are opt-in: ``mesh="ring"`` (each node logs into the next, and the head into itself) or
 ``mesh="full"`` (every pair: N x N SSH handshakes, fine for a handful of nodes, heavy at a hundred, and
 bursts of logins trip sshd's MaxStartups). Ranks started by srun or on this machine need no SSH
@@ -29,7 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from clusterkit.facts import (
+from clusterkit.cluster.remote.ssh import known_host_name
+from clusterkit.core.facts_codec import FactsDecodeError, from_jsonable
+from clusterkit.core.launchsite import LaunchPlace, launch_place
+from clusterkit.node.facts import (
     ClusterProbes,
     CollectReply,
     ConnectProbe,
@@ -40,14 +43,11 @@ from clusterkit.facts import (
     SshLoginProbe,
     Unavailable,
 )
-from clusterkit.facts_codec import FactsDecodeError, from_jsonable
-from clusterkit.launchsite import LaunchPlace, launch_place
-from clusterkit.remote.ssh import known_host_name
 
 if TYPE_CHECKING:
     from clusterkit.cluster import CommandOutput, Nodes, ProgressListener
-    from clusterkit.remote.agent import AgentReply
-    from clusterkit.remote.fanout import HostResult
+    from clusterkit.cluster.remote.agent import AgentReply
+    from clusterkit.cluster.remote.fanout import HostResult
 
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's default (TORCH_DISTRIBUTED_DEFAULT_PORT)
 #: ``SurveyOptions.master_port`` value meaning: DeepSpeed's default if free on the first host, else any free port.
@@ -110,7 +110,7 @@ def login_targets(names: list[str], host: str, mesh: str, head: str | None = Non
 
 def collect_here(options: SurveyOptions, sections: list[str] | None = None) -> Maybe[NodeFacts]:
     """This machine's facts, read in-process: the view DeepSpeed's runner has when launched here."""
-    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.node.collect.node import CollectOptions, collect_node
 
     try:
         return collect_node(CollectOptions(python=options.python, cwd=options.cwd, sections=sections,

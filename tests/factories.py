@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, NodeContext, run_node_checks
-from clusterkit.facts import (
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.node.facts import (
     CudaFacts,
     DiskFacts,
     DsOpFacts,
@@ -41,7 +42,6 @@ from clusterkit.facts import (
     Unavailable,
     XidEvent,
 )
-from clusterkit.findings import Finding, Outcome, Severity
 
 T = TypeVar("T")
 

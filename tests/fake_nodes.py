@@ -22,11 +22,11 @@ from clusterkit.cluster import (
     ProgressListener,
     SchedulerView,
 )
-from clusterkit.inventory import ActiveHost, HostEntry
-from clusterkit.launchline import LaunchPlan, build_launch_line
-from clusterkit.remote.agent import AgentReply
-from clusterkit.remote.ssh import SshSettings
-from clusterkit.remote.transfer import Delivery, RemoteFile
+from clusterkit.cluster.remote.agent import AgentReply
+from clusterkit.cluster.remote.ssh import SshSettings
+from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
+from clusterkit.core.inventory import ActiveHost, HostEntry
+from clusterkit.core.launchline import LaunchPlan, build_launch_line
 
 #: What a scripted host does: a value (returned), an Exception (its error), or a callable computing either.
 Answer = Any

@@ -23,10 +23,10 @@ from clusterkit.bootstrap.context import (
 from clusterkit.bootstrap.files import Edit, edit_home_file, edit_local_file
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.bootstrap.sync_rules import parse_hidden, rsync_excludes, without_hidden
-from clusterkit.dsenv import update_deepspeed_env
-from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.remote import RemoteError, connect, fan_out
-from clusterkit.remote.openssh import pdsh_environment, rsync_rsh
+from clusterkit.cluster.remote import RemoteError, connect, fan_out
+from clusterkit.cluster.remote.openssh import pdsh_environment, rsync_rsh
+from clusterkit.core.dsenv import update_deepspeed_env
+from clusterkit.node.facts import NodeFacts, Unavailable
 
 _INSTALL_PDSH = (
     'if [ "$(id -u)" = 0 ]; then S=""; else S="sudo -n"; fi; '
@@ -254,8 +254,8 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     machines holds one file, edited once.
     """
     from clusterkit.cluster.ssh import SshNodes
-    from clusterkit.progress import nodes_view
     from clusterkit.survey import SurveyOptions, survey_nodes
+    from clusterkit.ui.progress import nodes_view
 
     nodes = SshNodes([h for h in ctx.hosts if h.name in ctx.live], ctx.settings)
     with nodes_view(nodes, "collecting facts", ctx.console) as progress:

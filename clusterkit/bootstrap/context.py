@@ -13,10 +13,10 @@ from pathlib import Path
 from rich.console import Console
 
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.facts import NodeFacts
-from clusterkit.inventory import ActiveHost
-from clusterkit.progress import NodeProgress
-from clusterkit.remote import HostResult, RemoteError, SshSettings, connect, fan_out
+from clusterkit.cluster.remote import HostResult, RemoteError, SshSettings, connect, fan_out
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.node.facts import NodeFacts
+from clusterkit.ui.progress import NodeProgress
 
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED = "ok", "changed", "would change", "failed", "skipped"
 

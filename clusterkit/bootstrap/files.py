@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clusterkit.remote import RemoteError
+from clusterkit.cluster.remote import RemoteError
 
 if TYPE_CHECKING:
     from fabric import Connection

@@ -22,10 +22,7 @@ from clusterkit.bootstrap.context import (
 )
 from clusterkit.bootstrap.files import edit_home_file, ensure_ssh_dir
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.collect.sshtrust import fingerprint, known_host_entries
-from clusterkit.facts import SshLoginProbe
-from clusterkit.facts_codec import from_jsonable
-from clusterkit.remote import (
+from clusterkit.cluster.remote import (
     RemoteError,
     connect,
     explain,
@@ -37,6 +34,9 @@ from clusterkit.remote import (
     served_host_key,
     ssh_target,
 )
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.sshtrust import fingerprint, known_host_entries
+from clusterkit.node.facts import SshLoginProbe
 
 
 def reachability(ctx: BootstrapContext, spec: StepSpec) -> StepReport:

@@ -7,10 +7,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from clusterkit.checks.registry import ClusterView, cluster_check, deepspeed_exports
-from clusterkit.dsenv import effective_values, parse_deepspeed_env
-from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
-from clusterkit.nccl import select_interfaces
+from clusterkit.core.dsenv import effective_values, parse_deepspeed_env
+from clusterkit.core.findings import NotApplicable, Problem, Severity
+from clusterkit.core.nccl import select_interfaces
+from clusterkit.node.facts import NodeFacts, Unavailable
 
 
 def _over_ssh(view: ClusterView) -> None:

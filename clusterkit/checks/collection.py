@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from clusterkit.checks.registry import NodeContext, node_check
-from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.findings import Problem, Severity
+from clusterkit.core.findings import Problem, Severity
+from clusterkit.node.facts import NodeFacts, Unavailable
 
 _SECTIONS = ("system", "nvidia", "network", "cuda", "python_env", "launcher")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from clusterkit.checks.registry import NodeContext, node_check
-from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts, Unavailable, known
-from clusterkit.findings import NotApplicable, Problem, Severity, require
+from clusterkit.core.findings import NotApplicable, Problem, Severity, require
+from clusterkit.node.facts import GpuFacts, NodeFacts, NvidiaFacts, Unavailable, known
 
 # ------------------------------------------------------------------------------------------ helpers
 

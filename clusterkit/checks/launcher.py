@@ -7,9 +7,9 @@ import stat
 from collections.abc import Iterator
 
 from clusterkit.checks.registry import NodeContext, launch_check, node_check
-from clusterkit.dsenv import DsEnvEntry, DsEnvProblem, parse_deepspeed_env
-from clusterkit.facts import LauncherFacts, NodeFacts, known
-from clusterkit.findings import NotApplicable, Problem, Severity, require
+from clusterkit.core.dsenv import DsEnvEntry, DsEnvProblem, parse_deepspeed_env
+from clusterkit.core.findings import NotApplicable, Problem, Severity, require
+from clusterkit.node.facts import LauncherFacts, NodeFacts, known
 
 #: The first DeepSpeed release that double-quotes exported values (multinode_runner.add_export).
 DS_QUOTES_VALUES_SINCE = (0, 15, 2)

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 from clusterkit.checks.gpu import gpu_where, node_gpus
 from clusterkit.checks.registry import NodeContext, node_check
-from clusterkit.dsenv import parse_deepspeed_env
-from clusterkit.facts import IbPortFacts, NicFacts, NodeFacts, known
-from clusterkit.findings import NotApplicable, Problem, Severity, require
-from clusterkit.nccl import DEFAULT_EXCLUDED_PREFIXES, select_interfaces
+from clusterkit.core.dsenv import parse_deepspeed_env
+from clusterkit.core.findings import NotApplicable, Problem, Severity, require
+from clusterkit.core.nccl import DEFAULT_EXCLUDED_PREFIXES, select_interfaces
+from clusterkit.node.facts import IbPortFacts, NicFacts, NodeFacts, known
 
 #: NCCL's P2P matrix statuses (``nvidia-smi topo -p2p``) other than OK.
 P2P_STATUS = {"CNS": "chipset not supported", "GNS": "GPU not supported", "TNS": "topology not supported",

@@ -2,9 +2,9 @@
 
 A check is a function registered with :func:`node_check`, :func:`launch_check` or
 :func:`cluster_check`. Its docstring's first line is the summary; the decorator declares id, severity,
-tags, why it matters and the fix. It yields :class:`~clusterkit.findings.Problem` values (none means
-pass) or raises :class:`~clusterkit.findings.NotApplicable`; it runs through the one runner,
-:func:`clusterkit.findings.judge`, as config rules and log patterns do.
+tags, why it matters and the fix. It yields :class:`~clusterkit.core.findings.Problem` values (none means
+pass) or raises :class:`~clusterkit.core.findings.NotApplicable`; it runs through the one runner,
+:func:`clusterkit.core.findings.judge`, as config rules and log patterns do.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from clusterkit.dsenv import effective_values, parse_deepspeed_env
-from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
-from clusterkit.findings import CLUSTER_HOST, Catalogue, Finding, JudgeSpec, Problem, Severity, judge
-from clusterkit.inventory import ActiveHost
+from clusterkit.core.dsenv import effective_values, parse_deepspeed_env
+from clusterkit.core.findings import CLUSTER_HOST, Catalogue, Finding, JudgeSpec, Problem, Severity, judge
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.node.facts import ClusterProbes, Maybe, NodeFacts, Unavailable
 
 CHECK_MODULES = ("collection", "gpu", "system", "software", "network", "launcher", "cluster", "slurm")
 

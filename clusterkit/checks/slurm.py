@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from clusterkit.checks.registry import ClusterView, cluster_check
-from clusterkit.facts import NodeFacts, SlurmFacts, SlurmJobFacts, SlurmNodeFacts, Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
-from clusterkit.slurmstate import unusable
+from clusterkit.core.findings import NotApplicable, Problem, Severity
+from clusterkit.core.slurmstate import unusable
+from clusterkit.node.facts import NodeFacts, SlurmFacts, SlurmJobFacts, SlurmNodeFacts, Unavailable
 
 #: States in which a node of the job runs nothing (as opposed to DRAIN: no new jobs, this one goes on).
 DEAD_STATES = ("DOWN", "NOT_RESPONDING", "FAIL", "POWERED_DOWN", "POWERING_DOWN")
@@ -242,7 +242,7 @@ def slurm_startup_env(view: ClusterView) -> Iterator[Problem]:
 def slurm_nodecheck_installed(view: ClusterView) -> Iterator[Problem]:
     """clusterkit is Slurm's health check on every node of the job, at this version."""
     from clusterkit import __version__
-    from clusterkit.hostlist import compress
+    from clusterkit.core.hostlist import compress
 
     hooks = _slurm(view).health_check
     if isinstance(hooks, Unavailable):

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 from clusterkit.checks.gpu import cpu_only_run, gpus_present, node_gpus, readable_gpus
 from clusterkit.checks.registry import NodeContext, node_check
-from clusterkit.facts import NodeFacts, PythonEnvFacts, SharedLibFacts, known
-from clusterkit.findings import NotApplicable, Problem, Severity, require
+from clusterkit.core.findings import NotApplicable, Problem, Severity, require
+from clusterkit.node.facts import NodeFacts, PythonEnvFacts, SharedLibFacts, known
 
 #: DeepSpeed's ``cuda_minor_mismatch_ok`` (op_builder/builder.py, 0.19.8): nvcc and torch may differ in
 #: minor version only when both are listed for that major. CUDA 13 has no entry: minors must match.

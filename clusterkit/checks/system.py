@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 from clusterkit.checks.gpu import cpu_only_run, node_gpus
 from clusterkit.checks.registry import NodeContext, node_check
-from clusterkit.facts import NodeFacts, ResourceLimit, known
-from clusterkit.findings import NotApplicable, Problem, Severity, require
+from clusterkit.core.findings import NotApplicable, Problem, Severity, require
+from clusterkit.node.facts import NodeFacts, ResourceLimit, known
 
 #: Filesystems shared over the network: a cache there is shared (and locked) by every node.
 NETWORK_FILESYSTEMS = frozenset({

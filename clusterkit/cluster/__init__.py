@@ -17,9 +17,9 @@ from clusterkit.cluster.nodes import (
     ProgressListener,
     SchedulerView,
 )
+from clusterkit.cluster.remote.slurm import Allocation
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.target import LocalReach, Reach, SlurmReach, SshReach, Target
-from clusterkit.remote.slurm import Allocation
 
 __all__ = ["BroadcastOptions", "CommandOutput", "GroupResult", "HostResult", "HostStream", "LaunchLine",
            "LaunchStyle", "LocalReach", "Nodes", "ProgressListener", "Reach", "SchedulerView", "SlurmReach",
@@ -30,7 +30,7 @@ def open_nodes(target: Target, environ: Mapping[str, str] | None = None) -> Node
     """The target's nodes, reached the way it says (asking Slurm for an allocation where it must).
 
     The only branch on the transport in clusterkit; use as a context manager (``close`` releases what
-    opening took). Raises :class:`~clusterkit.remote.ssh.RemoteError` (SlurmError) when Slurm refuses.
+    opening took). Raises :class:`~clusterkit.cluster.remote.ssh.RemoteError` (SlurmError) when Slurm refuses.
     """
     reach = target.reach
     if isinstance(reach, SshReach):
@@ -41,9 +41,9 @@ def open_nodes(target: Target, environ: Mapping[str, str] | None = None) -> Node
         from clusterkit.cluster.local import LocalNodes
 
         return LocalNodes(target.hosts[0], hostfile=target.hostfile, whole=target.every_host)
+    from clusterkit.cluster.remote.slurm import current_allocation, describe_job, release_allocation, request_allocation
     from clusterkit.cluster.slurm import SlurmNodes, allocation_hostfile
-    from clusterkit.inventory import select_hosts
-    from clusterkit.remote.slurm import current_allocation, describe_job, release_allocation, request_allocation
+    from clusterkit.core.inventory import select_hosts
 
     env = os.environ if environ is None else environ
     if reach.job_id is not None:

@@ -29,14 +29,14 @@ from clusterkit.cluster.nodes import (
     SchedulerView,
     StateCallback,
 )
+from clusterkit.cluster.remote.agent import AgentReply, parse_agent_output
+from clusterkit.cluster.remote.ssh import RemoteError, SshSettings
+from clusterkit.cluster.remote.stream import LineStream, ProcessOpener
+from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
-from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
-from clusterkit.remote.agent import AgentReply, parse_agent_output
-from clusterkit.remote.ssh import RemoteError, SshSettings
-from clusterkit.remote.stream import LineStream, ProcessOpener
-from clusterkit.remote.transfer import Delivery, RemoteFile
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.launchline import LaunchPlan, build_launch_line, selection_for
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,7 +48,7 @@ def agent_here_command(args: Sequence[str], python: str | None = None) -> list[s
     """clusterkit's agent on this machine, with clusterkit's own interpreter (``python`` is the training
     interpreter the agent inspects; it never runs the agent here, where clusterkit itself is installed)."""
     del python
-    return [sys.executable, "-m", "clusterkit.agent", *args]
+    return [sys.executable, "-m", "clusterkit.node.agent", *args]
 
 
 class LocalNodes:

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from clusterkit.cluster.remote.fanout import ProgressListener
 from clusterkit.cluster.result import CommandOutput, GroupResult
-from clusterkit.remote.fanout import ProgressListener
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from clusterkit.inventory import ActiveHost
-    from clusterkit.launchline import LaunchPlan
-    from clusterkit.remote.agent import AgentReply
-    from clusterkit.remote.ssh import SshSettings
-    from clusterkit.remote.stream import StreamState
-    from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
+    from clusterkit.cluster.remote.agent import AgentReply
+    from clusterkit.cluster.remote.ssh import SshSettings
+    from clusterkit.cluster.remote.stream import StreamState
+    from clusterkit.cluster.remote.transfer import Delivery, HopEvent, RemoteFile
+    from clusterkit.core.inventory import ActiveHost
+    from clusterkit.core.launchline import LaunchPlan
 
 __all__ = ["BroadcastOptions", "CommandOutput", "GroupResult", "HostStream", "LaunchLine", "LaunchStyle",
            "Nodes", "ProgressListener", "SchedulerView"]

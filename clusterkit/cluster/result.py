@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from clusterkit.remote.fanout import HostResult
+from clusterkit.cluster.remote.fanout import HostResult
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -1,6 +1,6 @@
 """Nodes through Slurm: one ``srun`` step per call across the allocation's nodes (sharing the job's
 resources), files by ``sbcast``, launches by srun running DeepSpeed's per-node launcher
-(:mod:`clusterkit.slurmlaunch`). The head's cost is a couple of processes however many nodes there are,
+(:mod:`clusterkit.core.slurmlaunch`). The head's cost is a couple of processes however many nodes there are,
 and nodes need no sshd (``pam_slurm_adopt`` clusters refuse SSH to nodes a user holds no job on)."""
 
 from __future__ import annotations
@@ -26,15 +26,8 @@ from clusterkit.cluster.nodes import (
     SchedulerView,
     StateCallback,
 )
-from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
-from clusterkit.cluster.shell import kill_by_run_id_command
-from clusterkit.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
-from clusterkit.inventory import ActiveHost, HostEntry, Hostfile
-from clusterkit.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
-from clusterkit.launchsite import deepspeed_env_values
-from clusterkit.remote.agent import AgentReply
-from clusterkit.remote.relay_hop import human as human_bytes
-from clusterkit.remote.slurm import (
+from clusterkit.cluster.remote.agent import AgentReply
+from clusterkit.cluster.remote.slurm import (
     Allocation,
     SlurmError,
     TaskOutput,
@@ -44,12 +37,19 @@ from clusterkit.remote.slurm import (
     slurm_command,
     step_environment,
 )
-from clusterkit.remote.slurm_agent import run_agent_on_nodes
-from clusterkit.remote.ssh import SshSettings
-from clusterkit.remote.stream import LineStream
-from clusterkit.remote.transfer import Delivery, RemoteFile
-from clusterkit.slurmlaunch import DEEPSPEED_SLURM_LAUNCHER, SrunPlan, build_srun_line, runner_exports
-from clusterkit.slurmstate import slurm_facts, unusable
+from clusterkit.cluster.remote.slurm_agent import run_agent_on_nodes
+from clusterkit.cluster.remote.ssh import SshSettings
+from clusterkit.cluster.remote.stream import LineStream
+from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
+from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
+from clusterkit.cluster.shell import kill_by_run_id_command
+from clusterkit.core.inventory import ActiveHost, HostEntry, Hostfile
+from clusterkit.core.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
+from clusterkit.core.launchsite import deepspeed_env_values
+from clusterkit.core.slurmlaunch import DEEPSPEED_SLURM_LAUNCHER, SrunPlan, build_srun_line, runner_exports
+from clusterkit.core.slurmstate import slurm_facts, unusable
+from clusterkit.node.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
+from clusterkit.node.relay_hop import human as human_bytes
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -199,7 +199,7 @@ class SlurmNodes:
                       stale_after_s: float, lost_after_s: float) -> list[HostStream]:
         """One srun step per host (beside the job's own), the agent put in place first where it is missing;
         a node where it could not be put shows its stream failing with srun's words."""
-        from clusterkit.remote.slurm_stream import SlurmStreamOpener, ensure_agent, node_agent_command
+        from clusterkit.cluster.remote.slurm_stream import SlurmStreamOpener, ensure_agent, node_agent_command
 
         ensure_agent(self.alloc, AGENT_PLACING_TIMEOUT_S, self.names, self.environ)
         opener = SlurmStreamOpener(self.alloc, self.environ)

@@ -1,5 +1,5 @@
 """Nodes over SSH: Fabric/paramiko sessions from this machine, one per host in parallel, each under its
-deadline (:mod:`clusterkit.remote.fanout`); files by the node-to-node relay; launches by DeepSpeed's
+deadline (:mod:`clusterkit.cluster.remote.fanout`); files by the node-to-node relay; launches by DeepSpeed's
 own runner and pdsh."""
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from clusterkit.cluster.nodes import (
     SchedulerView,
     StateCallback,
 )
+from clusterkit.cluster.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
+from clusterkit.cluster.remote.fanout import fan_out
+from clusterkit.cluster.remote.ssh import SshSettings, connect
+from clusterkit.cluster.remote.stream import LineStream, SshOpener
+from clusterkit.cluster.remote.transfer import Delivery, RemoteFile, broadcast, relay_options
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command, node_command
-from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, build_launch_line, selection_for
-from clusterkit.launchsite import launch_place
-from clusterkit.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
-from clusterkit.remote.fanout import fan_out
-from clusterkit.remote.relay_hop import human as human_bytes
-from clusterkit.remote.ssh import SshSettings, connect
-from clusterkit.remote.stream import LineStream, SshOpener
-from clusterkit.remote.transfer import Delivery, RemoteFile, broadcast, relay_options
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.launchline import LaunchPlan, build_launch_line, selection_for
+from clusterkit.core.launchsite import launch_place
+from clusterkit.node.relay_hop import human as human_bytes
 
 if TYPE_CHECKING:
     from types import TracebackType

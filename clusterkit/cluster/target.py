@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from clusterkit.inventory import ActiveHost, HostEntry, load_hostfile, select_hosts
-from clusterkit.launchline import DEEPSPEED_LAUNCHERS
-from clusterkit.launchsite import launch_place
-from clusterkit.remote.ssh import SshSettings
-from clusterkit.slurmlaunch import SLURM_LAUNCHERS
-from clusterkit.slurmrequest import SlurmRequest
+from clusterkit.cluster.remote.ssh import SshSettings
+from clusterkit.core.inventory import ActiveHost, HostEntry, load_hostfile, select_hosts
+from clusterkit.core.launchline import DEEPSPEED_LAUNCHERS
+from clusterkit.core.launchsite import launch_place
+from clusterkit.core.slurmlaunch import SLURM_LAUNCHERS
+from clusterkit.core.slurmrequest import SlurmRequest
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clusterkit.agent import main
+    from clusterkit.node.agent import main
 
     return main(args.agent_args or ["--help"])

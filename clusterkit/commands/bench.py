@@ -204,7 +204,7 @@ def run_collectives_command(args: argparse.Namespace, nodes: Nodes) -> int:
 
 
 def _finding_json(finding: Any) -> dict[str, Any]:
-    from clusterkit.findings_report import finding_to_json
+    from clusterkit.core.findings_report import finding_to_json
 
     return finding_to_json(finding)
 

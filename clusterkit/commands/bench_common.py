@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.text import Text
 
 from clusterkit.cluster import Nodes
+from clusterkit.core.findings import Finding
+from clusterkit.core.inventory import ActiveHost
 from clusterkit.errors import ExitCode
-from clusterkit.facts import Maybe, NodeFacts
-from clusterkit.findings import Finding
-from clusterkit.inventory import ActiveHost
-from clusterkit.progress import NodeProgress
+from clusterkit.node.facts import Maybe, NodeFacts
+from clusterkit.ui.progress import NodeProgress
 from clusterkit.workloads.checkup import expectation_for
 from clusterkit.workloads.collectives import CollectivesReport
 from clusterkit.workloads.expect import Expectation
@@ -81,8 +81,8 @@ def exit_code(findings: list[Finding]) -> int:
 def show_findings(findings: list[Finding], tails: dict[str, list[str]], hosts: list[str], console: Console,
                   duration_s: float) -> None:
     """Findings as the doctor shows them, then the log tail of every failing node and rank."""
-    from clusterkit.findings_report import DoctorReport
-    from clusterkit.report import render_table
+    from clusterkit.core.findings_report import DoctorReport
+    from clusterkit.ui.report import render_table
 
     report = DoctorReport(hosts=hosts, facts={}, findings=findings, duration_s=duration_s)
     render_table(report, console)

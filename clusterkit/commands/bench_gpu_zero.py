@@ -16,7 +16,7 @@ from rich.text import Text
 
 from clusterkit.cluster import Nodes
 from clusterkit.commands.bench_common import exit_code, gather_facts, make_context, show_findings, write_log
-from clusterkit.findings_report import finding_to_json
+from clusterkit.core.findings_report import finding_to_json
 from clusterkit.workloads import gpu_health, zero_suite
 from clusterkit.workloads.checkup import gpu_run
 

@@ -91,7 +91,7 @@ def run_traffic(args: argparse.Namespace, ctx: WorkloadContext, console: Console
         doc["notes"] = list(shape.notes) + ([node_note] if node_note else [])
         if not args.json:
             _print(console, shape, stages, advice, favoured, doc["notes"])
-    from clusterkit.findings_report import finding_to_json
+    from clusterkit.core.findings_report import finding_to_json
 
     doc["findings"] = [finding_to_json(f) for f in findings]
     if args.save:

@@ -16,8 +16,8 @@ from typing import Any
 from rich.console import Console
 
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments, interpreter_path, ssh_settings
+from clusterkit.core.inventory import load_hostfile, select_hosts
 from clusterkit.errors import ExitCode, UsageError
-from clusterkit.inventory import load_hostfile, select_hosts
 
 
 def register(subparsers: Any) -> None:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from clusterkit.bootstrap.playbook import load_playbook
     from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded, summary_table
     from clusterkit.bootstrap.sync_rules import home_refusal
-    from clusterkit.launchsite import launch_place
+    from clusterkit.core.launchsite import launch_place
 
     hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
     steps = load_playbook(args.playbook, step_needs())

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clusterkit.cluster.remote import SshSettings
 from clusterkit.errors import UsageError
-from clusterkit.remote import SshSettings
 
 HOSTFILE_HELP = "DeepSpeed hostfile (HOST slots=N per line; file order is node rank)"
 

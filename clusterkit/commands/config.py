@@ -95,7 +95,7 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        from clusterkit.report import render_table
+        from clusterkit.ui.report import render_table
 
         render_table(report, Console(), show_passed=args.show_passed)
     return int(ExitCode.PROBLEMS if report.has_errors else ExitCode.OK)
@@ -111,7 +111,7 @@ def _resources(facts_path: str | None) -> Any:
 
 def report_to_json(report: ConfigCheckReport) -> dict[str, Any]:
     """The ``clusterkit.config-check/v1`` document."""
-    from clusterkit.report import findings_document
+    from clusterkit.ui.report import findings_document
 
     topology = report.topology
     return findings_document(

@@ -32,9 +32,9 @@ from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode
-from clusterkit.progress import nodes_view
-from clusterkit.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
+from clusterkit.ui.progress import nodes_view
+from clusterkit.ui.report import DoctorReport, render_json, render_junit, render_table
 from clusterkit.workloads.checkup import WORKLOADS, chosen_workloads
 
 
@@ -119,7 +119,7 @@ def _run_workloads(args: argparse.Namespace, wanted: list[str], report: DoctorRe
     their findings join the report."""
     from rich.text import Text
 
-    from clusterkit.progress import NodeProgress
+    from clusterkit.ui.progress import NodeProgress
     from clusterkit.workloads.checkup import run_workloads
     from clusterkit.workloads.session import WorkloadContext
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from clusterkit import __version__
 from clusterkit.commands import envpack
-from clusterkit.facts import Maybe, NodeFacts, Unavailable
+from clusterkit.node.facts import Maybe, NodeFacts, Unavailable
 
 _SHOWN_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_HOME", "TORCH_CUDA_ARCH_LIST", "LD_LIBRARY_PATH")
 
@@ -86,7 +86,7 @@ def gather_env_info(facts: NodeFacts) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.node.collect.node import CollectOptions, collect_node
 
     options = CollectOptions()
     if args.python:

@@ -15,9 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from clusterkit.cluster.remote.transfer import HopEvent
 from clusterkit.envpack.push import FAILED, PushReport
-from clusterkit.remote.relay_hop import human as human_bytes
-from clusterkit.remote.transfer import HopEvent
+from clusterkit.node.relay_hop import human as human_bytes
 
 _STYLE = {"done": "green", "failed": "bold red", "lost": "bold red", "receiving": "cyan", "waiting": "dim"}
 _OUTCOME_STYLE = {"up to date": "green", "installed": "cyan", "shared": "green", "would install": "yellow",

@@ -15,12 +15,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from clusterkit.cluster import Nodes, Target, open_nodes
+from clusterkit.cluster.remote.slurm import in_allocation
+from clusterkit.cluster.remote.ssh import RemoteError
 from clusterkit.cluster.target import allocation_target, hostfile_target, this_machine
 from clusterkit.commands.common import ssh_settings
 from clusterkit.commands.slurm import slurm_request, use_slurm
 from clusterkit.errors import ClusterkitError, UsageError
-from clusterkit.remote.slurm import in_allocation
-from clusterkit.remote.ssh import RemoteError
 
 
 def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,

@@ -32,6 +32,15 @@ from clusterkit.commands.common import (
 )
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
+from clusterkit.core.launchline import (
+    CONFIG_STYLES,
+    HF_CONFIG_FLAG,
+    LaunchPlan,
+    config_in_args,
+    deepspeed_launcher,
+    shell_line,
+)
+from clusterkit.core.slurmlaunch import launch_intent, parse_interval
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
 from clusterkit.launch import (
     ConfigToCheck,
@@ -42,17 +51,8 @@ from clusterkit.launch import (
     preflight_checks,
     run_launch,
 )
-from clusterkit.launchline import (
-    CONFIG_STYLES,
-    HF_CONFIG_FLAG,
-    LaunchPlan,
-    config_in_args,
-    deepspeed_launcher,
-    shell_line,
-)
-from clusterkit.progress import NodeProgress
-from clusterkit.report import DoctorReport, render_table, summary_line
-from clusterkit.slurmlaunch import launch_intent, parse_interval
+from clusterkit.ui.progress import NodeProgress
+from clusterkit.ui.report import DoctorReport, render_table, summary_line
 
 NO_NODES = ("give a HOSTFILE, or launch inside a Slurm allocation (or with --slurm): "
             "clusterkit launch HOSTFILE -- train.py ARGS")

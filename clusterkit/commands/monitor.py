@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clusterkit.cluster import HostStream, LocalReach, SlurmReach
-from clusterkit.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
+from clusterkit.cluster.remote.stream import StreamState
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
@@ -35,8 +35,8 @@ from clusterkit.monitor.sources import (
     stream_args,
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
-from clusterkit.remote.stream import StreamState
-from clusterkit.tui.thresholds import Thresholds, all_alerts
+from clusterkit.node.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
+from clusterkit.ui.tui.thresholds import Thresholds, all_alerts
 
 JSON_SCHEMA_VERSION = 1
 
@@ -174,7 +174,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    from clusterkit.tui import cells
+    from clusterkit.ui.tui import cells
 
     table = Table(title="clusterkit monitor", title_justify="left")
     for column in ("node", "status", "age", "GPUs", "util avg", "worst temp", "CPU", "ranks", "why"):
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:  # holds an allocation made for this run until the view or round is done
         source, where = build_source(args, thresholds, stack)
         if not args.once:
-            from clusterkit.tui.app import MonitorApp
+            from clusterkit.ui.tui.app import MonitorApp
 
             MonitorApp(source, thresholds, title=f"clusterkit monitor {where}").run()
             return ExitCode.OK

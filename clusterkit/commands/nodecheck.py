@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from clusterkit import __version__
+from clusterkit.core.findings import Outcome, Severity
 from clusterkit.errors import ClusterkitError, UsageError
-from clusterkit.findings import Outcome, Severity
 from clusterkit.nodecheck.install import DEFAULT_DIR, DEFAULT_INTERVAL_S, InstallOptions, install_text, write_scripts
 from clusterkit.nodecheck.policy import Act
 from clusterkit.nodecheck.profile import PROFILES, Hook, profile_for

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clusterkit.cluster.remote.slurm import Allocation, SlurmError, allocation, current_allocation, in_allocation
 from clusterkit.cluster.slurm import hostfile_text
+from clusterkit.core.slurmrequest import SlurmRequest
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.remote.slurm import Allocation, SlurmError, allocation, current_allocation, in_allocation
-from clusterkit.slurmrequest import SlurmRequest
 
 
 def add_slurm_arguments(parser: Any) -> None:

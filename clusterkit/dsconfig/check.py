@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clusterkit.core.findings import Finding
 from clusterkit.dsconfig.hf_auto import HfSimulation, TrainerArgs, parse_trainer_args, simulate_hf_trainer
 from clusterkit.dsconfig.introspect import judge_with_deepspeed
 from clusterkit.dsconfig.load import DsConfig
@@ -14,8 +15,7 @@ from clusterkit.dsconfig.resources import ClusterResources
 from clusterkit.dsconfig.rules import CONFIG_HOST, CheckInput, Runner, SharedFs, run_rules
 from clusterkit.dsconfig.summary import ConfigSummary, summarize
 from clusterkit.dsconfig.topology import Parallelism, Topology
-from clusterkit.facts import Maybe, Unavailable
-from clusterkit.findings import Finding
+from clusterkit.node.facts import Maybe, Unavailable
 
 
 @dataclass

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from clusterkit.core.findings import KeyPath
 from clusterkit.dsconfig.load import iter_leaves
 from clusterkit.errors import UsageError
-from clusterkit.findings import KeyPath
 
 AUTO = "auto"
 #: How AUTO_SOURCES says a runner leaves a key alone.

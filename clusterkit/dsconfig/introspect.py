@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from clusterkit.core.findings import KeyPath
 from clusterkit.dsconfig.load import dotted
-from clusterkit.facts import Maybe, Unavailable
-from clusterkit.findings import KeyPath
+from clusterkit.node.facts import Maybe, Unavailable
 
 #: Top-level keys DeepSpeed reads outside DeepSpeedConfig's parser (so a parse cannot see them):
 #: runtime/config.py DeepSpeedConfig.__init__ (the distributed branch) and deepspeed/__init__.py.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterkit.core.findings import KeyPath
 from clusterkit.errors import InputError
-from clusterkit.findings import KeyPath
 
 #: json's own string scanner (C-accelerated), which typeshed does not declare.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]

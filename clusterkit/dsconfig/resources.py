@@ -10,10 +10,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterkit.core.facts_codec import FactsDecodeError, from_jsonable
 from clusterkit.dsconfig.load import read_json_file
 from clusterkit.errors import InputError
-from clusterkit.facts import GpuFacts, Maybe, NodeFacts, Unavailable
-from clusterkit.facts_codec import FactsDecodeError, from_jsonable
+from clusterkit.node.facts import GpuFacts, Maybe, NodeFacts, Unavailable
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ LOCAL_SECTIONS = ["system", "nvidia", "cuda", "python_env"]
 def local_resources(timeout_s: float = 20.0) -> ClusterResources:
     """This machine's resources, read by the doctor's own collectors, so a check with ``--facts`` from a
     doctor run here and one without agree (one definition per fact: libaio is DeepSpeed's async_io op)."""
-    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.node.collect.node import CollectOptions, collect_node
 
     facts = collect_node(CollectOptions(sections=LOCAL_SECTIONS, section_timeout_s=timeout_s))
     return resources_from_facts({socket.gethostname(): facts}, "this machine")

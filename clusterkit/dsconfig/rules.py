@@ -2,10 +2,10 @@
 
 A rule is a function registered with :func:`rule`, which declares its id, severity, tags, why it
 matters and its generic fix; the docstring's first line is the summary. It reads a
-:class:`CheckInput` and yields :class:`~clusterkit.findings.Problem` values (a key ``path`` names the
-place in the config) or raises :class:`~clusterkit.findings.NotApplicable` saying what it lacked. Rules
+:class:`CheckInput` and yields :class:`~clusterkit.core.findings.Problem` values (a key ``path`` names the
+place in the config) or raises :class:`~clusterkit.core.findings.NotApplicable` saying what it lacked. Rules
 run through the same runner as the doctor's checks, with the same semantics, and give the same
-:class:`~clusterkit.findings.Finding` values, so the renderers are shared.
+:class:`~clusterkit.core.findings.Finding` values, so the renderers are shared.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterkit.core.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
 from clusterkit.dsconfig.hf_auto import AUTO, HfSimulation, TrainerArgs
 from clusterkit.dsconfig.introspect import DeepSpeedVerdict
 from clusterkit.dsconfig.load import DsConfig
 from clusterkit.dsconfig.resources import ClusterResources
 from clusterkit.dsconfig.topology import Parallelism, Topology
-from clusterkit.facts import Maybe, Unavailable
-from clusterkit.findings import Catalogue, Finding, JudgeSpec, Problem, Severity, judge
+from clusterkit.node.facts import Maybe, Unavailable
 
 CONFIG_HOST = "config"
 
@@ -124,7 +124,7 @@ def load_rules() -> dict[str, Rule]:
 
 
 def run_rules(check: CheckInput, rules: Iterable[Rule] | None = None) -> list[Finding]:
-    """Run rules in table order through the one runner (:func:`clusterkit.findings.judge`); never raises.
+    """Run rules in table order through the one runner (:func:`clusterkit.core.findings.judge`); never raises.
 
     A problem's key path becomes its ``file:line`` in the config.
     """

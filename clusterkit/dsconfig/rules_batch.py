@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from clusterkit.core.findings import KeyPath, NotApplicable, Problem, Severity
 from clusterkit.dsconfig.hf_auto import AUTO_SOURCES, UNFILLED, auto_paths
 from clusterkit.dsconfig.load import dotted
 from clusterkit.dsconfig.rules import CheckInput, Runner, is_auto, rule, whole_number
 from clusterkit.dsconfig.topology import Parallelism, data_parallel_size
-from clusterkit.findings import KeyPath, NotApplicable, Problem, Severity
 
 TB, MB, GAS = "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from clusterkit.core.findings import NotApplicable, Problem, Severity
 from clusterkit.dsconfig.introspect import DeepSpeedVerdict, ParseIssue
 from clusterkit.dsconfig.load import dotted
 from clusterkit.dsconfig.rules import CheckInput, rule
-from clusterkit.facts import Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
+from clusterkit.node.facts import Unavailable
 
 #: Fixes for DeepSpeed messages whose remedy is not in the message itself.
 _FIX_FOR_MESSAGE = {

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from clusterkit.core.findings import NotApplicable, Problem, Severity
 from clusterkit.dsconfig.introspect import deepspeed_config_module, suggest
 from clusterkit.dsconfig.rules import CheckInput, Runner, rule
-from clusterkit.facts import Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
+from clusterkit.node.facts import Unavailable
 
 #: Parameters DeepSpeed pops before constructing an Adam-type optimizer (engine.py).
 _ADAM_POPPED = ("torch_adam", "adam_w_mode", "fp32_optimizer_states", "foreach")

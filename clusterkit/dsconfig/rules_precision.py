@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from clusterkit.core.findings import NotApplicable, Problem, Severity
 from clusterkit.dsconfig.rules import CheckInput, Runner, rule
-from clusterkit.facts import Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
+from clusterkit.node.facts import Unavailable
 
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere; torch.cuda.is_bf16_supported() is False below it
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from clusterkit.core.findings import NotApplicable, Problem, Severity
 from clusterkit.dsconfig.rules import CheckInput, SharedFs, rule, whole_number
-from clusterkit.facts import Unavailable
-from clusterkit.findings import NotApplicable, Problem, Severity
+from clusterkit.node.facts import Unavailable
 
 Z = "zero_optimization"
 

@@ -16,7 +16,7 @@ from clusterkit.dsconfig.resources import (
 )
 from clusterkit.dsconfig.topology import Topology, topology_from_counts, topology_from_hostfile
 from clusterkit.errors import UsageError
-from clusterkit.facts import Maybe, Unavailable
+from clusterkit.node.facts import Maybe, Unavailable
 
 
 @dataclass(frozen=True)

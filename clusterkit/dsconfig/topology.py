@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterkit.core.inventory import ActiveHost, load_hostfile, select_hosts
 from clusterkit.errors import UsageError
-from clusterkit.inventory import ActiveHost, load_hostfile, select_hosts
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Topology:
 
 
 def topology_from_hosts(hosts: list[ActiveHost], source: str) -> Topology:
-    """A topology from hosts already filtered by :func:`clusterkit.inventory.select_hosts`."""
+    """A topology from hosts already filtered by :func:`clusterkit.core.inventory.select_hosts`."""
     return Topology(tuple(h.name for h in hosts), tuple(len(h.slots) for h in hosts), source)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from clusterkit.bootstrap.context import CHANGED, FAILED, OK, WOULD_CHANGE, BootstrapContext, NodeOutcome, StepReport
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.cluster import SshReach, Target, open_nodes
+from clusterkit.cluster.remote import connect
 from clusterkit.envpack.pack import (
     Manifest,
     PackOptions,
@@ -29,7 +30,6 @@ from clusterkit.envpack.pack import (
 from clusterkit.envpack.push import FAILED as PUSH_FAILED
 from clusterkit.envpack.push import INSTALLED, PushOptions, push_env
 from clusterkit.errors import ClusterkitError, UsageError
-from clusterkit.remote import connect
 
 CACHE_DIR = Path("~/.cache/clusterkit/envpack")
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clusterkit.envpack import node_env
 from clusterkit.envpack.pack import Manifest
-from clusterkit.remote.relay_hop import human as human_bytes
+from clusterkit.node import env_unpack as node_env
+from clusterkit.node.relay_hop import human as human_bytes
 
 HEAD = node_env.HEAD
 

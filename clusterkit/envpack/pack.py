@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.envpack import node_env
 from clusterkit.errors import ClusterkitError, UsageError
+from clusterkit.node import env_unpack as node_env
 
-NODE_ENV_SOURCE = Path(__file__).with_name("node_env.py")
+NODE_ENV_SOURCE = Path(__file__).resolve().parents[1] / "node" / "env_unpack.py"
 RESULT_MARKER = "@@ckenv "
 _BOOT = node_env.BOOT
 CHECKED_IMPORTS = ("torch", "deepspeed")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clusterkit.cluster import BroadcastOptions, GroupResult, Nodes
-from clusterkit.envpack import node_env
+from clusterkit.cluster.remote import HostResult, RemoteError
+from clusterkit.cluster.remote.transfer import Delivery, HopEvent, RemoteFile
 from clusterkit.envpack.judge import (
     HEAD,
     cannot_install,
@@ -42,9 +43,8 @@ from clusterkit.envpack.judge import (
 )
 from clusterkit.envpack.pack import Manifest, node_env_command, parse_node_env_output
 from clusterkit.errors import UsageError
-from clusterkit.remote import HostResult, RemoteError
-from clusterkit.remote.relay_hop import human as human_bytes
-from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
+from clusterkit.node import env_unpack as node_env
+from clusterkit.node.relay_hop import human as human_bytes
 
 UP_TO_DATE, INSTALLED, WOULD_INSTALL, SHARED, FAILED = "up to date", "installed", "would install", "shared", "failed"
 

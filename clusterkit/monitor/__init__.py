@@ -1,4 +1,4 @@
 """The monitor's model and sources: typed samples, cluster state, stragglers, live and recorded streams.
 
-No Textual here: the TUI (``clusterkit.tui``) reads a Source; ``--once --json`` needs no UI at all.
+No Textual here: the TUI (``clusterkit.ui.tui``) reads a Source; ``--once --json`` needs no UI at all.
 """

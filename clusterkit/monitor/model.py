@@ -1,4 +1,4 @@
-"""Typed monitor samples, decoded from the sampler's wire format (``clusterkit.collect.sampler``).
+"""Typed monitor samples, decoded from the sampler's wire format (``clusterkit.node.collect.sampler``).
 
 A field the node could not read is ``None`` here, and its reason (when the node gave one) is in
 ``na`` / ``gpu_na`` / ``xid_na``: a missing fact is a value, never a crash of the view.
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterkit.collect.sampler import SAMPLE_MARKER, SAMPLE_PROTOCOL
+from clusterkit.node.collect.sampler import SAMPLE_MARKER, SAMPLE_PROTOCOL
 
 
 class SampleError(ValueError):

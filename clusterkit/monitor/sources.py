@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from clusterkit.collect.sampler import SAMPLE_MARKER
+from clusterkit.cluster.remote.stream import ChannelOpener, LineStream, StreamState
 from clusterkit.errors import InputError
 from clusterkit.monitor.model import SampleError
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.state import ClusterState
-from clusterkit.remote.stream import ChannelOpener, LineStream, StreamState
+from clusterkit.node.collect.sampler import SAMPLE_MARKER
 
 if TYPE_CHECKING:
     from clusterkit.cluster.nodes import HostStream

@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterkit.cluster.remote.stream import Status, StreamState
 from clusterkit.monitor.model import NodeSample, RankSample, SampleError, XidSample, decode_sample
 from clusterkit.monitor.progress import Progress
-from clusterkit.remote.stream import Status, StreamState
 
 #: Samples of history kept per node (sparklines, straggler windows).
 HISTORY = 120

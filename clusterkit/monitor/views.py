@@ -1,7 +1,7 @@
 """Plain summaries of a ``ClusterState`` for any renderer: a row per node, per GPU, per rank, stragglers.
 
 Pure functions of the state and the numbers passed in; where a line is drawn (stale after how long,
-how far below its peers a GPU must sit) is the caller's choice (``clusterkit.tui.thresholds``).
+how far below its peers a GPU must sit) is the caller's choice (``clusterkit.ui.tui.thresholds``).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from clusterkit.facts import Maybe, SlurmHealthCheckFacts, Unavailable
+from clusterkit.cluster.remote.slurm import SlurmError, slurm_command
+from clusterkit.node.facts import Maybe, SlurmHealthCheckFacts, Unavailable
 from clusterkit.nodecheck.install import SCRIPT_MARK
-from clusterkit.remote.slurm import SlurmError, slurm_command
 
 if TYPE_CHECKING:
     from clusterkit.cluster import Nodes

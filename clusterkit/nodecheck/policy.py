@@ -19,8 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clusterkit.facts import SlurmNodeFacts
-from clusterkit.slurmstate import unusable
+from clusterkit.core.slurmstate import unusable
+from clusterkit.node.facts import SlurmNodeFacts
 
 #: Start of every reason clusterkit sets; the mark by which it knows its own drains.
 REASON_PREFIX = "clusterkit:"

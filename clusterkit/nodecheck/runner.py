@@ -20,12 +20,12 @@ from pathlib import Path
 from clusterkit import __version__
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import NodeContext, run_node_checks, select_checks
-from clusterkit.facts import NodeFacts, SlurmNodeFacts
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.cluster.remote.slurm import SlurmError, slurm_command
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.core.slurmstate import SlurmParseError, parse_nodes
+from clusterkit.node.facts import NodeFacts, SlurmNodeFacts
 from clusterkit.nodecheck.policy import Act, Decision, Fault, decide
 from clusterkit.nodecheck.profile import Hook, Profile
-from clusterkit.remote.slurm import SlurmError, slurm_command
-from clusterkit.slurmstate import SlurmParseError, parse_nodes
 
 #: Where each run appends its line on the node (``--log`` elsewhere).
 DEFAULT_LOG = "/var/log/clusterkit/nodecheck.log"
@@ -95,7 +95,7 @@ def faults_of(findings: Sequence[Finding], hung: Sequence[str], profile: Profile
 
 def collect(profile: Profile) -> tuple[NodeFacts, list[str]]:
     """This machine's facts for the profile's sections, and the sections that did not finish in time."""
-    from clusterkit.collect.node import CollectOptions, collect_node
+    from clusterkit.node.collect.node import CollectOptions, collect_node
 
     facts = collect_node(CollectOptions(sections=list(profile.sections), section_timeout_s=profile.section_timeout_s,
                                         use_probe_cache=False, cwd="/"))

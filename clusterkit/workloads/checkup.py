@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from clusterkit.core.findings import Finding
+from clusterkit.core.inventory import ActiveHost
 from clusterkit.errors import UsageError
-from clusterkit.facts import Maybe, NodeFacts, Unavailable
-from clusterkit.findings import Finding
-from clusterkit.inventory import ActiveHost
+from clusterkit.node.facts import Maybe, NodeFacts, Unavailable
 from clusterkit.workloads import collectives, gpu_health, zero_suite
 from clusterkit.workloads.expect import Expectation, expected_busbw
 from clusterkit.workloads.session import WorkloadContext, WorkloadRun

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
-from clusterkit.inventory import ActiveHost
+from clusterkit.core.findings import CLUSTER_HOST, Finding, Outcome, Severity
+from clusterkit.core.inventory import ActiveHost
 from clusterkit.workloads.expect import Expectation
 from clusterkit.workloads.plot import busbw_series, save_png
 from clusterkit.workloads.run import RunOutcome
@@ -76,7 +76,7 @@ class CollectivesReport:
         return self.result is not None and self.result.get("complete", True) is not False
 
     def to_json(self) -> dict[str, Any]:
-        from clusterkit.findings_report import finding_to_json
+        from clusterkit.core.findings_report import finding_to_json
 
         doc: dict[str, Any] = {
             "schema": JSON_SCHEMA, "hosts": self.run.hosts, "command": self.run.command,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
+from clusterkit.core.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.workloads.run import LogLine, RunOutcome
 
 CAUSE, SYMPTOM = "cause", "symptom"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from clusterkit.facts import GpuFacts, Maybe, NetworkFacts, NicFacts, NodeFacts, Unavailable, known
-from clusterkit.nccl import select_interfaces
+from clusterkit.core.nccl import select_interfaces
+from clusterkit.node.facts import GpuFacts, Maybe, NetworkFacts, NicFacts, NodeFacts, Unavailable, known
 
 #: GB/s per NVLink link and direction, by the generation NVML reports (nvmlDeviceGetNvLinkVersion).
 NVLINK_GBS_PER_LINK = {1: 20.0, 2: 25.0, 3: 25.0, 4: 25.0, 5: 50.0}

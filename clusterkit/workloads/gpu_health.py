@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterkit.facts import GpuFacts, Maybe, NodeFacts, known
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.node.facts import GpuFacts, Maybe, NodeFacts, known
 from clusterkit.workloads.expect import PCIE_GBS_PER_LANE
 from clusterkit.workloads.run import RunOutcome
 

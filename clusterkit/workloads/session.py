@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.cluster import LaunchStyle, Nodes, ProgressListener
-from clusterkit.dsenv import deepspeed_env_values
-from clusterkit.inventory import ActiveHost
-from clusterkit.launchline import LaunchPlan, shell_line
-from clusterkit.slurmlaunch import runner_exports
+from clusterkit.core.dsenv import deepspeed_env_values
+from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.launchline import LaunchPlan, shell_line
+from clusterkit.core.slurmlaunch import runner_exports
 from clusterkit.workloads.diagnose import Diagnosis, diagnose
 from clusterkit.workloads.run import (
     Cleanup,

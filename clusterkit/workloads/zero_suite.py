@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterkit.findings import CLUSTER_HOST, Finding, Outcome, Severity
-from clusterkit.inventory import ActiveHost
+from clusterkit.core.findings import CLUSTER_HOST, Finding, Outcome, Severity
+from clusterkit.core.inventory import ActiveHost
 from clusterkit.workloads.session import WorkloadContext, WorkloadRun
 
 SCRIPT = "zero_suite.py"

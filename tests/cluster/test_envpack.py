@@ -122,8 +122,8 @@ def test_the_env_runs_on_every_node_over_non_interactive_ssh(envcluster: Cluster
 RELAY = """
 import hashlib, json, sys
 from pathlib import Path
-from clusterkit.remote import SshSettings
-from clusterkit.remote.transfer import RemoteFile, broadcast, relay_options
+from clusterkit.cluster.remote import SshSettings
+from clusterkit.cluster.remote.transfer import RemoteFile, broadcast, relay_options
 source, target, hosts = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
 data = source.read_bytes()
 settings = SshSettings(connect_timeout_s=5)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.facts import SlurmNodeFacts
+from clusterkit.core.slurmstate import parse_nodes
+from clusterkit.node.facts import SlurmNodeFacts
 from clusterkit.nodecheck.install import InstallOptions, hook_script, slurm_conf_lines
 from clusterkit.nodecheck.policy import REASON_PREFIX
 from clusterkit.nodecheck.profile import Hook
-from clusterkit.slurmstate import parse_nodes
 from tests.cluster.clusterkit_run import REPO
 from tests.cluster.conftest import slurm_on
 from tests.cluster.harness import Cluster

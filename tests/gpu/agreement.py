@@ -11,10 +11,10 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from clusterkit.collect.nvidia_smi import SmiQuery, parse_smi_query_xml
-from clusterkit.collect.nvml import normalize_bus_id
-from clusterkit.facts import GpuFacts, Maybe, NodeFacts, NvidiaFacts, Unavailable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.nvidia_smi import SmiQuery, parse_smi_query_xml
+from clusterkit.node.collect.nvml import normalize_bus_id
+from clusterkit.node.facts import GpuFacts, Maybe, NodeFacts, NvidiaFacts, Unavailable
 
 DOCTOR_SCHEMA = "clusterkit.doctor/v1"
 _ACTIVE_LINK = re.compile(r"^\s*Link\s+\d+:\s*[\d.]+\s*GB/s", re.MULTILINE)

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from clusterkit.collect.deadline import call_with_deadline
-from clusterkit.collect.gpu import LiveWorld, collect_nvidia
-from clusterkit.collect.node import CollectOptions
-from clusterkit.collect.nvidia_smi import SmiQuery
-from clusterkit.facts import NvidiaFacts, Unavailable
+from clusterkit.node.collect.deadline import call_with_deadline
+from clusterkit.node.collect.gpu import LiveWorld, collect_nvidia
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.collect.nvidia_smi import SmiQuery
+from clusterkit.node.facts import NvidiaFacts, Unavailable
 from tests.gpu.agreement import parse_xml
 
 REPO = Path(__file__).resolve().parents[2]

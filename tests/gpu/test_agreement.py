@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from clusterkit.collect.gpu import ReplayWorld, collect_nvidia
-from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import GpuFacts, NvidiaFacts, NvLinkFacts, Unavailable
+from clusterkit.node.collect.gpu import ReplayWorld, collect_nvidia
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.facts import GpuFacts, NvidiaFacts, NvLinkFacts, Unavailable
 from tests.gpu.agreement import (
     active_nvlinks,
     active_nvlinks_in_smi,

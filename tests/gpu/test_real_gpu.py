@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.node.facts import NodeFacts, Unavailable
 from tests.gpu.agreement import (
     active_nvlinks,
     active_nvlinks_in_smi,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from clusterkit.facts import NodeFacts, Unavailable
+from clusterkit.node.facts import NodeFacts, Unavailable
 from tests.gpu.agreement import (
     doctor_node_facts,
     driver_mismatches,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clusterkit.monitor.sources import ReplaySource
-from clusterkit.tui.app import MonitorApp
-from clusterkit.tui.thresholds import Thresholds
+from clusterkit.ui.tui.app import MonitorApp
+from clusterkit.ui.tui.thresholds import Thresholds
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "monitor"
 #: 4 nodes x 8 GPUs, 40 s: GPU5 of node03 sags from 8 s, node02's agent dies at 20 s and is back at 27 s,

@@ -1,6 +1,6 @@
 """Synthetic monitor recordings made by the real sampler, so they follow its format exactly.
 
-Each fake node is the real ``clusterkit.collect.sampler.Sampler`` reading (1) a ``/proc`` tree written
+Each fake node is the real ``clusterkit.node.collect.sampler.Sampler`` reading (1) a ``/proc`` tree written
 here in the kernel's formats (``stat``, ``meminfo``, ``net/dev``, and per rank ``PID/stat``,
 ``PID/environ``, ``PID/cmdline``) and (2) NVML readings in ``nvml-readings.json``'s format, replayed by
 ``ReplayNvml`` and changed between ticks (load, power, clocks, a throttled GPU, a straggler).
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.collect.nvml_replay import ReplayNvml
-from clusterkit.collect.sampler import GpuSampler, ProcReader, Sampler
+from clusterkit.cluster.remote.stream import StreamState
 from clusterkit.monitor.sources import Recorder
-from clusterkit.remote.stream import StreamState
+from clusterkit.node.collect.nvml_replay import ReplayNvml
+from clusterkit.node.collect.sampler import GpuSampler, ProcReader, Sampler
 
 READINGS = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic-8xh100-nvlink" / "nvml-readings.json"
 T0 = 1_780_000_000.0  # a fixed start, so a regenerated recording is byte-identical

@@ -10,9 +10,9 @@ from textual.widgets import Input, Static
 
 from clusterkit.monitor.progress import Progress
 from clusterkit.monitor.sources import ReplaySource
-from clusterkit.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
-from clusterkit.tui.grid import Grid
-from clusterkit.tui.thresholds import Thresholds
+from clusterkit.ui.tui.app import HelpScreen, JobScreen, MonitorApp, NodeScreen, OverviewScreen
+from clusterkit.ui.tui.grid import Grid
+from clusterkit.ui.tui.thresholds import Thresholds
 from tests.monitor.conftest import FIXTURES, JOB, SIZE, replay_app
 
 CLUSTER = FIXTURES / "cluster-3node-gloo.jsonl"

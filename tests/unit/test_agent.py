@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.agent import AGENT_PROTOCOL, RESULT_MARKER
-from clusterkit.facts import SCHEMA_VERSION, CollectReply, ConnectProbe, PortHoldProbe
-from clusterkit.facts_codec import from_jsonable
-from clusterkit.remote import RemoteError, agent_zipapp, parse_agent_output
+from clusterkit.cluster.remote import RemoteError, agent_zipapp, parse_agent_output
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.agent import AGENT_PROTOCOL, RESULT_MARKER
+from clusterkit.node.facts import SCHEMA_VERSION, CollectReply, ConnectProbe, PortHoldProbe
 
 PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python")
 WIRE = {"protocol": AGENT_PROTOCOL, "schema_version": SCHEMA_VERSION}
@@ -52,7 +52,7 @@ def test_agent_zipapp_carries_pynvml_so_nodes_need_no_install(zipapp: Path) -> N
 
     names = zipfile.ZipFile(zipapp).namelist()
     assert "pynvml.py" in names
-    assert "clusterkit/collect/pyprobe.py" in names
+    assert "clusterkit/node/collect/pyprobe.py" in names
     assert not any(name.startswith("clusterkit/commands") for name in names)
 
 
@@ -115,7 +115,7 @@ def test_collect_runs_the_probes_beside_the_facts(zipapp: Path) -> None:
 
 
 def test_the_agent_archive_is_the_same_from_one_run_to_the_next() -> None:
-    script = "from clusterkit.remote import agent_digest; print(agent_digest())"
+    script = "from clusterkit.cluster.remote import agent_digest; print(agent_digest())"
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
                for _ in range(2)}
     assert len(digests) == 1
@@ -148,7 +148,7 @@ def test_the_agent_reads_the_training_script_the_survey_names(python: str, zipap
 
 
 def test_the_sshd_the_head_came_through_is_read_from_the_sessions_ssh_connection() -> None:
-    from clusterkit.agent import ssh_server_address
+    from clusterkit.node.agent import ssh_server_address
 
     assert ssh_server_address("10.0.0.9 51234 10.0.0.2 2222") == "10.0.0.2:2222"
     assert ssh_server_address("fe80::1 51234 fe80::2 22") == "fe80::2:22"  # the port is after the last colon

@@ -15,8 +15,8 @@ from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.bootstrap.runner import summary_table
 from clusterkit.bootstrap.ssh_steps import plan_known_hosts
 from clusterkit.cli import build_parser
-from clusterkit.inventory import parse_hostfile, select_hosts
-from clusterkit.remote import SshSettings
+from clusterkit.cluster.remote import SshSettings
+from clusterkit.core.inventory import parse_hostfile, select_hosts
 
 
 def blob(name: str) -> str:

@@ -21,8 +21,8 @@ from clusterkit.checks.registry import (
     run_node_checks,
     select_checks,
 )
-from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.findings import INTERNAL_ERROR_ID, Outcome, Problem, Severity
+from clusterkit.core.findings import INTERNAL_ERROR_ID, Outcome, Problem, Severity
+from clusterkit.node.facts import NodeFacts, Unavailable
 from tests.factories import cpu_only_node, h100_fixture_node, healthy_gpu_node, with_gpu
 
 MY_MODULES = ("gpu", "system", "software", "network", "launcher")
@@ -174,7 +174,7 @@ def test_every_skip_says_why() -> None:
 
 def test_problems_found_before_a_check_gives_up_are_kept() -> None:
     from clusterkit.checks.registry import NodeCheck, NodeContext, run_node_checks
-    from clusterkit.findings import NotApplicable, Outcome, Problem, Severity
+    from clusterkit.core.findings import NotApplicable, Outcome, Problem, Severity
     from tests.factories import healthy_gpu_node
 
     def half(facts: object, ctx: object) -> Iterator[Problem]:

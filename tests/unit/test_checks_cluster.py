@@ -6,10 +6,10 @@ import dataclasses
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.core.inventory import parse_hostfile, select_hosts
 from clusterkit.doctor import judge_cluster
-from clusterkit.facts import ClusterProbes, Maybe, NodeFacts, SshTrustFacts, Unavailable
-from clusterkit.findings import Finding, Outcome, Severity
-from clusterkit.inventory import parse_hostfile, select_hosts
+from clusterkit.node.facts import ClusterProbes, Maybe, NodeFacts, SshTrustFacts, Unavailable
 from tests.factories import dsenv_file, healthy_gpu_node, make_host, make_launcher, make_network, make_nic
 
 KEY = {name: f"SHA256:user-{name}" for name in ("node1", "node2", "node3")}

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from clusterkit.facts import EccFacts, NodeFacts, NvidiaFacts, RemappedRowsFacts, RetiredPagesFacts, Unavailable
+from clusterkit.node.facts import EccFacts, NodeFacts, NvidiaFacts, RemappedRowsFacts, RetiredPagesFacts, Unavailable
 from tests.factories import (
     HGX_BUS_IDS,
     CheckCase,

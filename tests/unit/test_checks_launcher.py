@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from clusterkit.checks.launcher import quotes_values
-from clusterkit.facts import NodeFacts, Unavailable
-from clusterkit.findings import Severity
+from clusterkit.core.findings import Severity
+from clusterkit.node.facts import NodeFacts, Unavailable
 from tests.factories import (
     CheckCase,
     assert_case,

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from clusterkit.checks.network import parse_nccl_list
-from clusterkit.facts import GpuFacts, NodeFacts, NvidiaFacts
-from clusterkit.findings import Severity
+from clusterkit.core.findings import Severity
+from clusterkit.node.facts import GpuFacts, NodeFacts, NvidiaFacts
 from tests.factories import (
     CheckCase,
     assert_case,

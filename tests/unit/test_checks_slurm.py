@@ -9,7 +9,9 @@ import pytest
 
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
-from clusterkit.facts import (
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.core.inventory import parse_hostfile, select_hosts
+from clusterkit.node.facts import (
     ClusterProbes,
     Maybe,
     NodeFacts,
@@ -19,8 +21,6 @@ from clusterkit.facts import (
     SlurmNodeFacts,
     Unavailable,
 )
-from clusterkit.findings import Finding, Outcome, Severity
-from clusterkit.inventory import parse_hostfile, select_hosts
 from tests.factories import cpu_only_node, healthy_gpu_node, make_host, with_env
 
 NODES = ["gpu01", "gpu02", "gpu03"]

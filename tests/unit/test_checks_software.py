@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clusterkit.checks.software import CUDA_MINOR_MISMATCH_OK, _arch_runs, major_minor
-from clusterkit.facts import NodeFacts, SharedLibFacts, Unavailable
+from clusterkit.node.facts import NodeFacts, SharedLibFacts, Unavailable
 from tests.factories import (
     CheckCase,
     assert_case,

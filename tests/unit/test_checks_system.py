@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from clusterkit.checks.system import human_bytes
-from clusterkit.facts import DiskFacts, NodeFacts, SystemFacts, Unavailable
+from clusterkit.node.facts import DiskFacts, NodeFacts, SystemFacts, Unavailable
 from tests.factories import (
     GIB,
     CheckCase,

@@ -16,16 +16,16 @@ import pytest
 from clusterkit.cluster import LocalReach, SlurmReach, SshReach, open_nodes
 from clusterkit.cluster.local import LocalNodes
 from clusterkit.cluster.nodes import LaunchStyle
+from clusterkit.cluster.remote.slurm import Allocation
+from clusterkit.cluster.remote.ssh import SshSettings
+from clusterkit.cluster.remote.transfer import RemoteFile
 from clusterkit.cluster.slurm import SlurmNodes
 from clusterkit.cluster.ssh import SshNodes
 from clusterkit.cluster.target import this_machine
 from clusterkit.commands.flags import target_from_args
+from clusterkit.core.launchline import LaunchPlan, include_spec
 from clusterkit.errors import UsageError
-from clusterkit.facts import SlurmJobFacts
-from clusterkit.launchline import LaunchPlan, include_spec
-from clusterkit.remote.slurm import Allocation
-from clusterkit.remote.ssh import SshSettings
-from clusterkit.remote.transfer import RemoteFile
+from clusterkit.node.facts import SlurmJobFacts
 from tests.fake_nodes import hosts_named
 
 

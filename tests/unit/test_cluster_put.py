@@ -17,14 +17,14 @@ import pytest
 from clusterkit.cluster import slurm as slurm_nodes
 from clusterkit.cluster.local import LocalNodes
 from clusterkit.cluster.nodes import BroadcastOptions, ProgressListener
+from clusterkit.cluster.remote.slurm import Allocation
+from clusterkit.cluster.remote.transfer import RemoteFile
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import node_command
 from clusterkit.cluster.slurm import PUT_HAVE, PUT_NEED, PUT_NO_DIR, SlurmNodes
 from clusterkit.cluster.target import this_machine
 from clusterkit.envpack.pack import RESULT_MARKER, node_env_command
-from clusterkit.facts import SlurmJobFacts
-from clusterkit.remote.slurm import Allocation
-from clusterkit.remote.transfer import RemoteFile
+from clusterkit.node.facts import SlurmJobFacts
 
 
 def remote_for(source: Path, path: Path) -> RemoteFile:

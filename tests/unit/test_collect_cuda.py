@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.cuda import (
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.cuda import (
     collect_cuda,
     find_cuda_home,
     find_nvcc,
@@ -19,9 +20,8 @@ from clusterkit.collect.cuda import (
     parse_nvcc_version,
     scan_library_path,
 )
-from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import CudaFacts, Unavailable, known, to_jsonable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.facts import CudaFacts, Unavailable, known, to_jsonable
 
 H100 = Path(__file__).resolve().parents[1] / "fixtures" / "h100-x1"
 LDCONFIG_H100 = (H100 / "ldconfig-p-filtered.txt").read_text()

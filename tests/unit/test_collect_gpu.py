@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.collect.gpu import LiveWorld, ReplayWorld, collect_nvidia
-from clusterkit.collect.node import CollectOptions, collect_node
-from clusterkit.collect.nvml import NvmlApi, NvmlNotFoundError
-from clusterkit.collect.nvml_replay import REPLAY_ENV, ReplayNvml
-from clusterkit.facts import GpuFacts, Maybe, NvidiaFacts, TopologyFacts, Unavailable, to_jsonable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.gpu import LiveWorld, ReplayWorld, collect_nvidia
+from clusterkit.node.collect.node import CollectOptions, collect_node
+from clusterkit.node.collect.nvml import NvmlApi, NvmlNotFoundError
+from clusterkit.node.collect.nvml_replay import REPLAY_ENV, ReplayNvml
+from clusterkit.node.facts import GpuFacts, Maybe, NvidiaFacts, TopologyFacts, Unavailable, to_jsonable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100-x1" / "nvml-readings.json"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterkit.collect.nvml import (
+from clusterkit.node.collect.nvml import (
     NvmlCallError,
     NvmlReading,
     PynvmlApi,
@@ -23,8 +23,8 @@ from clusterkit.collect.nvml import (
     normalize_bus_id,
     read_nvml,
 )
-from clusterkit.collect.nvml_replay import ReplayNvml
-from clusterkit.facts import Unavailable
+from clusterkit.node.collect.nvml_replay import ReplayNvml
+from clusterkit.node.facts import Unavailable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100-x1" / "nvml-readings.json"

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.launcher import (
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.launcher import (
     collect_launcher,
     configured_sshd_ports,
     deepspeed_env_paths,
@@ -23,9 +24,8 @@ from clusterkit.collect.launcher import (
     read_sshd_ports,
     read_text_file,
 )
-from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import LauncherFacts, Unavailable, known, to_jsonable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.facts import LauncherFacts, Unavailable, known, to_jsonable
 
 PROC = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic-proc-gpu-node"
 PDSH_V = "pdsh-2.34 (+readline+debug)\nrcmd modules: ssh,rsh,exec (default: rsh)\nmisc modules: genders\n"

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.network import (
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.network import (
     collect_network,
     parse_ib_rate,
     parse_ib_state,
@@ -21,9 +22,8 @@ from clusterkit.collect.network import (
     read_ib_ports,
     read_nics,
 )
-from clusterkit.collect.node import CollectOptions
-from clusterkit.facts import NetworkFacts, Unavailable, known, to_jsonable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.facts import NetworkFacts, Unavailable, known, to_jsonable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EIGHT_IB = FIXTURES / "synthetic-sysfs-8ib-bond"

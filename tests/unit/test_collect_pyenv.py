@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.node import CollectOptions
-from clusterkit.collect.pyenv import (
+from clusterkit.core.facts_codec import from_jsonable
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.collect.pyenv import (
     PROBE_MARKER,
     collect_python_env,
     facts_from_probe,
@@ -24,8 +25,7 @@ from clusterkit.collect.pyenv import (
     probe_source,
     run_probe,
 )
-from clusterkit.facts import PythonEnvFacts, Unavailable, known, to_jsonable
-from clusterkit.facts_codec import from_jsonable
+from clusterkit.node.facts import PythonEnvFacts, Unavailable, known, to_jsonable
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PYTHON38 = "/root/.pyenv/versions/3.8.18/bin/python"
@@ -180,8 +180,8 @@ def test_library_output_does_not_reach_the_probes_stdout() -> None:
 
 
 def test_the_probe_source_is_found_inside_a_zipapp_as_the_agent_ships(tmp_path: Path) -> None:
-    from clusterkit.collect import pyenv
-    from clusterkit.remote.agent import agent_zipapp
+    from clusterkit.cluster.remote.agent import agent_zipapp
+    from clusterkit.node.collect import pyenv
 
     archive = tmp_path / "agent.pyz"
     archive.write_bytes(agent_zipapp())

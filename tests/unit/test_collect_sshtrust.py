@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.sshtrust import collect_ssh_trust, fingerprint, key_fingerprints, known_host_keys
+from clusterkit.node.collect.sshtrust import collect_ssh_trust, fingerprint, key_fingerprints, known_host_keys
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect import system
-from clusterkit.collect.node import CollectOptions
-from clusterkit.collect.system import (
+from clusterkit.node.collect import system
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.collect.system import (
     collect_system,
     disk_facts,
     disk_targets,
@@ -25,7 +25,7 @@ from clusterkit.collect.system import (
     read_limits,
     read_numa_nodes,
 )
-from clusterkit.facts import Unavailable, known
+from clusterkit.node.facts import Unavailable, known
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROC = FIXTURES / "synthetic-proc-gpu-node"

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.ds_report import (
+from clusterkit.node.collect.ds_report import (
     GENERAL_WARNINGS_KEY,
     parse_ds_general_info,
     parse_ds_report,

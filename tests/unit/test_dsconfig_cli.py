@@ -12,8 +12,8 @@ from clusterkit.cli import main
 from clusterkit.dsconfig.check import check_config
 from clusterkit.dsconfig.load import load_ds_config
 from clusterkit.dsconfig.topology import topology_from_counts
-from clusterkit.facts import to_jsonable
-from clusterkit.report import render_table
+from clusterkit.node.facts import to_jsonable
+from clusterkit.ui.report import render_table
 from tests.factories import healthy_gpu_node, make_host, with_all_gpus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "dsconfig"

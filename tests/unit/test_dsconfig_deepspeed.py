@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clusterkit.core.findings import Outcome
 from clusterkit.dsconfig.introspect import deepspeed_config_module, judge_with_deepspeed, known_top_level_keys
 from clusterkit.dsconfig.load import DsConfig
 from clusterkit.dsconfig.rules import CheckInput
 from clusterkit.dsconfig.rules_batch import _AUTO_CRASH, batch_arithmetic
 from clusterkit.dsconfig.summary import resolve_batch
 from clusterkit.dsconfig.topology import topology_from_counts
-from clusterkit.facts import Unavailable
-from clusterkit.findings import Outcome
+from clusterkit.node.facts import Unavailable
 
 
 def ds_module() -> Any:

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from clusterkit.core.findings import Finding, Outcome, Severity
 from clusterkit.dsconfig.check import check_config
 from clusterkit.dsconfig.load import parse_ds_config
 from clusterkit.dsconfig.resources import ClusterResources, resources_from_facts
 from clusterkit.dsconfig.rules import Runner, SharedFs, load_rules
 from clusterkit.dsconfig.topology import topology_from_counts, topology_from_hostfile
-from clusterkit.facts import NodeFacts
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.node.facts import NodeFacts
 from tests.factories import h100_fixture_node, healthy_gpu_node, make_host, with_all_gpus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "dsconfig"
@@ -242,7 +242,7 @@ def test_world_size_comes_from_the_hostfile_after_include(tmp_path: Path) -> Non
 
 def test_a_rule_that_needs_missing_facts_is_skipped_with_the_reason() -> None:
     data = patched(PLAIN, {"fp16": None, "bf16": {"enabled": True}})
-    from clusterkit.facts import Unavailable
+    from clusterkit.node.facts import Unavailable
 
     found = findings_of("bf16-unsupported-gpu", data, resources=Unavailable("NVML not found"))
     assert [(f.outcome, f.message) for f in found] == [(Outcome.SKIP, "GPU facts unavailable: NVML not found")]

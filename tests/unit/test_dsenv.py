@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterkit.dsenv import (
+from clusterkit.core.dsenv import (
     DsEnvEntry,
     effective_values,
     merge_deepspeed_env,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from clusterkit.envpack import node_env
 from clusterkit.envpack.judge import HEAD, cannot_install, copy_problems, share_groups
 from clusterkit.envpack.pack import Manifest, node_env_command
+from clusterkit.node import env_unpack as node_env
 
 MANIFEST = Manifest(kind="conda", prefix="/opt/envs/ck", archive="ck-1.tar.zst", size=16_000_000, sha256="a" * 64,
                     unpacked_bytes=52_000_000, files=880, python_version="3.11.9",

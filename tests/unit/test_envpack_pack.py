@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.collect import pyprobe
-from clusterkit.envpack import node_env
 from clusterkit.envpack.pack import Manifest, PackOptions, PackRefused, manifest_path, node_env_command, pack_env
 from clusterkit.errors import UsageError
+from clusterkit.node import env_unpack as node_env
+from clusterkit.node.collect import pyprobe
 from tests import synthetic_conda
 
 

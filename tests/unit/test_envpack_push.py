@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from clusterkit.cluster import CommandOutput
-from clusterkit.envpack import node_env
+from clusterkit.cluster.remote import RemoteError
+from clusterkit.cluster.remote.transfer import Delivery, HopEvent, RemoteFile
 from clusterkit.envpack.pack import RESULT_MARKER, Manifest
 from clusterkit.envpack.push import (
     FAILED,
@@ -31,8 +32,7 @@ from clusterkit.envpack.push import (
     staging_path,
 )
 from clusterkit.errors import UsageError
-from clusterkit.remote import RemoteError
-from clusterkit.remote.transfer import Delivery, HopEvent, RemoteFile
+from clusterkit.node import env_unpack as node_env
 from tests.fake_nodes import FakeNodes, hosts_named
 
 PACKAGES = {"python": "p" * 64, "python_count": 3, "conda": "c" * 64}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from clusterkit.cli import main
+from clusterkit.cluster.remote.transfer import RemoteFile
 from clusterkit.cluster.slurm import PUT_HAVE, PUT_NEED, PUT_NO_DIR, put_probe_command, read_put_probe
 from clusterkit.envpack.pack import node_env_command
 from clusterkit.errors import ExitCode
-from clusterkit.remote.transfer import RemoteFile
 
 
 def run_shell(command: str, env: dict[str, str] | None = None) -> list[str]:

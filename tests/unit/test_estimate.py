@@ -22,7 +22,7 @@ from clusterkit.dsconfig.estimate import (
 )
 from clusterkit.dsconfig.hf_model import count_params, load_hf_config, parse_count
 from clusterkit.errors import InputError, UsageError
-from clusterkit.facts import to_jsonable
+from clusterkit.node.facts import to_jsonable
 from tests.factories import healthy_gpu_node, make_host, with_section
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "dsconfig" / "models"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.node import CollectOptions, collect_node
-from clusterkit.facts import NodeFacts, PythonEnvFacts, Unavailable, known, to_jsonable
-from clusterkit.facts_codec import FactsDecodeError, from_jsonable
+from clusterkit.core.facts_codec import FactsDecodeError, from_jsonable
+from clusterkit.node.collect.node import CollectOptions, collect_node
+from clusterkit.node.facts import NodeFacts, PythonEnvFacts, Unavailable, known, to_jsonable
 
 
 def test_unavailable_is_encoded_with_its_reason() -> None:

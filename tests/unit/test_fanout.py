@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from clusterkit.remote import SshSettings, connect, fan_out
-from clusterkit.remote.cancel import CancelScope, IdleWatchdog
-from clusterkit.remote.fanout import GRACE_S, live_fan_out_threads
+from clusterkit.cluster.remote import SshSettings, connect, fan_out
+from clusterkit.cluster.remote.cancel import CancelScope, IdleWatchdog
+from clusterkit.cluster.remote.fanout import GRACE_S, live_fan_out_threads
 
 
 @pytest.fixture

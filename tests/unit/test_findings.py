@@ -7,9 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clusterkit.dsconfig.load import parse_ds_config
-from clusterkit.dsconfig.rules import CheckInput, Rule, run_rules
-from clusterkit.findings import (
+from clusterkit.core.findings import (
     INTERNAL_ERROR_ID,
     Catalogue,
     JudgeSpec,
@@ -19,6 +17,8 @@ from clusterkit.findings import (
     Severity,
     judge,
 )
+from clusterkit.dsconfig.load import parse_ds_config
+from clusterkit.dsconfig.rules import CheckInput, Rule, run_rules
 
 SPEC = JudgeSpec("half-judge", Severity.ERROR, ("t",), "all good", "why", "the generic fix")
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterkit.hostlist import MAX_NAMES, compress, expand
+from clusterkit.core.hostlist import MAX_NAMES, compress, expand
 
 #: ``scontrol show hostnames`` as a function.
 Hostnames = Callable[[str], list[str]]

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clusterkit.cli import main
+from clusterkit.core.inventory import load_hostfile, parse_hostfile, select_hosts
 from clusterkit.errors import ClusterkitError, InputError, UsageError
-from clusterkit.inventory import load_hostfile, parse_hostfile, select_hosts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,9 +20,13 @@ import clusterkit.launch as launch_library
 from clusterkit.cli import main
 from clusterkit.cluster import LaunchStyle, Target
 from clusterkit.cluster.local import LocalNodes
+from clusterkit.cluster.remote.slurm import Allocation
+from clusterkit.cluster.remote.ssh import SshSettings
 from clusterkit.cluster.slurm import SlurmNodes
 from clusterkit.cluster.ssh import SshNodes
-from clusterkit.facts import (
+from clusterkit.core.launchline import LaunchPlan
+from clusterkit.core.slurmlaunch import launch_intent, with_job_cpus
+from clusterkit.node.facts import (
     ClusterProbes,
     ConnectProbe,
     MasterProbe,
@@ -33,10 +37,6 @@ from clusterkit.facts import (
     SlurmLaunchIntent,
     Unavailable,
 )
-from clusterkit.launchline import LaunchPlan
-from clusterkit.remote.slurm import Allocation
-from clusterkit.remote.ssh import SshSettings
-from clusterkit.slurmlaunch import launch_intent, with_job_cpus
 from clusterkit.survey import AUTO_PORT, SurveyOptions
 from tests.factories import healthy_gpu_node, make_host
 from tests.fake_nodes import FakeNodes, hosts_named

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.launchline import (
+from clusterkit.core.launchline import (
     ConfigInArgs,
     LaunchPlan,
     build_launch_line,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from clusterkit.launchsite import launch_place, local_addresses, local_entries
+from clusterkit.core.launchsite import launch_place, local_addresses, local_entries
 
 #: A name no resolver knows (RFC 6761), and an address no machine here has (TEST-NET-1, RFC 5737).
 ELSEWHERE = ["no-such-node.invalid", "192.0.2.7"]

@@ -100,7 +100,7 @@ def agents_of(pid: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat[stat.rfind(")") + 2:].split()[1]) == pid and b"clusterkit.agent" in argv and b"stream" in argv:
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == pid and b"clusterkit.node.agent" in argv and b"stream" in argv:
             found.append(int(entry.name))
     return found
 

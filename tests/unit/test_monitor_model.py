@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from clusterkit.cluster.remote.stream import StreamState
 from clusterkit.errors import InputError, UsageError
 from clusterkit.monitor.model import SampleError, decode_sample, parse_sample_line
 from clusterkit.monitor.sources import ReplaySource, load_recording
 from clusterkit.monitor.state import ClusterState
 from clusterkit.monitor.views import find_stragglers, node_status, rank_rows, summarize_node
-from clusterkit.remote.stream import StreamState
-from clusterkit.tui.thresholds import Thresholds
+from clusterkit.ui.tui.thresholds import Thresholds
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "tests" / "fixtures" / "monitor" / "synthetic-4x8gpu-job.jsonl"

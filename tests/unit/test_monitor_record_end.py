@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clusterkit.collect.sampler import SAMPLE_MARKER
+from clusterkit.cluster.remote.stream import ByteChannel, ProcessOpener
 from clusterkit.monitor.sources import LiveSource, Recorder, ReplaySource, line_streams
-from clusterkit.remote.stream import ByteChannel, ProcessOpener
+from clusterkit.node.collect.sampler import SAMPLE_MARKER
 
 
 class Opener:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.collect.nvml_replay import ReplayNvml
-from clusterkit.collect.sampler import (
+from clusterkit.node.collect.nvml_replay import ReplayNvml
+from clusterkit.node.collect.sampler import (
     SAMPLE_MARKER,
     SAMPLE_PROTOCOL,
     ChannelWatch,
@@ -145,7 +145,7 @@ REPLAY = REPO / "tests" / "fixtures" / "h100-x1" / "nvml-readings.json"
 
 
 def test_agent_stream_prints_marked_samples_with_rising_sequence_numbers() -> None:
-    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent",
+    proc = subprocess.run([sys.executable, "-m", "clusterkit.node.agent",
                            "stream", "--interval", "0.2", "--count", "3"],
                           capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL,
                           env={"CLUSTERKIT_NVML_REPLAY": str(REPLAY), "PATH": "/usr/bin:/bin"})
@@ -162,7 +162,7 @@ def test_agent_stream_prints_marked_samples_with_rising_sequence_numbers() -> No
 def test_the_agent_ends_when_its_channel_closes_even_in_the_middle_of_a_long_interval() -> None:
     """issue 19, C2: agents slept through their interval after the head had gone (one was still running
     53 minutes later). Over SSH a channel's end is the end of the agent's stdin."""
-    agent = subprocess.Popen([sys.executable, "-m", "clusterkit.agent", "stream", "--interval", "60"],
+    agent = subprocess.Popen([sys.executable, "-m", "clusterkit.node.agent", "stream", "--interval", "60"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                              env={"CLUSTERKIT_NVML_REPLAY": str(REPLAY), "PATH": "/usr/bin:/bin"})
     try:
@@ -196,7 +196,7 @@ def test_a_terminal_or_dev_null_on_stdin_is_no_channel_to_watch() -> None:
 @pytest.mark.parametrize("interval", ["inf", "nan", "1e9", "0.001", "-1", "soon"])
 def test_the_agent_refuses_an_interval_it_cannot_keep(interval: str) -> None:
     """issue 19, C2: `--interval inf` crashed every agent (OverflowError) and the nodes showed down."""
-    proc = subprocess.run([sys.executable, "-m", "clusterkit.agent",
+    proc = subprocess.run([sys.executable, "-m", "clusterkit.node.agent",
                            "stream", "--interval", interval, "--count", "1"],
                           capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clusterkit.nccl import select_interfaces
+from clusterkit.core.nccl import select_interfaces
 
 NICS = ["lo", "eth0", "eth0.100", "eth1", "ib0", "docker0", "bond0"]
 

@@ -13,8 +13,8 @@ from clusterkit import __version__
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import REGISTRY, ClusterView, run_cluster_checks
 from clusterkit.cli import main
-from clusterkit.facts import ClusterProbes, Maybe, SlurmFacts, SlurmHealthCheckFacts, Unavailable
-from clusterkit.findings import Finding, Outcome, Severity
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.node.facts import ClusterProbes, Maybe, SlurmFacts, SlurmHealthCheckFacts, Unavailable
 from clusterkit.nodecheck.install import SCRIPT_MARK, InstallOptions, hook_script, install_text
 from clusterkit.nodecheck.installed import MISSING, NOT_OURS, _version, parse_hook_config, version_command
 from clusterkit.nodecheck.profile import Hook

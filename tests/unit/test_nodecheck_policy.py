@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clusterkit.facts import SlurmNodeFacts
+from clusterkit.node.facts import SlurmNodeFacts
 from clusterkit.nodecheck.policy import REASON_MAX, REASON_PREFIX, Act, Fault, decide, drain_reason
 
 XID = Fault("xid-critical", "GPU 3 (3b:00.0)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.facts import DiskFacts, NodeFacts, SystemFacts
+from clusterkit.node.facts import DiskFacts, NodeFacts, SystemFacts
 from clusterkit.nodecheck.policy import Act
 from clusterkit.nodecheck.profile import PROFILES, Hook, profile_for
 from clusterkit.nodecheck.runner import RunOptions, hook_exit_code, run_nodecheck

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterkit.collect.nvidia_smi import (
+from clusterkit.node.collect.nvidia_smi import (
     KernelModule,
     P2pMatrix,
     SmiQuery,
@@ -18,7 +18,7 @@ from clusterkit.collect.nvidia_smi import (
     parse_topo_p2p,
     strip_ansi,
 )
-from clusterkit.facts import TopologyFacts, Unavailable
+from clusterkit.node.facts import TopologyFacts, Unavailable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100-x1"

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from clusterkit.checks import load_checks
 from clusterkit.cli import main
-from clusterkit.progress import NodeProgress
+from clusterkit.ui.progress import NodeProgress
 
 
 def test_the_checks_list_keeps_every_id_tag_and_summary_whole_at_80_columns(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.collect import probe_cache
-from clusterkit.collect.node import CollectOptions
-from clusterkit.collect.pyenv import collect_python_env, probe_source
+from clusterkit.node.collect import probe_cache
+from clusterkit.node.collect.node import CollectOptions
+from clusterkit.node.collect.pyenv import collect_python_env, probe_source
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.remote import relay_hop
+from clusterkit.node import relay_hop
 
 
 @pytest.fixture

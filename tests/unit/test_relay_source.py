@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.remote.transfer import HopEvent, RelayOptions, RemoteFile, _RelayRun, _source_problem
+from clusterkit.cluster.remote.transfer import HopEvent, RelayOptions, RemoteFile, _RelayRun, _source_problem
 
 
 @pytest.fixture

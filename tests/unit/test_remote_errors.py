@@ -8,7 +8,7 @@ import socket
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from clusterkit.remote import SshSettings, connect, explain
+from clusterkit.cluster.remote import SshSettings, connect, explain
 
 SETTINGS = SshSettings(connect_timeout_s=3)
 

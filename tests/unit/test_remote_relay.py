@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from clusterkit.remote import SshSettings
-from clusterkit.remote.transfer import MARKER, RelayOptions, RemoteFile, hop_command, relay
+from clusterkit.cluster.remote import SshSettings
+from clusterkit.cluster.remote.transfer import MARKER, RelayOptions, RemoteFile, hop_command, relay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs root and unshare for private mount namespaces")

@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from clusterkit.remote import SshSettings
-from clusterkit.remote.stream import Backoff, LineStream, ProcessOpener, SshOpener, StreamState
+from clusterkit.cluster.remote import SshSettings
+from clusterkit.cluster.remote.stream import Backoff, LineStream, ProcessOpener, SshOpener, StreamState
 
 FAST = Backoff(initial_s=0.1, factor=2, max_s=0.4, jitter=0)
 

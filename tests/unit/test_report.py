@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 from rich.console import Console
 
-from clusterkit.facts import Unavailable
-from clusterkit.findings import Finding, Outcome, Severity
-from clusterkit.report import (
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.node.facts import Unavailable
+from clusterkit.ui.report import (
     JSON_SCHEMA,
     DoctorReport,
     group_findings,

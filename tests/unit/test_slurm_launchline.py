@@ -8,9 +8,9 @@ import shlex
 
 import pytest
 
-from clusterkit.inventory import parse_hostfile, select_hosts
-from clusterkit.launchline import LaunchPlan
-from clusterkit.slurmlaunch import (
+from clusterkit.core.inventory import parse_hostfile, select_hosts
+from clusterkit.core.launchline import LaunchPlan
+from clusterkit.core.slurmlaunch import (
     NODE_RANK_WRAPPER,
     SrunPlan,
     build_srun_line,

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.collect.sampler import SAMPLE_MARKER
-from clusterkit.facts import SlurmJobFacts
-from clusterkit.remote.agent import agent_zipapp
-from clusterkit.remote.slurm import Allocation, SlurmError
-from clusterkit.remote.slurm_agent import node_agent_dir
-from clusterkit.remote.slurm_stream import SlurmStreamOpener, agent_stream_command, stream_srun_argv
-from clusterkit.remote.stream import Backoff, LineStream, ProcessOpener, StreamState
+from clusterkit.cluster.remote.agent import agent_zipapp
+from clusterkit.cluster.remote.slurm import Allocation, SlurmError
+from clusterkit.cluster.remote.slurm_agent import node_agent_dir
+from clusterkit.cluster.remote.slurm_stream import SlurmStreamOpener, agent_stream_command, stream_srun_argv
+from clusterkit.cluster.remote.stream import Backoff, LineStream, ProcessOpener, StreamState
+from clusterkit.node.collect.sampler import SAMPLE_MARKER
+from clusterkit.node.facts import SlurmJobFacts
 
 FAKE_SRUN = r'''#!PYTHON
 import json, os, signal, subprocess, sys, time

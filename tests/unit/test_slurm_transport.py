@@ -9,10 +9,7 @@ import subprocess
 
 import pytest
 
-from clusterkit.commands.slurm import use_slurm
-from clusterkit.errors import UsageError
-from clusterkit.facts import SlurmJobFacts
-from clusterkit.remote.slurm import (
+from clusterkit.cluster.remote.slurm import (
     EXIT_MARK,
     FOLD_BYTES,
     FOLD_MARK,
@@ -23,6 +20,9 @@ from clusterkit.remote.slurm import (
     step_environment,
     step_script,
 )
+from clusterkit.commands.slurm import use_slurm
+from clusterkit.errors import UsageError
+from clusterkit.node.facts import SlurmJobFacts
 
 
 def job(**changes: object) -> SlurmJobFacts:

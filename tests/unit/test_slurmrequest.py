@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.facts import SlurmNodeFacts
-from clusterkit.remote.slurm import _salloc_fix
-from clusterkit.slurmrequest import (
+from clusterkit.cluster.remote.slurm import _salloc_fix
+from clusterkit.core.slurmrequest import (
     Partition,
     RequestedShape,
     SlurmRequest,
@@ -22,7 +21,8 @@ from clusterkit.slurmrequest import (
     requested_shape,
     shortfall,
 )
-from clusterkit.slurmstate import parse_nodes
+from clusterkit.core.slurmstate import parse_nodes
+from clusterkit.node.facts import SlurmNodeFacts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm-22.05"
 

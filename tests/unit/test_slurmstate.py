@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.facts import Unavailable
-from clusterkit.slurmstate import (
+from clusterkit.core.slurmstate import (
     SlurmParseError,
     count_gpus,
     expand_counts,
@@ -24,6 +23,7 @@ from clusterkit.slurmstate import (
     parse_record,
     unusable,
 )
+from clusterkit.node.facts import Unavailable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm-22.05"
 #: `scontrol show job -d --oneliner` of a job holding 4 GPUs on gpu01 and 2 on gpu02 (synthetic: the test

@@ -18,8 +18,10 @@ from clusterkit import survey
 from clusterkit.checks import load_checks
 from clusterkit.checks.registry import select_checks
 from clusterkit.cluster import CommandOutput, SchedulerView
+from clusterkit.cluster.remote.ssh import RemoteError, SshSettings
+from clusterkit.core.launchsite import LaunchPlace
 from clusterkit.doctor import doctor_cluster
-from clusterkit.facts import (
+from clusterkit.node.facts import (
     ClusterProbes,
     CollectReply,
     ConnectProbe,
@@ -33,8 +35,6 @@ from clusterkit.facts import (
     Unavailable,
     to_jsonable,
 )
-from clusterkit.launchsite import LaunchPlace
-from clusterkit.remote.ssh import RemoteError, SshSettings
 from clusterkit.survey import AUTO_PORT, SurveyOptions, survey_nodes
 from tests.factories import cpu_only_node, make_host
 from tests.fake_nodes import FakeNodes, hosts_named

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from clusterkit.cluster.remote.slurm import Allocation
 from clusterkit.cluster.slurm import allocation_hostfile, blocked_nodes, hostfile_text, why_blocked
-from clusterkit.facts import SlurmFacts, SlurmJobFacts, SlurmNodeFacts
-from clusterkit.inventory import parse_hostfile, select_hosts
-from clusterkit.remote.slurm import Allocation
+from clusterkit.core.inventory import parse_hostfile, select_hosts
+from clusterkit.node.facts import SlurmFacts, SlurmJobFacts, SlurmNodeFacts
 
 
 def allocation(**changes: object) -> Allocation:

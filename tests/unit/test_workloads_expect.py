@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clusterkit.facts import Unavailable
+from clusterkit.node.facts import Unavailable
 from clusterkit.workloads.expect import expected_busbw
 from tests.factories import (
     cpu_only_node,

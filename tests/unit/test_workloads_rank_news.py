@@ -10,7 +10,7 @@ import re
 
 from rich.console import Console
 
-from clusterkit.progress import NodeProgress
+from clusterkit.ui.progress import NodeProgress
 from clusterkit.workloads.diagnose import diagnose
 from clusterkit.workloads.run import LogLine, RunOutcome
 from clusterkit.workloads.session import _ProgressTracker

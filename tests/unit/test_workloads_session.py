@@ -18,11 +18,11 @@ import pytest
 
 from clusterkit.cluster import CommandOutput, LaunchLine, LaunchStyle, ProgressListener
 from clusterkit.cluster.local import LocalNodes
+from clusterkit.cluster.remote.ssh import SshSettings
 from clusterkit.cluster.ssh import SshNodes
+from clusterkit.core.inventory import ActiveHost, parse_hostfile, select_hosts
+from clusterkit.core.launchline import LaunchPlan
 from clusterkit.errors import ClusterkitError
-from clusterkit.inventory import ActiveHost, parse_hostfile, select_hosts
-from clusterkit.launchline import LaunchPlan
-from clusterkit.remote.ssh import SshSettings
 from clusterkit.workloads.session import LAST_HEARD, WorkloadContext, rank_layout
 from clusterkit.workloads.ship import PLACED, bundle_digest, bundle_files, ship_local
 from tests.fake_nodes import FakeNodes, hosts_named

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 from clusterkit.cluster import CommandOutput, HostResult
+from clusterkit.cluster.remote.slurm import Allocation
 from clusterkit.cluster.slurm import SlurmNodes
-from clusterkit.facts import SlurmJobFacts
-from clusterkit.inventory import ActiveHost, HostEntry
-from clusterkit.remote.slurm import Allocation
+from clusterkit.core.inventory import ActiveHost, HostEntry
+from clusterkit.node.facts import SlurmJobFacts
 from clusterkit.workloads.run import LogLine, failure_signal, split_line
 from clusterkit.workloads.session import WorkloadContext
 from clusterkit.workloads.ship import bundle_digest, bundle_files, placed_at, ship_command

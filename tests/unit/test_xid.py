@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusterkit.collect.xid import MAX_EVENTS, parse_xid_events, read_dev_kmsg, read_kernel_log
-from clusterkit.facts import Unavailable, XidEvent
+from clusterkit.node.collect.xid import MAX_EVENTS, parse_xid_events, read_dev_kmsg, read_kernel_log
+from clusterkit.node.facts import Unavailable, XidEvent
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic-row-remap-pending"
 
