@@ -24,6 +24,7 @@ from clusterkit.cluster import (
 )
 from clusterkit.cluster.remote.agent import AgentReply
 from clusterkit.cluster.remote.ssh import SshSettings
+from clusterkit.cluster.remote.stream import Backoff, LineStream
 from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
 from clusterkit.core.inventory import ActiveHost, HostEntry
 from clusterkit.core.launchline import LaunchPlan, build_launch_line
@@ -35,6 +36,30 @@ Answer = Any
 def hosts_named(*names: str, slots: int = 1) -> list[ActiveHost]:
     """Active hosts with ``slots`` slots each, as a hostfile would give them."""
     return [ActiveHost(n, tuple(range(slots)), HostEntry(n, slots, i + 1)) for i, n in enumerate(names)]
+
+
+class ScriptedChannel:
+    """A stream's channel that hands out ``lines`` one read at a time, then ends (``ends``, saying ``why``) or
+    goes quiet (a frozen node)."""
+
+    def __init__(self, lines: list[str], *, ends: bool = True, why: str = "the command exited 0") -> None:
+        self.lines = list(lines)
+        self.ends = ends
+        self.why = why
+
+    def read(self, timeout_s: float) -> bytes | None:
+        if self.lines:
+            return (self.lines.pop(0) + "\n").encode()
+        if self.ends:
+            return None
+        time.sleep(min(timeout_s, 0.05))
+        return b""
+
+    def describe_end(self) -> str:
+        return self.why
+
+    def close(self) -> None:
+        self.lines.clear()
 
 
 @dataclass
@@ -61,6 +86,7 @@ class FakeNodes:
     on_agent: Callable[[str, list[str]], Any] = lambda host, args: {}
     on_put: Callable[[str, RemoteFile], Delivery] | None = None
     timeouts: set[str] = field(default_factory=set)
+    on_stream: Callable[[str], ScriptedChannel] | None = None
     mesh: SshSettings | None = None
     scheduler: SchedulerView | None = None
     calls: list[Call] = field(default_factory=list)
@@ -110,7 +136,12 @@ class FakeNodes:
     def agent_streams(self, args: Sequence[str], on_line: Callable[[str, str, float], None],
                       on_state: Callable[..., None], *, stale_after_s: float,
                       lost_after_s: float) -> list[HostStream]:
-        raise NotImplementedError("script streams in the monitor's own tests")
+        """Real line streams over scripted channels (``on_stream(host)``; default: one that ends at once)."""
+        self.calls.append(Call("agent_streams", self.names, list(args)))
+        script = self.on_stream or (lambda host: ScriptedChannel([], why="nothing scripted"))
+        return [LineStream(h, "agent " + " ".join(args), lambda host, _command: script(host), on_line, on_state,
+                           stale_after_s=stale_after_s, lost_after_s=lost_after_s,
+                           backoff=Backoff(initial_s=0.05, max_s=0.2)) for h in self.names]
 
     def put(self, source: Path, remote: RemoteFile, timeout_s: float, *, hosts: Sequence[str] | None = None,
             options: BroadcastOptions | None = None) -> GroupResult[Delivery]:
