@@ -255,10 +255,9 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     """
     from clusterkit.cluster.ssh import SshNodes
     from clusterkit.survey import SurveyOptions, survey_nodes
-    from clusterkit.ui.progress import nodes_view
 
     nodes = SshNodes([h for h in ctx.hosts if h.name in ctx.live], ctx.settings)
-    with nodes_view(nodes, "collecting facts", ctx.console) as progress:
+    with ctx.view.progress(nodes.names, "collecting facts over SSH") as progress:
         facts, _ = survey_nodes(nodes, SurveyOptions(python=ctx.python, timeout_s=spec.timeout_s, probes=False),
                                 progress)
     ctx.facts = {h: f for h, f in facts.items() if not isinstance(f, Unavailable)}

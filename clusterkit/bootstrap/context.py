@@ -6,17 +6,16 @@ import getpass
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from rich.console import Console
+from typing import Protocol
 
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.cluster.remote import HostResult, RemoteError, SshSettings, connect, fan_out
+from clusterkit.cluster.remote import HostResult, ProgressListener, RemoteError, SshSettings, connect, fan_out
 from clusterkit.core.inventory import ActiveHost
 from clusterkit.node.facts import NodeFacts
-from clusterkit.ui.progress import NodeProgress
 
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED = "ok", "changed", "would change", "failed", "skipped"
 
@@ -86,6 +85,38 @@ class AbortBootstrap(Exception):
         self.report = report
 
 
+class BootstrapView(Protocol):
+    """Where a bootstrap run shows itself: a terminal view (``clusterkit.ui.bootstrap``), or nothing."""
+
+    def step_started(self, spec: StepSpec) -> None:
+        """A step begins."""
+
+    def step_done(self, report: StepReport) -> None:
+        """A step ended, on every host it ran on."""
+
+    def progress(self, hosts: Sequence[str], title: str) -> AbstractContextManager[ProgressListener]:
+        """A per-host progress listener for the length of a block."""
+
+
+class _Silent:
+    def update(self, host: str, state: str, detail: str = "") -> None:
+        """Nothing is shown."""
+
+
+class QuietView:
+    """Shows nothing (tests, and callers that render the reports themselves)."""
+
+    def step_started(self, spec: StepSpec) -> None:
+        """Nothing is shown."""
+
+    def step_done(self, report: StepReport) -> None:
+        """Nothing is shown."""
+
+    @contextmanager
+    def progress(self, hosts: Sequence[str], title: str) -> Iterator[ProgressListener]:
+        yield _Silent()
+
+
 @dataclass
 class BootstrapContext:
     """Everything the steps share: the hosts, SSH settings, flags, and what earlier steps learnt."""
@@ -93,7 +124,7 @@ class BootstrapContext:
     hosts: list[ActiveHost]
     settings: SshSettings
     python: str
-    console: Console
+    view: BootstrapView = field(default_factory=QuietView)
     dry_run: bool = False
     install_packages: bool = False
     sync_dir: Path | None = None
@@ -212,7 +243,7 @@ class BootstrapContext:
         report = StepReport(spec)
         if not targets:
             return report
-        with NodeProgress(targets, spec.id, self.console) as progress:
+        with self.view.progress(targets, spec.id) as progress:
             def task(host: str) -> NodeOutcome:
                 progress.update(host, "working")
                 outcome = work(host)

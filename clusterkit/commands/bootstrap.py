@@ -50,9 +50,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from clusterkit.bootstrap.context import BootstrapContext, terminal_password_prompt
     from clusterkit.bootstrap.playbook import load_playbook
-    from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded, summary_table
+    from clusterkit.bootstrap.runner import run_playbook, step_needs, succeeded
     from clusterkit.bootstrap.sync_rules import home_refusal
     from clusterkit.core.launchsite import launch_place
+    from clusterkit.ui.bootstrap import RichBootstrapView, summary_table
 
     hosts = select_hosts(load_hostfile(args.hostfile), args.include, args.exclude)
     steps = load_playbook(args.playbook, step_needs())
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ssh_settings(args)
     if args.dry_run:  # trust new host keys for this look only; known_hosts and the trust log stay as they are
         settings = replace(settings, record_trust=False)
-    ctx = BootstrapContext(hosts=hosts, settings=settings, python=python, console=console, dry_run=args.dry_run,
+    ctx = BootstrapContext(hosts=hosts, settings=settings, python=python, view=RichBootstrapView(console),
+                           dry_run=args.dry_run,
                            install_packages=args.install_packages, sync_dir=args.sync, head_entry=place.entry,
                            python_named=args.python is not None,
                            password_prompt=terminal_password_prompt if args.ask_password else None)

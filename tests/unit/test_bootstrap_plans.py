@@ -8,15 +8,14 @@ import hmac
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from clusterkit.bootstrap.context import FAILED, OK, BootstrapContext, NodeOutcome, StepReport
 from clusterkit.bootstrap.playbook import StepSpec
-from clusterkit.bootstrap.runner import summary_table
 from clusterkit.bootstrap.ssh_steps import plan_known_hosts
 from clusterkit.cli import build_parser
 from clusterkit.cluster.remote import SshSettings
 from clusterkit.core.inventory import parse_hostfile, select_hosts
+from clusterkit.ui.bootstrap import summary_table
 
 
 def blob(name: str) -> str:
@@ -54,7 +53,7 @@ def test_hashed_entries_count_and_a_changed_key_is_a_conflict_not_an_addition() 
 
 def test_the_summary_names_the_failed_step_and_why_on_its_node() -> None:
     hosts = select_hosts(parse_hostfile("node1 slots=1\nnode2 slots=1\n", "hostfile"))
-    ctx = BootstrapContext(hosts=hosts, settings=SshSettings(), python="/env/bin/python", console=Console())
+    ctx = BootstrapContext(hosts=hosts, settings=SshSettings(), python="/env/bin/python")
     step = {name: StepSpec(name, "", None, 60, 1) for name in ("reachability", "host-keys")}
     reports = [StepReport(step["reachability"], {"node1": NodeOutcome(OK), "node2": NodeOutcome(OK)}),
                StepReport(step["host-keys"], {"node1": NodeOutcome(OK),

@@ -36,12 +36,7 @@ LAYERS: list[tuple[str, int]] = [
     ("clusterkit.commands", 6), ("clusterkit.cli", 6), ("clusterkit.__main__", 6), ("clusterkit.nodecheck.__main__", 6),
 ]
 #: Known exceptions, each with why and what ends it. Empty is the goal; a new entry needs a reason.
-KNOWN: dict[str, str] = {
-    "clusterkit.bootstrap.context": "bootstrap still prints its plan and progress through rich itself; "
-                                    "its view moves to ui/ behind a listener as the other features' did",
-    "clusterkit.bootstrap.runner": "as bootstrap.context",
-    "clusterkit.bootstrap.cluster_steps": "as bootstrap.context (it opens the progress view for its survey)",
-}
+KNOWN: dict[str, str] = {}
 UI_LIBRARIES = ("rich", "textual")
 NODE_ALLOWED = {"pynvml", "torch", "deepspeed", "numpy"}  # the training env's, on nodes that have them
 
