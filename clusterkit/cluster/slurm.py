@@ -43,9 +43,9 @@ from clusterkit.cluster.remote.stream import LineStream
 from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
 from clusterkit.cluster.shell import kill_by_run_id_command
+from clusterkit.core.dsenv import deepspeed_env_values
 from clusterkit.core.inventory import ActiveHost, HostEntry, Hostfile
 from clusterkit.core.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
-from clusterkit.core.launchsite import deepspeed_env_values
 from clusterkit.core.slurmlaunch import DEEPSPEED_SLURM_LAUNCHER, SrunPlan, build_srun_line, runner_exports
 from clusterkit.core.slurmstate import slurm_facts, unusable
 from clusterkit.node.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable

@@ -394,12 +394,13 @@ def update_deepspeed_env(current: str | None, updates: Mapping[str, str], path: 
     return DsEnvUpdate(text, notes + changes, len(merged))
 
 
-def deepspeed_env_values(cwd: str) -> dict[str, str]:
+def deepspeed_env_values(cwd: str, home: str | None = None) -> dict[str, str]:
     """What DeepSpeed's runner exports from ``~/.deepspeed_env`` then ``./.deepspeed_env`` (cwd wins)."""
     from pathlib import Path
 
     values: dict[str, str] = {}
-    for path in (Path.home() / ".deepspeed_env", Path(cwd) / ".deepspeed_env"):
+    for folder in (Path(home) if home else Path.home(), Path(cwd)):
+        path = folder / DEEPSPEED_ENV_NAME
         if path.is_file():
             entries, _ = parse_deepspeed_env(path.read_text(encoding="utf-8", errors="replace").splitlines(),
                                              str(path))

@@ -103,17 +103,3 @@ def launch_place(active: Sequence[str]) -> LaunchPlace:
     entry = entries[0] if entries else None
     return LaunchPlace(entry=entry, name=entry or socket.gethostname(),
                        local_only=len(active) == 1 and entry is not None)
-
-
-def deepspeed_env_values(cwd: str, home: str | None = None) -> dict[str, str]:
-    """What DeepSpeed's runner exports from ``~/.deepspeed_env`` then ``./.deepspeed_env`` (cwd wins)."""
-    from clusterkit.core.dsenv import DEEPSPEED_ENV_NAME, effective_values, parse_deepspeed_env
-
-    values: dict[str, str] = {}
-    for folder in (Path(home) if home else Path.home(), Path(cwd)):
-        path = folder / DEEPSPEED_ENV_NAME
-        if path.is_file():
-            entries, _ = parse_deepspeed_env(path.read_text(encoding="utf-8", errors="replace").splitlines(),
-                                             str(path))
-            values.update(effective_values(entries))
-    return values
