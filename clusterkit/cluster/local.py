@@ -25,6 +25,7 @@ from clusterkit.cluster.nodes import (
     LaunchLine,
     LaunchStyle,
     LineCallback,
+    NodesBase,
     ProgressListener,
     SchedulerView,
     StateCallback,
@@ -34,12 +35,12 @@ from clusterkit.cluster.remote.ssh import RemoteError, SshSettings
 from clusterkit.cluster.remote.stream import LineStream, ProcessOpener
 from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
-from clusterkit.cluster.shell import kill_by_run_id_command, node_command
+from clusterkit.cluster.shell import node_command
 from clusterkit.core.inventory import ActiveHost
 from clusterkit.core.launchline import LaunchPlan, build_launch_line, selection_for
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ def agent_here_command(args: Sequence[str], python: str | None = None) -> list[s
     return [sys.executable, "-m", "clusterkit.node.agent", *args]
 
 
-class LocalNodes:
+class LocalNodes(NodesBase):
     """This machine alone (``host``'s name as the hostfile or the user spells it)."""
 
     transport = "local"
@@ -72,9 +73,6 @@ class LocalNodes:
 
     def describe(self) -> str:
         return "this machine"
-
-    def _chosen(self, hosts: Sequence[str] | None) -> list[str]:
-        return list(hosts) if hosts is not None else self.names
 
     def _subprocess(self, argv: list[str], timeout_s: float) -> CommandOutput:
         try:
@@ -151,25 +149,13 @@ class LocalNodes:
                        master_addr=plan.master_addr or "127.0.0.1", force_multi=False, no_ssh_check=True)
         return LaunchLine(build_launch_line(full), None, dict(style.exports))
 
-    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
-        done = self.run(kill_by_run_id_command(run_id), timeout_s, hosts=hosts)
-        return done.then(lambda host, out: out.stdout.strip() or out.tail())
-
     def ssh_mesh(self) -> SshSettings | None:
         return None
 
     def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
         return None
 
-    def close(self) -> None:
-        """Nothing is held."""
 
-    def __enter__(self) -> LocalNodes:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def local_hostfile(slots: int) -> str:

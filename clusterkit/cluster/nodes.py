@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 from clusterkit.cluster.remote.fanout import ProgressListener
 from clusterkit.cluster.result import CommandOutput, GroupResult
+from clusterkit.cluster.shell import kill_by_run_id_command
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -185,3 +186,34 @@ class Nodes(Protocol):
     def hostfile(self) -> str:
         """Where the hosts came from, for reports and findings: the hostfile's path as given, or
         ``slurm job 42`` for an allocation ("" for this machine named by no hostfile)."""
+
+
+class NodesBase:
+    """What every implementation does alike on top of its own ``run``: choosing hosts, cleaning up a run by
+    its id, and closing when used as a context manager."""
+
+    @property
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def run(self, command: str, timeout_s: float, *, hosts: Sequence[str] | None = None,
+            progress: ProgressListener | None = None) -> GroupResult[CommandOutput]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing is held unless the implementation says otherwise."""
+
+    def _chosen(self, hosts: Sequence[str] | None) -> list[str]:
+        return list(hosts) if hosts is not None else self.names
+
+    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
+        """Kill what is left of run ``run_id`` on each host; per host what the kill said."""
+        done = self.run(kill_by_run_id_command(run_id), timeout_s, hosts=hosts)
+        return done.then(lambda host, out: out.stdout.strip() or out.tail())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -22,6 +22,7 @@ from clusterkit.cluster.nodes import (
     LaunchLine,
     LaunchStyle,
     LineCallback,
+    NodesBase,
     ProgressListener,
     SchedulerView,
     StateCallback,
@@ -42,7 +43,6 @@ from clusterkit.cluster.remote.ssh import SshSettings
 from clusterkit.cluster.remote.stream import LineStream
 from clusterkit.cluster.remote.transfer import Delivery, RemoteFile
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
-from clusterkit.cluster.shell import kill_by_run_id_command
 from clusterkit.core.dsenv import deepspeed_env_values
 from clusterkit.core.inventory import ActiveHost, HostEntry, Hostfile
 from clusterkit.core.launchline import DEFAULT_MASTER_PORT, LaunchPlan, build_launch_line, selection_for
@@ -52,7 +52,7 @@ from clusterkit.node.facts import Maybe, SlurmFacts, SlurmNodeFacts, Unavailable
 from clusterkit.node.relay_hop import human as human_bytes
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 
 #: How long putting the agent on the nodes for their streams may take.
@@ -154,7 +154,7 @@ def read_put_probe(stdout: str, size: int, mtime: int) -> tuple[str, bool]:
     return state, sees
 
 
-class SlurmNodes:
+class SlurmNodes(NodesBase):
     """The nodes of one Slurm allocation (``hosts``: all of them, or those chosen by --include/--exclude)."""
 
     transport = "slurm"
@@ -178,9 +178,6 @@ class SlurmNodes:
 
     def describe(self) -> str:
         return f"slurm job {self.alloc.job_id} ({len(self._hosts)} node(s) through srun)"
-
-    def _chosen(self, hosts: Sequence[str] | None) -> list[str]:
-        return list(hosts) if hosts is not None else self.names
 
     def run(self, command: str, timeout_s: float, *, hosts: Sequence[str] | None = None,
             progress: ProgressListener | None = None) -> GroupResult[CommandOutput]:
@@ -331,10 +328,6 @@ class SlurmNodes:
                                          launcher_args=style.launcher_args or plan.launcher_args,
                                          force_multi=False, no_ssh_check=True))
 
-    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
-        done = self.run(kill_by_run_id_command(run_id), timeout_s, hosts=hosts)
-        return done.then(lambda host, out: out.stdout.strip() or out.tail())
-
     def ssh_mesh(self) -> SshSettings | None:
         return None
 
@@ -350,12 +343,6 @@ class SlurmNodes:
         if self.alloc.owned:
             release_allocation(self.alloc)
 
-    def __enter__(self) -> SlurmNodes:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     @property
     def hostfile(self) -> str:

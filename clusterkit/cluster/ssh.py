@@ -16,6 +16,7 @@ from clusterkit.cluster.nodes import (
     LaunchLine,
     LaunchStyle,
     LineCallback,
+    NodesBase,
     ProgressListener,
     SchedulerView,
     StateCallback,
@@ -26,14 +27,14 @@ from clusterkit.cluster.remote.ssh import SshSettings, connect
 from clusterkit.cluster.remote.stream import LineStream, SshOpener
 from clusterkit.cluster.remote.transfer import Delivery, RemoteFile, broadcast, relay_options
 from clusterkit.cluster.result import CommandOutput, GroupResult, HostResult
-from clusterkit.cluster.shell import kill_by_run_id_command, node_command
+from clusterkit.cluster.shell import node_command
 from clusterkit.core.inventory import ActiveHost
 from clusterkit.core.launchline import LaunchPlan, build_launch_line, selection_for
 from clusterkit.core.launchsite import launch_place
 from clusterkit.node.relay_hop import human as human_bytes
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 #: Time beyond a command's own deadline that connecting may take (the handshake has its own timeout).
 CONNECT_SLACK_S = 5.0
@@ -45,7 +46,7 @@ def delivered(delivery: Delivery) -> HostResult[Delivery]:
                       fix=delivery.fix)
 
 
-class SshNodes:
+class SshNodes(NodesBase):
     """The hosts of a hostfile, reached over SSH with ``settings``."""
 
     transport = "ssh"
@@ -78,7 +79,7 @@ class SshNodes:
                 done = conn.run(node_command(host, command), hide=True, warn=True, timeout=timeout_s)
                 return CommandOutput(done.exited, done.stdout, done.stderr, time.time())
 
-        chosen = list(hosts) if hosts is not None else self.names
+        chosen = self._chosen(hosts)
         return GroupResult.of(fan_out(chosen, task, self._deadline(timeout_s), progress, self.settings).values())
 
     def run_agent(self, args: Sequence[str], timeout_s: float, *, python: str | None = None,
@@ -90,7 +91,7 @@ class SshNodes:
             with connect(host, self.settings) as conn:
                 return run_agent_reply(conn, [*args, *extra.get(host, ())], timeout_s, python)
 
-        chosen = list(hosts) if hosts is not None else self.names
+        chosen = self._chosen(hosts)
         return GroupResult.of(fan_out(chosen, task, self._deadline(timeout_s), progress, self.settings).values())
 
     def agent_streams(self, args: Sequence[str], on_line: LineCallback, on_state: StateCallback, *,
@@ -106,7 +107,7 @@ class SshNodes:
         options = options or BroadcastOptions()
         relay = relay_options(self.settings, python=options.python, stall_s=options.stall_s,
                               max_rounds=options.max_rounds)
-        chosen = list(hosts) if hosts is not None else self.names
+        chosen = self._chosen(hosts)
         if options.phase is not None:
             route = " -> ".join(chosen[:4]) + (" -> ..." if len(chosen) > 4 else "")
             options.phase(f"broadcast {human_bytes(remote.size)} to {len(chosen)} node(s) (relay: head -> {route})")
@@ -129,22 +130,8 @@ class SshNodes:
                        force_multi=len(chosen) == 1 and not here, no_ssh_check=here)
         return LaunchLine(build_launch_line(full), None, dict(style.exports))
 
-    def cleanup(self, run_id: str, timeout_s: float, *, hosts: Sequence[str] | None = None) -> GroupResult[str]:
-        command = kill_by_run_id_command(run_id)
-        return self.run(command, timeout_s, hosts=hosts).then(lambda host, out: out.stdout.strip() or out.tail())
-
     def ssh_mesh(self) -> SshSettings | None:
         return self.settings
 
     def scheduler_view(self, timeout_s: float) -> SchedulerView | None:
         return None
-
-    def close(self) -> None:
-        """Nothing is held between calls (each call opens and closes its own sessions)."""
-
-    def __enter__(self) -> SshNodes:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
