@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from clusterkit.cluster import HostStream, LocalReach, SlurmReach
+from clusterkit.cluster import HostStream
 from clusterkit.cluster.remote.stream import StreamState
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
@@ -107,12 +107,9 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
     if log is not None and (why := log.check()) is not None:
         raise UsageError(f"--log: {why}")
     target = target_from_args(args)
-    if isinstance(target.reach, SlurmReach):
-        refuse_ssh_options(args)
     nodes = stack.enter_context(opened(target))
     hosts = nodes.names
-    here = isinstance(target.reach, LocalReach) and not target.hostfile
-    slots = {} if here else {h.name: len(h.slots) for h in nodes.hosts}
+    slots = {} if target.only_this_machine else {h.name: len(h.slots) for h in nodes.hosts}
     where = target.hostfile or nodes.describe()
 
     def streams(on_line: Callable[[str, str, float], None], on_state: Callable[[StreamState], None]
@@ -126,18 +123,6 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
 
 #: The allocation request's options (they imply --slurm).
 SLURM_REQUEST_OPTIONS = ("partition", "nodes", "nodelist", "slurm_time", "slurm_args")
-#: SSH options (dest, flag) that mean nothing when the nodes are reached through Slurm.
-SSH_ONLY_OPTIONS = (("user", "--user"), ("ssh_port", "--ssh-port"), ("identity", "--identity"),
-                    ("trust_new_hosts", "--trust-new-hosts"))
-
-
-def refuse_ssh_options(args: argparse.Namespace) -> None:
-    given = [flag for dest, flag in SSH_ONLY_OPTIONS if getattr(args, dest, None)]
-    if given:
-        raise UsageError(f"{'/'.join(given)}: SSH options, but the nodes are reached through Slurm (srun); give a "
-                         "HOSTFILE (or --no-slurm) to monitor over SSH")
-
-
 def wait_for_round(source: Source, deadline_s: float) -> None:
     """Until every node sent two samples (so rates are known) or the deadline passes."""
     if isinstance(source, ReplaySource):
