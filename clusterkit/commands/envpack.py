@@ -137,7 +137,7 @@ def _push_command(args: argparse.Namespace) -> str:
 
 
 def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
-    from clusterkit.commands.envpack_view import outcome_text
+    from clusterkit.ui.envpush import outcome_text
 
     if args.json:
         print(json.dumps({h: {"status": r.status, "actions": r.actions, "error": r.error, "fix": r.fix}
@@ -148,8 +148,8 @@ def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from clusterkit.commands.envpack_view import RelayView
     from clusterkit.envpack.push import PushOptions, push_env
+    from clusterkit.ui.envpush import RelayView
 
     archive, manifest = _load(args)
     target = target_from_args(args)
@@ -164,8 +164,8 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from clusterkit.commands.envpack_view import PhaseLines
     from clusterkit.envpack.push import PushOptions, push_env
+    from clusterkit.ui.envpush import PhaseLines
 
     archive, manifest = _load(args)
     target = target_from_args(args)
