@@ -17,8 +17,8 @@ from rich.text import Text
 
 from clusterkit.cluster import Nodes
 from clusterkit.core.findings import Finding
-from clusterkit.core.saved_run import SavedRun, figures_from_bench
 from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.saved_run import SavedRun, figures_from_bench
 from clusterkit.errors import ExitCode
 from clusterkit.node.facts import Maybe, NodeFacts
 from clusterkit.ui.progress import NodeProgress
