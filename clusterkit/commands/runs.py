@@ -25,16 +25,21 @@ def _share(text: str) -> float:
     return value
 
 
+def add_save_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", metavar="NAME", help="save this run under NAME (e.g. good) in the history")
+    parser.add_argument("--no-save-run", action="store_true",
+                        help="do not keep this run in the history (~/.clusterkit/runs)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compare``, ``--noise`` and the saving flags."""
+    add_save_arguments(parser)
     parser.add_argument("--compare", nargs="?", const="", default=None, metavar="RUN",
                         help="report what changed since a saved run, per node: a name (good), an id from "
                              "`clusterkit history list`, or a file; default the run named good, else the last")
     parser.add_argument("--noise", type=_share, default=DEFAULT_TOLERANCE, metavar="SHARE",
                         help="with --compare: a figure fell when it is lower by more than this share "
                              f"(default {DEFAULT_TOLERANCE:g}, set from the run-to-run noise measured)")
-    parser.add_argument("--name", metavar="NAME", help="save this run under NAME (e.g. good) in the history")
-    parser.add_argument("--no-save-run", action="store_true",
-                        help="do not keep this run in the history (~/.clusterkit/runs)")
 
 
 def compare_and_save(args: argparse.Namespace, run: SavedRun, console: Console) -> list[Finding]:
@@ -44,7 +49,7 @@ def compare_and_save(args: argparse.Namespace, run: SavedRun, console: Console) 
         raise UsageError("--name saves the run: it cannot go with --no-save-run")
     history = History()
     findings: list[Finding] = []
-    if args.compare is not None:
+    if getattr(args, "compare", None) is not None:
         reference, against = history.reference(args.compare or None, run.label)
         findings = comparison_findings(compare_runs(reference, run, args.noise), against)
         changed = [f for f in findings if f.outcome.value == "fail"]
