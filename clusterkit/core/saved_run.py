@@ -18,6 +18,7 @@ from typing import Any
 from clusterkit import __version__
 from clusterkit.core.facts_codec import FactsDecodeError, from_jsonable
 from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.core.findings_report import JSON_SCHEMA as DOCTOR_SCHEMA
 from clusterkit.core.findings_report import finding_to_json
 from clusterkit.core.hostlist import compress
 from clusterkit.node.facts import Maybe, NodeFacts, Unavailable, to_jsonable
@@ -72,7 +73,12 @@ def run_to_json(run: SavedRun) -> dict[str, Any]:
 
 
 def run_from_json(data: Any) -> SavedRun:
-    """Rebuild a saved run, checking its schema and types; :class:`SavedRunError` says what is wrong."""
+    """Rebuild a saved run, checking its schema and types; :class:`SavedRunError` says what is wrong.
+
+    ``doctor --json`` documents with their facts (``clusterkit.doctor/v1``) read as doctor runs too.
+    """
+    if isinstance(data, dict) and data.get("schema") == DOCTOR_SCHEMA and "facts" in data:
+        data = {**data, "schema": SCHEMA, "kind": "doctor", "workload": ""}
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise SavedRunError(f"not a saved run (schema {found!r}, expected {SCHEMA!r})")

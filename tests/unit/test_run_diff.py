@@ -217,3 +217,13 @@ def test_a_node_without_facts_in_one_run_is_said_not_compared() -> None:
     found = changes(good, now)
     assert [(f.check_id, f.host, f.message) for f in found] == [
         ("hosts-changed", "node3", "not compared: no facts in the new run")]
+
+
+def test_a_doctor_json_document_with_its_facts_reads_as_a_doctor_run() -> None:
+    from clusterkit.core.findings_report import DoctorReport, report_to_json
+
+    nodes = three_h100s()
+    doc = report_to_json(DoctorReport(hosts=list(nodes), facts=nodes, findings=[]))
+    run = run_from_json(doc)
+    assert (run.kind, run.hosts) == ("doctor", ["node1", "node2", "node3"])
+    assert changes(run, doctor_run(three_h100s())) == []
