@@ -36,7 +36,7 @@ from clusterkit.commands.bench_common import (
 from clusterkit.commands.bench_inputs import check_bench_arguments
 from clusterkit.commands.common import add_ssh_arguments, interpreter_path
 from clusterkit.commands.flags import opened, target_from_args
-from clusterkit.commands.runs import add_run_arguments, compare_and_save
+from clusterkit.commands.runs import add_run_arguments, check_run_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.errors import UsageError
 from clusterkit.workloads.session import WorkloadContext
@@ -100,6 +100,7 @@ def _on_nodes(run: BenchRun) -> Callable[[argparse.Namespace], int]:
 
     def wrapped(args: argparse.Namespace) -> int:
         check_bench_arguments(args)
+        check_run_arguments(args)
         with opened(target_from_args(args, slots_here=args.slots)) as nodes:
             return run(args, nodes)
 

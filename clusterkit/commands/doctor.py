@@ -29,7 +29,7 @@ from clusterkit.commands.common import (
     interpreter_path,
 )
 from clusterkit.commands.flags import opened, target_from_args
-from clusterkit.commands.runs import add_run_arguments, compare_and_save
+from clusterkit.commands.runs import add_run_arguments, check_run_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.core.saved_run import SavedRun
 from clusterkit.doctor import doctor_cluster, doctor_here
@@ -88,6 +88,7 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_arguments(args)
     specs = _selected(args)
     wanted = chosen_workloads(args.workloads)
     err = Console(stderr=True)

@@ -42,11 +42,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_TOLERANCE:g}, set from the run-to-run noise measured)")
 
 
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """The saving flags agree, before anything runs."""
+    if getattr(args, "no_save_run", False) and getattr(args, "name", None):
+        raise UsageError("--name saves the run: it cannot go with --no-save-run")
+
+
 def compare_and_save(args: argparse.Namespace, run: SavedRun, console: Console) -> list[Finding]:
     """With ``--compare``, the findings of what changed since the saved run; then the run saved (unless
     ``--no-save-run``). The reference is read before this run is saved: "the last run" is the one before."""
-    if args.no_save_run and args.name:
-        raise UsageError("--name saves the run: it cannot go with --no-save-run")
+    check_run_arguments(args)
     history = History()
     findings: list[Finding] = []
     if getattr(args, "compare", None) is not None:

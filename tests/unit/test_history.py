@@ -99,3 +99,9 @@ def test_history_list_mark_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "show", "good", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "doctor"
     assert main(["history", "show", "nosuchrun"]) == 2
+
+
+def test_a_run_both_named_and_not_saved_is_refused_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--name", "good", "--no-save-run"]) == 2
+    assert "--name saves the run" in capsys.readouterr().err
+    assert main(["bench", "find-slow", "/nonexistent/hostfile", "--name", "good", "--no-save-run"]) == 2
