@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "estimate",
     "launch",
     "bench",
+    "history",
     "agent",
     "slurm",
     "monitor",

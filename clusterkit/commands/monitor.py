@@ -26,6 +26,8 @@ from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.errors import ExitCode, UsageError
+from clusterkit.history import History
+from clusterkit.monitor.baseline import baseline_from_run
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import (
     LiveSource,
@@ -73,6 +75,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--log", metavar="FILE",
                         help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
                              "step time from DeepSpeed's progress lines (recorded with --record)")
+    parser.add_argument("--baseline", nargs="?", const="", default=None, metavar="RUN",
+                        help="flag GPUs whose live figures fall outside a saved doctor run (throttling they did "
+                             "not have, a lower max clock or power limit, a clock under load below their peers' "
+                             "then): the run named good (else the last), or a name, id or file")
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
@@ -187,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--json prints one round for scripts: use it with --once")
     with ExitStack() as stack:  # holds an allocation made for this run until the view or round is done
         source, where = build_source(args, thresholds, stack)
+        if args.baseline is not None:
+            source.state.baseline = baseline_from_run(*History().reference(args.baseline or None, "doctor"))
         if not args.once:
             from clusterkit.ui.tui.app import MonitorApp
 

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from clusterkit.errors import UsageError
+from clusterkit.monitor.baseline import deviations
 from clusterkit.monitor.state import ClusterState
 from clusterkit.monitor.views import NodeSummary, RankRow, Straggler
 
@@ -116,4 +117,16 @@ def all_alerts(summaries: list[NodeSummary], ranks: list[RankRow], stragglers: l
         elif row.status == "stalled":
             alerts.append(Alert("warn", row.host, row.gpu, f"rank {row.rank} (pid {row.pid}) stalled: no CPU "
                                                            f"for {t.stall_after_s:.0f}s+"))
+    return alerts + baseline_alerts(state)
+
+
+def baseline_alerts(state: ClusterState) -> list[Alert]:
+    """GPUs whose live sample is outside what the saved run of ``monitor --baseline`` recorded for them."""
+    if state.baseline is None:
+        return []
+    alerts = []
+    with state.lock:
+        for host, view in state.nodes.items():
+            if view.last is not None:
+                alerts += [Alert("warn", host, gpu, text) for gpu, text in deviations(state.baseline, host, view.last)]
     return alerts
