@@ -45,9 +45,17 @@ def changes(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def test_doctor_names_each_change_on_the_node_that_has_it(bootstrapped: Cluster, training_python: str) -> None:
     _, node2, node3 = bootstrapped.nodes
-    doctor(bootstrapped, training_python, "--name good")
-    assert changes(doctor(bootstrapped, training_python, "--compare")) == []
-    assert changes(doctor(bootstrapped, training_python, "--compare --no-save-run")) == []
+    node3.run("ip link add ckdummy0 type dummy && ip link set ckdummy0 up", user="root", check=True)
+    try:
+        doctor(bootstrapped, training_python, "--name good")
+        assert changes(doctor(bootstrapped, training_python, "--compare")) == []
+        assert changes(doctor(bootstrapped, training_python, "--compare --no-save-run")) == []
+
+        node3.run("ip link set ckdummy0 down", user="root", check=True)  # an interface taken down
+        doc = doctor(bootstrapped, training_python, "--compare good --no-save-run")
+    finally:
+        node3.run("ip link del ckdummy0", user="root")
+    assert changes(doc) == [("changed-hardware", "node3", "NIC ckdummy0 state")], changes(doc)
 
     original = node2.run(f"cat {DSENV}").stdout
     key = next((line.partition("=")[0] for line in original.splitlines() if "=" in line), "NCCL_DEBUG")
