@@ -1,0 +1,65 @@
+"""The flight recorder on a real gloo job on this machine: torch 2.13 records gloo collectives, the rank
+hook dumps them on request while the ranks hang, and the reader names the collective and the rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterkit.cluster.local import LocalNodes
+from clusterkit.core.flightrec import DESYNC_ID
+from clusterkit.hang.flightrec import install_hook, read_flight_records
+from tests.unit.test_cluster_nodes import here
+
+pytest.importorskip("torch")
+JOB = Path(__file__).resolve().parents[1] / "fixtures" / "flightrec" / "desync_job.py"
+pytestmark = pytest.mark.slow
+
+
+def start_job(directory: Path, nprocs: int, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": f"{directory}:{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}",
+                             "--standalone", str(JOB), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(job: subprocess.Popen[str], word: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    assert job.stdout is not None
+    while time.monotonic() < deadline:
+        line = job.stdout.readline()
+        if word in line:
+            return
+        if not line and job.poll() is not None:
+            break
+    raise AssertionError(f"the job never printed {word!r}")
+
+
+def test_a_rank_that_skips_an_all_reduce_is_named_with_the_collective_it_never_reached(tmp_path: Path) -> None:
+    nodes: LocalNodes = here()
+    directory = tmp_path / "flightrec"
+    assert all(r.ok and r.value and r.value.ok for r in install_hook(nodes, str(directory), 10).values())
+    job = start_job(directory, 3, "--steps", "5", "--skip-rank", "1", "--skip-step", "2", "--hold", "60")
+    try:
+        wait_for(job, "holding", 60)
+        report = read_flight_records(nodes, str(directory), timeout_s=20)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert sorted(t.rank for t in report.traces) == [0, 1, 2]
+    assert not report.stale and not report.unreachable
+    found = report.disagreement
+    assert found is not None
+    assert (found.seq, found.expected.op, found.expected.input_sizes) == (5, "gloo:all_reduce", ((1000,),))
+    assert found.missing == [1] and found.variants[0][1] == [0, 2]
+    assert found.last_of_missing[1] is not None and found.last_of_missing[1].seq == 4
+    finding = report.findings()[0]
+    assert finding.check_id == DESYNC_ID
+    assert "never by rank(s) 1" in finding.message and "#5" in finding.message
