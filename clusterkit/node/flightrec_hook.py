@@ -12,13 +12,15 @@ only once the job has imported it).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PREFIX = os.path.join(HERE, "rank_")
-REQUEST = os.path.join(HERE, "dump-request")
+HERE = Path(__file__).resolve().parent
+PREFIX = str(HERE / "rank_")
+REQUEST = HERE / "dump-request"
 #: Replaced by ``clusterkit launch`` when it writes this file (entries each rank keeps).
 BUFFER_SIZE = "2000"
 POLL_S = 1.0
@@ -46,20 +48,19 @@ def dump(rank: str) -> bool:
         return False
     try:
         from torch._C import _distributed_c10d as c10d
-        data = c10d._dump_fr_trace(True, False, False)
+        data: bytes = c10d._dump_fr_trace(True, False, False)  # type: ignore[attr-defined]
     except Exception:
         return False
-    path = os.environ.get("TORCH_FR_DUMP_TEMP_FILE", PREFIX) + rank
-    partial = f"{path}.partial"
-    with open(partial, "wb") as out:
-        out.write(data)
-    os.replace(partial, path)
+    path = Path(os.environ.get("TORCH_FR_DUMP_TEMP_FILE", PREFIX) + rank)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
     return True
 
 
-def _mtime(path: str) -> float:
+def _mtime(path: Path) -> float:
     try:
-        return os.stat(path).st_mtime
+        return path.stat().st_mtime
     except OSError:
         return 0.0
 
@@ -74,10 +75,8 @@ def _watch(rank: str) -> None:
 
 
 def _at_exit(rank: str) -> None:
-    try:
+    with contextlib.suppress(Exception):
         dump(rank)
-    except Exception:
-        pass
 
 
 def _chain() -> None:
@@ -85,9 +84,9 @@ def _chain() -> None:
     import importlib.machinery
     import importlib.util
 
-    others = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    others = [p for p in sys.path if Path(p or ".").resolve() != HERE]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
-    if spec is None or spec.loader is None or spec.origin == os.path.abspath(__file__):
+    if spec is None or spec.loader is None or spec.origin == str(Path(__file__).resolve()):
         return
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -55,7 +55,7 @@ def test_ranks_that_agree_on_every_collective_have_no_disagreement() -> None:
 
 
 def test_a_rank_calling_another_op_at_the_same_number_is_a_disagreement_with_both_variants() -> None:
-    odd = reduces(1, 2) + [(3, "gloo:broadcast", [[1000]])]
+    odd = [*reduces(1, 2), (3, "gloo:broadcast", [[1000]])]
     found = first_disagreement([trace(0, reduces(1, 2, 3)), trace(1, odd), trace(2, reduces(1, 2, 3))])
     assert found is not None and found.seq == 3 and not found.missing
     assert [(c.op, ranks) for c, ranks in found.variants] == [("gloo:all_reduce", [0, 2]), ("gloo:broadcast", [1])]

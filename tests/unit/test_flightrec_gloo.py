@@ -63,3 +63,14 @@ def test_a_rank_that_skips_an_all_reduce_is_named_with_the_collective_it_never_r
     finding = report.findings()[0]
     assert finding.check_id == DESYNC_ID
     assert "never by rank(s) 1" in finding.message and "#5" in finding.message
+
+
+def test_the_hook_still_runs_the_sitecustomize_it_hides(tmp_path: Path) -> None:
+    hook, other = tmp_path / "hook", tmp_path / "other"
+    install_hook(here(), str(hook), 10)
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nprint('other ran', os.environ['TORCH_FR_BUFFER_SIZE'])\n")
+    env = {**os.environ, "PYTHONPATH": f"{hook}:{other}", "RANK": "0"}
+    env.pop("TORCH_FR_BUFFER_SIZE", None)
+    out = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "other ran 2000"
