@@ -180,3 +180,29 @@ def read_flight_records(nodes: Nodes, run_dir: str | None, timeout_s: float, *, 
         parse_reply(host, output.stdout, report, ask)
     report.traces.sort(key=lambda t: t.rank)
     return report
+
+
+@dataclass(frozen=True)
+class RecorderSetup:
+    """The flight recorder prepared for one launch: where its dumps go, what the ranks get, who lacks it."""
+
+    job_id: str
+    directory: str
+    #: Variables for :class:`~clusterkit.cluster.LaunchStyle`'s ``exports`` (the hook first on PYTHONPATH).
+    exports: dict[str, str]
+    #: Nodes the hook could not be written to: why.
+    failed: dict[str, str]
+
+
+def prepare_recorder(nodes: Nodes, cwd: str, pythonpath: str | None, timeout_s: float, *,
+                     entries: int = DEFAULT_BUFFER_SIZE, job_id: str | None = None) -> RecorderSetup:
+    """Install the rank hook for a new job on every node and say what the ranks' environment needs."""
+    job = job_id or new_job_id()
+    directory = job_flightrec_dir(job)
+    failed = {}
+    for host, result in install_hook(nodes, directory, timeout_s, entries).items():
+        if not result.ok or result.value is None:
+            failed[host] = result.error or "no answer"
+        elif not result.value.ok:
+            failed[host] = result.value.tail(1)
+    return RecorderSetup(job, directory, {"PYTHONPATH": hook_pythonpath(directory, cwd, pythonpath)}, failed)

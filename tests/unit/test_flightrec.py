@@ -13,7 +13,7 @@ import pytest
 
 from clusterkit.cluster import CommandOutput
 from clusterkit.core.flightrec import DumpError, RankTrace, first_disagreement, flightrec_env, load_dump
-from clusterkit.hang.flightrec import hook_source, read_flight_records
+from clusterkit.hang.flightrec import hook_source, prepare_recorder, read_flight_records
 from tests.fake_nodes import FakeNodes, hosts_named
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "flightrec" / "gloo-desync"
@@ -123,3 +123,15 @@ def test_a_rank_whose_dump_is_older_than_the_request_is_named_unresponsive() -> 
     report = read_flight_records(nodes, None, timeout_s=5, wait_s=0)
     assert report.stale == {0: "node1"}
     assert any(f.check_id == "rank-unresponsive" and "rank 0 on node1" in f.message for f in report.findings())
+
+
+def test_a_launch_puts_the_hook_after_the_launch_directory_and_names_nodes_it_could_not_reach() -> None:
+    nodes = FakeNodes(hosts_named("node1", "node2"), timeouts={"node2"})
+    setup = prepare_recorder(nodes, "/work/job", "/opt/lib", timeout_s=5, entries=64, job_id="j1")
+    assert setup.directory == "/tmp/clusterkit-runs/j1/flightrec"
+    assert setup.exports == {"PYTHONPATH": "/work/job:/tmp/clusterkit-runs/j1/flightrec:/opt/lib"}
+    assert list(setup.failed) == ["node2"]
+    written = nodes.calls[0].detail
+    assert "/tmp/clusterkit-runs/j1/flightrec/sitecustomize.py" in written
+    payload = written.split("printf %s ")[1].split(" ")[0]
+    assert 'BUFFER_SIZE = "64"' in base64.b64decode(payload).decode()
