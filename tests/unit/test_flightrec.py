@@ -135,3 +135,13 @@ def test_a_launch_puts_the_hook_after_the_launch_directory_and_names_nodes_it_co
     assert "/tmp/clusterkit-runs/j1/flightrec/sitecustomize.py" in written
     payload = written.split("printf %s ")[1].split(" ")[0]
     assert 'BUFFER_SIZE = "64"' in base64.b64decode(payload).decode()
+
+
+@pytest.mark.parametrize("flags", [["--job", "a/b"], ["--dir", "relative/dir"]])
+def test_a_job_id_that_is_a_path_or_a_relative_dir_is_a_usage_error(flags: list[str]) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "clusterkit", "flightrec", *flags], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
