@@ -61,8 +61,14 @@ def install_hook(nodes: Nodes, directory: str, timeout_s: float, buffer_size: in
                  ) -> GroupResult[CommandOutput]:
     """Write the rank hook as ``directory/sitecustomize.py`` on every node (one command each)."""
     payload = base64.b64encode(hook_source(buffer_size).encode()).decode()
-    where = shlex.quote(directory)
-    command = (f"mkdir -p {where} && printf %s {payload} | base64 -d > {where}/sitecustomize.py.partial && "
+    where, parent = shlex.quote(directory), shlex.quote(directory.rstrip("/").rsplit("/", 2)[0])
+    # The root is shared by every user (sticky, as /tmp); the job's directories must be this user's alone,
+    # or anyone who made them first could replace the hook the ranks import.
+    command = (f"mkdir -p -m 1777 {parent} 2>/dev/null; mkdir -p -m 700 {where} && "
+               f"for d in {where} $(dirname {where}); do if [ ! -O \"$d\" ] || "
+               f"[ -n \"$(find \"$d\" -maxdepth 0 -perm /022)\" ]; then "
+               f"echo \"$d belongs to another user or others may write it\" >&2; exit 3; fi; done && "
+               f"printf %s {payload} | base64 -d > {where}/sitecustomize.py.partial && "
                f"mv {where}/sitecustomize.py.partial {where}/sitecustomize.py")
     return nodes.run(command, timeout_s)
 
@@ -119,8 +125,9 @@ class FlightReport:
 
 def read_command(run_dir: str | None, ask: bool, wait_s: float = ANSWER_WAIT_S) -> str:
     """The shell command each node runs: find the directory, ask for dumps, print each as base64."""
-    if run_dir is None:
-        find = f"d=$(ls -1dt {RUNS_ROOT}/*/{FLIGHTREC_SUBDIR} 2>/dev/null | head -n 1)"
+    if run_dir is None:  # this user's newest job
+        find = (f"d=; for c in $(ls -1dt {RUNS_ROOT}/*/{FLIGHTREC_SUBDIR} 2>/dev/null); do "
+                'if [ -O "$c" ]; then d=$c; break; fi; done')
     elif "/" in run_dir:
         find = f"d={shlex.quote(run_dir.rstrip('/'))}"
         find += f"; [ -d \"$d/{FLIGHTREC_SUBDIR}\" ] && d=\"$d/{FLIGHTREC_SUBDIR}\""

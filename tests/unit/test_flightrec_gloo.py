@@ -74,3 +74,14 @@ def test_the_hook_still_runs_the_sitecustomize_it_hides(tmp_path: Path) -> None:
     env.pop("TORCH_FR_BUFFER_SIZE", None)
     out = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "other ran 2000"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_the_hook_is_not_written_into_a_job_directory_another_user_made_first(tmp_path: Path) -> None:
+    planted = tmp_path / "runs" / "job1"
+    (planted / "flightrec").mkdir(parents=True)
+    os.chown(planted, 65534, 65534)
+    result = install_hook(here(), str(planted / "flightrec"), 10)
+    output = next(iter(result.values())).value
+    assert output is not None and output.exit_code != 0 and "belongs to another user" in output.stderr
+    assert not (planted / "flightrec" / "sitecustomize.py").exists()
