@@ -160,6 +160,8 @@ def parse_reply(host: str, stdout: str, report: FlightReport, ask: bool) -> None
         if not rank_text.isdigit():
             continue
         rank = int(rank_text)
+        if any(t.rank == rank for t in report.traces):  # a /tmp shared by several nodes shows each dump to all
+            continue
         payload = lines[index + 1] if index + 1 < len(lines) else ""
         try:
             report.traces.append(load_dump(base64.b64decode(payload), rank, host))
