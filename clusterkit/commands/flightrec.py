@@ -20,7 +20,7 @@ from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.core.findings import Outcome
-from clusterkit.core.flightrec import RUNS_ROOT
+from clusterkit.core.flightrec import RUNS_ROOT, Collective
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.hang.flightrec import FlightReport, read_flight_records
 
@@ -88,8 +88,8 @@ def report_json(report: FlightReport) -> dict[str, Any]:
     }
 
 
-def _last_per_group(collectives: list[Any]) -> list[Any]:
-    last: dict[str, Any] = {}
+def _last_per_group(collectives: list[Collective]) -> list[Collective]:
+    last: dict[str, Collective] = {}
     for call in collectives:
         if call.group not in last or call.seq > last[call.group].seq:
             last[call.group] = call

@@ -7,6 +7,7 @@ Written once against :class:`~clusterkit.cluster.Nodes`: one shell command per n
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -40,8 +41,6 @@ _FILE_MARK = "@@clusterkit-fr "
 
 def new_job_id(now: float | None = None) -> str:
     """A job id that sorts by time: ``20261204-181502-3f9a``."""
-    import os
-
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
     return f"{stamp}-{os.urandom(2).hex()}"
 

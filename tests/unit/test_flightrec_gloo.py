@@ -3,6 +3,7 @@ hook dumps them on request while the ranks hang, and the reader names the collec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit.cluster.local import LocalNodes
-from clusterkit.core.flightrec import DESYNC_ID
+from clusterkit.core.flightrec import DESYNC_ID, flightrec_env
 from clusterkit.hang.flightrec import install_hook, read_flight_records
 from tests.unit.test_cluster_nodes import here
 
@@ -65,15 +66,20 @@ def test_a_rank_that_skips_an_all_reduce_is_named_with_the_collective_it_never_r
     assert "never by rank(s) 1" in finding.message and "#5" in finding.message
 
 
-def test_the_hook_still_runs_the_sitecustomize_it_hides(tmp_path: Path) -> None:
+def test_the_hook_sets_the_recorder_environment_in_a_rank_and_runs_the_sitecustomize_it_hides(
+        tmp_path: Path) -> None:
     hook, other = tmp_path / "hook", tmp_path / "other"
     install_hook(here(), str(hook), 10)
     other.mkdir()
-    (other / "sitecustomize.py").write_text("import os\nprint('other ran', os.environ['TORCH_FR_BUFFER_SIZE'])\n")
-    env = {**os.environ, "PYTHONPATH": f"{hook}:{other}", "RANK": "0"}
-    env.pop("TORCH_FR_BUFFER_SIZE", None)
-    out = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == "other ran 2000"
+    shows = "import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() if 'TORCH' in k}))\n"
+    (other / "sitecustomize.py").write_text(shows)
+    env = {k: v for k, v in os.environ.items() if "TORCH" not in k}
+    out = subprocess.run([sys.executable, "-c", "pass"], env={**env, "PYTHONPATH": f"{hook}:{other}", "RANK": "0"},
+                         capture_output=True, text=True, timeout=30)
+    assert json.loads(out.stdout) == flightrec_env(str(hook))
+    not_a_rank = subprocess.run([sys.executable, "-c", "pass"], env={**env, "PYTHONPATH": f"{hook}:{other}"},
+                                capture_output=True, text=True, timeout=30)
+    assert json.loads(not_a_rank.stdout) == {}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
