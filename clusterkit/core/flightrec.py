@@ -151,6 +151,8 @@ class Disagreement:
     #: Where each of the missing ranks stopped: rank -> its last collective (None: it recorded none).
     last_of_missing: dict[int, Collective | None]
     hosts: dict[int, str] = field(default_factory=dict)
+    #: Members of the group that gave no dump (not judged).
+    unheard: list[int] = field(default_factory=list)
 
     @property
     def expected(self) -> Collective:
@@ -166,6 +168,8 @@ class Disagreement:
         if len(self.variants) > 1:
             seen = "; ".join(f"rank(s) {_ranks_text(ranks)} called {c.describe()}" for c, ranks in self.variants)
             parts.append(f"ranks disagree: {seen}")
+        if self.unheard:
+            parts.append(f"rank(s) {_ranks_text(self.unheard)} gave no dump")
         return f"{head}: " + "; ".join(parts)
 
     def _ranks_where(self, ranks: Sequence[int]) -> str:
@@ -186,11 +190,12 @@ def _ranks_text(ranks: Sequence[int]) -> str:
 
 def first_disagreement(traces: Sequence[RankTrace], world: Sequence[int] | None = None) -> Disagreement | None:
     """The earliest collective (lowest sequence number, in the group where it is lowest) that some member
-    rank never reached or recorded with another op or other sizes; None when every rank agrees.
+    rank with a dump never reached, or recorded with another op or other sizes; None when they all agree.
 
-    A rank counts for a group when the group's ``pg_config`` lists it (or, with no config, when it recorded
-    the group); ``world`` adds ranks that gave no dump at all. Sequence numbers a rank's ring buffer no
-    longer holds are not judged.
+    A group's members are those its ``pg_config`` lists; torch 2.13's gloo dumps key the default group's
+    config by ``""`` while its entries name it ``"0"``, so the default group's members are every rank
+    with a dump, those of the largest group a dump lists, and ``world``. Members with no dump are not
+    judged (they are named as ``unheard``), nor are sequence numbers a rank's ring buffer no longer holds.
     """
     by_rank = {t.rank: t for t in traces}
     hosts = {t.rank: t.host for t in traces}
@@ -198,16 +203,15 @@ def first_disagreement(traces: Sequence[RankTrace], world: Sequence[int] | None 
     for group in sorted({c.group for t in traces for c in t.collectives}):
         members = _members(group, traces, world)
         recorded = {r: by_rank[r].in_group(group) for r in members if r in by_rank}
-        if not recorded:
-            continue
+        unheard = [r for r in members if r not in by_rank]
         lowest = max((min(seqs) for seqs in recorded.values() if seqs), default=0)
         highest = max((max(seqs) for seqs in recorded.values() if seqs), default=0)
         for seq in range(lowest, highest + 1):
             variants: dict[tuple[Any, ...], list[int]] = {}
             examples: dict[tuple[Any, ...], Collective] = {}
             missing = []
-            for rank in members:
-                call = recorded.get(rank, {}).get(seq)
+            for rank, calls in recorded.items():
+                call = calls.get(seq)
                 if call is None:
                     missing.append(rank)
                     continue
@@ -215,21 +219,27 @@ def first_disagreement(traces: Sequence[RankTrace], world: Sequence[int] | None 
                 examples[call.signature] = call
             if missing or len(variants) > 1:
                 ordered = sorted(variants.items(), key=lambda item: (-len(item[1]), item[1]))
-                last = {r: _last_before(recorded.get(r, {}), seq) for r in missing}
+                last = {r: _last_before(recorded[r], seq) for r in missing}
                 found.append(Disagreement(group, seq, [(examples[k], ranks) for k, ranks in ordered],
-                                          missing, last, hosts))
+                                          missing, last, hosts, unheard))
                 break
     if not found:
         return None
     return min(found, key=lambda d: (d.seq, d.group))
 
 
+#: The name torch gives the default (world) process group in a dump's entries.
+DEFAULT_GROUP = "0"
+
+
 def _members(group: str, traces: Sequence[RankTrace], world: Sequence[int] | None) -> list[int]:
     configured = next((t.groups[group] for t in traces if t.groups.get(group)), None)
     if configured:
         return sorted(configured)
-    ranks = {t.rank for t in traces if any(c.group == group for c in t.collectives)}
-    return sorted(ranks | set(world or ()))
+    if group == DEFAULT_GROUP:  # every rank: those with a dump, and the largest group any dump lists
+        largest = max((ranks for t in traces for ranks in t.groups.values()), key=len, default=[])
+        return sorted({t.rank for t in traces} | set(world or ()) | set(largest))
+    return sorted({t.rank for t in traces if any(c.group == group for c in t.collectives)})
 
 
 def _last_before(calls: Mapping[int, Collective], seq: int) -> Collective | None:

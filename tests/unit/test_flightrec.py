@@ -68,9 +68,26 @@ def test_a_rank_reducing_a_tensor_of_another_shape_is_a_disagreement() -> None:
     assert found.variants[1][0].input_sizes == ((999,),) and found.variants[1][1] == [1]
 
 
-def test_a_member_rank_with_no_dump_at_all_never_reached_anything() -> None:
-    found = first_disagreement([trace(0, reduces(1, 2)), trace(1, reduces(1, 2))])
-    assert found is not None and found.seq == 1 and found.missing == [2]
+def test_a_member_rank_with_no_dump_is_named_unheard_not_judged() -> None:
+    assert first_disagreement([trace(0, reduces(1, 2)), trace(1, reduces(1, 2))]) is None
+    found = first_disagreement([trace(0, reduces(1, 2, 3)), trace(1, reduces(1, 2))])
+    assert found is not None and (found.seq, found.missing, found.unheard) == (3, [1], [2])
+    assert "rank(s) 2 gave no dump" in found.describe()
+
+
+def test_a_rank_with_a_dump_but_no_collective_yet_never_reached_the_first() -> None:
+    # the recorded gloo dumps key the default group's config by "" while entries call it "0"
+    empty = load_dump(pickle.dumps({**pickle.loads((RECORDED / "rank_1").read_bytes()), "entries": []}), 1)
+    found = first_disagreement([recorded(0), empty, recorded(2)])
+    assert found is not None and (found.seq, found.missing) == (1, [1])
+
+
+def test_the_world_the_dumps_list_names_a_rank_whose_node_gave_none() -> None:
+    # node2 (rank 1) did not answer; rank 2's buffer was cut short, so rank 0 is alone in #5
+    cut = load_dump(pickle.dumps({**pickle.loads((RECORDED / "rank_2").read_bytes()),
+                                  "entries": pickle.loads((RECORDED / "rank_2").read_bytes())["entries"][:4]}), 2)
+    found = first_disagreement([recorded(0), cut])
+    assert found is not None and (found.seq, found.missing, found.unheard) == (5, [2], [1])
 
 
 def test_collectives_a_rank_buffer_no_longer_holds_are_not_judged() -> None:
