@@ -118,8 +118,9 @@ def test_a_rank_that_skips_an_all_reduce_is_named_by_the_flight_recorder_across_
                         f"~/hostfile --python {training_python} --connect-timeout 3 -- {DESYNC} --hold 25 "
                         "> ~/flightrec-launch.log 2>&1 & echo $!", check=True)
     try:
-        node1.run("for i in $(seq 900); do grep -q holding ~/flightrec-launch.log && exit 0; sleep 0.1; done; "
-                  "tail -30 ~/flightrec-launch.log; exit 1", timeout=120, check=True)
+        node1.run(f"for i in $(seq 900); do grep -q holding ~/flightrec-launch.log && exit 0; "
+                  f"kill -0 {started.stdout.strip()} || break; sleep 0.1; done; tail -30 ~/flightrec-launch.log; "
+                  "exit 1", timeout=120, check=True)
         read = clusterkit(node1, "flightrec ~/hostfile --connect-timeout 3 --json", timeout=60)
         assert read.rc == 1, read.stderr[-3000:]  # a desync found
         doc = json.loads(read.stdout)
