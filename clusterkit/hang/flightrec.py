@@ -106,8 +106,8 @@ class FlightReport:
         for rank, host in sorted(self.stale.items()):
             found.append(Finding("rank-unresponsive", Severity.ERROR, Outcome.FAIL, host, f"rank {rank}",
                                  f"rank {rank} on {host} did not write a fresh flight-recorder dump when asked "
-                                 "(its hook polls once a second): the process is stopped, frozen, or never "
-                                 "initialised torch.distributed",
+                                 "(its hook polls once a second): the process is stopped, frozen, gone, or never "
+                                 "initialised torch.distributed; its last dump is the one compared",
                                  "a rank that does not run blocks every collective of the others",
                                  f"look at the process on {host} (ps -o stat: T is stopped, D is stuck in the "
                                  "kernel); drain the node if it is frozen"))
