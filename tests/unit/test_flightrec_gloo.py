@@ -91,3 +91,34 @@ def test_the_hook_is_not_written_into_a_job_directory_another_user_made_first(tm
     output = next(iter(result.values())).value
     assert output is not None and output.exit_code != 0 and "belongs to another user" in output.stderr
     assert not (planted / "flightrec" / "sitecustomize.py").exists()
+
+
+def rank_pids(job: subprocess.Popen[str]) -> dict[int, int]:
+    """The job's ranks (torch.distributed.run's children) by their RANK."""
+    children = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+    ranks = {}
+    for pid in children:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next(v.split(b"=", 1)[1] for v in env if v.startswith(b"RANK="))
+        ranks[int(rank)] = int(pid)
+    return ranks
+
+
+def test_a_stopped_rank_does_not_answer_the_dump_request_and_is_named(tmp_path: Path) -> None:
+    nodes = here()
+    directory = tmp_path / "flightrec"
+    install_hook(nodes, str(directory), 10)
+    job = start_job(directory, 2, "--steps", "3", "--skip-rank", "1", "--skip-step", "1", "--hold", "60")
+    try:
+        wait_for(job, "holding", 60)
+        read_flight_records(nodes, str(directory), timeout_s=20, wait_s=1.5)  # both dumps there once
+        stopped = rank_pids(job)[0]
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(1.1)  # the next request is in a later second than the dumps
+        report = read_flight_records(nodes, str(directory), timeout_s=20)
+        os.kill(stopped, signal.SIGCONT)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert list(report.stale) == [0]
+    assert any(f.check_id == "rank-unresponsive" and f.where == "rank 0" for f in report.findings())
