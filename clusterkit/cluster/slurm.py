@@ -303,7 +303,9 @@ class SlurmNodes(NodesBase):
         plan = replace(plan, master_addr=plan.master_addr or first_address(chosen[0].name),
                        master_port=DEFAULT_MASTER_PORT if plan.master_port is None else plan.master_port)
         if plan.launcher == DEEPSPEED_SLURM_LAUNCHER:
-            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style), while_open=self.alloc.owned)
+            # DeepSpeed's runner exports this environment's PYTHON* variables to every rank (srun --export=ALL).
+            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style), env=dict(style.exports),
+                              while_open=self.alloc.owned)
         cwd = style.cwd or str(Path.cwd())
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
         cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),

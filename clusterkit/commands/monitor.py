@@ -38,7 +38,7 @@ from clusterkit.monitor.sources import (
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
 from clusterkit.node.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
-from clusterkit.ui.tui.thresholds import Thresholds, all_alerts
+from clusterkit.ui.tui.thresholds import Thresholds, all_alerts, job_stall
 
 JSON_SCHEMA_VERSION = 1
 
@@ -153,6 +153,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
     stragglers = find_stragglers(state, thresholds.stale_after_s, thresholds.straggler_ratio,
                                  thresholds.straggler_window)
     alerts = all_alerts(summaries, ranks, stragglers, state, thresholds)
+    stall = job_stall(state, ranks, thresholds)
     gpus = {h: [dataclasses.asdict(g) for g in (v.last.gpus if v.last else ())] for h, v in state.nodes.items()}
     return {"schema": JSON_SCHEMA_VERSION, "time": state.now, "live": source.live,
             "nodes": [dict(dataclasses.asdict(s), gpus=gpus[s.host]) for s in summaries],
@@ -160,6 +161,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
             "stragglers": [dataclasses.asdict(s) for s in stragglers],
             "alerts": [dataclasses.asdict(a) for a in alerts],
             "progress": state.progress.to_record() if state.progress else None,
+            "stall": stall.to_record() if stall else None,
             "notice": source.notice,
             "thresholds": dataclasses.asdict(thresholds)}
 
