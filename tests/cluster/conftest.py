@@ -12,12 +12,15 @@ Where no cluster can run (not root, no network namespaces, no sshd) the tests sk
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.cluster import pyenv
 from tests.cluster.harness import Cluster
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.system import ClusterUnavailable
@@ -29,10 +32,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
-    # The clone's pytest first: it needs the machine's run lock, which this session holds from its first
-    # cluster (the shared one lives until the package ends). The planted workload faults last: under a
-    # time budget (tests/conftest.py) they are what gives way.
-    items.sort(key=lambda item: (item.path.name != "test_any_clone.py", item.path.name == "test_workload_faults.py"))
+    # Tests that need no cluster first: meanwhile DeepSpeed's ops build on the core they leave idle
+    # (pytest_collection_finish). Then the clone's pytest: it needs the machine's run lock, which this
+    # session holds from its first cluster (the shared one lives until the package ends). The planted
+    # workload faults last: under a time budget (tests/conftest.py) they are what gives way.
+    items.sort(key=lambda item: (_HERE in item.path.parents, item.path.name != "test_any_clone.py",
+                                 item.path.name == "test_workload_faults.py"))
+
+
+_OPS_BUILDER = pytest.StashKey[subprocess.Popen[bytes] | None]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Ops missing from the machine's cache start building now, at the lowest priority (pyenv.py)."""
+    if os.geteuid() == 0 and any(_HERE in item.path.parents for item in session.items):
+        session.config.stash[_OPS_BUILDER] = pyenv.build_ops_in_background(pyenv.OPTIMIZER_OPS)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    builder = session.config.stash.get(_OPS_BUILDER, None)
+    if builder is not None:
+        pyenv.stop_building(builder)
 
 
 def launch_or_skip(n: int, name_prefix: str = "node", *, shared_home: bool = False,

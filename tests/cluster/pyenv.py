@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.cluster.system import ROOT_PATH, USER_PATH, ClusterError
+from tests.cluster.system import ROOT_PATH, USER_PATH, ClusterError, child_pids, signal_pids
 
 if TYPE_CHECKING:
     from tests.cluster.harness import Cluster, Node
@@ -36,8 +37,9 @@ PTH_NAME = "clusterkit-test-shared-venv.pth"
 COMM_OPS = ("ShareMemCommBuilder",)
 #: What the ZeRO suite builds too: FusedAdam (stages without offload) and CPUAdam (with offload).
 OPTIMIZER_OPS = (*COMM_OPS, "FusedAdamBuilder", "CPUAdamBuilder")
-#: On the filesystem every node shares (not under a node's private /opt, /tmp, /home, /root).
-OPS_CACHE = Path("/var/cache/clusterkit-tests/torch-ops")
+#: On the filesystem every node shares (not under a node's private /opt, /tmp, /home, /root);
+#: ``CLUSTERKIT_TEST_OPS_CACHE`` names another, e.g. an empty one to time a run on a fresh machine.
+OPS_CACHE = Path(os.environ.get("CLUSTERKIT_TEST_OPS_CACHE", "/var/cache/clusterkit-tests/torch-ops"))
 PREBUILT_OPS_PTH = "clusterkit-test-torch-extensions.pth"
 
 
@@ -163,7 +165,7 @@ def _install_prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> No
     A copy per node, not the cache itself: torch takes a lock file in the op's directory at every
     load, and a rank killed while holding it must not hang every other node's ranks.
     """
-    built = prebuilt_ops(cluster, path, ops)
+    built = prebuilt_ops(ops)
     for node in cluster.nodes:
         extensions = node.host_path(f"{path}/torch_extensions")
         for op in built:
@@ -175,15 +177,15 @@ def _install_prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> No
             os.chown(owned, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 
-def prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> list[Path]:
+def prebuilt_ops(ops: Sequence[str]) -> list[Path]:
     """Each op's build directory in the machine's cache, built first where missing; the list in order.
 
     DeepSpeed JIT-builds its CPU ops (the shared-memory comm op in every process group, the optimizer
     ops for ZeRO) with ninja: half a minute to minutes per op on two cores. Each op is built once per
-    machine (so at most once per test session), on the first node of the cluster that first needs it,
-    by the env's interpreter with the env's bin/ first on PATH, as ranks run it; into its own
-    directory ``OPS_CACHE/<key>/<builder>`` on the filesystem every node shares. A file lock keeps
-    test sessions that need the same op at once from building it twice or reading a half-built one.
+    machine (so at most once per test session) into its own directory ``OPS_CACHE/<key>/<builder>``
+    on the filesystem every node shares. A file lock keeps test sessions that need the same op at once
+    (or this session and its background builder, see build_ops_in_background) from building it twice
+    or reading a half-built one.
     """
     cache = OPS_CACHE / prebuilt_ops_key()
     missing = [name for name in ops if not (cache / name).is_dir()]
@@ -192,18 +194,63 @@ def prebuilt_ops(cluster: Cluster, path: str, ops: Sequence[str]) -> list[Path]:
         with _locked(OPS_CACHE / ".lock"):
             for name in missing:
                 if not (cache / name).is_dir():
-                    _build_op(cluster.nodes[0], path, name, cache / name)
+                    _build_op(name, cache / name)
     return [cache / name for name in ops]
 
 
-def _build_op(node: Node, path: str, builder: str, done: Path) -> None:
+def _build_op(builder: str, done: Path) -> None:
+    """Build one op as a node's ranks would: the shared venv's torch and DeepSpeed, the env's ninja
+    first on PATH, root's PATH after it. Nodes see the shared venv at the same path, so the
+    build.ninja written here is the one torch writes on a node, which then loads the op unbuilt."""
     building = done.with_name(done.name + ".partial")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    node.run(f"{path}/bin/python -c 'import deepspeed.ops.op_builder.cpu as B; B.{builder}().load()'",
-             user="root", timeout=1800, check=True,
-             env={"PATH": f"{path}/bin:{ROOT_PATH}", "TORCH_EXTENSIONS_DIR": str(building)})
+    venv = shared_venv()
+    tools = building / ".bin"
+    tools.mkdir()
+    ninja = env_ninja(venv)
+    if ninja is not None:
+        (tools / "ninja").symlink_to(ninja)
+    done_run = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", f"import deepspeed.ops.op_builder.cpu as B; B.{builder}().load()"],
+        env={"HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash", "LANG": "C.UTF-8",
+             "PATH": f"{tools}:{ROOT_PATH}", "TORCH_EXTENSIONS_DIR": str(building)},
+        cwd=building, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800, check=False)
+    if done_run.returncode != 0:
+        raise ClusterError(f"building DeepSpeed's {builder} failed (exit {done_run.returncode})\n"
+                           f"stdout: {done_run.stdout[-2000:]}\nstderr: {done_run.stderr[-3000:]}")
+    shutil.rmtree(tools)
     building.rename(done)
+
+
+def build_ops_in_background(ops: Sequence[str]) -> subprocess.Popen[bytes] | None:
+    """Start building the ops missing from the machine's cache at the lowest CPU priority, in a
+    process of its own; None when every op is there already.
+
+    Started as a session begins, the build uses what the tests leave of the CPU (a core while the
+    unit tests run, the waits of the cluster tests) instead of holding up the first test that needs
+    an op; that test waits on the cache's lock for what is still building. The log is beside the cache.
+    """
+    cache = OPS_CACHE / prebuilt_ops_key()
+    if all((cache / name).is_dir() for name in ops):
+        return None
+    OPS_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(OPS_CACHE / f"{cache.name}.log", "ab") as log:
+        return subprocess.Popen(["nice", "-n", "19", str(shared_venv() / "bin" / "python"), "-m",
+                                 "tests.cluster.pyenv", *ops], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_building(builder: subprocess.Popen[bytes]) -> None:
+    """End a background build still running (its half-built op is rebuilt by the next one)."""
+    if builder.poll() is None:
+        # ninja starts each compiler in a process group of its own: stop the whole tree, then kill it.
+        tree = [builder.pid]
+        for pid in tree:
+            signal_pids([pid], signal.SIGSTOP)
+            tree += child_pids(pid)
+        signal_pids(tree, signal.SIGKILL)
+    builder.wait(timeout=30)
 
 
 @contextmanager
@@ -287,3 +334,7 @@ def remove_planted_torch(node: Node, path: str = DEFAULT_ENV) -> None:
 def remove(node: Node, path: str = DEFAULT_ENV) -> None:
     """Delete the env on this node only (the interpreter path then no longer exists there)."""
     shutil.rmtree(node.host_path(path), ignore_errors=True)
+
+
+if __name__ == "__main__":  # build_ops_in_background's process: python -m tests.cluster.pyenv BUILDER...
+    prebuilt_ops(sys.argv[1:])

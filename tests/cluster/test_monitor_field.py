@@ -160,8 +160,10 @@ def test_a_run_past_its_deadline_says_when_each_rank_was_last_heard_never_a_stat
     node3 = site.workers[1]
     node3.shape("40mbit")
     try:
+        # 200 all_reduces of 16 MiB at 40 Mbit/s take minutes: after a ~6 s launch both ranks are inside
+        # them long before a 30 s deadline.
         result, doc = bench_json(site.login, site.python, "collectives ~/hostfile --ops all_reduce --sizes 16M "
-                                                          "--iters 200 --no-expect --deadline 60", timeout=300)
+                                                          "--iters 200 --no-expect --deadline 30", timeout=300)
     finally:
         node3.unshape()
     assert result.rc == 1, result.stderr[-4000:]

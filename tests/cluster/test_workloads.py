@@ -71,7 +71,9 @@ def test_a_node_shaped_to_a_fraction_of_the_rate_is_named_and_the_cleaned_hostfi
     head, node2, _ = bootstrapped.nodes
     node2.shape("40mbit")
     try:
-        result, doc = bench_json(head, training_python, "find-slow ~/hostfile --pair-deadline 90 "
+        # A pair with node2 fits its message to its deadline: 45 s instead of 90 only fits a smaller one
+        # (64 MiB still does not fit at 40 Mbit/s), and each such pair takes ~25 s instead of ~40.
+        result, doc = bench_json(head, training_python, "find-slow ~/hostfile --pair-deadline 45 "
                                                         "--write-hostfile ~/hostfile.clean")
     finally:
         node2.unshape()
@@ -101,8 +103,10 @@ def test_a_sweep_cut_short_by_its_deadline_reports_what_it_measured(bootstrapped
     head, node2, _ = bootstrapped.nodes
     node2.shape("40mbit")
     try:
+        # Two all_reduces per size (no warm-up, one timed, the check): the sweep reaches 64 MiB ~35 s after
+        # the launch began, and 64 MiB alone takes over 36 s at 40 Mbit/s, so the deadline falls inside it.
         result, doc = bench_json(head, training_python, "collectives ~/hostfile --ops all_reduce --max-bytes 64M "
-                                                        "--iters 2 --deadline 120")
+                                                        "--warmup 0 --iters 1 --deadline 55")
     finally:
         node2.unshape()
     assert result.rc == 1, result.stderr[-4000:]
