@@ -157,7 +157,7 @@ def test_the_ranks_get_the_flight_recorder_hook_on_their_path_unless_turned_off(
     job = done.stderr.split("flight recorder: job ")[1].split(",")[0]
     hook = Path(f"/tmp/clusterkit-runs/{job}/flightrec")
     try:
-        assert (tmp_path / "pythonpath").read_text().split(":")[:2] == [str(REPO), str(hook)]
+        assert (tmp_path / "pythonpath").read_text().strip().split(":")[:2] == [str(REPO), str(hook)]
         assert (hook / "sitecustomize.py").is_file() and oct(hook.stat().st_mode)[-3:] == "700"
     finally:
         subprocess.run(["rm", "-rf", str(hook.parent)], check=False)
