@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "agent",
     "slurm",
     "monitor",
+    "stacks",
     "nodecheck",
 )
 
