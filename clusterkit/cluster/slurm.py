@@ -26,6 +26,8 @@ from clusterkit.cluster.nodes import (
     ProgressListener,
     SchedulerView,
     StateCallback,
+    launch_env,
+    pythonpath_with,
 )
 from clusterkit.cluster.remote.agent import AgentReply
 from clusterkit.cluster.remote.slurm import (
@@ -303,12 +305,14 @@ class SlurmNodes(NodesBase):
         plan = replace(plan, master_addr=plan.master_addr or first_address(chosen[0].name),
                        master_port=DEFAULT_MASTER_PORT if plan.master_port is None else plan.master_port)
         if plan.launcher == DEEPSPEED_SLURM_LAUNCHER:
-            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style), while_open=self.alloc.owned)
+            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style),
+                              env=launch_env(style, self.environ.get("PYTHONPATH")), while_open=self.alloc.owned)
         cwd = style.cwd or str(Path.cwd())
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
         cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),
                                           default=0) or None
-        exports = runner_exports(cwd, self.environ.get("PYTHONPATH"),
+        pythonpath = self.environ.get("PYTHONPATH")
+        exports = runner_exports(cwd, pythonpath_with(style.pythonpath_first, pythonpath) or None,
                                  deepspeed_env_values(cwd, self.environ.get("HOME")))
         flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
         srun_args = " ".join(a for a in flags if a)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from clusterkit.launch import (
     preflight_checks,
     run_launch,
 )
+from clusterkit.stacks.ship import place_hook
 from clusterkit.ui.progress import NodeProgress
 from clusterkit.ui.report import DoctorReport, render_table, summary_line
 
@@ -95,6 +97,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-preflight", action="store_true",
                         help="build the line without looking at the nodes or the config")
     parser.add_argument("--force", action="store_true", help="launch even when the preflight finds errors")
+    parser.add_argument("--no-stacks-hook", action="store_true",
+                        help="leave out the stack hook (a sitecustomize first on the ranks' PYTHONPATH that lets "
+                             "clusterkit stacks read each rank's stack on a signal, without ptrace rights)")
     parser.add_argument("--skip", type=id_list, default=[], metavar="IDS",
                         help="comma-separated doctor check ids/tags or config rule ids to leave out")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -137,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
                           "error(s); fix them (or pass --force to launch anyway)", soft_wrap=True)
                 return int(ExitCode.PROBLEMS)
             plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
+        if not args.print_only and not args.no_stacks_hook:
+            style = _with_stacks_hook(nodes, style, args.timeout, err)
         line = nodes.launch_line(plan, nodes.hosts, style)
         if args.print_only:
             print(shell_line(line.argv))
@@ -145,6 +152,17 @@ def run(args: argparse.Namespace) -> int:
         if line.while_open:
             return run_launch(line.argv, line.env)
         exec_launch(line.argv, line.env)
+
+
+def _with_stacks_hook(nodes: Nodes, style: LaunchStyle, timeout_s: float, err: Console) -> LaunchStyle:
+    """``style`` with the stack hook's directory first on the ranks' PYTHONPATH (put on every node first);
+    unchanged, with a note, where it cannot be (the job launches all the same)."""
+    directory, why = place_hook(nodes, timeout_s)
+    if directory is None:
+        err.print(f"note: no stack hook in the ranks ({why}): clusterkit stacks will need ptrace rights to read them",
+                  style="yellow", markup=False)
+        return style
+    return replace(style, pythonpath_first=(directory, *style.pythonpath_first))
 
 
 def _training_command(args: argparse.Namespace) -> tuple[str, list[str], str]:

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                              "straggler: the rank whose time goes elsewhere while its peers wait")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per rank and dump (default: 10); a node that does not answer in time is named")
+    parser.add_argument("--job", metavar="ADDR:PORT",
+                        help="the job to show, by its MASTER_ADDR:MASTER_PORT, where the nodes run several "
+                             "(default: the one with the most ranks)")
     parser.add_argument("--frames", type=int, default=12, metavar="N", help="frames shown per group (default: 12)")
     add_ssh_arguments(parser)
     add_slurm_arguments(parser)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"reading the ranks' stacks on {nodes.describe()} ({options.dumps} dump(s))...", style="dim",
                       markup=False)
         taken = take_stacks(nodes, options, place_timeout_s=max(30.0, args.connect_timeout * 3))
-    report = build_report(taken, options)
+    report = build_report(taken, options, args.job)
     if args.json:
         json.dump(report_doc(report), sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -180,5 +180,7 @@ def stragglers(last: Round) -> list[Finding]:
 def judge_rounds(rounds: Sequence[Round]) -> list[Finding]:
     """Every finding of the dumps, gravest kinds first."""
     last = rounds[-1]
-    return [*silent_nodes(rounds), *stopped_ranks(last), *hang(rounds), *missing_ranks(last),
-            *denied_ranks(last), *stragglers(last)]
+    hung = hang(rounds)
+    # A hung rank's samples say only what its stack says: a straggler is judged in a job that moves.
+    return [*silent_nodes(rounds), *stopped_ranks(last), *hung, *missing_ranks(last), *denied_ranks(last),
+            *([] if hung else stragglers(last))]

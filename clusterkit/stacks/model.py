@@ -7,7 +7,7 @@ reaches a node or prints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -104,6 +104,18 @@ class Round:
     @property
     def silent(self) -> list[NodeDump]:
         return [n for n in self.nodes if n.error]
+
+    def jobs(self) -> dict[str, int]:
+        """The jobs found (their ``MASTER_ADDR:PORT``) and how many ranks each, the biggest first."""
+        counts: dict[str, int] = {}
+        for rank in self.ranks:
+            counts[rank.job] = counts.get(rank.job, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+    def only(self, job: str) -> Round:
+        """This dump with the ranks of one job alone (rank numbers repeat from one job to the next)."""
+        nodes = [replace(n, ranks=[r for r in n.ranks if r.job == job]) for n in self.nodes]
+        return Round(nodes, self.started_at, self.seconds)
 
 
 def short_path(path: str) -> str:

@@ -4,10 +4,11 @@ and its plain-data form for ``--json`` (every rank's every thread, its pause). P
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clusterkit.core.findings import Finding, Severity
+from clusterkit.errors import UsageError
 from clusterkit.stacks.group import Group, group_ranks, unchanged
 from clusterkit.stacks.judge import judge_rounds
 from clusterkit.stacks.model import RankStack, Round
@@ -22,6 +23,9 @@ class StacksReport:
     options: StacksOptions
     groups: list[Group]
     findings: list[Finding]
+    #: The job shown (``MASTER_ADDR:PORT``), and the others found on the nodes with their rank counts.
+    job: str = ""
+    other_jobs: dict[str, int] = field(default_factory=dict)
 
     @property
     def last(self) -> Round:
@@ -45,8 +49,17 @@ class StacksReport:
         return max(pauses) if pauses else None
 
 
-def build_report(taken: Taken, options: StacksOptions) -> StacksReport:
-    return StacksReport(taken, options, group_ranks(taken.rounds[-1].ranks), judge_rounds(taken.rounds))
+def build_report(taken: Taken, options: StacksOptions, job: str | None = None) -> StacksReport:
+    """Groups and findings of one job: ``job`` (``MASTER_ADDR:PORT``), else the one with the most ranks."""
+    jobs = taken.rounds[-1].jobs()
+    if job is not None and job not in jobs:
+        raise UsageError(f"--job {job}: no rank of that job on the nodes; found: {', '.join(jobs) or 'no job'}")
+    chosen = job if job is not None else next(iter(jobs), "")
+    if len(jobs) > 1:
+        taken = replace(taken, rounds=[r.only(chosen) for r in taken.rounds])
+    others = {j: n for j, n in jobs.items() if j != chosen}
+    return StacksReport(taken, options, group_ranks(taken.rounds[-1].ranks), judge_rounds(taken.rounds),
+                        chosen, others)
 
 
 def _rank_doc(rank: RankStack) -> dict[str, Any]:
@@ -63,6 +76,8 @@ def report_doc(report: StacksReport) -> dict[str, Any]:
         "schema": JSON_SCHEMA_VERSION,
         "options": dataclasses.asdict(report.options),
         "moving": report.moving,
+        "job": report.job,
+        "other_jobs": report.other_jobs,
         "dumps": [{"started_at": r.started_at, "seconds": round(r.seconds, 3),
                    "nodes": [{"host": n.host, "error": n.error or None, "fix": n.fix or None,
                               "ptrace_scope": n.ptrace_scope, "uid": n.uid,

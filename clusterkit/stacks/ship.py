@@ -129,3 +129,17 @@ def place(nodes: Nodes, files: list[CachedFile], timeout_s: float,
 
 def _refused(why: str) -> tuple[str, set[str]]:
     raise RuntimeError(f"cannot use clusterkit's cache directory: {why}")
+
+
+def place_hook(nodes: Nodes, timeout_s: float) -> tuple[str | None, str]:
+    """The stack hook in every node's cache, for ``clusterkit launch``: the directory to put first on the
+    ranks' PYTHONPATH, or None and why (a node that could not take it, or nodes whose caches lie at
+    different paths: one PYTHONPATH serves every rank)."""
+    hook = hook_file()
+    placed = place(nodes, [hook], timeout_s)
+    if placed.failed:
+        return None, "; ".join(f"{h}: {r.error}" for h, r in placed.failed.items())
+    dirs = {str(Path(paths[hook.name]).parent) for paths in placed.succeeded.values()}
+    if len(dirs) != 1:
+        return None, f"the nodes' cache directories differ ({', '.join(sorted(dirs))})"
+    return dirs.pop(), ""

@@ -35,6 +35,10 @@ def render(report: StacksReport, console: Console, frames: int = 12) -> None:
         console.print("no training rank (a process with RANK and LOCAL_RANK in its environment) on any node; "
                       "processes of other users are not visible: run as the ranks' user or as root",
                       style="yellow", markup=False)
+    if report.other_jobs:
+        others = ", ".join(f"{job} ({n} ranks)" for job, n in report.other_jobs.items())
+        console.print(f"job {report.job} shown; also on these nodes: {others} (--job ADDR:PORT shows one)",
+                      style="yellow", markup=False)
     for group in report.groups:
         odd = len(report.groups) > 1 and group is not report.groups[-1]
         console.print(Text(group.describe(), style="bold" if odd else ""), soft_wrap=True)
