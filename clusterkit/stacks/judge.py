@@ -152,7 +152,7 @@ def hang(rounds: Sequence[Round]) -> list[Finding]:
     if waiting is None:
         return []
     found = [culprit(g, waiting, seconds) for g in groups if g.place is not None and g is not waiting]
-    if not found and not any(r.stopped for r in last.ranks) and waiting.place and \
+    if not found and not any(r.stopped for r in last.ranks) and not missing_ranks(last) and waiting.place and \
             waiting.place.kind == "collective" and len(waiting.ranks) == len(last.ranks):
         found.append(_fail("hang-all-waiting", Severity.WARNING, CLUSTER_HOST, "",
                            f"{waiting.describe()}, unchanged for {seconds:.0f}s: every rank found waits, so the one "
