@@ -60,6 +60,7 @@ def main() -> None:
                         choices=("none", "sleep", "skip", "dataloader", "lock", "straggler"))
     parser.add_argument("--culprit", type=int, default=1)
     parser.add_argument("--lifetime", type=float, default=120.0)
+    parser.add_argument("--tag", default="", help="a word in the command line to find the job's processes by")
     parser.add_argument("--local_rank", type=int, default=0)  # DeepSpeed's launcher passes it
     args = parser.parse_args()
     threading.Timer(args.lifetime, lambda: os._exit(0)).start()
@@ -78,14 +79,14 @@ def main() -> None:
         if step == FAULT_STEP and rank == 0:
             print(f"ready at step {step}", flush=True)
         if step == FAULT_STEP and culprit and args.fault == "sleep":
-            time.sleep(3600)
+            time.sleep(3600)  # fault: sleep
         if step == FAULT_STEP and culprit and args.fault == "lock":
             threading.Thread(target=hold_the_lock_for_good, daemon=True).start()
             time.sleep(0.2)
-            with LOCK:
+            with LOCK:  # fault: lock
                 pass
         if step == FAULT_STEP and culprit and args.fault == "skip":
-            dist.barrier()
+            dist.barrier()  # fault: skip
             continue
         dist.all_reduce(grads)
 
