@@ -59,7 +59,7 @@ class RankStack:
     fallback_from: str = ""
     #: Seconds the rank was stopped at most while its stack was taken (py-spy's call; 0 when not
     #: stopped; None where unknown, the hook's own handler).
-    paused_s: float | None = None
+    paused_at_most_s: float | None = None
     took_s: float | None = None
     #: ``py-spy record``'s folded stacks per thread (``thread (TID): NAME;root;...;leaf`` -> samples).
     folded: dict[str, int] = field(default_factory=dict)
@@ -144,7 +144,7 @@ def rank_of(host: str, data: dict[str, Any]) -> RankStack:
                      job=str(data.get("job") or ""), threads=threads, method=str(data.get("method") or ""),
                      error=str(data.get("error") or ""), denied=bool(data.get("denied")),
                      stopped=bool(data.get("stopped")), fallback_from=str(data.get("fallback_from") or ""),
-                     paused_s=data.get("paused_s"), took_s=data.get("took_s"),
+                     paused_at_most_s=data.get("paused_at_most_s"), took_s=data.get("took_s"),
                      folded={str(k): int(v) for k, v in (sample.get("folded") or {}).items()},
                      sample_error=str(sample.get("error") or ""))
 

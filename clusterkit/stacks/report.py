@@ -45,7 +45,7 @@ class StacksReport:
         return any(f.severity in (Severity.ERROR, Severity.WARNING) for f in self.findings) or not self.last.ranks
 
     def max_pause_s(self) -> float | None:
-        pauses = [r.paused_s for r in self.last.ranks if r.paused_s is not None]
+        pauses = [r.paused_at_most_s for r in self.last.ranks if r.paused_at_most_s is not None]
         return max(pauses) if pauses else None
 
 

@@ -54,7 +54,7 @@ def rank(r: int, frames: list[dict[str, Any]] | None, *, local: int | None = Non
     threads = [] if frames is None else [{"name": "MainThread", "main": True, "frames": frames}]
     return {"pid": 100 + r, "rank": r, "local": r % 2 if local is None else local, "world": world, "state": "S",
             "job": "10.0.0.1:29500", "gpu": r % 2, "method": "py-spy" if frames is not None else "",
-            "threads": threads, "paused_s": 0.004, "took_s": 0.004, **extra}
+            "threads": threads, "paused_at_most_s": 0.004, "took_s": 0.004, **extra}
 
 
 def job(where: dict[int, list[dict[str, Any]] | None], **per_rank: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -263,7 +263,7 @@ def test_py_spy_is_put_where_missing_and_a_silent_node_is_named_with_the_rest_sh
     assert next(g.describe() for g in report.groups).startswith("rank 2 (node2, GPU 0) in DataLoader")
     assert [f.check_id for f in report.findings] == ["stacks-node-silent", "hang-dataloader"]
     doc = report_doc(report)
-    assert doc["dumps"][1]["nodes"][0]["ranks"][0]["paused_s"] == 0.004
+    assert doc["dumps"][1]["nodes"][0]["ranks"][0]["paused_at_most_s"] == 0.004
     assert doc["dumps"][1]["nodes"][0]["ranks"][0]["threads"][0]["frames"][0]["name"] == "all_reduce"
 
 

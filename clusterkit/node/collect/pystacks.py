@@ -196,7 +196,8 @@ def dump_with_pyspy(pyspy: str, pid: int, native: bool, nonblocking: bool, timeo
     except ValueError as exc:
         return {"error": f"py-spy printed no JSON: {exc}", "took_s": took}
     # Blocking: py-spy stops the rank only around its read, inside this call: the call's length bounds it.
-    return {"method": "py-spy", "threads": threads, "took_s": took, "paused_s": 0.0 if nonblocking else took}
+    return {"method": "py-spy", "threads": threads, "took_s": took,
+            "paused_at_most_s": 0.0 if nonblocking else took}
 
 
 def dump_with_signal(path: str, pid: int, wait_s: float = SIGNAL_WAIT_S) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def dump_with_signal(path: str, pid: int, wait_s: float = SIGNAL_WAIT_S) -> dict
         text = f.read(size - before).decode("utf-8", "replace")
     # The rank's own handler writes in C from inside the signal: no pause to speak of is measured here.
     return {"method": "signal", "threads": threads_from_faulthandler(text),
-            "took_s": round(time.monotonic() - started, 4), "paused_s": None}
+            "took_s": round(time.monotonic() - started, 4), "paused_at_most_s": None}
 
 
 def stack_of(rank: dict[str, Any], pyspy: str | None, via: str, native: bool, nonblocking: bool,
