@@ -307,3 +307,17 @@ def test_launch_puts_directories_first_on_the_ranks_pythonpath_whatever_the_tran
     style = LaunchStyle(exports={"A": "1"}, pythonpath_first=("/tmp/clusterkit-1000/stacks-hook-01",))
     assert launch_env(style, "/mine") == {"A": "1", "PYTHONPATH": "/tmp/clusterkit-1000/stacks-hook-01:/mine"}
     assert launch_env(LaunchStyle(exports={"A": "1"}), "/mine") == {"A": "1"}
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--dumps", "0"], "--dumps 0: must be 1 to 20"),
+    (["--timeout", "inf"], "--timeout inf: must be 0.1 to 600 seconds"),
+    (["--sample", "3", "--via", "signal"], "--sample samples with py-spy: it cannot go with --via signal"),
+])
+def test_bad_flags_are_one_line_usage_errors_before_any_node_is_asked(flags: list[str], says: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from clusterkit.cli import main
+
+    assert main(["stacks", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"clusterkit: error: {says}"]
