@@ -105,8 +105,8 @@ def one_shot_here(counts: list[int], python: str) -> None:
             wall = time.monotonic() - started
             doc = json.loads(done.stdout)
             dump = doc["dumps"][0]
-            ranks = [r for node in dump["nodes"] for r in node["ranks"]]
-            paused = [r["paused_at_most_s"] for r in ranks if r["paused_at_most_s"] is not None]
+            seen = [r for node in dump["nodes"] for r in node["ranks"]]
+            paused = [r["paused_at_most_s"] for r in seen if r["paused_at_most_s"] is not None]
             print(f"  {n:3d} ranks: command {wall:5.2f}s, the dump {dump['seconds']:5.2f}s, each rank paused at most "
                   f"{max(paused) * 1000:.0f} ms (median {statistics.median(paused) * 1000:.0f} ms)")
         finally:

@@ -84,6 +84,21 @@ def denied_ranks(last: Round) -> list[Finding]:
     return out
 
 
+def unread_ranks(last: Round) -> list[Finding]:
+    """Ranks read neither way for another reason than a stop or a refusal (those have findings of their own)."""
+    out = []
+    for node in last.nodes:
+        unread = [r for r in node.ranks if r.main is None and not r.stopped and not r.denied]
+        if unread:
+            reasons = "; ".join(sorted({r.error or "no stack" for r in unread}))
+            out.append(_fail("stacks-unread", Severity.WARNING, node.host, "",
+                             f"{ranks_text(unread)} could not be read: {reasons}",
+                             "a rank whose stack is not known may be the one the others wait for",
+                             f"look at it by hand on {node.host}: py-spy dump --pid "
+                             + " ".join(str(r.pid) for r in unread)))
+    return out
+
+
 def missing_ranks(last: Round) -> list[Finding]:
     ranks = last.ranks
     worlds = {r.world for r in ranks if r.world}
@@ -183,4 +198,4 @@ def judge_rounds(rounds: Sequence[Round]) -> list[Finding]:
     hung = hang(rounds)
     # A hung rank's samples say only what its stack says: a straggler is judged in a job that moves.
     return [*silent_nodes(rounds), *stopped_ranks(last), *hung, *missing_ranks(last), *denied_ranks(last),
-            *([] if hung else stragglers(last))]
+            *unread_ranks(last), *([] if hung else stragglers(last))]

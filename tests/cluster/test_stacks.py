@@ -46,7 +46,7 @@ def bootstrapped(cluster: Cluster, training_python: str) -> Cluster:
 def launch_command(python: str, fault: str, port: int, culprit: int, flags: str = "") -> str:
     """``clusterkit launch`` of the job with ``fault``, detached, its output in ``~/job-FAULT.log``."""
     fault_args = "none" if fault == "frozen" else fault  # frozen: a healthy job whose node the test stops
-    return (f"cd {shlex.quote(str(REPO))} && nohup {shlex.quote(sys.executable)} -m clusterkit launch {flags} "
+    return (f"cd {shlex.quote(str(REPO))} || exit 1; nohup {shlex.quote(sys.executable)} -m clusterkit launch {flags} "
             f"--python {python} --no-preflight --master-port {port} -- {JOB} --fault {fault_args} "
             f"--culprit {culprit} --lifetime {LIFETIME_S} --tag {fault} > ~/job-{fault}.log 2>&1 < /dev/null &")
 
@@ -73,10 +73,10 @@ def jobs(bootstrapped: Cluster, training_python: str) -> Iterator[Cluster]:
     """Every fault's job running on the three nodes, node3's ranks of the ``frozen`` job SIGSTOPped."""
     head = bootstrapped.nodes[0]
     head.put_file("/home/ckuser/hostfile", bootstrapped.hostfile_text())
-    for fault, (port, culprit) in FAULTS.items():
-        head.run(launch_command(training_python, fault, port, culprit, "~/hostfile --connect-timeout 3"),
-                 check=True)
     try:
+        for fault, (port, culprit) in FAULTS.items():
+            head.run(launch_command(training_python, fault, port, culprit, "~/hostfile --connect-timeout 3"),
+                     check=True)
         wait_for(head, [f"~/job-{fault}.log" for fault in FAULTS])
         bootstrapped.nodes[2].run(f"pkill -STOP -f '{JOB} .*--tag frozen'", check=True)
         time.sleep(1)  # the faults of step 3 take hold
@@ -186,13 +186,15 @@ def test_under_slurm_the_culprit_is_named_through_srun(cluster: Cluster, trainin
         script = (launch_command(training_python, "dataloader", 29620, 2) + "\n"
                   "for i in $(seq 240); do grep -q 'ready at step' ~/job-dataloader.log && break; sleep 1; done\n"
                   f"sleep 2; cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m clusterkit stacks --json "
-                  "> ~/stacks-slurm.json; echo \"@@stacks exit $?\"; tail -3 ~/job-dataloader.log\n")
+                  f"--job {head.ip}:29620 > ~/stacks-slurm.json; echo \"@@stacks exit $?\"\n")
         try:
             ran = slurm.salloc(head, script, "-N3", timeout=400)
         finally:
             end_jobs(cluster)
-        assert "@@stacks exit 1" in ran.stdout, ran.stdout[-3000:] + ran.stderr[-3000:]
+        assert "@@stacks exit" in ran.stdout, ran.stdout[-3000:] + ran.stderr[-3000:]
         doc = json.loads(head.read_file("/home/ckuser/stacks-slurm.json"))
-        print([g["text"] for g in doc["groups"]], [f["message"] for f in doc["findings"]])
+        print([g["text"] for g in doc["groups"]], [f["message"] for f in doc["findings"]],
+              [(r["rank"], r["method"], r["error"]) for n in doc["dumps"][-1]["nodes"] for r in n["ranks"]])
+        assert "@@stacks exit 1" in ran.stdout
         assert failed(doc) == [("hang-dataloader", "node3")], doc["findings"]
         assert doc["findings"][0]["message"].startswith("rank 2 (node3, local rank 0) in DataLoader `__next__`")
