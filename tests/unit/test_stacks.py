@@ -178,6 +178,14 @@ def test_ranks_py_spy_may_not_read_say_why_and_how_to_fix_it() -> None:
     assert [(f.check_id, f.severity.value) for f in findings] == [("stacks-ptrace-denied", "error")]
 
 
+def test_a_rank_read_neither_way_is_named_as_it_may_be_the_culprit() -> None:
+    unread = {"method": "", "error": "py-spy: Failed to find python version from target process"}
+    findings = judge_rounds(hung({0: ALL_REDUCE, 1: ALL_REDUCE, 2: None}, **{"2": unread}))
+    assert [(f.check_id, f.host) for f in findings] == [("stacks-unread", "node2")]
+    assert "rank 2 (node2, GPU 0) could not be read: py-spy: Failed to find python version" in findings[0].message
+    assert findings[0].fix == "look at it by hand on node2: py-spy dump --pid 102"
+
+
 # ------------------------------------------------------------------------------------------ straggler
 
 
