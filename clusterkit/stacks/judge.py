@@ -2,10 +2,11 @@
 read, a straggler. Pure functions over :mod:`clusterkit.stacks.model`.
 
 A hang is judged only from two dumps or more: every rank read in both is where it was (the same main
-thread frames). Idleness is no signal (a rank in an NCCL collective keeps its GPU and a CPU thread busy);
-not moving is. Then the ranks in the biggest group inside a collective are the ones waiting, and every
-other place is a culprit, named by what it is doing: a different collective (desync), its DataLoader, a
-lock, or any other line.
+thread frames), and, where the ranks were sampled (``--sample``), none was seen moving meanwhile (two
+dumps can catch a slow rank at the same line twice; its samples cannot). Idleness is no signal (a rank
+in an NCCL collective keeps its GPU and a CPU thread busy); not moving is. Then the ranks in the
+biggest group inside a collective are the ones waiting, and every other place is a culprit, named by
+what it is doing: a different collective (desync), its DataLoader, a lock, or any other line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from clusterkit.core.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.core.hostlist import compress
 from clusterkit.stacks.group import Group, group_ranks, rank_list, ranks_text, unchanged
 from clusterkit.stacks.model import RankStack, Round
-from clusterkit.stacks.sample import find_stragglers, time_share
+from clusterkit.stacks.sample import find_stragglers, moved_while_sampled, time_share
 
 HANG_WHY = ("a rank that does not reach the collective its peers wait in stops the whole job; the others "
             "wait until NCCL's watchdog fires (30 minutes by default), when the evidence is gone")
@@ -159,7 +160,8 @@ def hang(rounds: Sequence[Round]) -> list[Finding]:
         return []
     before, last = rounds[-2], rounds[-1]
     readable = [r for r in last.ranks if r.main is not None and not r.stopped]
-    if not readable or len(unchanged(before.ranks, last.ranks)) != len(readable):
+    if not readable or len(unchanged(before.ranks, last.ranks)) != len(readable) or \
+            any(moved_while_sampled(r) for r in readable):
         return []
     seconds = last.started_at - before.started_at
     groups = group_ranks(last.ranks)

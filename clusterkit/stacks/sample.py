@@ -25,6 +25,8 @@ MIN_PEER_WAIT = 0.3
 STRAGGLER_RATIO = 0.5
 #: Hottest frames named per straggler.
 HOTTEST = 3
+#: A rank whose main thread sat in one place for less than this share of its samples was moving.
+STILL_SHARE = 0.9
 
 
 @dataclass
@@ -71,6 +73,18 @@ def time_share(rank: RankStack) -> TimeShare | None:
     if total == 0:
         return None
     return TimeShare(rank, total, waiting / total, [(f, n / total) for f, n in elsewhere.most_common(HOTTEST)])
+
+
+def moved_while_sampled(rank: RankStack) -> bool:
+    """The rank's main thread was seen in more than one place for a good share of its samples (a hung rank
+    sits in one; a slow one only looks stuck when two dumps happen to catch it at the same line)."""
+    places: Counter[tuple[Frame, ...]] = Counter()
+    for stack, count in rank.folded.items():
+        main, frames = folded_frames(stack)
+        if main and frames:
+            places[tuple(frames)] += count
+    total = sum(places.values())
+    return total > 0 and places.most_common(1)[0][1] / total < STILL_SHARE
 
 
 def find_stragglers(shares: Sequence[TimeShare]) -> list[tuple[TimeShare, float]]:

@@ -207,6 +207,16 @@ def test_a_straggler_is_the_rank_whose_time_goes_elsewhere_while_its_peers_wait(
                                    "in collectives, it spends 1%; its time goes to `backward` train.py:40 99%")
 
 
+def test_a_slow_rank_caught_at_one_line_in_both_dumps_is_no_hang_when_its_samples_show_it_moving() -> None:
+    sampled = {str(r): {"sample": {"folded": folded(*counts)}}
+               for r, counts in enumerate([(150, 50), (2, 198), (130, 70)])}
+    caught_twice = hung({0: ALL_REDUCE, 1: SLEEP, 2: ALL_REDUCE}, **sampled)
+    assert [f.check_id for f in judge_rounds(caught_twice)] == ["rank-straggler"]
+    still = {str(r): {"sample": {"folded": folded(200, 0)}} for r in range(3)}
+    assert [f.check_id for f in judge_rounds(hung({0: ALL_REDUCE, 1: SLEEP, 2: ALL_REDUCE}, **still))] == [
+        "hang-elsewhere"]
+
+
 def test_folded_stacks_keep_the_main_thread_innermost_first() -> None:
     main, frames = folded_frames("thread (7): MainThread;<module> (train.py:99);backward (train.py:40)")
     assert main and [f.place for f in frames] == ["train.py:40", "train.py:99"]
