@@ -125,7 +125,7 @@ def one_shot_cluster(counts: list[int]) -> None:
         assert done.rc == 0, done.stderr[-2000:]
         head = cluster.nodes[0]
         print(f"one-shot dump over SSH: 3 nodes x N ranks (from {head.name}, cluster up in "
-              f"{cluster.startup_seconds:.1f}s)")
+              f"{cluster.startup_seconds:.1f}s; the first run puts the agent and py-spy on the nodes)")
         for n in counts:
             for index, node in enumerate(cluster.nodes):
                 for local in range(n):
@@ -134,7 +134,7 @@ def one_shot_cluster(counts: list[int]) -> None:
                     node.run(f"{env} nohup python3 -c {shlex.quote(WAITING)} > /dev/null 2>&1 < /dev/null &",
                              check=True)
             time.sleep(1.0)
-            for attempt in ("first (py-spy shipped where missing)", "again"):
+            for attempt in ("first" if n == counts[0] else "once more", "again"):
                 started = time.monotonic()
                 ran = clusterkit(head, "stacks ~/hostfile --dumps 1 --json --connect-timeout 3 --job 127.0.0.1:29999")
                 wall = time.monotonic() - started
