@@ -1,11 +1,12 @@
 """Ranks grouped by where they are: identical stacks once, with the ranks that share them, odd ones first.
 
 Pure functions over :mod:`clusterkit.stacks.model`. Two ranks are in the same place when their main
-threads (the training loop) have the same frames: function, file (without the node's own prefix, see
-:func:`~clusterkit.stacks.model.short_path`) and line. Lines are kept: a rank that skipped an
-``all_reduce`` waits in the *next* one, a line further down the same function, and only the line tells
-it apart. Other threads (gloo's, a pin-memory thread, a logger) vary in number and place from rank to
-rank without meaning anything, so they are left out of the grouping (``--json`` keeps them).
+threads (the training loop) have the same Python frames: function, file (without the node's own
+prefix, see :func:`~clusterkit.stacks.model.short_path`) and line; native frames (``--native``) are
+shown, not compared (their addresses differ from process to process). Lines are kept: a rank that
+skipped an ``all_reduce`` waits in the *next* one, a line further down the same function, and only the
+line tells it apart. Other threads (gloo's, a pin-memory thread, a logger) vary in number and place
+from rank to rank without meaning anything, so they are left out of the grouping (``--json`` keeps them).
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def _in(frame: Frame, paths: Sequence[str]) -> bool:
     return any(path.startswith(p) for p in paths)
 
 
+def python_frames(frames: Sequence[Frame]) -> list[Frame]:
+    """The Python frames of a stack that may hold native ones (``--native``: a library for file, no line,
+    addresses that differ from process to process)."""
+    return [f for f in frames if f.line > 0]
+
+
 def place_of(frames: Sequence[Frame]) -> Place:
-    """Where a main thread is, from its frames (innermost first)."""
+    """Where a main thread is, from its frames (innermost first; native frames are left out)."""
+    frames = python_frames(frames)
     if not frames:
         return Place("code", "?", None)
     for i, frame in enumerate(frames):
@@ -82,7 +90,7 @@ def signature(rank: RankStack) -> tuple[str, ...]:
         return ("!stopped",)
     if main is None:
         return ("!unread", "denied" if rank.denied else rank.error.split(":")[0])
-    return tuple(f"{f.name} {short_path(f.file)}:{f.line}" for f in main.frames)
+    return tuple(f"{f.name} {short_path(f.file)}:{f.line}" for f in python_frames(main.frames))
 
 
 @dataclass

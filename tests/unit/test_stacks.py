@@ -113,6 +113,15 @@ def test_places_are_named_by_what_the_main_thread_does() -> None:
     assert place(SLEEP) == ("code", "prepare", "train.py:30")
 
 
+def test_native_frames_are_shown_but_neither_group_nor_name_a_place() -> None:
+    def native(address: str) -> list[dict[str, Any]]:
+        return [frame("clock_nanosleep", "libc.so.6", 0), frame(address, "libc.so.6", 0), *SLEEP]
+
+    groups = group_ranks(round_of(job({0: native("0x7f140484524a"), 1: native("0x7f99aa00124a")})).ranks)
+    assert len(groups) == 1 and groups[0].frames[0].name == "clock_nanosleep"
+    assert groups[0].describe() == "ranks 0-1 (node1) in `prepare` train.py:30 `time.sleep(3600)`"
+
+
 def test_rank_lists_are_in_host_list_form() -> None:
     assert rank_list([0, 1, 2, 3, 4, 6, 7, 15, 14]) == "0-4,6-7,14-15"
     assert short_path(f"{SITE}/deepspeed/runtime/zero/stage_1_and_2.py") == "deepspeed/runtime/zero/stage_1_and_2.py"
