@@ -179,6 +179,24 @@ class TestOverSsh:
         assert doc["groups"][0]["text"].startswith("rank 2 (")
 
 
+    def test_a_node_that_does_not_answer_is_named_and_the_rest_shown(self, jobs: Cluster) -> None:
+        """Last: node3 frozen whole (sshd too); its ranks and the job are left stopped for the teardown."""
+        node3 = jobs.nodes[2]
+        node3.freeze()
+        try:
+            started = time.monotonic()
+            done, doc = stacks(jobs.nodes[0], "sleep", "~/hostfile --connect-timeout 3 --dumps 1 --timeout 2 --native")
+            took = time.monotonic() - started
+        finally:
+            node3.thaw()
+        print(f"with node3 frozen: {took:.1f}s")
+        assert done.rc == 1 and took < 60
+        assert failed(doc) == [("stacks-node-silent", "node3")], doc["findings"]
+        assert [g["text"] for g in doc["groups"]] == ["ranks 0-1 (node[1-2]) in `all_reduce` (stuck_job.py:"
+                                                      f"{line_of('dist.all_reduce(grads)')})"]
+        assert any(f["line"] == 0 for f in doc["groups"][0]["frames"])  # --native: C frames shown too
+
+
 def test_under_slurm_the_culprit_is_named_through_srun(cluster: Cluster, training_python: str) -> None:
     with slurm_on(cluster) as slurm:
         slurm.heal()
