@@ -103,10 +103,11 @@ class LaunchStyle:
 
 def launch_env(style: LaunchStyle, pythonpath: str | None) -> dict[str, str]:
     """The launching process's extra environment: ``style.exports``, and ``PYTHONPATH`` with
-    ``style.pythonpath_first`` before ``pythonpath`` (the launching shell's), which the runner passes on."""
+    ``style.pythonpath_first`` before the one the ranks would get otherwise (the exports', else
+    ``pythonpath``, the launching shell's), which the runner passes on."""
     env = dict(style.exports)
     if style.pythonpath_first:
-        env["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, pythonpath)
+        env["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, style.exports.get("PYTHONPATH") or pythonpath)
     return env
 
 

@@ -311,15 +311,17 @@ class SlurmNodes(NodesBase):
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
         cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),
                                           default=0) or None
-        pythonpath = self.environ.get("PYTHONPATH")
-        exports = runner_exports(cwd, pythonpath_with(style.pythonpath_first, pythonpath) or None,
-                                 deepspeed_env_values(cwd, self.environ.get("HOME")))
+        exports = {**runner_exports(cwd, self.environ.get("PYTHONPATH"),
+                                    deepspeed_env_values(cwd, self.environ.get("HOME"))), **style.exports}
+        if style.pythonpath_first:  # after the launch directory, as DeepSpeed's runner leaves it over pdsh
+            rest = exports["PYTHONPATH"].removeprefix(cwd).lstrip(":")
+            exports["PYTHONPATH"] = pythonpath_with([cwd, *style.pythonpath_first], rest or None)
         flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
         srun_args = " ".join(a for a in flags if a)
         # A line printed for later runs in whichever allocation it is run inside, not in one released by then.
         job_id = None if style.outlives_nodes and self.alloc.owned else self.alloc.job_id
         line = build_srun_line(SrunPlan(plan, chosen, cwd, job_id=job_id, cpus_per_task=cpus, gpus_per_node=gpus,
-                                        exports={**exports, **style.exports}, srun_args=srun_args))
+                                        exports=exports, srun_args=srun_args))
         return LaunchLine(line, [h.name for h in chosen] if style.labelled else None, while_open=self.alloc.owned)
 
     def _deepspeed_slurm_line(self, plan: LaunchPlan, chosen: list[ActiveHost], style: LaunchStyle) -> list[str]:

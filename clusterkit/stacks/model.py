@@ -57,6 +57,8 @@ class RankStack:
     stopped: bool = False
     #: Why py-spy did not read it where the hook did instead.
     fallback_from: str = ""
+    #: Why ``--native`` frames are missing where py-spy read the Python ones.
+    native_error: str = ""
     #: Seconds the rank was stopped at most while its stack was taken (py-spy's call; 0 when not
     #: stopped; None where unknown, the hook's own handler).
     paused_at_most_s: float | None = None
@@ -144,6 +146,7 @@ def rank_of(host: str, data: dict[str, Any]) -> RankStack:
                      job=str(data.get("job") or ""), threads=threads, method=str(data.get("method") or ""),
                      error=str(data.get("error") or ""), denied=bool(data.get("denied")),
                      stopped=bool(data.get("stopped")), fallback_from=str(data.get("fallback_from") or ""),
+                     native_error=str(data.get("native_error") or ""),
                      paused_at_most_s=data.get("paused_at_most_s"), took_s=data.get("took_s"),
                      folded={str(k): int(v) for k, v in (sample.get("folded") or {}).items()},
                      sample_error=str(sample.get("error") or ""))

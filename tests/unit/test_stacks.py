@@ -348,3 +348,9 @@ def test_bad_flags_are_one_line_usage_errors_before_any_node_is_asked(flags: lis
     assert main(["stacks", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"clusterkit: error: {says}"]
+
+
+def test_the_hook_goes_first_on_a_pythonpath_the_launch_already_exports() -> None:
+    hook = "/tmp/clusterkit-1000/stacks-hook-01"
+    style = LaunchStyle(exports={"PYTHONPATH": "/repo:/runs/job/flightrec:/mine"}, pythonpath_first=(hook,))
+    assert launch_env(style, "/mine")["PYTHONPATH"] == f"{hook}:/repo:/runs/job/flightrec:/mine"
