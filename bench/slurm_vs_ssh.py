@@ -65,7 +65,8 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 #: Runs a command and prints its wall time and the CPU time of it and every process it waited for.
 MEASURE = ("import resource, subprocess, sys, time; t = time.monotonic(); "
-           "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+           "done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True); rc = done.returncode; "
+           "rc and sys.stderr.write(done.stdout[-3000:]); "
            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
            "print('@@measure', rc, time.monotonic() - t, u.ru_utime + u.ru_stime)")
 

@@ -27,10 +27,12 @@ COMMAND_MODULES = (
     "estimate",
     "launch",
     "bench",
+    "history",
     "agent",
     "slurm",
     "monitor",
     "stacks",
+    "flightrec",
     "nodecheck",
 )
 

@@ -23,3 +23,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if spent > float(budget):
         pytest.skip(f"the run's time budget (CLUSTERKIT_TEST_BUDGET_S={budget}) was spent after {spent:.0f} s; "
                     "scripts/test without it runs this too")
+
+
+@pytest.fixture(autouse=True)
+def _private_clusterkit_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor and bench save every run into the user's clusterkit directory: tests keep theirs apart."""
+    monkeypatch.setenv("CLUSTERKIT_HOME", str(tmp_path_factory.mktemp("clusterkit-home")))

@@ -23,6 +23,7 @@ from clusterkit.bootstrap.context import (
 from clusterkit.bootstrap.files import Edit, edit_home_file, edit_local_file
 from clusterkit.bootstrap.playbook import StepSpec
 from clusterkit.bootstrap.sync_rules import parse_hidden, rsync_excludes, without_hidden
+from clusterkit.cluster import SshReach, Target, open_nodes
 from clusterkit.cluster.remote import RemoteError, connect, fan_out
 from clusterkit.cluster.remote.openssh import pdsh_environment, rsync_rsh
 from clusterkit.core.dsenv import update_deepspeed_env
@@ -253,11 +254,10 @@ def deepspeed_env(ctx: BootstrapContext, spec: StepSpec) -> StepReport:
     rank; the nodes get it too, so a launch from any of them works alike. A home shared by several
     machines holds one file, edited once.
     """
-    from clusterkit.cluster.ssh import SshNodes
     from clusterkit.survey import SurveyOptions, survey_nodes
 
-    nodes = SshNodes([h for h in ctx.hosts if h.name in ctx.live], ctx.settings)
-    with ctx.view.progress(nodes.names, "collecting facts over SSH") as progress:
+    live = Target([h for h in ctx.hosts if h.name in ctx.live], SshReach(ctx.settings))
+    with open_nodes(live) as nodes, ctx.view.progress(nodes.names, "collecting facts over SSH") as progress:
         facts, _ = survey_nodes(nodes, SurveyOptions(python=ctx.python, timeout_s=spec.timeout_s, probes=False),
                                 progress)
     ctx.facts = {h: f for h, f in facts.items() if not isinstance(f, Unavailable)}

@@ -305,6 +305,7 @@ class SlurmNodes(NodesBase):
         plan = replace(plan, master_addr=plan.master_addr or first_address(chosen[0].name),
                        master_port=DEFAULT_MASTER_PORT if plan.master_port is None else plan.master_port)
         if plan.launcher == DEEPSPEED_SLURM_LAUNCHER:
+            # DeepSpeed's runner exports this environment's PYTHON* variables to every rank (srun --export=ALL).
             return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style),
                               env=launch_env(style, self.environ.get("PYTHONPATH")), while_open=self.alloc.owned)
         cwd = style.cwd or str(Path.cwd())

@@ -79,6 +79,11 @@ class Target:
     def every_host(self) -> list[ActiveHost]:
         return self.whole or self.hosts
 
+    @property
+    def only_this_machine(self) -> bool:
+        """This machine alone, named by no hostfile (it has no slots of its own to report)."""
+        return isinstance(self.reach, LocalReach) and not self.hostfile
+
 
 def hostfile_target(hostfile: str, settings: SshSettings, *, include: str = "", exclude: str = "") -> Target:
     """The hostfile's hosts after --include/--exclude; this machine alone (the hostfile naming only it)

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from clusterkit.cluster import Nodes
 from clusterkit.commands.bench_common import (
+    bench_run,
     exit_code,
     expectation,
     gather_facts,
@@ -35,6 +36,7 @@ from clusterkit.commands.bench_common import (
 from clusterkit.commands.bench_inputs import check_bench_arguments
 from clusterkit.commands.common import add_ssh_arguments, interpreter_path
 from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.runs import add_run_arguments, check_run_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.errors import UsageError
 from clusterkit.workloads.session import WorkloadContext
@@ -62,12 +64,14 @@ def register(subparsers: Any) -> None:
     coll.add_argument("--find-slow", action="store_true",
                       help="when a collective fails or is slow against the expectation, search for the node")
     _search_arguments(coll)
+    add_run_arguments(coll)
     coll.set_defaults(run=run_collectives_command)
 
     slow = commands.add_parser("find-slow", help="name the slow or broken node (or link) with two-node rings, "
                                                  "and write a hostfile without it")
     _common(slow)
     _search_arguments(slow)
+    add_run_arguments(slow)
     slow.set_defaults(run=run_find_slow_command)
 
     traffic = commands.add_parser("traffic", help="a step's communication time under ZeRO 0-3 (and ZeRO++), "
@@ -96,6 +100,7 @@ def _on_nodes(run: BenchRun) -> Callable[[argparse.Namespace], int]:
 
     def wrapped(args: argparse.Namespace) -> int:
         check_bench_arguments(args)
+        check_run_arguments(args)
         with opened(target_from_args(args, slots_here=args.slots)) as nodes:
             return run(args, nodes)
 
@@ -191,6 +196,7 @@ def run_collectives_command(args: argparse.Namespace, nodes: Nodes) -> int:
         report.search = _search(args, ctx, console)
         findings += collectives.search_findings(report.search)
     doc = report.to_json()
+    findings += compare_and_save(args, bench_run("collectives", ctx.names, facts, findings, doc), console)
     doc["findings"] = [_finding_json(f) for f in findings]
     _save(args, report, doc, console)
     write_log(args, ctx)
@@ -250,6 +256,8 @@ def run_find_slow_command(args: argparse.Namespace, nodes: Nodes) -> int:
     doc = {"schema": "clusterkit.bench.find-slow/v1", "hosts": ctx.names,
            "slow_node_search": collectives.search_to_json(search),
            "findings": [_finding_json(f) for f in findings]}
+    findings += compare_and_save(args, bench_run("find-slow", ctx.names, {}, findings, doc), console)
+    doc["findings"] = [_finding_json(f) for f in findings]
     if args.save:
         Path(args.save).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if args.json:

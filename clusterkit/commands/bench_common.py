@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.text import Text
 from clusterkit.cluster import Nodes
 from clusterkit.core.findings import Finding
 from clusterkit.core.inventory import ActiveHost
+from clusterkit.core.saved_run import SavedRun, figures_from_bench
 from clusterkit.errors import ExitCode
 from clusterkit.node.facts import Maybe, NodeFacts
 from clusterkit.ui.progress import NodeProgress
@@ -64,6 +66,13 @@ def expectation(args: argparse.Namespace, ctx: WorkloadContext, facts: dict[str,
                 hosts: list[ActiveHost] | None = None) -> Expectation | None:
     """What the sweep should reach (None with --no-expect)."""
     return None if args.no_expect else expectation_for(ctx, facts, hosts)
+
+
+def bench_run(workload: str, hosts: list[str], facts: Mapping[str, Maybe[NodeFacts]], findings: list[Finding],
+              doc: Mapping[str, Any]) -> SavedRun:
+    """A bench run as the history keeps it: the facts surveyed for it, its findings and its figures."""
+    return SavedRun("bench", hosts=list(hosts), facts=dict(facts), findings=list(findings),
+                    figures=figures_from_bench(workload, doc), workload=workload)
 
 
 def write_log(args: argparse.Namespace, ctx: WorkloadContext) -> None:

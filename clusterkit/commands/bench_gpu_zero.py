@@ -15,7 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from clusterkit.cluster import Nodes
-from clusterkit.commands.bench_common import exit_code, gather_facts, make_context, show_findings, write_log
+from clusterkit.commands.bench_common import (
+    bench_run,
+    exit_code,
+    gather_facts,
+    make_context,
+    show_findings,
+    write_log,
+)
+from clusterkit.commands.runs import add_run_arguments, compare_and_save
 from clusterkit.core.findings_report import finding_to_json
 from clusterkit.workloads import gpu_health, zero_suite
 from clusterkit.workloads.checkup import gpu_run
@@ -32,6 +40,7 @@ def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -
     gpu.add_argument("--allow-cpu", action="store_true",
                      help="without a GPU, measure the CPU instead (exercises the path; no datasheet); without "
                           "it, a node with no GPU is a failure (exit 1)")
+    add_run_arguments(gpu)
     gpu.set_defaults(run=run_gpu_command)
 
     zero = commands.add_parser("zero", help="ZeRO 0, 1, 2, 3 and 3 + CPU offload on a tiny model: losses agree, "
@@ -67,6 +76,8 @@ def run_gpu_command(args: argparse.Namespace, nodes: Nodes) -> int:
                         for r in health.readings],
            "skipped": health.skipped, "findings": [finding_to_json(f) for f in findings],
            "log_tails": run.diagnosis.tails}
+    findings += compare_and_save(args, bench_run("gpu", ctx.names, facts, findings, doc), console)
+    doc["findings"] = [finding_to_json(f) for f in findings]
     if args.save:
         Path(args.save).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if args.json:

@@ -29,7 +29,9 @@ from clusterkit.commands.common import (
     interpreter_path,
 )
 from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.runs import add_run_arguments, check_run_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
+from clusterkit.core.saved_run import SavedRun
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode
 from clusterkit.survey import DEFAULT_MASTER_PORT, MESH_MODES, SurveyOptions
@@ -71,6 +73,7 @@ def register(subparsers: Any) -> None:
                              "next; full logs in along every pair (N x N logins)")
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the cross-node probes (SSH all-to-all, master port)")
+    add_run_arguments(parser)
     add_ssh_arguments(parser)
     add_slurm_arguments(parser)
     parser.add_argument("--workloads", nargs="?", const=",".join(WORKLOADS), default="", metavar="LIST",
@@ -85,6 +88,7 @@ def _selected(args: argparse.Namespace) -> list[CheckSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_arguments(args)
     specs = _selected(args)
     wanted = chosen_workloads(args.workloads)
     err = Console(stderr=True)
@@ -105,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
                 report, _ = doctor_cluster(specs, nodes, options, target.hostfile, progress)
             if wanted:  # on the nodes the doctor checked, through the same transport
                 _run_workloads(args, wanted, report, nodes)
+    run_saved = SavedRun("doctor", hosts=report.hosts, facts=report.facts, findings=list(report.findings),
+                         started_at=report.started_at)
+    report.findings += compare_and_save(args, run_saved, err)
     if args.junit:
         Path(args.junit).write_text(render_junit(report), encoding="utf-8")
     if args.json:

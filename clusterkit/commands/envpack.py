@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ from rich.console import Console
 
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
+from clusterkit.commands.runs import add_save_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
+from clusterkit.core.findings import Finding, Outcome, Severity
+from clusterkit.core.saved_run import SavedRun
 from clusterkit.errors import ExitCode, UsageError
 
 DEFAULT_OUTPUT = Path("~/.cache/clusterkit/envpack")
@@ -71,6 +75,8 @@ def register_subcommands(env_parser: Any) -> None:
                                 help="replace what is at the prefix on a node even though clusterkit did not "
                                      "install it (it is moved aside to PREFIX.clusterkit-replaced-DATE, never "
                                      "deleted); without it such a node is refused")
+        if name == "verify":
+            add_save_arguments(parser)
         add_ssh_arguments(parser)
         add_slurm_arguments(parser)
         parser.set_defaults(run=run_push if name == "push" else run_verify)
@@ -137,7 +143,7 @@ def _push_command(args: argparse.Namespace) -> str:
 
 
 def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
-    from clusterkit.commands.envpack_view import outcome_text
+    from clusterkit.ui.envpush import outcome_text
 
     if args.json:
         print(json.dumps({h: {"status": r.status, "actions": r.actions, "error": r.error, "fix": r.fix}
@@ -148,8 +154,8 @@ def _finish(report: Any, args: argparse.Namespace, title: str) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from clusterkit.commands.envpack_view import RelayView
     from clusterkit.envpack.push import PushOptions, push_env
+    from clusterkit.ui.envpush import RelayView
 
     archive, manifest = _load(args)
     target = target_from_args(args)
@@ -164,13 +170,23 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from clusterkit.commands.envpack_view import PhaseLines
     from clusterkit.envpack.push import PushOptions, push_env
+    from clusterkit.ui.envpush import PhaseLines
 
     archive, manifest = _load(args)
     target = target_from_args(args)
     options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout,
                           push_command=_push_command(args))
+    started = time.time()
     with opened(target) as nodes:
         report = push_env(archive, manifest, nodes, options, PhaseLines())
+    _save_verify(args, report, manifest.prefix, started)
     return _finish(report, args, f"env verify: {manifest.prefix} ({manifest.archive})")
+
+
+def _save_verify(args: argparse.Namespace, report: Any, prefix: str, started: float) -> None:
+    """The verify kept in the history: one finding per node (its status, or its error and fix)."""
+    findings = [Finding("env-verify", Severity.ERROR, Outcome.PASS if r.ok else Outcome.FAIL, host, prefix,
+                        r.error or r.status, "", r.fix or "") for host, r in report.nodes.items()]
+    compare_and_save(args, SavedRun("env-verify", hosts=list(report.nodes), findings=findings, started_at=started),
+                     Console(stderr=True))

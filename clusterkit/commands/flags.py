@@ -31,6 +31,7 @@ def target_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | N
     hostfile = getattr(args, "hostfile", None)
     include, exclude = getattr(args, "include", ""), getattr(args, "exclude", "")
     if hasattr(args, "slurm") and use_slurm(args, hostfile, environ):
+        refuse_ssh_options(args)
         # Inside an allocation its nodes are used as they are; outside, salloc is asked (released after).
         request = None if in_allocation(environ) else slurm_request(args)
         env = os.environ if environ is None else environ
@@ -55,3 +56,16 @@ def opened(target: Target, environ: Mapping[str, str] | None = None) -> Iterator
         raise ClusterkitError(f"{exc}" + (f"; fix: {exc.fix}" if exc.fix else "")) from None
     with nodes:
         yield nodes
+
+
+#: SSH options (dest, flag) that mean nothing when the nodes are reached through Slurm.
+SSH_ONLY_OPTIONS = (("user", "--user"), ("ssh_port", "--ssh-port"), ("identity", "--identity"),
+                    ("trust_new_hosts", "--trust-new-hosts"))
+
+
+def refuse_ssh_options(args: argparse.Namespace) -> None:
+    """A usage error for SSH flags given where Slurm reaches the nodes (they would be ignored silently)."""
+    given = [flag for dest, flag in SSH_ONLY_OPTIONS if getattr(args, dest, None)]
+    if given:
+        raise UsageError(f"{'/'.join(given)}: SSH options, but the nodes are reached through Slurm (srun); give a "
+                         "HOSTFILE (or --no-slurm) to reach them over SSH")

@@ -14,9 +14,9 @@ child where it runs in an allocation clusterkit asked for, released when it ends
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from clusterkit.commands.common import (
 )
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
+from clusterkit.core.flightrec import DEFAULT_BUFFER_SIZE, RUNS_ROOT
 from clusterkit.core.launchline import (
     CONFIG_STYLES,
     HF_CONFIG_FLAG,
@@ -43,6 +44,7 @@ from clusterkit.core.launchline import (
 )
 from clusterkit.core.slurmlaunch import launch_intent, parse_interval
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
+from clusterkit.hang.flightrec import prepare_recorder
 from clusterkit.launch import (
     ConfigToCheck,
     Preflight,
@@ -107,6 +109,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cpus-per-task", type=int, metavar="N",
                         help="under Slurm: CPUs for each node's task, shared by its ranks (default: all the job "
                              "holds on the node)")
+    parser.add_argument("--no-flight-recorder", action="store_true",
+                        help="leave torch's flight recorder off (default: on, each rank keeping its last "
+                             f"{DEFAULT_BUFFER_SIZE} collectives, ~1 KiB each, dumped on request to "
+                             f"{RUNS_ROOT}/JOB/flightrec on every node; read with `clusterkit flightrec`)")
+    parser.add_argument("--flight-recorder-entries", type=int, default=DEFAULT_BUFFER_SIZE, metavar="N",
+                        help=f"collectives each rank's flight recorder keeps (default: {DEFAULT_BUFFER_SIZE})")
     parser.add_argument("--checkpoint-every", metavar="DURATION",
                         help="under Slurm: how often the job checkpoints (30m, 2h), judged against the time limit")
     add_ssh_arguments(parser)
@@ -115,6 +123,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.flight_recorder_entries < 1:
+        raise UsageError("--flight-recorder-entries must be at least 1 (or pass --no-flight-recorder)")
     script, script_args, python = _training_command(args)
     if args.checkpoint_every:
         try:
@@ -142,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                           "error(s); fix them (or pass --force to launch anyway)", soft_wrap=True)
                 return int(ExitCode.PROBLEMS)
             plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
+        if not args.print_only and not args.no_flight_recorder:
+            style = _with_flight_recorder(args, nodes, style, err)
         if not args.print_only and not args.no_stacks_hook:
             style = _with_stacks_hook(nodes, style, args.timeout, err)
         line = nodes.launch_line(plan, nodes.hosts, style)
@@ -154,6 +166,24 @@ def run(args: argparse.Namespace) -> int:
         exec_launch(line.argv, line.env)
 
 
+def _with_flight_recorder(args: argparse.Namespace, nodes: Nodes, style: LaunchStyle, err: Console) -> LaunchStyle:
+    """``style`` with the flight recorder's hook on the ranks' path, installed on every node first."""
+    if args.no_preflight:
+        err.print("flight recorder: off with --no-preflight (it installs a hook on every node)", style="dim")
+        return style
+    setup = prepare_recorder(nodes, style.cwd, os.environ.get("PYTHONPATH"), args.timeout,
+                             entries=args.flight_recorder_entries)
+    if setup.failed:
+        where = "; ".join(f"{host}: {why}" for host, why in setup.failed.items())
+        err.print(f"[yellow]flight recorder: off[/] (its hook could not be written to {setup.directory} on "
+                  f"{where}); the job runs without it", soft_wrap=True)
+        return style
+    read = shell_line(["clusterkit", "flightrec", *([args.hostfile] if args.hostfile else []), setup.job_id])
+    err.print(Text.assemble(("flight recorder: ", "bold"), f"job {setup.job_id}, dumps in {setup.directory} on "
+                            f"every node; after a hang: {read}"), soft_wrap=True)
+    return dataclasses.replace(style, exports={**style.exports, **setup.exports})
+
+
 def _with_stacks_hook(nodes: Nodes, style: LaunchStyle, timeout_s: float, err: Console) -> LaunchStyle:
     """``style`` with the stack hook's directory first on the ranks' PYTHONPATH (put on every node first);
     unchanged, with a note, where it cannot be (the job launches all the same)."""
@@ -162,7 +192,7 @@ def _with_stacks_hook(nodes: Nodes, style: LaunchStyle, timeout_s: float, err: C
         err.print(f"note: no stack hook in the ranks ({why}): clusterkit stacks will need ptrace rights to read them",
                   style="yellow", markup=False)
         return style
-    return replace(style, pythonpath_first=(directory, *style.pythonpath_first))
+    return dataclasses.replace(style, pythonpath_first=(directory, *style.pythonpath_first))
 
 
 def _training_command(args: argparse.Namespace) -> tuple[str, list[str], str]:

@@ -20,12 +20,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from clusterkit.cluster import HostStream, LocalReach, SlurmReach
+from clusterkit.cluster import HostStream
 from clusterkit.cluster.remote.stream import StreamState
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.errors import ExitCode, UsageError
+from clusterkit.history import History
+from clusterkit.monitor.baseline import baseline_from_run
 from clusterkit.monitor.progress import LogFollower, Progress
 from clusterkit.monitor.sources import (
     LiveSource,
@@ -36,7 +38,7 @@ from clusterkit.monitor.sources import (
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
 from clusterkit.node.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
-from clusterkit.ui.tui.thresholds import Thresholds, all_alerts
+from clusterkit.ui.tui.thresholds import Thresholds, all_alerts, job_stall
 
 JSON_SCHEMA_VERSION = 1
 
@@ -73,6 +75,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--log", metavar="FILE",
                         help="follow the job's log (the launcher's output) and show step, loss, samples/s and "
                              "step time from DeepSpeed's progress lines (recorded with --record)")
+    parser.add_argument("--baseline", nargs="?", const="", default=None, metavar="RUN",
+                        help="flag GPUs whose live figures fall outside a saved doctor run (throttling they did "
+                             "not have, a lower max clock or power limit, a clock under load below their peers' "
+                             "then): the run named good (else the last), or a name, id or file")
     parser.add_argument("--alert", action="append", default=[], metavar="NAME=VALUE",
                         help=f"change a threshold (repeatable); names: {fields}")
     add_ssh_arguments(parser)
@@ -107,12 +113,9 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
     if log is not None and (why := log.check()) is not None:
         raise UsageError(f"--log: {why}")
     target = target_from_args(args)
-    if isinstance(target.reach, SlurmReach):
-        refuse_ssh_options(args)
     nodes = stack.enter_context(opened(target))
     hosts = nodes.names
-    here = isinstance(target.reach, LocalReach) and not target.hostfile
-    slots = {} if here else {h.name: len(h.slots) for h in nodes.hosts}
+    slots = {} if target.only_this_machine else {h.name: len(h.slots) for h in nodes.hosts}
     where = target.hostfile or nodes.describe()
 
     def streams(on_line: Callable[[str, str, float], None], on_state: Callable[[StreamState], None]
@@ -126,18 +129,6 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
 
 #: The allocation request's options (they imply --slurm).
 SLURM_REQUEST_OPTIONS = ("partition", "nodes", "nodelist", "slurm_time", "slurm_args")
-#: SSH options (dest, flag) that mean nothing when the nodes are reached through Slurm.
-SSH_ONLY_OPTIONS = (("user", "--user"), ("ssh_port", "--ssh-port"), ("identity", "--identity"),
-                    ("trust_new_hosts", "--trust-new-hosts"))
-
-
-def refuse_ssh_options(args: argparse.Namespace) -> None:
-    given = [flag for dest, flag in SSH_ONLY_OPTIONS if getattr(args, dest, None)]
-    if given:
-        raise UsageError(f"{'/'.join(given)}: SSH options, but the nodes are reached through Slurm (srun); give a "
-                         "HOSTFILE (or --no-slurm) to monitor over SSH")
-
-
 def wait_for_round(source: Source, deadline_s: float) -> None:
     """Until every node sent two samples (so rates are known) or the deadline passes."""
     if isinstance(source, ReplaySource):
@@ -162,6 +153,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
     stragglers = find_stragglers(state, thresholds.stale_after_s, thresholds.straggler_ratio,
                                  thresholds.straggler_window)
     alerts = all_alerts(summaries, ranks, stragglers, state, thresholds)
+    stall = job_stall(state, ranks, thresholds)
     gpus = {h: [dataclasses.asdict(g) for g in (v.last.gpus if v.last else ())] for h, v in state.nodes.items()}
     return {"schema": JSON_SCHEMA_VERSION, "time": state.now, "live": source.live,
             "nodes": [dict(dataclasses.asdict(s), gpus=gpus[s.host]) for s in summaries],
@@ -169,6 +161,7 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
             "stragglers": [dataclasses.asdict(s) for s in stragglers],
             "alerts": [dataclasses.asdict(a) for a in alerts],
             "progress": state.progress.to_record() if state.progress else None,
+            "stall": stall.to_record() if stall else None,
             "notice": source.notice,
             "thresholds": dataclasses.asdict(thresholds)}
 
@@ -202,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--json prints one round for scripts: use it with --once")
     with ExitStack() as stack:  # holds an allocation made for this run until the view or round is done
         source, where = build_source(args, thresholds, stack)
+        if args.baseline is not None:
+            source.state.baseline = baseline_from_run(*History().reference(args.baseline or None, "doctor"))
         if not args.once:
             from clusterkit.ui.tui.app import MonitorApp
 

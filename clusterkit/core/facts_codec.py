@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -23,6 +24,17 @@ class FactsDecodeError(ValueError):
 def from_jsonable(cls: type[T], data: Any) -> T:
     """Rebuild typed facts from :func:`to_jsonable` output, checking types on the way."""
     return typing.cast(T, _decode(cls, data, cls.__name__))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations costs most of a decode; a class's hints never change.
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(cls)
 
 
 _UNION_TYPE = getattr(types, "UnionType", Union)  # `X | Y` annotations (3.10+)
@@ -58,9 +70,10 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise FactsDecodeError(f"{path}: expected an object, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
+        cls = typing.cast(type, tp)
+        hints = _hints(cls)
         kwargs = {}
-        for f in dataclasses.fields(tp):
+        for f in _fields(cls):
             if f.name in data:
                 kwargs[f.name] = _decode(hints[f.name], data[f.name], f"{path}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

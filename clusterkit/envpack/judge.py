@@ -14,6 +14,7 @@ whether it can take one. Pure: the survey's answers in, judgements out (``push``
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -58,13 +59,31 @@ def head_holds_source(manifest: Manifest) -> bool:
         st = Path(manifest.prefix).stat()
     except OSError:
         return False
+    if _unpacked_from(_read_marker(Path(manifest.prefix)), manifest):
+        return False
     return (source.get("host") == socket.gethostname() and source.get("dev") == st.st_dev
             and source.get("ino") == st.st_ino)
 
 
 def node_holds_source(info: Mapping[str, Any], manifest: Manifest) -> bool:
     """Whether the node is the machine the archive was packed on, and its prefix is that directory."""
-    return bool(manifest.source) and info.get("source") == manifest.source
+    return (bool(manifest.source) and info.get("source") == manifest.source
+            and not _unpacked_from(info.get("installed"), manifest))
+
+
+def _unpacked_from(marker: object, manifest: Manifest) -> bool:
+    """Whether an install marker says its directory was unpacked from this very archive.
+
+    Such a directory is never the one the archive was packed from, even where it sits at the same device
+    and inode: a prefix removed and installed again often gets its old inode number back."""
+    return isinstance(marker, dict) and marker.get("sha256") == manifest.sha256
+
+
+def _read_marker(prefix: Path) -> object:
+    try:
+        return json.loads((prefix / node_env.INSTALLED_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def verification_problems(found: Mapping[str, Any], manifest: Manifest, imports: bool = True) -> list[str]:

@@ -36,6 +36,8 @@ _STEP_TIME = re.compile(r"\((\d+(?:\.\d+)?) ?s\)")
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)(?:[,.](\d{1,6}))?")
 #: Step lines over which the pace is measured (the first and the last of them).
 PACE_WINDOW = 4
+#: Step-moving lines whose gaps give the usual silence between them (their median).
+GAP_WINDOW = 6
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Progress:
     updated_at: float | None = None
     #: Why the log cannot be read now (the values above are the last read).
     error: str | None = None
+    #: The median time between recent lines that moved the step (a job printing every 10 steps: 10 step
+    #: times): how long a silence is normal. By the log's timestamps, else by when lines arrived.
+    line_gap_s: float | None = None
 
     def describe(self) -> str:
         parts = [f"step {self.step}" if self.step is not None else "no step yet"]
@@ -119,6 +124,8 @@ class ProgressParser:
         # (step, time) of recent step lines: by the log's timestamps, and by when they were read.
         self._stamped: deque[tuple[int, float]] = deque(maxlen=PACE_WINDOW)
         self._arrived: deque[tuple[int, float]] = deque(maxlen=PACE_WINDOW)
+        # When recent lines that moved the step were written (stamped, or read live), for the usual gap.
+        self._moves: deque[float] = deque(maxlen=GAP_WINDOW)
 
     def feed(self, line: str, written_at: float, read_live: bool) -> Progress:
         """``line``, written at ``written_at`` (head clock, as well as known); ``read_live``: it was read
@@ -156,13 +163,17 @@ class ProgressParser:
             self._stamped.clear()
             self._arrived.clear()
         changes: dict[str, object] = {"step": step}
+        stamp = line_stamp(line)
         if previous is None or step != previous:
             changes["updated_at"] = written_at
+            moved_at = stamp if stamp is not None else (written_at if read_live else None)
+            if moved_at is not None and (not self._moves or moved_at > self._moves[-1]):
+                self._moves.append(moved_at)
+                changes["line_gap_s"] = _median_gap(self._moves)
         if printed is not None:
             self._printed = True
             changes.update(step_time_s=printed, step_time_from="printed")
             return changes
-        stamp = line_stamp(line)
         if stamp is not None:
             _mark(self._stamped, step, stamp)
         elif read_live:
@@ -181,6 +192,11 @@ def _mark(marks: deque[tuple[int, float]], step: int, at: float) -> None:
     if marks and (step <= marks[-1][0] or at <= marks[-1][1]):
         return
     marks.append((step, at))
+
+
+def _median_gap(times: deque[float]) -> float | None:
+    gaps = sorted(b - a for a, b in zip(times, list(times)[1:], strict=False))
+    return gaps[len(gaps) // 2] if gaps else None
 
 
 def _pace(marks: deque[tuple[int, float]]) -> float | None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterkit.cluster.remote.stream import Status, StreamState
 from clusterkit.monitor.model import NodeSample, RankSample, SampleError, XidSample, decode_sample
 from clusterkit.monitor.progress import Progress
+
+if TYPE_CHECKING:
+    from clusterkit.monitor.baseline import Baseline
 
 #: Samples of history kept per node (sparklines, straggler windows).
 HISTORY = 120
@@ -67,6 +70,8 @@ class ClusterState:
         self.ranks: dict[tuple[str, int], SeenRank] = {}  # (job, rank) -> last sighting
         #: The job's progress from its log; None when no log is followed.
         self.progress: Progress | None = None
+        #: What a saved run recorded per GPU (``monitor --baseline``): live figures outside it are alerts.
+        self.baseline: Baseline | None = None
         self.now = 0.0
         self.version = 0
         self.lock = threading.RLock()

@@ -144,3 +144,5 @@ def test_nodes_sharing_the_prefixs_directory_are_grouped_alike_every_time_and_it
         assert "verified: python" in actions(result, host)
     again = push(head, shared_env[0])
     assert statuses(again) == {"sh2": "up to date", "sh3": "shared", "sh4": "shared"}, again.stderr[-2000:]
+    # installed from the archive: not the directory it was packed from, though it may have that one's inode
+    assert not any("packed from" in action for action in actions(again, "sh2")), actions(again, "sh2")

@@ -3,7 +3,9 @@ and a preflight error stops it before DeepSpeed starts."""
 
 from __future__ import annotations
 
+import json
 import shlex
+import sys
 
 import pytest
 
@@ -101,3 +103,35 @@ def test_a_busy_master_port_is_traded_for_a_free_one(bootstrapped: Cluster, trai
         assert "master-unreachable" not in result.stderr
     finally:
         node1.run(f"kill {holder.stdout.strip()}; cat held.log")
+
+
+DESYNC = "tests/fixtures/flightrec/desync_job.py"
+
+
+@pytest.mark.slow
+def test_a_rank_that_skips_an_all_reduce_is_named_by_the_flight_recorder_across_nodes(
+        bootstrapped: Cluster, training_python: str) -> None:
+    """The flight recorder clusterkit launch turns on, read from every node while the job hangs over SSH:
+    rank 1 (node2) left out one all_reduce, so ranks 0 and 2 wait in their 5th, which it never calls."""
+    node1 = bootstrapped.nodes[0]
+    started = node1.run(f"cd {shlex.quote(str(REPO))} && nohup {shlex.quote(sys.executable)} -m clusterkit launch "
+                        f"~/hostfile --python {training_python} --connect-timeout 3 -- {DESYNC} --hold 25 "
+                        "> ~/flightrec-launch.log 2>&1 & echo $!", check=True)
+    try:
+        node1.run(f"for i in $(seq 900); do grep -q holding ~/flightrec-launch.log && exit 0; "
+                  f"kill -0 {started.stdout.strip()} || break; sleep 0.1; done; tail -30 ~/flightrec-launch.log; "
+                  "exit 1", timeout=120, check=True)
+        read = clusterkit(node1, "flightrec ~/hostfile --connect-timeout 3 --json", timeout=60)
+        assert read.rc == 1, read.stderr[-3000:]  # a desync found
+        doc = json.loads(read.stdout)
+        assert [(r["rank"], r["host"]) for r in doc["ranks"]] == [(0, "node1"), (1, "node2"), (2, "node3")]
+        found = doc["disagreement"]
+        assert (found["seq"], found["op"], found["input_sizes"], found["missing_ranks"]) == \
+            (5, "gloo:all_reduce", [[1000]], [1])
+        assert doc["findings"][0]["id"] == "collective-desync"
+        assert "never by rank(s) 1 (on node2)" in doc["findings"][0]["message"]
+        launched = node1.run("cat ~/flightrec-launch.log").stdout
+        assert "flight recorder: job " in launched
+    finally:
+        node1.run(f"kill {started.stdout.strip()} 2>/dev/null; for i in $(seq 400); do "
+                  f"kill -0 {started.stdout.strip()} 2>/dev/null || exit 0; sleep 0.1; done", timeout=60)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from textual.widgets import Input, Static
 
 from clusterkit.monitor.progress import Progress
@@ -228,3 +230,25 @@ async def test_a_real_recording_shows_a_killed_agent_and_a_frozen_node_go_down_a
         await pilot.pause()
         assert [(row[0], row[2]) for row in table_rows(app, "#ranks")] == [("0", "node1"), ("1", "node2"),
                                                                            ("2", "node3")]
+
+
+@pytest.mark.asyncio
+async def test_a_job_whose_log_stops_moving_raises_a_stall_alert_and_t_is_the_stacks_hook(tmp_path: Path) -> None:
+    recording = with_progress(tmp_path, (2.0, Progress(step=41, step_time_s=0.05, updated_at=JOB_START + 1.5)))
+    source = ReplaySource(recording, speed=0)
+    source.seek(source.start_time + 9.5)
+    thresholds = dataclasses.replace(Thresholds.for_interval(1.0), job_stall_floor_s=5.0)
+    app = MonitorApp(source, thresholds, refresh_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "job: job stalled at step 41 for 8 s" in text_of(app, "#alerts").replace("CRIT  ", "")
+        assert "job stalled at step 41 for 8 s (stall after 5 s)" in text_of(app, "#summary")
+        await pilot.press("t")  # no stacks wired in yet: a notice, the view stays
+        assert isinstance(app.screen, OverviewScreen)
+    shown = MonitorApp(ReplaySource(recording, speed=0), thresholds, refresh_s=3600,
+                       stacks=lambda: Text("ranks 0-31 in all_reduce (train.py:12)"))
+    async with shown.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await shown.workers.wait_for_complete()
+        await pilot.pause()
+        assert "ranks 0-31 in all_reduce" in str(shown.screen.query_one("#stacks", Static).render())

@@ -5,13 +5,21 @@ runs for real on this machine's directories; each "node" is a name."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clusterkit.envpack.judge import HEAD, cannot_install, copy_problems, share_groups
+from clusterkit.envpack.judge import (
+    HEAD,
+    cannot_install,
+    copy_problems,
+    head_holds_source,
+    node_holds_source,
+    share_groups,
+)
 from clusterkit.envpack.pack import Manifest, node_env_command
 from clusterkit.node import env_unpack as node_env
 
@@ -127,3 +135,23 @@ def test_an_env_directly_under_the_root_is_not_fixed_by_chowning_the_root() -> N
     error, fix = cannot_install("n1", {**place(10**9, 1, 10**9, 1), "writable": False, "parent": "/opt"},
                                 MANIFEST) or ("", "")
     assert fix == "on n1: sudo mkdir -p /opt/envs && sudo chown $USER /opt/envs"
+
+
+def test_a_prefix_unpacked_from_the_archive_is_never_its_source_even_with_the_sources_inode(tmp_path: Path) -> None:
+    # issue 19, W3 (intermittent): the shared prefix was removed and installed again, got its old inode
+    # number back, and every node sharing it was called "up to date: the env the archive was packed from"
+    prefix = tmp_path / "envs/ck"
+    prefix.mkdir(parents=True)
+    st = prefix.stat()
+    source = {"host": socket.gethostname(), "dev": st.st_dev, "ino": st.st_ino}
+    packed_here = Manifest(**{**MANIFEST.__dict__, "prefix": str(prefix), "source": source})
+    assert head_holds_source(packed_here)
+    assert node_holds_source({"source": source, "installed": None}, packed_here)
+    marker = packed_here.installed_marker()
+    (prefix / node_env.INSTALLED_MARKER).write_text(json.dumps(marker))
+    assert not head_holds_source(packed_here)
+    assert not node_holds_source({"source": source, "installed": marker}, packed_here)
+    older = {**marker, "sha256": "b" * 64}  # unpacked from another archive, then packed into this one
+    (prefix / node_env.INSTALLED_MARKER).write_text(json.dumps(older))
+    assert head_holds_source(packed_here)
+    assert node_holds_source({"source": source, "installed": older}, packed_here)

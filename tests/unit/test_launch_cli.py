@@ -144,3 +144,24 @@ def test_the_help_names_the_print_only_and_force_switches(capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "--print-only" in out
     assert "--force" in out
+
+
+def test_the_ranks_get_the_flight_recorder_hook_on_their_path_unless_turned_off(tmp_path: Path, fake_env: Path) -> None:
+    (fake_env.parent / "deepspeed").write_text(f'#!/bin/sh\nprintf "%s\\n" "$PYTHONPATH" > {tmp_path}/pythonpath\n')
+    here = tmp_path / "hostfile"
+    here.write_text("localhost slots=1\n")
+    argv = [sys.executable, "-m", "clusterkit", "launch", str(here), "--python", str(fake_env), "--force",
+            "--timeout", "20"]
+    done = subprocess.run([*argv, "--", SMOKE], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    job = done.stderr.split("flight recorder: job ")[1].split(",")[0]
+    hook = Path(f"/tmp/clusterkit-runs/{job}/flightrec")
+    try:
+        assert (tmp_path / "pythonpath").read_text().split(":")[:2] == [str(REPO), str(hook)]
+        assert (hook / "sitecustomize.py").is_file() and oct(hook.stat().st_mode)[-3:] == "700"
+    finally:
+        subprocess.run(["rm", "-rf", str(hook.parent)], check=False)
+    off = subprocess.run([*argv, "--no-flight-recorder", "--", SMOKE], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert off.returncode == 0 and "flight recorder" not in off.stderr
+    assert "clusterkit-runs" not in (tmp_path / "pythonpath").read_text()

@@ -347,6 +347,13 @@ def test_deepspeeds_own_slurm_launcher_reads_a_hostfile_of_the_allocation(tmp_pa
     assert written[1:] == ["node1 slots=2", "node2 slots=2", "node3 slots=2"]
 
 
+def test_deepspeeds_own_slurm_launcher_is_run_with_the_exports_its_srun_passes_on(tmp_path: Path) -> None:
+    nodes = slurm_nodes(tmp_path, names=("node1", "node2"))
+    line = nodes.launch_line(plan(launcher="slurm", master_addr="m"), nodes.hosts,
+                             LaunchStyle(cwd="/repo", exports={"PYTHONPATH": "/repo:/tmp/hook"}))
+    assert line.env == {"PYTHONPATH": "/repo:/tmp/hook"}
+
+
 def test_the_ssh_line_keeps_the_launcher_asked_for_and_the_ssh_port() -> None:
     nodes = SshNodes(HOSTS, SshSettings(port=2222), hostfile="/h")
     line = nodes.launch_line(plan(launcher="openmpi"), HOSTS, LaunchStyle()).argv

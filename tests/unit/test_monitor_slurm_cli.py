@@ -45,3 +45,14 @@ def test_a_replay_inside_an_allocation_plays_the_recording_and_asks_slurm_nothin
     done = monitor("--replay", str(JOB), "--once", "--json", job_id="42")
     assert done.returncode in (0, 1), done.stderr
     assert '"live": false' in done.stdout
+
+
+@pytest.mark.parametrize("command", [["doctor", "--slurm", "--identity", "k"],
+                                     ["bench", "collectives", "--slurm", "--identity", "k"]])
+def test_every_command_refuses_ssh_options_where_slurm_reaches_the_nodes(command: list[str]) -> None:
+    # the refusal lives where the target is built, so no command ignores --identity silently under Slurm
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    done = subprocess.run([sys.executable, "-m", "clusterkit", *command],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--identity: SSH options, but the nodes are reached through Slurm" in done.stderr

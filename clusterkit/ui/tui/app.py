@@ -21,6 +21,7 @@ from textual.widgets import Footer, Input, Static
 
 from clusterkit.monitor.progress import Progress
 from clusterkit.monitor.sources import Source
+from clusterkit.monitor.stall import Stall
 from clusterkit.monitor.views import (
     NodeSummary,
     RankRow,
@@ -31,7 +32,7 @@ from clusterkit.monitor.views import (
 )
 from clusterkit.ui.tui import cells
 from clusterkit.ui.tui.grid import Grid
-from clusterkit.ui.tui.thresholds import Alert, Thresholds, all_alerts
+from clusterkit.ui.tui.thresholds import Alert, Thresholds, all_alerts, job_stall
 
 #: Samples of history drawn per line in the node view.
 HISTORY_COLUMNS = 100
@@ -59,6 +60,8 @@ class Snapshot:
     progress: Progress | None = None
     #: What the viewer must know about the data (a recording cut short).
     notice: str | None = None
+    #: The job's stall by its log, if it stalled.
+    stall: Stall | None = None
 
     def straggling_hosts(self) -> set[str]:
         return {s.host for s in self.stragglers}
@@ -71,6 +74,8 @@ def progress_text(snap: Snapshot) -> Text:
     if p is not None:
         age = f", last step {cells.age(max(0.0, snap.now - p.updated_at))} ago" if p.updated_at is not None else ""
         text.append(f"\njob: {p.describe()}{age}", style="bold red" if p.error else "bold cyan")
+    if snap.stall is not None:
+        text.append(f"\n{snap.stall.describe()}", style="bold white on red")
     if snap.notice:
         text.append(f"\n{snap.notice}", style="bold yellow")
     return text
@@ -316,6 +321,23 @@ class HelpScreen(ModalScreen[None]):
                      id="help")
 
 
+#: Takes every rank's stack and returns them grouped, ready to show.
+StacksProvider = Callable[[], Text]
+
+
+class StacksScreen(ModalScreen[None]):
+    """The grouped stacks the ``t`` key took (escape closes)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,t,q", "app.pop_screen", "close")]
+
+    def __init__(self, text: Text) -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.text, id="stacks")
+
+
 class MonitorApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "clusterkit monitor"
@@ -324,12 +346,16 @@ class MonitorApp(App[None]):
         Binding("j", "jobs", "job view"),
         Binding("n", "step", "step", show=False),
         Binding("question_mark", "help", "help"),
+        # Hidden until the grouped stacks are wired in (see ``stacks``).
+        Binding("t", "stacks", "stacks", show=False),
     ]
 
     def __init__(self, source: Source, thresholds: Thresholds, *, refresh_s: float = 0.5,
-                 title: str = "clusterkit monitor") -> None:
+                 title: str = "clusterkit monitor", stacks: StacksProvider | None = None) -> None:
         super().__init__()
         self.source = source
+        #: Takes the job's stacks and returns them grouped, as text (``t``); runs in a worker thread.
+        self.stacks = stacks
         self._stragglers: tuple[float | None, list[Straggler]] = (None, [])
         self.thresholds = thresholds
         self.refresh_s = refresh_s
@@ -360,7 +386,7 @@ class MonitorApp(App[None]):
             stragglers = find_stragglers(state, t.stale_after_s, t.straggler_ratio, t.straggler_window)
             self._stragglers = (state.now, stragglers)
         return Snapshot(summaries, ranks, stragglers, all_alerts(summaries, ranks, stragglers, state, t),
-                        state.now, self.source.live, state.progress, self.source.notice)
+                        state.now, self.source.live, state.progress, self.source.notice, job_stall(state, ranks, t))
 
     def refresh_view(self, force: bool = False) -> None:
         """Redraw the screen on top if the state changed, or every second for the ages when live."""
@@ -388,6 +414,21 @@ class MonitorApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.thresholds))
+
+    def action_stacks(self) -> None:
+        """``t``: take the ranks' stacks and show them grouped (the hook for ``clusterkit stacks``)."""
+        provider = self.stacks
+        if provider is None:
+            self.notify("grouped stacks are not wired into the monitor yet: run `clusterkit flightrec` (and the "
+                        "stacks command) beside it", severity="warning", timeout=6)
+            return
+        self.notify("taking every rank's stack...", timeout=3)
+
+        def take() -> None:
+            text = provider()
+            self.call_from_thread(self.push_screen, StacksScreen(text))
+
+        self.run_worker(take, thread=True, exclusive=True, group="stacks")
 
     def action_step(self) -> None:
         if self.source.step():

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from clusterkit.errors import UsageError
+from clusterkit.monitor.baseline import deviations
+from clusterkit.monitor.stall import DEFAULT_FLOOR_S, DEFAULT_MULTIPLE, Stall, detect_stall
 from clusterkit.monitor.state import ClusterState
 from clusterkit.monitor.views import NodeSummary, RankRow, Straggler
 
@@ -36,6 +38,10 @@ class Thresholds:
     straggler_window: int = 10
     #: A rank with no CPU time for this long is marked stalled.
     stall_after_s: float = 30.0
+    #: The job (``--log``) is stalled when no step moves for this many times its usual gap between steps...
+    job_stall_multiple: float = DEFAULT_MULTIPLE
+    #: ... and at least this long.
+    job_stall_floor_s: float = DEFAULT_FLOOR_S
 
     @classmethod
     def for_interval(cls, interval_s: float) -> Thresholds:
@@ -106,9 +112,23 @@ def node_alerts(summary: NodeSummary, state: ClusterState, t: Thresholds) -> lis
     return alerts
 
 
+#: The host of alerts about the job as a whole.
+JOB_HOST = "job"
+
+
+def job_stall(state: ClusterState, ranks: list[RankRow], t: Thresholds) -> Stall | None:
+    """The job's stall by its log; none once every rank seen has exited (a finished job is silent too)."""
+    if ranks and all(r.status == "exited" for r in ranks):
+        return None
+    return detect_stall(state.progress, state.now, t.job_stall_multiple, t.job_stall_floor_s)
+
+
 def all_alerts(summaries: list[NodeSummary], ranks: list[RankRow], stragglers: list[Straggler],
                state: ClusterState, t: Thresholds) -> list[Alert]:
     alerts = [a for s in summaries for a in node_alerts(s, state, t)]
+    stall = job_stall(state, ranks, t)
+    if stall is not None:
+        alerts.append(Alert("crit", JOB_HOST, None, stall.describe()))
     alerts += [Alert("warn", s.host, s.gpu, "straggler: " + s.describe()) for s in stragglers]
     for row in ranks:
         if row.status == "exited":
@@ -116,4 +136,16 @@ def all_alerts(summaries: list[NodeSummary], ranks: list[RankRow], stragglers: l
         elif row.status == "stalled":
             alerts.append(Alert("warn", row.host, row.gpu, f"rank {row.rank} (pid {row.pid}) stalled: no CPU "
                                                            f"for {t.stall_after_s:.0f}s+"))
+    return alerts + baseline_alerts(state)
+
+
+def baseline_alerts(state: ClusterState) -> list[Alert]:
+    """GPUs whose live sample is outside what the saved run of ``monitor --baseline`` recorded for them."""
+    if state.baseline is None:
+        return []
+    alerts = []
+    with state.lock:
+        for host, view in state.nodes.items():
+            if view.last is not None:
+                alerts += [Alert("warn", host, gpu, text) for gpu, text in deviations(state.baseline, host, view.last)]
     return alerts

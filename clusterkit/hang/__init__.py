@@ -1,0 +1,1 @@
+"""Hung and desynced jobs: what the ranks were doing when progress stopped."""

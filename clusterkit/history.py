@@ -1,0 +1,202 @@
+"""Saved runs on disk: ``~/.clusterkit/runs/`` (``$CLUSTERKIT_HOME/runs``), one JSON file per run.
+
+A run file is named ``<id>__<label>.json`` (id: UTC time and a random suffix, ``20261204-181500-3fa2``;
+label: ``doctor``, ``bench_collectives``...) and written atomically (a temporary file in the same
+directory, then a rename). ``names.json`` maps a name (``good``) to one run per label, so ``good`` can
+name a doctor run and a bench run at once. The directory is capped (:data:`DEFAULT_CAP_BYTES`): past it
+the oldest unnamed runs go first; named runs are never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterkit.core.saved_run import SavedRun, SavedRunError, run_from_json, run_to_json
+from clusterkit.errors import UsageError
+
+HOME_ENV = "CLUSTERKIT_HOME"
+CAP_ENV = "CLUSTERKIT_HISTORY_MB"
+#: The history's size cap: 256 MiB holds about a hundred doctor runs of 64 nodes (~2 MiB each), thousands
+#: of a handful of nodes.
+DEFAULT_CAP_BYTES = 256 << 20
+#: The name ``--compare`` looks for first.
+GOOD = "good"
+_NAMES = "names.json"
+
+
+def clusterkit_home() -> Path:
+    """The user's clusterkit directory: ``$CLUSTERKIT_HOME``, else ``~/.clusterkit`` (where the trusted host
+    keys log lives too)."""
+    return Path(os.environ.get(HOME_ENV) or "~/.clusterkit").expanduser()
+
+
+def _cap_from_env() -> int:
+    text = os.environ.get(CAP_ENV, "")
+    try:
+        return int(float(text) * (1 << 20)) if text else DEFAULT_CAP_BYTES
+    except ValueError:
+        raise UsageError(f"{CAP_ENV}={text!r}: expected a size in MiB") from None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One saved run's file: its id, label and path, and the names it holds."""
+
+    id: str
+    label: str
+    path: Path
+    names: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "_")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class History:
+    """The saved runs under ``root`` (default: :func:`clusterkit_home`/runs)."""
+
+    def __init__(self, root: Path | None = None, cap_bytes: int | None = None) -> None:
+        self.root = root or clusterkit_home() / "runs"
+        self.cap_bytes = cap_bytes if cap_bytes is not None else _cap_from_env()
+
+    # ------------------------------------------------------------------------------------ reading
+
+    def _names(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads((self.root / _NAMES).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(n): {str(k): str(v) for k, v in labels.items()} for n, labels in data.items()
+                if isinstance(labels, dict)}
+
+    def entries(self) -> list[Entry]:
+        """Every saved run, oldest first."""
+        if not self.root.is_dir():
+            return []
+        held: dict[str, list[str]] = {}
+        for name, labels in self._names().items():
+            for run_id in labels.values():
+                held.setdefault(run_id, []).append(name)
+        found = []
+        for path in sorted(self.root.glob("*__*.json")):
+            run_id, _, slug = path.stem.partition("__")
+            found.append(Entry(run_id, slug.replace("_", " "), path, tuple(sorted(held.get(run_id, [])))))
+        return found
+
+    def find(self, ref: str, label: str | None = None) -> Entry:
+        """A run by name (for ``label``: the run of that label holding it) or by id (or an id's unique start)."""
+        entries = self.entries()
+        by_id = {e.id: e for e in entries}
+        labels = self._names().get(ref)
+        if labels:
+            chosen = labels.get(label) if label else (labels[next(iter(labels))] if len(labels) == 1 else None)
+            if chosen in by_id:
+                return by_id[chosen]
+            if label:
+                raise UsageError(f"no {label} run is named {ref!r} (named: {', '.join(sorted(labels))}); "
+                                 "clusterkit history list shows the runs")
+        matches = [e for e in entries if e.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        what = "several runs" if matches else "no saved run"
+        raise UsageError(f"{what} match {ref!r}; clusterkit history list shows the runs and their names")
+
+    def reference(self, ref: str | None, label: str) -> tuple[SavedRun, str]:
+        """The run to compare a ``label`` run against, and how to name it: ``ref`` as a file path, a name or
+        an id; without one, the ``label`` run named ``good``, else the last ``label`` run."""
+        if ref and (os.sep in ref or ref.endswith(".json")):
+            return load(Path(ref)), ref
+        if ref:
+            entry = self.find(ref, label)
+        else:
+            good = self._names().get(GOOD, {}).get(label)
+            candidates = [e for e in self.entries() if e.label == label]
+            marked = [e for e in candidates if e.id == good]
+            if not candidates:
+                raise UsageError(f"no saved {label} run to compare against; run it once first (runs are saved "
+                                 "unless --no-save-run), or name a saved run's file")
+            entry = (marked or candidates)[-1]
+        names = f" ({', '.join(entry.names)})" if entry.names else ""
+        return load(entry.path), f"run {entry.id}{names}"
+
+    # ------------------------------------------------------------------------------------ writing
+
+    def save(self, run: SavedRun, name: str | None = None) -> Entry:
+        """Write ``run`` (atomically), name it if asked, then drop the oldest unnamed runs past the cap."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(run.started_at))
+        run_id = f"{stamp}-{secrets.token_hex(2)}"
+        path = self.root / f"{run_id}__{_slug(run.label)}.json"
+        _atomic_write(path, json.dumps(run_to_json(run), separators=(",", ":")) + "\n")
+        entry = Entry(run_id, run.label, path)
+        if name:
+            entry = self.mark(name, run_id)
+        self.trim(keep=run_id)
+        return entry
+
+    def mark(self, name: str, ref: str | None = None) -> Entry:
+        """Give ``name`` to a run (default: the newest); the name leaves the run of the same label that had it."""
+        if not name or "/" in name or name.endswith(".json"):
+            raise UsageError(f"run name {name!r}: a plain word, e.g. good")
+        entries = self.entries()
+        if not entries:
+            raise UsageError("no saved run to name; run doctor or bench first")
+        entry = self.find(ref) if ref else entries[-1]
+        names = self._names()
+        names.setdefault(name, {})[entry.label] = entry.id
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.root / _NAMES, json.dumps(names, indent=1, sort_keys=True) + "\n")
+        return Entry(entry.id, entry.label, entry.path, tuple(sorted({*entry.names, name})))
+
+    def trim(self, keep: str = "") -> list[Entry]:
+        """Drop the oldest unnamed runs (never ``keep``) until the runs fit the cap; the dropped ones."""
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        dropped = []
+        for entry in entries:
+            if total <= self.cap_bytes:
+                break
+            if entry.names or entry.id == keep:
+                continue
+            total -= entry.size
+            entry.path.unlink(missing_ok=True)
+            dropped.append(entry)
+        return dropped
+
+
+def load(path: Path) -> SavedRun:
+    """A saved run from its file; a usage error (one line) when it cannot be read or is not one."""
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read saved run {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    try:
+        return run_from_json(data)
+    except SavedRunError as exc:
+        raise UsageError(f"{path}: {exc}") from None
