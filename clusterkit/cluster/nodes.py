@@ -103,16 +103,22 @@ class LaunchStyle:
 
 def launch_env(style: LaunchStyle, pythonpath: str | None) -> dict[str, str]:
     """The launching process's extra environment: ``style.exports``, and ``PYTHONPATH`` with
-    ``style.pythonpath_first`` before the one the ranks would get otherwise (the exports', else
-    ``pythonpath``, the launching shell's), which the runner passes on."""
+    ``style.pythonpath_first`` right after the launch directory on the one the ranks would get otherwise
+    (the exports', else ``pythonpath``, the launching shell's), which the runner passes on."""
     env = dict(style.exports)
     if style.pythonpath_first:
-        env["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, style.exports.get("PYTHONPATH") or pythonpath)
+        env["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, style.exports.get("PYTHONPATH") or pythonpath,
+                                            style.cwd)
     return env
 
 
-def pythonpath_with(first: Sequence[str], pythonpath: str | None) -> str:
-    return ":".join([*first, *([pythonpath] if pythonpath else [])])
+def pythonpath_with(first: Sequence[str], pythonpath: str | None, cwd: str = "") -> str:
+    """``first`` on ``pythonpath``, after ``cwd`` (the launch directory, first as DeepSpeed's runner puts it)
+    where one is given."""
+    rest = [p for p in (pythonpath or "").split(":") if p]
+    if cwd and rest[:1] == [cwd]:
+        rest = rest[1:]
+    return ":".join([*([cwd] if cwd else []), *first, *rest])
 
 
 @dataclass(frozen=True)

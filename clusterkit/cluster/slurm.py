@@ -314,9 +314,8 @@ class SlurmNodes(NodesBase):
                                           default=0) or None
         exports = {**runner_exports(cwd, self.environ.get("PYTHONPATH"),
                                     deepspeed_env_values(cwd, self.environ.get("HOME"))), **style.exports}
-        if style.pythonpath_first:  # after the launch directory, as DeepSpeed's runner leaves it over pdsh
-            rest = exports["PYTHONPATH"].removeprefix(cwd).lstrip(":")
-            exports["PYTHONPATH"] = pythonpath_with([cwd, *style.pythonpath_first], rest or None)
+        if style.pythonpath_first:
+            exports["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, exports["PYTHONPATH"], cwd)
         flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
         srun_args = " ".join(a for a in flags if a)
         # A line printed for later runs in whichever allocation it is run inside, not in one released by then.

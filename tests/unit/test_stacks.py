@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -330,10 +331,14 @@ def test_the_launch_hook_writes_a_ranks_stacks_on_the_signal_and_runs_the_sitecu
         rank.wait()
 
 
-def test_launch_puts_directories_first_on_the_ranks_pythonpath_whatever_the_transport() -> None:
-    style = LaunchStyle(exports={"A": "1"}, pythonpath_first=("/tmp/clusterkit-1000/stacks-hook-01",))
-    assert launch_env(style, "/mine") == {"A": "1", "PYTHONPATH": "/tmp/clusterkit-1000/stacks-hook-01:/mine"}
+def test_launch_puts_the_hook_right_after_the_launch_directory_on_the_ranks_pythonpath() -> None:
+    hook = "/tmp/clusterkit-1000/stacks-hook-01"
+    style = LaunchStyle(cwd="/repo", exports={"A": "1"}, pythonpath_first=(hook,))
+    assert launch_env(style, "/mine") == {"A": "1", "PYTHONPATH": f"/repo:{hook}:/mine"}
     assert launch_env(LaunchStyle(exports={"A": "1"}), "/mine") == {"A": "1"}
+    # on a PYTHONPATH the launch exports already (the flight recorder's, the launch directory first)
+    recorder = replace(style, exports={"PYTHONPATH": "/repo:/runs/job/flightrec:/mine"})
+    assert launch_env(recorder, "/mine")["PYTHONPATH"] == f"/repo:{hook}:/runs/job/flightrec:/mine"
 
 
 @pytest.mark.parametrize(("flags", "says"), [
@@ -348,9 +353,3 @@ def test_bad_flags_are_one_line_usage_errors_before_any_node_is_asked(flags: lis
     assert main(["stacks", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"clusterkit: error: {says}"]
-
-
-def test_the_hook_goes_first_on_a_pythonpath_the_launch_already_exports() -> None:
-    hook = "/tmp/clusterkit-1000/stacks-hook-01"
-    style = LaunchStyle(exports={"PYTHONPATH": "/repo:/runs/job/flightrec:/mine"}, pythonpath_first=(hook,))
-    assert launch_env(style, "/mine")["PYTHONPATH"] == f"{hook}:/repo:/runs/job/flightrec:/mine"
