@@ -18,6 +18,7 @@ from clusterkit.node.collect.pystacks import (
     denied,
     dump_with_signal,
     hook_file,
+    stack_of,
     threads_from_faulthandler,
     threads_from_pyspy,
 )
@@ -301,6 +302,19 @@ def test_signal_only_ships_no_py_spy_and_a_cache_probe_is_read() -> None:
     assert [c.kind for c in nodes.calls] == ["agent"]
     assert read_probe("banner\n@@ck-cache /tmp/clusterkit-0\n@@ck-cache-have py-spy-ab\n") == (
         "/tmp/clusterkit-0", {"py-spy-ab"})
+
+
+def test_native_frames_that_cannot_be_unwound_leave_the_python_ones_read_by_py_spy(tmp_path: Path) -> None:
+    fake = tmp_path / "py-spy"
+    main_thread = json.dumps([{"thread_name": "MainThread", "frames": [
+        {"name": "step", "filename": "/nonexistent/train.py", "line": 52}]}])
+    fake.write_text(f"#!/bin/sh\ncase \"$*\" in *--native*) echo 'Error: Failed to unwind' >&2; exit 1;; esac\n"
+                    f"echo '{main_thread}'\n")
+    fake.chmod(0o755)
+    rank = {"pid": 1, "state": "S", "hook": None}
+    got = stack_of(rank, str(fake), "auto", native=True, nonblocking=False, timeout_s=5)
+    assert got["method"] == "py-spy" and got["native_error"] == "py-spy: Error: Failed to unwind"
+    assert got["threads"][0]["frames"][0]["name"] == "step"
 
 
 # ------------------------------------------------------------------------------------- the launch hook

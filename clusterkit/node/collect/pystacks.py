@@ -241,7 +241,7 @@ def stack_of(rank: dict[str, Any], pyspy: str | None, via: str, native: bool, no
     if via in ("auto", "py-spy"):
         if pyspy:
             tried = dump_with_pyspy(pyspy, rank["pid"], native, nonblocking, timeout_s)
-            if native and tried.get("denied"):  # unwinding native frames may be refused where reading is not
+            if native and "error" in tried:  # native frames are best effort: their unwinding may fail alone
                 python_only = dump_with_pyspy(pyspy, rank["pid"], False, nonblocking, timeout_s)
                 if "error" not in python_only:
                     return dict(python_only, native_error=tried["error"])
