@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "agent",
     "slurm",
     "monitor",
+    "stacks",
     "flightrec",
     "nodecheck",
 )

@@ -29,6 +29,7 @@ from clusterkit.cluster.nodes import (
     ProgressListener,
     SchedulerView,
     StateCallback,
+    launch_env,
 )
 from clusterkit.cluster.remote.agent import AgentReply, parse_agent_output
 from clusterkit.cluster.remote.ssh import RemoteError, SshSettings
@@ -147,7 +148,7 @@ class LocalNodes(NodesBase):
         full = replace(plan, hostfile=hostfile, include=include, exclude=exclude,
                        launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or "127.0.0.1", force_multi=False, no_ssh_check=True)
-        return LaunchLine(build_launch_line(full), None, dict(style.exports))
+        return LaunchLine(build_launch_line(full), None, launch_env(style, os.environ.get("PYTHONPATH")))
 
     def ssh_mesh(self) -> SshSettings | None:
         return None

@@ -90,12 +90,35 @@ class LaunchStyle:
     #: Variables every rank gets beyond what DeepSpeed's runner exports (``PYTHONPATH`` with the launch
     #: directory first, ``.deepspeed_env``), which every transport gives the ranks as the runner would.
     exports: Mapping[str, str] = field(default_factory=dict)
+    #: Directories every rank gets first on its ``PYTHONPATH``, before the launching shell's (after the
+    #: launch directory DeepSpeed's runner puts first): the stack hook of ``clusterkit launch``.
+    pythonpath_first: tuple[str, ...] = ()
     #: The ranks may share the job's resources with its other steps (Slurm's ``--overlap``: a clean-up or a
     #: second run beside this one); nothing elsewhere, where no scheduler holds the resources.
     overlap: bool = False
     #: The line is for later (printed), to run after the nodes are closed: it names nothing their closing
     #: releases (under Slurm, no ``--jobid`` of an allocation clusterkit asked for).
     outlives_nodes: bool = False
+
+
+def launch_env(style: LaunchStyle, pythonpath: str | None) -> dict[str, str]:
+    """The launching process's extra environment: ``style.exports``, and ``PYTHONPATH`` with
+    ``style.pythonpath_first`` right after the launch directory on the one the ranks would get otherwise
+    (the exports', else ``pythonpath``, the launching shell's), which the runner passes on."""
+    env = dict(style.exports)
+    if style.pythonpath_first:
+        env["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, style.exports.get("PYTHONPATH") or pythonpath,
+                                            style.cwd)
+    return env
+
+
+def pythonpath_with(first: Sequence[str], pythonpath: str | None, cwd: str = "") -> str:
+    """``first`` on ``pythonpath``, after ``cwd`` (the launch directory, first as DeepSpeed's runner puts it)
+    where one is given."""
+    rest = [p for p in (pythonpath or "").split(":") if p]
+    if cwd and rest[:1] == [cwd]:
+        rest = rest[1:]
+    return ":".join([*([cwd] if cwd else []), *first, *rest])
 
 
 @dataclass(frozen=True)

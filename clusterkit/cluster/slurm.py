@@ -26,6 +26,8 @@ from clusterkit.cluster.nodes import (
     ProgressListener,
     SchedulerView,
     StateCallback,
+    launch_env,
+    pythonpath_with,
 )
 from clusterkit.cluster.remote.agent import AgentReply
 from clusterkit.cluster.remote.slurm import (
@@ -304,20 +306,22 @@ class SlurmNodes(NodesBase):
                        master_port=DEFAULT_MASTER_PORT if plan.master_port is None else plan.master_port)
         if plan.launcher == DEEPSPEED_SLURM_LAUNCHER:
             # DeepSpeed's runner exports this environment's PYTHON* variables to every rank (srun --export=ALL).
-            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style), env=dict(style.exports),
-                              while_open=self.alloc.owned)
+            return LaunchLine(self._deepspeed_slurm_line(plan, chosen, style),
+                              env=launch_env(style, self.environ.get("PYTHONPATH")), while_open=self.alloc.owned)
         cwd = style.cwd or str(Path.cwd())
         gpus = min((self.alloc.job.gpus_per_node.get(h.name, 0) for h in chosen), default=0)
         cpus = style.cpus_per_task or min((self.alloc.job.cpus_per_node.get(h.name, 0) for h in chosen),
                                           default=0) or None
-        exports = runner_exports(cwd, self.environ.get("PYTHONPATH"),
-                                 deepspeed_env_values(cwd, self.environ.get("HOME")))
+        exports = {**runner_exports(cwd, self.environ.get("PYTHONPATH"),
+                                    deepspeed_env_values(cwd, self.environ.get("HOME"))), **style.exports}
+        if style.pythonpath_first:
+            exports["PYTHONPATH"] = pythonpath_with(style.pythonpath_first, exports["PYTHONPATH"], cwd)
         flags = ("--label" if style.labelled else "", "--overlap" if style.overlap else "", style.launcher_args)
         srun_args = " ".join(a for a in flags if a)
         # A line printed for later runs in whichever allocation it is run inside, not in one released by then.
         job_id = None if style.outlives_nodes and self.alloc.owned else self.alloc.job_id
         line = build_srun_line(SrunPlan(plan, chosen, cwd, job_id=job_id, cpus_per_task=cpus, gpus_per_node=gpus,
-                                        exports={**exports, **style.exports}, srun_args=srun_args))
+                                        exports=exports, srun_args=srun_args))
         return LaunchLine(line, [h.name for h in chosen] if style.labelled else None, while_open=self.alloc.owned)
 
     def _deepspeed_slurm_line(self, plan: LaunchPlan, chosen: list[ActiveHost], style: LaunchStyle) -> list[str]:

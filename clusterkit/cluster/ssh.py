@@ -4,6 +4,7 @@ own runner and pdsh."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ from clusterkit.cluster.nodes import (
     ProgressListener,
     SchedulerView,
     StateCallback,
+    launch_env,
 )
 from clusterkit.cluster.remote.agent import AgentReply, agent_command, run_agent_reply, ship_agent
 from clusterkit.cluster.remote.fanout import fan_out
@@ -128,7 +130,7 @@ class SshNodes(NodesBase):
                        ssh_port=self.settings.port, launcher_args=style.launcher_args or plan.launcher_args,
                        master_addr=plan.master_addr or ("127.0.0.1" if here else None),
                        force_multi=len(chosen) == 1 and not here, no_ssh_check=here)
-        return LaunchLine(build_launch_line(full), None, dict(style.exports))
+        return LaunchLine(build_launch_line(full), None, launch_env(style, os.environ.get("PYTHONPATH")))
 
     def ssh_mesh(self) -> SshSettings | None:
         return self.settings

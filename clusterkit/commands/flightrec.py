@@ -3,7 +3,7 @@
 reached it.
 
 A live job is asked for fresh dumps first (``--no-ask`` reads what is there: the dumps NCCL writes on its
-watchdog's timeout, or those the ranks wrote at exit). The reading is :func:`~clusterkit.hang.flightrec.
+watchdog's timeout, or those the ranks wrote at exit). The reading is :func:`~clusterkit.stacks.flightrec.
 read_flight_records`; this module only parses flags and prints.
 """
 
@@ -22,7 +22,7 @@ from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.core.findings import Outcome
 from clusterkit.core.flightrec import RUNS_ROOT, Collective
 from clusterkit.errors import ExitCode, UsageError
-from clusterkit.hang.flightrec import FlightReport, read_flight_records
+from clusterkit.stacks.flightrec import FlightReport, read_flight_records
 
 
 def register(subparsers: Any) -> None:

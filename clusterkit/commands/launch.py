@@ -44,7 +44,6 @@ from clusterkit.core.launchline import (
 )
 from clusterkit.core.slurmlaunch import launch_intent, parse_interval
 from clusterkit.errors import ClusterkitError, ExitCode, UsageError
-from clusterkit.hang.flightrec import prepare_recorder
 from clusterkit.launch import (
     ConfigToCheck,
     Preflight,
@@ -54,6 +53,8 @@ from clusterkit.launch import (
     preflight_checks,
     run_launch,
 )
+from clusterkit.stacks.flightrec import prepare_recorder
+from clusterkit.stacks.ship import place_hook
 from clusterkit.ui.progress import NodeProgress
 from clusterkit.ui.report import DoctorReport, render_table, summary_line
 
@@ -98,6 +99,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-preflight", action="store_true",
                         help="build the line without looking at the nodes or the config")
     parser.add_argument("--force", action="store_true", help="launch even when the preflight finds errors")
+    parser.add_argument("--no-stacks-hook", action="store_true",
+                        help="leave out the stack hook (a sitecustomize first on the ranks' PYTHONPATH that lets "
+                             "clusterkit stacks read each rank's stack on a signal, without ptrace rights)")
     parser.add_argument("--skip", type=id_list, default=[], metavar="IDS",
                         help="comma-separated doctor check ids/tags or config rule ids to leave out")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -150,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             plan.master_addr, plan.master_port = checked.master_addr, checked.master_port
         if not args.print_only and not args.no_flight_recorder:
             style = _with_flight_recorder(args, nodes, style, err)
+        if not args.print_only and not args.no_stacks_hook:
+            style = _with_stacks_hook(nodes, style, args.timeout, err)
         line = nodes.launch_line(plan, nodes.hosts, style)
         if args.print_only:
             print(shell_line(line.argv))
@@ -176,6 +182,17 @@ def _with_flight_recorder(args: argparse.Namespace, nodes: Nodes, style: LaunchS
     err.print(Text.assemble(("flight recorder: ", "bold"), f"job {setup.job_id}, dumps in {setup.directory} on "
                             f"every node; after a hang: {read}"), soft_wrap=True)
     return dataclasses.replace(style, exports={**style.exports, **setup.exports})
+
+
+def _with_stacks_hook(nodes: Nodes, style: LaunchStyle, timeout_s: float, err: Console) -> LaunchStyle:
+    """``style`` with the stack hook's directory first on the ranks' PYTHONPATH (put on every node first);
+    unchanged, with a note, where it cannot be (the job launches all the same)."""
+    directory, why = place_hook(nodes, timeout_s)
+    if directory is None:
+        err.print(f"note: no stack hook in the ranks ({why}): clusterkit stacks will need ptrace rights to read them",
+                  style="yellow", markup=False)
+        return style
+    return dataclasses.replace(style, pythonpath_first=(directory, *style.pythonpath_first))
 
 
 def _training_command(args: argparse.Namespace) -> tuple[str, list[str], str]:

@@ -200,6 +200,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
     stream(args.interval, args.count, args.slow_every, args.nvml_timeout)
 
 
+def cmd_stacks(args: argparse.Namespace) -> Any:
+    import shutil
+
+    from clusterkit.node.collect.pystacks import take
+
+    return take(args.pyspy or shutil.which("py-spy"), via=args.via, native=args.native,
+                nonblocking=args.nonblocking, timeout_s=args.timeout, sample_s=args.sample, rate=args.rate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusterkit-agent")
     sub = parser.add_subparsers(dest="command")
@@ -237,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--port", type=int, required=True)
     connect.add_argument("--timeout", type=float, default=5.0)
     connect.set_defaults(func=lambda a: reach(a.host, a.port, a.timeout))
+    stacks = sub.add_parser("stacks", help="every training rank's Python stack (py-spy, or the launch hook's "
+                                           "signal), optionally sampled over some seconds")
+    stacks.add_argument("--py-spy", dest="pyspy", help="the py-spy binary (default: the first on PATH)")
+    stacks.add_argument("--via", choices=("auto", "py-spy", "signal"), default="auto")
+    stacks.add_argument("--native", action="store_true", help="native frames too (py-spy)")
+    stacks.add_argument("--nonblocking", action="store_true", help="never stop a rank while reading it")
+    stacks.add_argument("--timeout", type=float, default=10.0, help="seconds per rank")
+    stacks.add_argument("--sample", type=float, default=0.0, help="also py-spy record each rank this many seconds")
+    stacks.add_argument("--rate", type=int, default=50, help="samples per second with --sample")
+    stacks.set_defaults(func=cmd_stacks)
     sample = sub.add_parser("stream", help="print a monitor sample every interval until the channel closes "
                                            "(stdout breaks, or stdin, a pipe or socket, reaches its end)")
     sample.add_argument("--interval", type=stream_interval, default=1.0)

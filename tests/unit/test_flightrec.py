@@ -13,7 +13,7 @@ import pytest
 
 from clusterkit.cluster import CommandOutput
 from clusterkit.core.flightrec import DumpError, RankTrace, first_disagreement, flightrec_env, load_dump
-from clusterkit.hang.flightrec import hook_source, prepare_recorder, read_flight_records
+from clusterkit.stacks.flightrec import hook_source, prepare_recorder, read_flight_records
 from tests.fake_nodes import FakeNodes, hosts_named
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "flightrec" / "gloo-desync"

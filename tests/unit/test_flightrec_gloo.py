@@ -15,7 +15,7 @@ import pytest
 
 from clusterkit.cluster.local import LocalNodes
 from clusterkit.core.flightrec import DESYNC_ID, flightrec_env
-from clusterkit.hang.flightrec import install_hook, read_flight_records
+from clusterkit.stacks.flightrec import install_hook, read_flight_records
 from tests.unit.test_cluster_nodes import here
 
 pytest.importorskip("torch")

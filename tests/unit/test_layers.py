@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, int]] = [
     ("clusterkit.survey", 4), ("clusterkit.doctor", 4), ("clusterkit.launch", 4), ("clusterkit.bootstrap", 4),
     ("clusterkit.envpack", 4), ("clusterkit.workloads", 4), ("clusterkit.monitor", 4), ("clusterkit.nodecheck", 4),
     ("clusterkit.history", 4),
-    ("clusterkit.hang", 4),
+    ("clusterkit.stacks", 4),
     # 5: what shows results: renderers, progress views, the TUI
     ("clusterkit.ui", 5),
     # 6: the command line

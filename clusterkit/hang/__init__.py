@@ -1,1 +1,0 @@
-"""Hung and desynced jobs: what the ranks were doing when progress stopped."""

@@ -1,0 +1,52 @@
+"""clusterkit's stack hook, put on every node by ``clusterkit launch`` as ``sitecustomize.py`` in a
+directory first on the ranks' ``PYTHONPATH`` (``.../clusterkit-UID/stacks-hook-DIGEST/``).
+
+In a training rank (``RANK`` and ``LOCAL_RANK`` set) it registers :mod:`faulthandler` for SIGUSR2 with a
+per-rank file (``.../clusterkit-UID/stacks/HOST-PID.txt``): on the signal, the rank's own C handler
+appends every thread's Python stack there, even while the rank blocks inside a collective. ``clusterkit
+stacks`` sends the signal and reads the file where it may not read the rank with py-spy (no ptrace
+rights). Anything else (the launcher's own processes) is left alone, and the sitecustomize this one
+shadows (a distribution's) still runs. It never raises: a rank must start whatever happens here.
+
+Stdlib only, Python 3.8 syntax.
+"""
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _install() -> None:
+    if "RANK" not in os.environ or "LOCAL_RANK" not in os.environ:
+        return
+    import faulthandler
+    import signal
+    import socket
+
+    out_dir = HERE.parent / "stacks"
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = out_dir / f"{socket.gethostname()}-{os.getpid()}.txt"
+    out = path.open("a")  # open for the life of the process: faulthandler writes to it
+    os.utime(path)  # made now: the reader signals only a file newer than the process
+    faulthandler.register(signal.SIGUSR2, file=out, all_threads=True, chain=False)
+    sys.__dict__["_clusterkit_stacks_file"] = out  # faulthandler keeps it too; this says why it stays open
+
+
+def _run_shadowed() -> None:
+    """The next ``sitecustomize`` on the path, which this one hides, run as Python would have run it."""
+    import importlib.machinery
+    import importlib.util
+
+    rest = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+for _step in (_install, _run_shadowed):
+    with contextlib.suppress(Exception):  # a rank must start whatever happens here
+        _step()
