@@ -19,6 +19,10 @@ import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The directories whose ``sitecustomize`` already ran in this process. clusterkit's hooks (this one and
+#: the stack hook) each run the next ``sitecustomize`` on the path; each skips those already run, so two
+#: hooks never run each other in a circle and the user's own runs once.
+RAN = sys.__dict__.setdefault("_clusterkit_sitecustomize_ran", set())
 PREFIX = str(HERE / "rank_")
 REQUEST = HERE / "dump-request"
 #: Replaced by ``clusterkit launch`` when it writes this file (entries each rank keeps).
@@ -84,7 +88,7 @@ def _chain() -> None:
     import importlib.machinery
     import importlib.util
 
-    others = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    others = [p for p in sys.path if Path(p or ".").resolve() not in RAN]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
     if spec is None or spec.loader is None or spec.origin == str(Path(__file__).resolve()):
         return
@@ -93,6 +97,9 @@ def _chain() -> None:
 
 
 def main() -> None:
+    if HERE in RAN:
+        return
+    RAN.add(HERE)
     rank = os.environ.get("RANK")
     if rank is not None and os.environ.get("CLUSTERKIT_FLIGHT_RECORDER", "1") != "0":
         _environment()

@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The directories whose ``sitecustomize`` already ran in this process (see the flight recorder's hook:
+#: each clusterkit hook skips those, so two never run each other in a circle).
+RAN = sys.__dict__.setdefault("_clusterkit_sitecustomize_ran", set())
 
 
 def _install() -> None:
@@ -40,13 +43,15 @@ def _run_shadowed() -> None:
     import importlib.machinery
     import importlib.util
 
-    rest = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    rest = [p for p in sys.path if Path(p or ".").resolve() not in RAN]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
     if spec is not None and spec.loader is not None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
 
 
-for _step in (_install, _run_shadowed):
-    with contextlib.suppress(Exception):  # a rank must start whatever happens here
-        _step()
+if HERE not in RAN:
+    RAN.add(HERE)
+    for _step in (_install, _run_shadowed):
+        with contextlib.suppress(Exception):  # a rank must start whatever happens here
+            _step()
