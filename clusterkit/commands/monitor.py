@@ -38,6 +38,8 @@ from clusterkit.monitor.sources import (
 )
 from clusterkit.monitor.views import find_stragglers, rank_rows, summarize_cluster
 from clusterkit.node.collect.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, valid_interval
+from clusterkit.stacks.report import StacksReport, build_report, report_doc
+from clusterkit.stacks.take import StacksOptions, take_stacks
 from clusterkit.ui.tui.thresholds import Thresholds, all_alerts, job_stall
 
 JSON_SCHEMA_VERSION = 1
@@ -98,9 +100,14 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--slow-every {args.slow_every}: must be 0 (never) or more")
 
 
-def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitStack) -> tuple[Source, str]:
-    """The source the flags ask for and what it watches (for the title); what it holds open (an
-    allocation clusterkit made) is left on ``stack``."""
+#: Takes every rank's stack on the watched nodes, grouped and judged (``t`` in the view; a stall in --once).
+StacksTaker = Callable[[], StacksReport]
+
+
+def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitStack
+                 ) -> tuple[Source, str, StacksTaker | None]:
+    """The source the flags ask for, what it watches (for the title) and how to take its ranks' stacks
+    (none for a replay); what it holds open (an allocation clusterkit made) is left on ``stack``."""
     if args.replay:
         if args.hostfile or args.record or args.log:
             raise UsageError("--replay plays a recording: give no HOSTFILE, --record or --log with it "
@@ -108,7 +115,7 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
         if args.slurm or any(getattr(args, name) for name in SLURM_REQUEST_OPTIONS):
             raise UsageError("--replay plays a recording and reaches no nodes: give no --slurm, --partition, "
                              "--nodes, --nodelist, --slurm-time or --slurm-args with it")
-        return ReplaySource(args.replay, speed=args.speed), args.replay
+        return ReplaySource(args.replay, speed=args.speed), args.replay, None
     log = LogFollower(args.log) if args.log else None
     if log is not None and (why := log.check()) is not None:
         raise UsageError(f"--log: {why}")
@@ -123,8 +130,12 @@ def build_source(args: argparse.Namespace, thresholds: Thresholds, stack: ExitSt
         return nodes.agent_streams(stream_args(args.interval, args.slow_every), on_line, on_state,
                                    stale_after_s=thresholds.stale_after_s, lost_after_s=thresholds.lost_after_s)
 
+    def stacks() -> StacksReport:
+        options = StacksOptions()
+        return build_report(take_stacks(nodes, options, place_timeout_s=max(30.0, 3 * args.connect_timeout)), options)
+
     recorder = Recorder(args.record, hosts, slots, args.interval) if args.record else None
-    return LiveSource(hosts, slots, streams, args.interval, recorder=recorder, log=log), where
+    return LiveSource(hosts, slots, streams, args.interval, recorder=recorder, log=log), where, stacks
 
 
 #: The allocation request's options (they imply --slurm).
@@ -166,6 +177,12 @@ def report(source: Source, thresholds: Thresholds) -> dict[str, Any]:
             "thresholds": dataclasses.asdict(thresholds)}
 
 
+def stacks_record(stacks: StacksReport) -> dict[str, Any]:
+    """The stall's evidence for --once: the groups and findings of ``clusterkit stacks --json``."""
+    doc = report_doc(stacks)
+    return {key: doc[key] for key in ("moving", "job", "groups", "findings")}
+
+
 def print_table(doc: dict[str, Any]) -> None:
     from clusterkit.ui.tui import cells
 
@@ -194,18 +211,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not args.once:
         raise UsageError("--json prints one round for scripts: use it with --once")
     with ExitStack() as stack:  # holds an allocation made for this run until the view or round is done
-        source, where = build_source(args, thresholds, stack)
+        source, where, stacks = build_source(args, thresholds, stack)
         if args.baseline is not None:
             source.state.baseline = baseline_from_run(*History().reference(args.baseline or None, "doctor"))
         if not args.once:
+            from clusterkit.ui.stacks import as_text
             from clusterkit.ui.tui.app import MonitorApp
 
-            MonitorApp(source, thresholds, title=f"clusterkit monitor {where}").run()
+            provider = None if stacks is None else (lambda: as_text(stacks()))
+            MonitorApp(source, thresholds, title=f"clusterkit monitor {where}", stacks=provider).run()
             return ExitCode.OK
         try:
             wait_for_round(source, args.wait if args.wait is not None
                            else args.connect_timeout + 3 * args.interval + 2)
             doc = report(source, thresholds)
+            if doc["stall"] is not None and stacks is not None:
+                doc["stacks"] = stacks_record(stacks())  # what the ranks do while the job is stalled
         finally:
             source.stop()
     if args.json:

@@ -3,6 +3,8 @@ thread's frames, the nodes that did not answer, then the findings with their fix
 
 from __future__ import annotations
 
+import io
+
 from rich.console import Console
 from rich.text import Text
 
@@ -57,3 +59,12 @@ def render(report: StacksReport, console: Console, frames: int = 12) -> None:
         console.print(Text.assemble((f"{f.severity.value} ", STYLE[f.severity]), (f"{f.check_id} ", "bold"),
                                     f"[{f.host}] {f.message}"), soft_wrap=True)
         console.print(Text(f"    fix: {f.fix}", style="dim"), soft_wrap=True)
+
+
+def as_text(report: StacksReport, frames: int = 12, width: int = 120) -> Text:
+    """The same view as text with its styles, for the monitor's stacks screen (``t``)."""
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    render(report, console, frames)
+    out = console.file
+    assert isinstance(out, io.StringIO)
+    return Text.from_ansi(out.getvalue())

@@ -367,3 +367,18 @@ def test_bad_flags_are_one_line_usage_errors_before_any_node_is_asked(flags: lis
     assert main(["stacks", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"clusterkit: error: {says}"]
+
+
+def test_the_monitors_stacks_screen_and_its_stall_record_say_what_the_command_says() -> None:
+    # monitor's `t` key shows this text, and `monitor --once --json` carries the record beside a stall
+    from clusterkit.commands.monitor import stacks_record
+    from clusterkit.stacks.take import Taken
+    from clusterkit.ui.stacks import as_text
+
+    report = build_report(Taken(hung({0: ALL_REDUCE, 1: ALL_REDUCE, 2: LOADER, 3: ALL_REDUCE}), {}), StacksOptions())
+    text = as_text(report).plain
+    assert "rank 2 (node2, GPU 0) in DataLoader `__next__` train.py:88" in text
+    assert "hang-dataloader" in text and "\x1b[" not in text
+    record = stacks_record(report)
+    assert record["moving"] is False and [f["check_id"] for f in record["findings"]] == ["hang-dataloader"]
+    assert [g["ranks"] for g in record["groups"]] == [[2], [0, 1, 3]]
