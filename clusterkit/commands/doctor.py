@@ -30,7 +30,7 @@ from clusterkit.commands.common import (
 )
 from clusterkit.commands.flags import opened, target_from_args
 from clusterkit.commands.runs import add_run_arguments, check_run_arguments, compare_and_save
-from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
+from clusterkit.commands.slurm import add_slurm_arguments
 from clusterkit.core.saved_run import SavedRun
 from clusterkit.doctor import doctor_cluster, doctor_here
 from clusterkit.errors import ExitCode
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.python:
         options.python = args.python
     target = target_from_args(args)
-    if not target.hostfile and not use_slurm(args, args.hostfile):
+    if target.only_this_machine:
         with err.status("Collecting facts on this machine…", spinner="dots"):
             report = doctor_here(specs, args.python, args.timeout, fresh=args.fresh)
         if wanted:
