@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +24,9 @@ from clusterkit.core.findings import Outcome
 from clusterkit.core.flightrec import RUNS_ROOT, Collective
 from clusterkit.errors import ExitCode, UsageError
 from clusterkit.stacks.flightrec import FlightReport, read_flight_records
+
+#: A typo of 1e9 must not leave the command waiting on a node for ever.
+MAX_TIMEOUT_S = 3600.0
 
 
 def register(subparsers: Any) -> None:
@@ -56,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--job {args.job!r}: give the id `clusterkit launch` printed (or --dir PATH)")
     if args.dir is not None and not args.dir.startswith("/"):
         raise UsageError(f"--dir {args.dir}: give an absolute path (the same on every node)")
+    if not (math.isfinite(args.timeout) and 0.1 <= args.timeout <= MAX_TIMEOUT_S):
+        raise UsageError(f"--timeout {args.timeout:g}: must be 0.1 to {MAX_TIMEOUT_S:g} seconds")
     target = target_from_args(args)
     with opened(target) as nodes:
         report = read_flight_records(nodes, args.job or args.dir, args.timeout, ask=not args.no_ask)

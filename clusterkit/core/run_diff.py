@@ -43,6 +43,9 @@ Value = str | int | float
 class Reading:
     kind: str
     value: Value
+    #: A reading of something that comes and goes by design (a container's veth, a bridge): its
+    #: appearing or vanishing between runs is not a change; a change while it is in both runs is.
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,17 @@ def _v(value: Maybe[object]) -> Value:
 def node_readings(facts: NodeFacts) -> dict[str, Reading]:
     """A node's comparable facts by label (``driver``, ``GPU 0 PCIe width``, ``GPU 0 ECC uncorrected``)."""
     readings: dict[str, Reading] = {}
+    passing = _passing_nics(facts)
     for kind, label, value in _readings(facts):
-        readings[label] = Reading(kind, value)
+        readings[label] = Reading(kind, value, label.startswith("NIC ") and label.split()[1] in passing)
     return readings
+
+
+def _passing_nics(facts: NodeFacts) -> set[str]:
+    """Virtual and bridge interfaces: containers and VMs add and remove them as they start and stop."""
+    if isinstance(facts.network, Unavailable) or isinstance(facts.network.nics, Unavailable):
+        return set()
+    return {nic.name for nic in facts.network.nics if nic.kind in ("virtual", "bridge")}
 
 
 def _readings(facts: NodeFacts) -> Iterator[tuple[str, str, Value]]:
@@ -228,6 +239,8 @@ def _fact_changes(host: str, old: dict[str, Reading], new: dict[str, Reading]) -
     changes = []
     for label in [*old, *(label for label in new if label not in old)]:
         was, now = old.get(label), new.get(label)
+        if (was is None or now is None) and (was or now).transient:  # type: ignore[union-attr]
+            continue
         kind = (now or was).kind  # type: ignore[union-attr]
         before = was.value if was else None
         after = now.value if now else None

@@ -57,8 +57,11 @@ def dump(rank: str) -> bool:
         return False
     path = Path(os.environ.get("TORCH_FR_DUMP_TEMP_FILE", PREFIX) + rank)
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    try:  # a full disk or a removed directory costs this dump, never the rank or the watcher
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError:
+        return False
     return True
 
 
@@ -73,8 +76,9 @@ def _watch(rank: str) -> None:
     answered = _mtime(REQUEST)
     while True:
         asked = _mtime(REQUEST)
-        if asked > answered and dump(rank):
-            answered = asked
+        with contextlib.suppress(Exception):  # the watcher outlives any one failed dump
+            if asked > answered and dump(rank):
+                answered = asked
         threading.Event().wait(POLL_S)
 
 

@@ -63,7 +63,14 @@ def install_hook(nodes: Nodes, directory: str, timeout_s: float, buffer_size: in
     where, parent = shlex.quote(directory), shlex.quote(directory.rstrip("/").rsplit("/", 2)[0])
     # The root is shared by every user (sticky, as /tmp); the job's directories must be this user's alone,
     # or anyone who made them first could replace the hook the ranks import.
-    command = (f"mkdir -p -m 1777 {parent} 2>/dev/null; mkdir -p -m 700 {where} && "
+    # The shared root itself must be what /tmp is: a real directory of root's or this user's, and sticky
+    # if others may write it (else another user could rename this user's job directory away).
+    command = (f"mkdir -p -m 1777 {parent} 2>/dev/null; "
+               f"if [ -L {parent} ] || [ ! -d {parent} ] || {{ [ ! -O {parent} ] && "
+               f"[ \"$(stat -c %u {parent})\" != 0 ]; }} || {{ [ -n \"$(find {parent} -maxdepth 0 -perm /002)\" ] "
+               f"&& [ -z \"$(find {parent} -maxdepth 0 -perm -1000)\" ]; }}; then "
+               f"echo \"{parent} is a link, another user's, or writable by others without the sticky bit\" >&2; "
+               f"exit 3; fi; mkdir -p -m 700 {where} && "
                f"for d in {where} $(dirname {where}); do if [ ! -O \"$d\" ] || "
                f"[ -n \"$(find \"$d\" -maxdepth 0 -perm /022)\" ]; then "
                f"echo \"$d belongs to another user or others may write it\" >&2; exit 3; fi; done && "

@@ -154,8 +154,9 @@ def test_a_launch_puts_the_hook_after_the_launch_directory_and_names_nodes_it_co
     assert 'BUFFER_SIZE = "64"' in base64.b64decode(payload).decode()
 
 
-@pytest.mark.parametrize("flags", [["--job", "a/b"], ["--dir", "relative/dir"]])
-def test_a_job_id_that_is_a_path_or_a_relative_dir_is_a_usage_error(flags: list[str]) -> None:
+@pytest.mark.parametrize("flags", [["--job", "a/b"], ["--dir", "relative/dir"], ["--timeout", "1e9"],
+                                   ["--timeout", "nan"], ["--timeout", "0"]])
+def test_a_job_id_that_is_a_path_a_relative_dir_or_a_timeout_out_of_bounds_is_a_usage_error(flags: list[str]) -> None:
     import subprocess
     import sys
 

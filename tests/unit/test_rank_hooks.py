@@ -31,3 +31,15 @@ def test_both_hooks_and_the_users_sitecustomize_each_run_once_in_a_rank(tmp_path
     assert done.stdout.split() == ["1", "1"], done.stdout + done.stderr
     assert "recursion" not in done.stderr
     assert len(list((tmp_path / "cache/stacks").iterdir())) == 1  # the stack hook's per-rank file, made once
+
+
+def test_a_flight_recorder_dump_that_cannot_be_written_costs_that_dump_not_the_rank(tmp_path: Path) -> None:
+    # The job directory removed under a running job (a cleanup, a full /tmp): the dump fails quietly.
+    probe = ("import importlib.util, sys, types; "
+             f"spec = importlib.util.spec_from_file_location('hook', {str(NODE / 'flightrec_hook.py')!r}); "
+             "hook = importlib.util.module_from_spec(spec); spec.loader.exec_module(hook); "
+             "hook._recording = lambda: True; print(hook.dump('0'))")
+    env = {**os.environ, "TORCH_FR_DUMP_TEMP_FILE": str(tmp_path / "gone" / "rank_")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr

@@ -14,7 +14,16 @@ from clusterkit.core.saved_run import Figure, SavedRun, figures_from_bench, run_
 from clusterkit.node.collect.gpu import ReplayWorld, collect_nvidia
 from clusterkit.node.collect.node import CollectOptions
 from clusterkit.node.facts import NodeFacts, Unavailable
-from tests.factories import dsenv_file, healthy_gpu_node, make_host, make_launcher, with_section, xid
+from tests.factories import (
+    dsenv_file,
+    healthy_gpu_node,
+    make_host,
+    make_launcher,
+    make_network,
+    make_nic,
+    with_section,
+    xid,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100-x1" / "nvml-readings.json"
@@ -122,6 +131,26 @@ def test_a_deepspeed_env_line_edited_on_one_node_is_named_with_both_values() -> 
     assert ("changed-software", "node2", "/root/.deepspeed_env NCCL_SOCKET_IFNAME") in named(found)
     line = next(f for f in found if f.where == "/root/.deepspeed_env NCCL_SOCKET_IFNAME")
     assert line.message.startswith("/root/.deepspeed_env NCCL_SOCKET_IFNAME changed: eth0 -> eth1")
+
+
+def with_nics(node: NodeFacts, *nics: tuple[str, str, str]) -> NodeFacts:
+    """``node`` with lo, eth0 and each (name, kind, state) interface given."""
+    extra = [make_nic(name, kind=kind, operstate=state) for name, kind, state in nics]
+    return with_section(node, "network", nics=[*make_network().nics, *extra])
+
+
+def test_a_containers_veth_that_came_or_went_is_no_change_but_one_that_went_down_is() -> None:
+    good = doctor_run({"node1": with_nics(h100_node("node1"), ("veth3f2a", "virtual", "up")),
+                       "node2": with_nics(h100_node("node2"), ("ckv0", "virtual", "up"))})
+    now = doctor_run({"node1": with_nics(h100_node("node1"), ("veth9c01", "virtual", "up"), ("br0", "bridge", "up")),
+                      "node2": with_nics(h100_node("node2"), ("ckv0", "virtual", "down"))})
+    assert [(host, where) for _, host, where in named(changes(good, now))] == [("node2", "NIC ckv0 state")]
+
+
+def test_a_physical_nic_that_vanished_is_a_change() -> None:
+    good = doctor_run({"node1": with_nics(h100_node("node1"), ("eth1", "physical", "up"))})
+    now = doctor_run({"node1": with_nics(h100_node("node1"))})
+    assert ("changed-hardware", "node1", "NIC eth1 state") in named(changes(good, now))
 
 
 def test_a_package_moved_on_one_node_is_named_there_only() -> None:
