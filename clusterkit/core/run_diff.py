@@ -221,7 +221,8 @@ def compare_runs(before: SavedRun, after: SavedRun, tolerance: float = DEFAULT_T
             continue
         if isinstance(old, Unavailable) or isinstance(new, Unavailable):
             gone = old if isinstance(old, Unavailable) else new
-            result.not_compared[host] = f"no facts in the {'earlier' if gone is old else 'new'} run"
+            assert isinstance(gone, Unavailable)
+            result.not_compared[host] = f"no facts in the {'earlier' if gone is old else 'new'} run ({gone.reason})"
             continue
         result.fact_hosts.append(host)
         result.changes += _fact_changes(host, node_readings(old), node_readings(new))

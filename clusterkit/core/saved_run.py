@@ -88,7 +88,10 @@ def run_from_json(data: Any) -> SavedRun:
             if isinstance(value, dict) and set(value) == {"unavailable"}:
                 facts[host] = Unavailable(str(value["unavailable"]))
             else:
-                facts[host] = from_jsonable(NodeFacts, value)
+                try:
+                    facts[host] = from_jsonable(NodeFacts, value)
+                except FactsDecodeError as exc:  # that host is not compared; the rest of the run still is
+                    facts[host] = Unavailable(f"its saved facts do not decode: {exc}")
         findings = [Finding(f["check"], Severity(f["severity"]), Outcome(f["outcome"]), f["host"], f["where"],
                             f["message"], f["why"], f["fix"]) for f in data.get("findings", [])]
         figures = [Figure(str(f["subject"]), str(f["metric"]), float(f["value"]), str(f["unit"]))
@@ -96,8 +99,6 @@ def run_from_json(data: Any) -> SavedRun:
         return SavedRun(kind=str(data["kind"]), workload=str(data.get("workload", "")),
                         clusterkit_version=str(data["clusterkit_version"]), started_at=float(data["started_at"]),
                         hosts=[str(h) for h in data["hosts"]], facts=facts, findings=findings, figures=figures)
-    except FactsDecodeError as exc:
-        raise SavedRunError(f"facts of the saved run do not decode: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise SavedRunError(f"saved run is malformed: {type(exc).__name__}: {exc}") from None
 

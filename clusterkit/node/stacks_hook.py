@@ -29,6 +29,8 @@ def _install() -> None:
     import signal
     import socket
 
+    if signal.getsignal(signal.SIGUSR2) not in (signal.SIG_DFL, None):
+        return  # the parent gave the signal a meaning (ignored, or a handler): not this hook's to take
     out_dir = HERE.parent / "stacks"
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = out_dir / f"{socket.gethostname()}-{os.getpid()}.txt"
@@ -36,6 +38,26 @@ def _install() -> None:
     os.utime(path)  # made now: the reader signals only a file newer than the process
     faulthandler.register(signal.SIGUSR2, file=out, all_threads=True, chain=False)
     sys.__dict__["_clusterkit_stacks_file"] = out  # faulthandler keeps it too; this says why it stays open
+    _yield_when_taken(path)
+
+
+def _yield_when_taken(path: Path) -> None:
+    """When the job sets its own SIGUSR2 handler (submitit's requeue, a framework's checkpoint), the hook
+    steps aside: its file goes, so ``clusterkit stacks`` never sends this rank a signal that now means
+    something else."""
+    import faulthandler
+    import signal
+
+    original = signal.signal
+
+    def signal_(signalnum, handler):  # type: ignore[no-untyped-def]
+        if signalnum == signal.SIGUSR2:
+            with contextlib.suppress(Exception):
+                faulthandler.unregister(signal.SIGUSR2)
+                path.unlink()
+        return original(signalnum, handler)
+
+    signal.signal = signal_
 
 
 def _run_shadowed() -> None:

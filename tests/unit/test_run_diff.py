@@ -245,7 +245,16 @@ def test_a_node_without_facts_in_one_run_is_said_not_compared() -> None:
     now = doctor_run({**three_h100s(), "node3": Unavailable("ssh: timed out")})  # type: ignore[dict-item]
     found = changes(good, now)
     assert [(f.check_id, f.host, f.message) for f in found] == [
-        ("hosts-changed", "node3", "not compared: no facts in the new run")]
+        ("hosts-changed", "node3", "not compared: no facts in the new run (ssh: timed out)")]
+
+
+def test_a_saved_host_whose_facts_do_not_decode_is_not_compared_and_the_others_still_are() -> None:
+    doc = run_to_json(doctor_run(three_h100s()))
+    doc["facts"]["node2"]["host"] = "a shape this clusterkit never wrote"
+    good = run_from_json(doc)
+    now = doctor_run({**three_h100s(), "node3": with_section(h100_node("node3"), "host", kernel="6.9.0")})
+    found = [(f.check_id, f.host) for f in changes(good, now)]
+    assert ("hosts-changed", "node2") in found and ("changed-software", "node3") in found, found
 
 
 def test_a_doctor_json_document_with_its_facts_reads_as_a_doctor_run() -> None:

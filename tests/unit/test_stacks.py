@@ -18,6 +18,7 @@ from clusterkit.node.collect.pystacks import (
     denied,
     dump_with_signal,
     hook_file,
+    hook_is_live,
     stack_of,
     threads_from_faulthandler,
     threads_from_pyspy,
@@ -335,6 +336,7 @@ def test_the_launch_hook_writes_a_ranks_stacks_on_the_signal_and_runs_the_sitecu
                                  "LOCAL_RANK": "0"})
     try:
         assert rank.stdout is not None and rank.stdout.readline().strip() == "1"
+        assert hook_is_live({"pid": rank.pid, "hook": hook_file(str(hook_dir), rank.pid), "started_at": None})
         found = dump_with_signal(hook_file(str(hook_dir), rank.pid), rank.pid)
         assert found["method"] == "signal", found
         main = next(t for t in found["threads"] if t["main"])
@@ -343,6 +345,42 @@ def test_the_launch_hook_writes_a_ranks_stacks_on_the_signal_and_runs_the_sitecu
     finally:
         rank.kill()
         rank.wait()
+
+
+def hooked_rank(tmp_path: Path, script: str) -> tuple[subprocess.Popen[str], Path]:
+    """A rank started with the launch hook first on its path, and the hook's directory."""
+    hook_dir = tmp_path / "clusterkit-1000" / "stacks-hook-0123"
+    hook_dir.mkdir(parents=True)
+    (hook_dir / "sitecustomize.py").write_text(HOOK_SOURCE.read_text())
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(hook_dir), "RANK": "0",
+                                 "LOCAL_RANK": "0"}), hook_dir
+
+
+def test_a_job_that_takes_the_signal_for_itself_is_never_sent_it(tmp_path: Path) -> None:
+    # submitit's requeue handler is SIGUSR2: the hook steps aside and the reader leaves the rank alone.
+    script = ("import signal, time\nsignal.signal(signal.SIGUSR2, lambda *a: print('requeued', flush=True))\n"
+              "print('ready', flush=True)\ntime.sleep(60)\n")
+    rank, hook_dir = hooked_rank(tmp_path, script)
+    try:
+        assert rank.stdout is not None and rank.stdout.readline().strip() == "ready"
+        path = hook_file(str(hook_dir), rank.pid)
+        assert not Path(path).exists()
+        assert not hook_is_live({"pid": rank.pid, "hook": path, "started_at": None})
+    finally:
+        rank.kill()
+        rank.wait()
+
+
+def test_a_rank_that_does_not_catch_the_signal_is_not_live_even_with_a_fresh_file(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "file.txt").write_text("")
+        assert not hook_is_live({"pid": sleeper.pid, "hook": str(tmp_path / "file.txt"), "started_at": None})
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_launch_puts_the_hook_right_after_the_launch_directory_on_the_ranks_pythonpath() -> None:

@@ -108,14 +108,27 @@ def process_start(pid: int, proc_root: str = "/proc") -> float | None:
         return None
 
 
-def hook_is_live(rank: dict[str, Any]) -> bool:
-    """The rank's hook file exists and was made by this process (not left by an earlier one with its pid):
-    only then may it be signalled, as an unhooked rank dies of the signal."""
+def catches(pid: int, signum: int, proc_root: str = "/proc") -> bool:
+    """The process has a handler for ``signum`` (``SigCgt`` in its status): sent to one that has none,
+    SIGUSR2 ends it."""
+    try:
+        with open(f"{proc_root}/{pid}/status") as f:
+            mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+        return bool(int(mask, 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+
+
+def hook_is_live(rank: dict[str, Any], proc_root: str = "/proc") -> bool:
+    """The rank's hook file exists, was made by this process (not left by an earlier one with its pid),
+    and the process catches the signal: only then may it be signalled, as an unhooked rank dies of it."""
     try:
         made = Path(rank["hook"]).stat().st_mtime
     except (OSError, TypeError):
         return False
-    return rank.get("started_at") is None or made >= rank["started_at"] - 1.0
+    if rank.get("started_at") is not None and made < rank["started_at"] - 1.0:
+        return False
+    return catches(int(rank["pid"]), HOOK_SIGNAL, proc_root)
 
 
 def source_line(path: str, line: int) -> str:
