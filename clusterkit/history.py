@@ -9,6 +9,8 @@ the oldest unnamed runs go first; named runs are never dropped.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -29,6 +31,7 @@ DEFAULT_CAP_BYTES = 256 << 20
 #: The name ``--compare`` looks for first.
 GOOD = "good"
 _NAMES = "names.json"
+_LOCK = ".lock"
 
 
 def clusterkit_home() -> Path:
@@ -56,7 +59,11 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return self.path.stat().st_size
+        """Its size in bytes; 0 once another clusterkit has dropped it."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
 
 
 def _slug(label: str) -> str:
@@ -145,9 +152,24 @@ class History:
 
     # ------------------------------------------------------------------------------------ writing
 
+    def _made(self) -> Path:
+        """The directory, made private: runs hold the nodes' facts and their ``.deepspeed_env`` values."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.root
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        """One writer of ``names.json`` and of the trim at a time (two runs ending at once)."""
+        with open(self._made() / _LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def save(self, run: SavedRun, name: str | None = None) -> Entry:
         """Write ``run`` (atomically), name it if asked, then drop the oldest unnamed runs past the cap."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._made()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(run.started_at))
         run_id = f"{stamp}-{secrets.token_hex(2)}"
         path = self.root / f"{run_id}__{_slug(run.label)}.json"
@@ -166,14 +188,18 @@ class History:
         if not entries:
             raise UsageError("no saved run to name; run doctor or bench first")
         entry = self.find(ref) if ref else entries[-1]
-        names = self._names()
-        names.setdefault(name, {})[entry.label] = entry.id
-        self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / _NAMES, json.dumps(names, indent=1, sort_keys=True) + "\n")
+        with self._locked():
+            names = self._names()
+            names.setdefault(name, {})[entry.label] = entry.id
+            _atomic_write(self.root / _NAMES, json.dumps(names, indent=1, sort_keys=True) + "\n")
         return Entry(entry.id, entry.label, entry.path, tuple(sorted({*entry.names, name})))
 
     def trim(self, keep: str = "") -> list[Entry]:
         """Drop the oldest unnamed runs (never ``keep``) until the runs fit the cap; the dropped ones."""
+        with self._locked():
+            return self._trim(keep)
+
+    def _trim(self, keep: str) -> list[Entry]:
         entries = self.entries()
         total = sum(e.size for e in entries)
         dropped = []

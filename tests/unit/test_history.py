@@ -26,11 +26,26 @@ def test_the_history_lives_in_the_users_clusterkit_directory(monkeypatch: pytest
 
 
 def test_a_saved_run_is_one_json_file_and_no_temporary_is_left(tmp_path: Path) -> None:
-    history = History(tmp_path)
+    history = History(tmp_path / "runs")
     entry = history.save(a_run(), name="good")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry.path.name, "names.json"])
+    assert sorted(p.name for p in history.root.iterdir()) == sorted([entry.path.name, "names.json", ".lock"])
+    assert history.root.stat().st_mode & 0o777 == 0o700  # the nodes' facts are this user's to read
     assert json.loads(entry.path.read_text())["schema"] == "clusterkit.run/v1"
     assert entry.names == ("good",) and entry.label == "doctor"
+
+
+def test_two_runs_naming_at_once_both_keep_their_names(tmp_path: Path) -> None:
+    import threading
+
+    history = History(tmp_path)
+    runs = [history.save(a_run(started_at=1.0 + i)) for i in range(8)]
+    threads = [threading.Thread(target=History(tmp_path).mark, args=(f"name{i}", run.id))
+               for i, run in enumerate(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(n for e in history.entries() for n in e.names) == sorted(f"name{i}" for i in range(8))
 
 
 def test_past_the_cap_the_oldest_unnamed_runs_go_first_and_named_ones_stay(tmp_path: Path) -> None:
