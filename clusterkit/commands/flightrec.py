@@ -78,6 +78,7 @@ def report_json(report: FlightReport) -> dict[str, Any]:
     disagreement = report.disagreement
     return {
         "directories": report.directories,
+        "other_jobs": report.other_jobs,
         "unreachable": report.unreachable,
         "stale_ranks": {str(r): h for r, h in report.stale.items()},
         "unreadable": report.unreadable,

@@ -10,6 +10,7 @@ import base64
 import os
 import shlex
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,8 @@ class FlightReport:
     #: Files that are not dumps: ``host:path`` -> why.
     unreadable: dict[str, str] = field(default_factory=dict)
     asked: bool = False
+    #: Nodes whose newest job was another than the one read (the one most nodes ran): their newest.
+    other_jobs: dict[str, str] = field(default_factory=dict)
 
     @property
     def disagreement(self) -> Disagreement | None:
@@ -118,6 +121,12 @@ class FlightReport:
                                  "a rank that does not run blocks every collective of the others",
                                  f"look at the process on {host} (ps -o stat: T is stopped, D is stuck in the "
                                  "kernel); drain the node if it is frozen"))
+        for host, newest in sorted(self.other_jobs.items()):
+            read = self.directories.get(host, "nothing (it does not have that job)")
+            found.append(Finding("flightrec-other-job", Severity.WARNING, Outcome.PASS, host, "",
+                                 f"{host}'s newest job is {newest}, not the one most nodes ran; read {read}",
+                                 "dumps of two jobs are never compared with each other",
+                                 "give --job ID to read one job by its id"))
         for host, why in sorted(self.unreachable.items()):
             found.append(Finding("flightrec-unread", Severity.WARNING, Outcome.FAIL, host, "",
                                  f"no flight-recorder dumps read from {host}: {why}",
@@ -183,18 +192,42 @@ def read_flight_records(nodes: Nodes, run_dir: str | None, timeout_s: float, *, 
     """Every rank's dump from every node: ``run_dir`` a job id, a directory, or None for each node's newest
     job. ``ask`` first asks live ranks for a fresh dump (a rank that does not write one is named stale)."""
     report = FlightReport(asked=ask)
-    results = nodes.run(read_command(run_dir, ask, wait_s), timeout_s + (wait_s if ask else 0.0))
+    deadline = timeout_s + (wait_s if ask else 0.0)
+    _gather(report, nodes.run(read_command(run_dir, ask, wait_s), deadline), ask)
+    if run_dir is None:
+        odd = _other_jobs(report)
+        if odd:  # read the job most nodes ran on the nodes whose newest job is another one
+            chosen = next(iter(odd.values()))[1]
+            for host in odd:
+                report.directories.pop(host, None)
+                report.traces = [t for t in report.traces if t.host != host]
+                report.stale = {r: h for r, h in report.stale.items() if h != host}
+                report.unreadable = {k: v for k, v in report.unreadable.items() if not k.startswith(f"{host}:")}
+            report.other_jobs = {host: newest for host, (newest, _) in odd.items()}
+            _gather(report, nodes.run(read_command(chosen, ask, wait_s), deadline, hosts=list(odd)), ask)
+    report.traces.sort(key=lambda t: t.rank)
+    return report
+
+
+def _gather(report: FlightReport, results: GroupResult[CommandOutput], ask: bool) -> None:
     for host, result in results.items():
         output = result.value
         if not result.ok or output is None:
             report.unreachable[host] = result.error or "no answer"
-            continue
-        if not output.ok:
+        elif not output.ok:
             report.unreachable[host] = output.tail(1)
-            continue
-        parse_reply(host, output.stdout, report, ask)
-    report.traces.sort(key=lambda t: t.rank)
-    return report
+        else:
+            parse_reply(host, output.stdout, report, ask)
+
+
+def _other_jobs(report: FlightReport) -> dict[str, tuple[str, str]]:
+    """Nodes whose newest job is not the one most nodes ran (ties: the newer), each with (its job, that job)."""
+    jobs = {host: directory.rstrip("/").rsplit("/", 2)[-2] for host, directory in report.directories.items()}
+    if len(set(jobs.values())) < 2:
+        return {}
+    count = Counter(jobs.values())
+    chosen = max(count, key=lambda job: (count[job], job))
+    return {host: (job, chosen) for host, job in jobs.items() if job != chosen}
 
 
 @dataclass(frozen=True)

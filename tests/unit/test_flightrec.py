@@ -114,8 +114,9 @@ def test_the_hook_carries_the_buffer_size_asked_for() -> None:
     assert 'BUFFER_SIZE = "64"' in hook_source(64)
 
 
-def reply(files: dict[str, bytes], written: int = 200, asked: int = 100) -> CommandOutput:
-    lines = ["@@clusterkit-fr dir /tmp/clusterkit-runs/j/flightrec"]
+def reply(files: dict[str, bytes], written: int = 200, asked: int = 100,
+          directory: str = "/tmp/clusterkit-runs/j/flightrec") -> CommandOutput:
+    lines = [f"@@clusterkit-fr dir {directory}"]
     for name, data in files.items():
         lines += [f"@@clusterkit-fr file {name} {written} {asked}", base64.b64encode(data).decode()]
     return CommandOutput(0, "\n".join(lines) + "\n")
@@ -132,6 +133,26 @@ def test_the_reader_gathers_every_node_and_names_the_node_that_did_not_answer() 
     assert report.disagreement is not None and report.disagreement.missing == [1]
     assert [f.check_id for f in report.findings()] == ["collective-desync", "flightrec-unread"]
     assert "/tmp/clusterkit-runs/j/flightrec" in nodes.calls[0].detail
+
+
+def test_without_a_job_id_a_node_whose_newest_job_is_another_is_read_for_the_job_the_others_ran() -> None:
+    dumps = {r: (RECORDED / f"rank_{r}").read_bytes() for r in range(3)}
+
+    def answer(host: str, command: str) -> CommandOutput:
+        if host != "node3":
+            rank = int(host[-1]) - 1
+            return reply({f"rank_{rank}": dumps[rank]}, directory="/tmp/clusterkit-runs/j2/flightrec")
+        if "clusterkit-runs/j2/flightrec" in command:  # asked for j2 by its id
+            return reply({"rank_2": dumps[2]}, directory="/tmp/clusterkit-runs/j2/flightrec")
+        return reply({"rank_2": b"a later job's dump"}, directory="/tmp/clusterkit-runs/j3/flightrec")
+
+    nodes = FakeNodes(hosts_named("node1", "node2", "node3"), on_run=answer)
+    report = read_flight_records(nodes, None, timeout_s=5, wait_s=0)
+    assert report.other_jobs == {"node3": "j3"}
+    assert set(report.directories.values()) == {"/tmp/clusterkit-runs/j2/flightrec"}
+    assert [(t.rank, t.host) for t in report.traces] == [(0, "node1"), (1, "node2"), (2, "node3")]
+    assert report.unreadable == {}
+    assert "flightrec-other-job" in [f.check_id for f in report.findings()]
 
 
 def test_a_rank_whose_dump_is_older_than_the_request_is_named_unresponsive() -> None:
