@@ -33,12 +33,25 @@ def _install() -> None:
         return  # the parent gave the signal a meaning (ignored, or a handler): not this hook's to take
     out_dir = HERE.parent / "stacks"
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(Exception):
+        _drop_files_of_gone_ranks(out_dir, socket.gethostname())
     path = out_dir / f"{socket.gethostname()}-{os.getpid()}.txt"
     out = path.open("a")  # open for the life of the process: faulthandler writes to it
     os.utime(path)  # made now: the reader signals only a file newer than the process
     faulthandler.register(signal.SIGUSR2, file=out, all_threads=True, chain=False)
     sys.__dict__["_clusterkit_stacks_file"] = out  # faulthandler keeps it too; this says why it stays open
     _yield_when_taken(path)
+
+
+def _drop_files_of_gone_ranks(out_dir: Path, host: str) -> None:
+    """Earlier ranks' files on this host whose process is gone (each job would otherwise leave its own)."""
+    for old in out_dir.glob(host + "-*.txt"):
+        try:
+            os.kill(int(old.stem.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            old.unlink()
+        except (ValueError, OSError):
+            continue
 
 
 def _yield_when_taken(path: Path) -> None:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from clusterkit.cluster import CommandOutput, GroupResult, Nodes
 
 HOOK_SOURCE = Path(__file__).resolve().parents[1] / "node" / "flightrec_hook.py"
+#: A launch removes this user's job directories untouched for this many days (their dumps with them).
+KEEP_DAYS = 14
 #: How long a node waits after asking its ranks for a dump: their hooks poll once a second.
 ANSWER_WAIT_S = 2.5
 _FILE_MARK = "@@clusterkit-fr "
@@ -71,7 +73,8 @@ def install_hook(nodes: Nodes, directory: str, timeout_s: float, buffer_size: in
                f"[ \"$(stat -c %u {parent})\" != 0 ]; }} || {{ [ -n \"$(find {parent} -maxdepth 0 -perm /002)\" ] "
                f"&& [ -z \"$(find {parent} -maxdepth 0 -perm -1000)\" ]; }}; then "
                f"echo \"{parent} is a link, another user's, or writable by others without the sticky bit\" >&2; "
-               f"exit 3; fi; mkdir -p -m 700 {where} && "
+               f"exit 3; fi; find {parent} -mindepth 1 -maxdepth 1 -type d -user \"$(id -u)\" -mtime +{KEEP_DAYS} "
+               f"-exec rm -rf {{}} + 2>/dev/null; mkdir -p -m 700 {where} && "
                f"for d in {where} $(dirname {where}); do if [ ! -O \"$d\" ] || "
                f"[ -n \"$(find \"$d\" -maxdepth 0 -perm /022)\" ]; then "
                f"echo \"$d belongs to another user or others may write it\" >&2; exit 3; fi; done && "

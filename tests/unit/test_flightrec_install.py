@@ -4,6 +4,7 @@ it is written only where no other user could have put or could replace what the 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,16 @@ def test_a_root_that_belongs_to_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(root, 65534, 65534)
     code, why = install(root)
     assert code == 3 and "another user's" in why
+
+
+def test_a_launch_removes_this_users_job_directories_untouched_for_two_weeks_and_keeps_the_rest(
+        tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    old, recent = root / "20261101-000000-aaaa", root / "20261130-000000-bbbb"
+    for directory in (old, recent):
+        (directory / "flightrec").mkdir(parents=True)
+        (directory / "flightrec" / "rank_0").write_text("dump")
+    month_ago = time.time() - 30 * 86400
+    os.utime(old, (month_ago, month_ago))
+    assert install(root)[0] == 0
+    assert sorted(p.name for p in root.iterdir()) == ["20261130-000000-bbbb", "job1"]

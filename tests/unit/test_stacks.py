@@ -372,6 +372,23 @@ def test_a_job_that_takes_the_signal_for_itself_is_never_sent_it(tmp_path: Path)
         rank.wait()
 
 
+def test_a_new_rank_removes_the_files_of_ranks_gone_from_its_host_and_keeps_the_live_ones(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    stacks = tmp_path / "clusterkit-1000" / "stacks"
+    stacks.mkdir(parents=True)
+    host = socket.gethostname()
+    gone, live, other_host = (stacks / f"{host}-4194300.txt", stacks / f"{host}-{os.getpid()}.txt",
+                              stacks / "elsewhere-4194300.txt")
+    for path in (gone, live, other_host):
+        path.write_text("")
+    rank, _ = hooked_rank(tmp_path, "print('ready', flush=True)")
+    assert rank.stdout is not None and rank.stdout.readline().strip() == "ready"
+    rank.wait()
+    assert not gone.exists() and live.exists() and other_host.exists()
+
+
 def test_a_rank_that_does_not_catch_the_signal_is_not_live_even_with_a_fresh_file(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
