@@ -87,6 +87,9 @@ def _run_shadowed() -> None:
 
 if HERE not in RAN:
     RAN.add(HERE)
-    for _step in (_install, _run_shadowed):
-        with contextlib.suppress(Exception):  # a rank must start whatever happens here
-            _step()
+    with contextlib.suppress(Exception):  # a rank must start whatever happens here
+        _install()
+    try:
+        _run_shadowed()
+    except Exception as exc:  # reported as the flight recorder's hook does, never the job's end
+        print(f"clusterkit stack hook: the other sitecustomize failed: {exc}", file=sys.stderr)

@@ -43,3 +43,16 @@ def test_a_flight_recorder_dump_that_cannot_be_written_costs_that_dump_not_the_r
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+
+
+def test_a_failing_sitecustomize_under_either_hook_is_reported_once_and_the_rank_still_starts(tmp_path: Path) -> None:
+    stacks, users = tmp_path / "cache/stacks-hook", tmp_path / "users"
+    for directory in (stacks, users):
+        directory.mkdir(parents=True)
+    shutil.copy(NODE / "stacks_hook.py", stacks / "sitecustomize.py")
+    (users / "sitecustomize.py").write_text("raise RuntimeError('broken site')\n")
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "PYTHONPATH": f"{stacks}:{users}"}
+    done = subprocess.run([sys.executable, "-c", "print('started')"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "started")
+    assert done.stderr.count("the other sitecustomize failed: broken site") == 1, done.stderr
