@@ -16,6 +16,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ class History:
         return self.root
 
     @contextlib.contextmanager
-    def _locked(self) -> Any:
+    def _locked(self) -> Iterator[None]:
         """One writer of ``names.json`` and of the trim at a time (two runs ending at once)."""
         with open(self._made() / _LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

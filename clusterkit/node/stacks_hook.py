@@ -67,6 +67,7 @@ def _yield_when_taken(path: Path) -> None:
         if signalnum == signal.SIGUSR2:
             with contextlib.suppress(Exception):
                 faulthandler.unregister(signal.SIGUSR2)
+            with contextlib.suppress(Exception):  # the file goes even where unregistering failed
                 path.unlink()
         return original(signalnum, handler)
 
