@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,23 @@ import pytest
 from clusterkit.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """This process's environment, with DeepSpeed's shared-memory comm op prebuilt where the test
+    session's op cache can be used (tests/cluster/pyenv.py): its ranks load it instead of JIT-building
+    it for a minute or more. A copy, as the cluster's nodes get one: torch locks the op's directory."""
+    from tests.cluster import pyenv
+
+    cache = pyenv.OPS_CACHE
+    if not os.access(cache if cache.exists() else cache.parent, os.W_OK):
+        return dict(os.environ)  # another user's cache: the ranks build the op as users' ranks do
+    extensions = tmp_path_factory.mktemp("torch_extensions")
+    for op in pyenv.prebuilt_ops(pyenv.COMM_OPS):
+        for op_dir in op.iterdir():
+            shutil.copytree(op_dir, extensions / op_dir.name)
+    return {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)}
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -95,11 +114,11 @@ def test_every_workload_has_a_command() -> None:
 
 
 @pytest.mark.slow
-def test_a_local_sweep_on_two_ranks_is_checked_and_drawn(tmp_path: Path) -> None:
+def test_a_local_sweep_on_two_ranks_is_checked_and_drawn(tmp_path: Path, local_env: dict[str, str]) -> None:
     done = subprocess.run([sys.executable, "-m", "clusterkit", "bench", "collectives", "--slots", "2",
                            "--ops", "all_reduce,reduce_scatter", "--max-bytes", "16K", "--iters", "2",
                            "--save", str(tmp_path / "sweep.json"), "--log", str(tmp_path / "log.json"), "--json"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=local_env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
     assert doc["result"]["world_size"] == 2
@@ -113,9 +132,10 @@ def test_a_local_sweep_on_two_ranks_is_checked_and_drawn(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_doctor_runs_the_workloads_after_its_checks() -> None:
+def test_doctor_runs_the_workloads_after_its_checks(local_env: dict[str, str]) -> None:
     done = subprocess.run([sys.executable, "-m", "clusterkit", "doctor", "--workloads", "collectives", "--json",
-                           "--no-facts"], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+                           "--no-facts"], capture_output=True, text=True, timeout=600, cwd=REPO, env=local_env,
+                          check=False)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     checks = {f["check"] for f in json.loads(done.stdout)["findings"]}
     assert "collectives-measured" in checks or "collectives-below-expectation" in checks
