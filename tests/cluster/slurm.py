@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -91,6 +92,12 @@ def cgroup_script(mounts: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+#: Each Slurm started here numbers its jobs from its own range, as one long-lived controller would: a
+#: slurmstepd left from an earlier instance (it outlives its slurmd) reports to the controller at the
+#: same address, and with ids restarting at 1 its "step 1.0 ended" would end the new job 1's step 0.
+_FIRST_JOB_IDS = itertools.count((int(time.time()) % 50_000) * 1000 + 1, 1000)
+
+
 class SlurmCluster:
     """Slurm daemons on a running :class:`Cluster`; ``start`` it (a context manager) or ``launch``/``stop``."""
 
@@ -106,6 +113,7 @@ class SlurmCluster:
         self.run_dir = RUN_ROOT / f"{RUN_DIR_PREFIX}{os.getpid()}-{cluster.index}"
         self.controller = f"ckctl{cluster.index}"
         self.port = CTLD_PORT_BASE + 2 * cluster.index
+        self.first_job_id = next(_FIRST_JOB_IDS)
         self.cpus = os.cpu_count() or 1
         self._munged: subprocess.Popen[bytes] | None = None
         self._slurmctld: subprocess.Popen[bytes] | None = None
@@ -160,7 +168,7 @@ class SlurmCluster:
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "MpiDefault=none", "ReturnToService=2",
+            "MpiDefault=none", "ReturnToService=2", f"FirstJobId={self.first_job_id}",
             f"SlurmdTimeout={SLURMD_TIMEOUT_S}", "SlurmctldTimeout=10", "MessageTimeout=5",
             "InactiveLimit=0", "KillWait=2", "MinJobAge=30", "UnkillableStepTimeout=10",
             f"StateSaveLocation={self.state}/ctld",
@@ -357,8 +365,10 @@ class SlurmCluster:
         for node in self.cluster.nodes:
             if node.is_up and not node.frozen:
                 with suppress(ClusterError):
+                    # Its job steps' slurmstepds too: they outlive slurmd and would report to the next
+                    # instance's controller (each node is a PID namespace: only this node's match).
                     node.run(f"pkill -KILL -x slurmd -F {HARNESS_DIR}/slurmd-{node.name}.pid; "
-                             "umount /etc/slurm 2>/dev/null", user="root", timeout=10)
+                             "pkill -KILL -x slurmstepd; umount /etc/slurm 2>/dev/null", user="root", timeout=10)
         for proc in (self._slurmctld, self._munged):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
