@@ -39,7 +39,7 @@ HEALTHY = FIXTURES / "h100-x1"
 WITH_XID = FIXTURES / "synthetic-row-remap-pending"
 HOOK_DIR = "/opt/cknc"
 LOG = f"{HOOK_DIR}/nodecheck.log"
-INTERVAL_S = 10
+INTERVAL_S = 5
 BUDGET_S = 10.0
 #: A planted fault shows in Slurm within one interval and one run (plus slurmctld's own tick).
 WITHIN_S = 2 * INTERVAL_S + BUDGET_S + 10
