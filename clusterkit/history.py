@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -33,6 +34,8 @@ DEFAULT_CAP_BYTES = 256 << 20
 GOOD = "good"
 _NAMES = "names.json"
 _LOCK = ".lock"
+#: The start of a run id (UTC date first): a name that reads as one would hide the run it names.
+_RUN_ID = re.compile(r"\d{8}(-|$)")
 
 
 def clusterkit_home() -> Path:
@@ -93,20 +96,35 @@ class History:
 
     # ------------------------------------------------------------------------------------ reading
 
-    def _names(self) -> dict[str, dict[str, str]]:
+    def names(self) -> dict[str, dict[str, str]]:
+        """``names.json``: each name's run id per label. A file that cannot be read or is not a names file
+        is a usage error naming it: guessing it empty would let the next ``mark`` overwrite every name and
+        the next trim drop the runs they held."""
+        path = self.root / _NAMES
         try:
-            data = json.loads((self.root / _NAMES).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return {}
-        return {str(n): {str(k): str(v) for k, v in labels.items()} for n, labels in data.items()
-                if isinstance(labels, dict)}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} line {exc.lineno}: not JSON ({exc.msg}); it holds the runs' names "
+                             "(good...): mend it or move it aside") from None
+        if not isinstance(data, dict) or not all(
+                isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+                for labels in data.values()):
+            raise UsageError(f"{path}: not a names file (expected {{name: {{run kind: run id}}}}); "
+                             "mend it or move it aside")
+        return data
 
     def entries(self) -> list[Entry]:
         """Every saved run, oldest first."""
         if not self.root.is_dir():
             return []
         held: dict[str, list[str]] = {}
-        for name, labels in self._names().items():
+        for name, labels in self.names().items():
             for run_id in labels.values():
                 held.setdefault(run_id, []).append(name)
         found = []
@@ -119,7 +137,7 @@ class History:
         """A run by name (for ``label``: the run of that label holding it) or by id (or an id's unique start)."""
         entries = self.entries()
         by_id = {e.id: e for e in entries}
-        labels = self._names().get(ref)
+        labels = self.names().get(ref)
         if labels:
             chosen = labels.get(label) if label else (labels[next(iter(labels))] if len(labels) == 1 else None)
             if chosen in by_id:
@@ -127,11 +145,14 @@ class History:
             if label:
                 raise UsageError(f"no {label} run is named {ref!r} (named: {', '.join(sorted(labels))}); "
                                  "clusterkit history list shows the runs")
+            held = [f"{kind} {run_id}" for kind, run_id in sorted(labels.items()) if run_id in by_id]
+            if len(held) > 1:
+                raise UsageError(f"{ref!r} names a run of each kind ({'; '.join(held)}): give the run's id")
         matches = [e for e in entries if e.id.startswith(ref)] if ref else []
         if len(matches) == 1:
             return matches[0]
-        what = "several runs" if matches else "no saved run"
-        raise UsageError(f"{what} match {ref!r}; clusterkit history list shows the runs and their names")
+        what = "several saved runs match" if matches else "no saved run matches"
+        raise UsageError(f"{what} {ref!r}; clusterkit history list shows the runs and their names")
 
     def reference(self, ref: str | None, label: str) -> tuple[SavedRun, str]:
         """The run to compare a ``label`` run against, and how to name it: ``ref`` as a file path, a name or
@@ -141,15 +162,26 @@ class History:
         if ref:
             entry = self.find(ref, label)
         else:
-            good = self._names().get(GOOD, {}).get(label)
+            good = self.names().get(GOOD, {}).get(label)
             candidates = [e for e in self.entries() if e.label == label]
             marked = [e for e in candidates if e.id == good]
             if not candidates:
                 raise UsageError(f"no saved {label} run to compare against; run it once first (runs are saved "
                                  "unless --no-save-run), or name a saved run's file")
-            entry = (marked or candidates)[-1]
-        names = f" ({', '.join(entry.names)})" if entry.names else ""
-        return load(entry.path), f"run {entry.id}{names}"
+            if marked:
+                entry = marked[-1]
+            else:  # the last run that reads: a run file broken since is named, not a reason to stop
+                skipped = []
+                for entry in reversed(candidates):
+                    try:
+                        run = load(entry.path)
+                    except UsageError as exc:
+                        skipped.append(str(exc))
+                        continue
+                    note = f"; skipped {len(skipped)} newer unreadable: {skipped[0]}" if skipped else ""
+                    return run, f"run {entry.id}{_names_of(entry)}{note}"
+                raise UsageError(skipped[0])
+        return load(entry.path), f"run {entry.id}{_names_of(entry)}"
 
     # ------------------------------------------------------------------------------------ writing
 
@@ -181,16 +213,22 @@ class History:
         self.trim(keep=run_id)
         return entry
 
-    def mark(self, name: str, ref: str | None = None) -> Entry:
-        """Give ``name`` to a run (default: the newest); the name leaves the run of the same label that had it."""
+    def check_name(self, name: str, entries: list[Entry] | None = None) -> None:
+        """A usage error unless ``name`` is a plain word that reads as no run id (it would hide that run)."""
         if not name or "/" in name or name.endswith(".json"):
             raise UsageError(f"run name {name!r}: a plain word, e.g. good")
+        if _RUN_ID.match(name) or any(e.id.startswith(name) for e in (self.entries() if entries is None else entries)):
+            raise UsageError(f"run name {name!r} reads as a run id, which it would hide: a plain word, e.g. good")
+
+    def mark(self, name: str, ref: str | None = None) -> Entry:
+        """Give ``name`` to a run (default: the newest); the name leaves the run of the same label that had it."""
         entries = self.entries()
+        self.check_name(name, entries)
         if not entries:
             raise UsageError("no saved run to name; run doctor or bench first")
         entry = self.find(ref) if ref else entries[-1]
         with self._locked():
-            names = self._names()
+            names = self.names()
             names.setdefault(name, {})[entry.label] = entry.id
             _atomic_write(self.root / _NAMES, json.dumps(names, indent=1, sort_keys=True) + "\n")
         return Entry(entry.id, entry.label, entry.path, tuple(sorted({*entry.names, name})))
@@ -213,6 +251,10 @@ class History:
             entry.path.unlink(missing_ok=True)
             dropped.append(entry)
         return dropped
+
+
+def _names_of(entry: Entry) -> str:
+    return f" ({', '.join(entry.names)})" if entry.names else ""
 
 
 def load(path: Path) -> SavedRun:

@@ -7,7 +7,7 @@ import argparse
 
 from rich.console import Console
 
-from clusterkit.core.change_report import comparison_findings
+from clusterkit.core.change_report import NOTHING_COMPARED, comparison_findings
 from clusterkit.core.findings import Finding
 from clusterkit.core.run_diff import DEFAULT_TOLERANCE, compare_runs
 from clusterkit.core.saved_run import SavedRun
@@ -46,6 +46,11 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     """The saving flags agree, before anything runs."""
     if getattr(args, "no_save_run", False) and getattr(args, "name", None):
         raise UsageError("--name saves the run: it cannot go with --no-save-run")
+    history = History()
+    if getattr(args, "name", None):
+        history.check_name(args.name)
+    if not getattr(args, "no_save_run", False) or getattr(args, "compare", None) is not None:
+        history.names()  # a broken names.json stops the run here, not after it
 
 
 def compare_and_save(args: argparse.Namespace, run: SavedRun, console: Console) -> list[Finding]:
@@ -58,8 +63,11 @@ def compare_and_save(args: argparse.Namespace, run: SavedRun, console: Console) 
         reference, against = history.reference(args.compare or None, run.label)
         findings = comparison_findings(compare_runs(reference, run, args.noise), against)
         changed = [f for f in findings if f.outcome.value == "fail"]
-        console.print(f"compared with {against}: " + (f"{len(changed)} change(s), listed with the findings"
-                                                       if changed else "nothing changed"), highlight=False)
+        if any(f.check_id == NOTHING_COMPARED for f in findings):
+            summary = "nothing compared (no facts or figures in both runs)"
+        else:
+            summary = f"{len(changed)} change(s), listed with the findings" if changed else "nothing changed"
+        console.print(f"compared with {against}: {summary}", highlight=False)
     if not args.no_save_run:
         try:
             entry = history.save(run, args.name)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 from clusterkit.core.findings import CLUSTER_HOST, Finding, Outcome, Severity
 from clusterkit.core.hostlist import compress, expand
-from clusterkit.core.run_diff import COUNTER, FIGURE, HARDWARE, SOFTWARE, Change, Comparison
+from clusterkit.core.run_diff import COUNTER, FIGURE, HARDWARE, NOT_MEASURED, SOFTWARE, Change, Comparison
 
 CHECK_IDS = {SOFTWARE: "changed-software", HARDWARE: "changed-hardware", COUNTER: "counter-grew",
              FIGURE: "figure-fell"}
-HOSTS_CHANGED, NOTHING_CHANGED = "hosts-changed", "nothing-changed"
+HOSTS_CHANGED, NOTHING_CHANGED, NOTHING_COMPARED = "hosts-changed", "nothing-changed", "nothing-compared"
 _RANK = {COUNTER: 0, HARDWARE: 1, FIGURE: 2, SOFTWARE: 3}
 _WHY = {
     SOFTWARE: "a version or setting that moved since the run compared against is the first suspect when "
@@ -68,9 +68,18 @@ def comparison_findings(comparison: Comparison, against: str) -> list[Finding]:
     for host, why in comparison.not_compared.items():
         findings.append(Finding(HOSTS_CHANGED, Severity.INFO, Outcome.FAIL, host, "", f"not compared: {why}",
                                 "a node without facts cannot be compared", "rerun once the node answers"))
-    if not findings:
-        compared = len(comparison.fact_hosts)
-        figures = sum(len(s) for s in comparison.figure_subjects.values())
+    compared = len(comparison.fact_hosts)
+    figures = sum(len(s) for s in comparison.figure_subjects.values())
+    if not findings and not compared and not figures:
+        saved, now = comparison.figure_counts
+        findings.append(Finding(
+            NOTHING_COMPARED, Severity.WARNING, Outcome.FAIL, CLUSTER_HOST, "",
+            f"nothing compared with {against}: no node's facts and no figure in both runs (figures: {saved} "
+            f"saved, {now} in this run)",
+            "a comparison of nothing is no evidence that nothing changed",
+            "a run without figures measured nothing (its findings say why): rerun it; compare runs of the same "
+            "workload, sizes and hosts"))
+    elif not findings:
         findings.append(Finding(NOTHING_CHANGED, Severity.INFO, Outcome.PASS, CLUSTER_HOST, "",
                                 f"nothing changed since {against} ({compared} node(s), {figures} figure(s) "
                                 "compared)", "", ""))
@@ -108,7 +117,7 @@ def _figure_groups(comparison: Comparison) -> list[tuple[bool, int, str, Finding
         surprising = bool(held)
         if len(changes) == 1:
             (c,) = changes
-            detail = f"{c.before} -> {c.after} ({c.fell_by:.0%} lower)"
+            detail = f"{c.before} -> {c.after}" + ("" if c.after == NOT_MEASURED else f" ({c.fell_by:.0%} lower)")
         else:
             shares = sorted(c.fell_by for c in changes)
             detail = f"{shares[0]:.0%}-{shares[-1]:.0%} lower on {len(changes)} of {len(changes) + len(held)}"

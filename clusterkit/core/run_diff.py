@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from clusterkit.core.hostlist import expand
 from clusterkit.core.saved_run import SavedRun
 from clusterkit.node.facts import (
     GpuFacts,
@@ -35,6 +36,9 @@ DEFAULT_TOLERANCE = 0.75
 #: Reading value of a fact that could not be read (its reason varies from run to run; the fact did not).
 UNREADABLE = "unavailable"
 ABSENT = "(none)"
+#: A figure's value in this run when the saved run has it and this run measured the same metric on
+#: other subjects only (a pair that failed this time): the worst fall there is, never "unchanged".
+NOT_MEASURED = "not measured"
 
 Value = str | int | float
 
@@ -75,6 +79,8 @@ class Comparison:
     removed: list[str] = field(default_factory=list)
     #: Host -> why it could not be compared (facts missing in one run).
     not_compared: dict[str, str] = field(default_factory=dict)
+    #: How many figures each run has (saved run, this run): "nothing compared" says which one measured none.
+    figure_counts: tuple[int, int] = (0, 0)
 
 
 # ------------------------------------------------------------------------------------------ readings
@@ -214,7 +220,8 @@ def _deepspeed_env(launcher: LauncherFacts) -> Iterator[tuple[str, str, Value]]:
 def compare_runs(before: SavedRun, after: SavedRun, tolerance: float = DEFAULT_TOLERANCE) -> Comparison:
     """Every change from ``before`` to ``after``, node by node, then the figures that fell."""
     result = Comparison(added=[h for h in after.hosts if h not in before.hosts],
-                        removed=[h for h in before.hosts if h not in after.hosts])
+                        removed=[h for h in before.hosts if h not in after.hosts],
+                        figure_counts=(len(before.figures), len(after.figures)))
     for host in after.hosts:
         old, new = before.facts.get(host), after.facts.get(host)
         if old is None or new is None:
@@ -267,4 +274,18 @@ def _figure_changes(before: SavedRun, after: SavedRun, tolerance: float,
         if fell_by > tolerance:
             changes.append(Change(figure.subject, FIGURE, figure.metric, f"{saved.value:.4g} {saved.unit}".strip(),
                                   f"{figure.value:.4g} {figure.unit}".strip(), fell_by))
+    measured = {(f.subject, f.metric) for f in after.figures}
+    metrics = {f.metric for f in after.figures}
+    for (subject, metric), saved in old.items():
+        if (subject, metric) not in measured and metric in metrics and _measured_on(subject, after.hosts):
+            changes.append(Change(subject, FIGURE, metric, f"{saved.value:.4g} {saved.unit}".strip(), NOT_MEASURED,
+                                  1.0))
     return changes
+
+
+def _measured_on(subject: str, hosts: list[str]) -> bool:
+    """Whether a figure's subject (a host, a pair, a host list) is made of this run's hosts only."""
+    try:
+        return set(expand(subject)) <= set(hosts)
+    except ValueError:
+        return False

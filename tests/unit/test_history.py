@@ -120,3 +120,64 @@ def test_a_run_both_named_and_not_saved_is_refused_before_anything_runs(capsys: 
     assert main(["doctor", "--name", "good", "--no-save-run"]) == 2
     assert "--name saves the run" in capsys.readouterr().err
     assert main(["bench", "find-slow", "/nonexistent/hostfile", "--name", "good", "--no-save-run"]) == 2
+
+
+# ---------------------------------------------------------------------- what users do to the files
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json", '{"good": ["x"]}'])
+def test_a_names_file_that_is_not_one_is_a_one_line_error_and_is_never_rewritten(tmp_path: Path, text: str) -> None:
+    history = History(tmp_path / "runs", cap_bytes=0)  # a cap every run is past: a trim would drop them all
+    saved = history.save(a_run(started_at=1.0), name="good")
+    (history.root / "names.json").write_text(text)
+    with pytest.raises(UsageError, match=r"names\.json"):
+        history.entries()
+    with pytest.raises(UsageError, match=r"names\.json"):
+        history.mark("better")
+    with pytest.raises(UsageError, match=r"names\.json"):
+        history.trim()
+    assert (history.root / "names.json").read_text() == text and saved.path.exists()
+
+
+def test_a_broken_names_file_stops_doctor_before_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    History().save(a_run(started_at=1.0), name="good")
+    (History().root / "names.json").write_text("{\n  oops\n")
+    assert main(["doctor", "--compare"]) == 2
+    err = capsys.readouterr().err
+    assert "names.json line 2: not JSON" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_name_held_by_runs_of_two_kinds_asks_for_the_id_and_says_which(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    doctor = history.save(a_run(started_at=1.0), name="good")
+    bench = history.save(a_run("bench", started_at=2.0, workload="gpu"), name="good")
+    which = rf"'good' names a run of each kind \(bench gpu {bench.id}; doctor {doctor.id}\)"
+    with pytest.raises(UsageError, match=which):
+        history.find("good")
+    assert history.find("good", "bench gpu").id == bench.id
+
+
+def test_a_name_that_reads_as_a_run_id_is_refused(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    first = history.save(a_run(started_at=1.0))
+    second = history.save(a_run(started_at=2.0))
+    for name in (first.id, "19700101", second.id[:10]):
+        with pytest.raises(UsageError, match="reads as a run id"):
+            history.mark(name, second.id)
+    assert history.find(first.id).id == first.id
+
+
+def test_an_unknown_run_says_no_saved_run_matches(tmp_path: Path) -> None:
+    History(tmp_path).save(a_run())
+    with pytest.raises(UsageError, match="no saved run matches 'nosuchrun'"):
+        History(tmp_path).find("nosuchrun")
+
+
+def test_compare_with_the_last_run_skips_a_newer_one_that_no_longer_reads_and_names_it(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.save(a_run(started_at=1.0, figure=1.0))
+    broken = history.save(a_run(started_at=2.0, figure=2.0))
+    broken.path.write_text("{truncated")
+    run, named = history.reference(None, "doctor")
+    assert run.figures[0].value == 1.0
+    assert f"skipped 1 newer unreadable: {broken.path} is not JSON" in named

@@ -217,6 +217,25 @@ def test_a_figure_within_the_noise_is_no_change_and_one_past_it_is() -> None:
     assert fell.message == "all_reduce busbw at 1M fell: 1 GB/s -> 0.2 GB/s (80% lower)"
 
 
+def test_a_pair_measured_before_and_not_now_is_a_figure_not_measured_never_unchanged() -> None:
+    metric = "all_reduce busbw of the pair"
+    good = bench_run([Figure("node[1-2]", metric, 1.1, "GB/s"), Figure("node[1,3]", metric, 1.2, "GB/s")])
+    (gone,) = changes(good, bench_run([Figure("node[1,3]", metric, 1.1, "GB/s")]))
+    assert (gone.check_id, gone.host) == ("figure-fell", "node2")
+    assert gone.message.startswith(f"{metric} fell: 1.1 GB/s -> not measured on node[1-2]; node2 is in every")
+
+
+def test_runs_with_no_figure_and_no_facts_in_common_say_nothing_was_compared() -> None:
+    good = bench_run([Figure("node[1-2]", "all_reduce busbw of the pair", 1.1, "GB/s")])
+    findings = comparison_findings(compare_runs(good, bench_run([])), "run good")
+    assert [(f.check_id, f.outcome) for f in findings] == [("nothing-compared", Outcome.FAIL)]
+    assert "figures: 1 saved, 0 in this run" in findings[0].message
+    other_sizes = bench_run([Figure("node[1-3]", "all_reduce busbw at 64M", 1.0, "GB/s")], "collectives")
+    at_1m = bench_run([Figure("node[1-3]", "all_reduce busbw at 1M", 1.0, "GB/s")], "collectives")
+    assert [f.check_id for f in comparison_findings(compare_runs(other_sizes, at_1m), "run good")] == [
+        "nothing-compared"]
+
+
 def test_the_node_in_every_pair_that_fell_and_none_that_held_is_named() -> None:
     metric = "all_reduce busbw of the pair"
     good = bench_run([Figure("node[1-2]", metric, 1.1, "GB/s"), Figure("node[1,3]", metric, 1.2, "GB/s")])
