@@ -56,7 +56,8 @@ _OPS_BUILDER = pytest.StashKey[subprocess.Popen[bytes] | None]()
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Ops missing from the machine's cache start building now, at the lowest priority (pyenv.py)."""
-    if os.geteuid() == 0 and any(_HERE in item.path.parents for item in session.items):
+    if (os.geteuid() == 0 and os.environ.get(pyenv.NO_OPS_BUILD_ENV) != "1"
+            and any(_HERE in item.path.parents for item in session.items)):
         session.config.stash[_OPS_BUILDER] = pyenv.build_ops_in_background(pyenv.OPTIMIZER_OPS)
 
 

@@ -42,6 +42,9 @@ OPTIMIZER_OPS = (*COMM_OPS, "FusedAdamBuilder", "CPUAdamBuilder")
 #: ``CLUSTERKIT_TEST_OPS_CACHE`` names another, e.g. an empty one to time a run on a fresh machine.
 OPS_CACHE = Path(os.environ.get("CLUSTERKIT_TEST_OPS_CACHE", "/var/cache/clusterkit-tests/torch-ops"))
 PREBUILT_OPS_PTH = "clusterkit-test-torch-extensions.pth"
+#: Set for a pytest run inside another (test_any_clone): the outer session builds the ops, and an inner
+#: build would be killed half-way through an op as its session ends.
+NO_OPS_BUILD_ENV = "CLUSTERKIT_TEST_NO_OPS_BUILD"
 
 
 def shared_venv() -> Path:
