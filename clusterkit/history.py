@@ -34,8 +34,8 @@ DEFAULT_CAP_BYTES = 256 << 20
 GOOD = "good"
 _NAMES = "names.json"
 _LOCK = ".lock"
-#: The start of a run id (UTC date first): a name that reads as one would hide the run it names.
-_RUN_ID = re.compile(r"\d{8}(-|$)")
+#: A run id starts with its UTC date: a name that starts with a digit could read as one, and hide it.
+_RUN_ID = re.compile(r"\d")
 
 
 def clusterkit_home() -> Path:
@@ -142,12 +142,18 @@ class History:
             chosen = labels.get(label) if label else (labels[next(iter(labels))] if len(labels) == 1 else None)
             if chosen in by_id:
                 return by_id[chosen]
+            if label and chosen:
+                raise UsageError(f"{ref!r} named {label} run {chosen}, which is no longer saved (dropped or "
+                                 "removed); clusterkit history list shows the runs")
             if label:
                 raise UsageError(f"no {label} run is named {ref!r} (named: {', '.join(sorted(labels))}); "
                                  "clusterkit history list shows the runs")
-            held = [f"{kind} {run_id}" for kind, run_id in sorted(labels.items()) if run_id in by_id]
-            if len(held) > 1:
-                raise UsageError(f"{ref!r} names a run of each kind ({'; '.join(held)}): give the run's id")
+            held = [(kind, run_id) for kind, run_id in sorted(labels.items()) if run_id in by_id]
+            if len(held) == 1:
+                return by_id[held[0][1]]
+            if held:
+                each = "; ".join(f"{kind} {run_id}" for kind, run_id in held)
+                raise UsageError(f"{ref!r} names a run of each kind ({each}): give the run's id")
         matches = [e for e in entries if e.id.startswith(ref)] if ref else []
         if len(matches) == 1:
             return matches[0]
@@ -157,7 +163,7 @@ class History:
     def reference(self, ref: str | None, label: str) -> tuple[SavedRun, str]:
         """The run to compare a ``label`` run against, and how to name it: ``ref`` as a file path, a name or
         an id; without one, the ``label`` run named ``good``, else the last ``label`` run."""
-        if ref and (os.sep in ref or ref.endswith(".json")):
+        if ref and is_run_file(ref):
             return load(Path(ref)), ref
         if ref:
             entry = self.find(ref, label)
@@ -202,6 +208,8 @@ class History:
 
     def save(self, run: SavedRun, name: str | None = None) -> Entry:
         """Write ``run`` (atomically), name it if asked, then drop the oldest unnamed runs past the cap."""
+        if name:
+            self.check_name(name)  # before the run is written: a refused name leaves no unnamed run behind
         self._made()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(run.started_at))
         run_id = f"{stamp}-{secrets.token_hex(2)}"
@@ -218,7 +226,8 @@ class History:
         if not name or "/" in name or name.endswith(".json"):
             raise UsageError(f"run name {name!r}: a plain word, e.g. good")
         if _RUN_ID.match(name) or any(e.id.startswith(name) for e in (self.entries() if entries is None else entries)):
-            raise UsageError(f"run name {name!r} reads as a run id, which it would hide: a plain word, e.g. good")
+            raise UsageError(f"run name {name!r} could read as a run id, which it would hide: a word that starts "
+                             "with a letter, e.g. good")
 
     def mark(self, name: str, ref: str | None = None) -> Entry:
         """Give ``name`` to a run (default: the newest); the name leaves the run of the same label that had it."""
@@ -251,6 +260,11 @@ class History:
             entry.path.unlink(missing_ok=True)
             dropped.append(entry)
         return dropped
+
+
+def is_run_file(ref: str) -> bool:
+    """Whether a run reference names a file (a path, or ``*.json``) rather than a saved run."""
+    return os.sep in ref or ref.endswith(".json")
 
 
 def _names_of(entry: Entry) -> str:

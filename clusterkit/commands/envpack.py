@@ -21,7 +21,7 @@ from rich.console import Console
 
 from clusterkit.commands.common import add_hostfile_arguments, add_ssh_arguments
 from clusterkit.commands.flags import opened, target_from_args
-from clusterkit.commands.runs import add_save_arguments, compare_and_save
+from clusterkit.commands.runs import add_save_arguments, check_run_arguments, compare_and_save
 from clusterkit.commands.slurm import add_slurm_arguments, use_slurm
 from clusterkit.core.findings import Finding, Outcome, Severity
 from clusterkit.core.saved_run import SavedRun
@@ -173,6 +173,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from clusterkit.envpack.push import PushOptions, push_env
     from clusterkit.ui.envpush import PhaseLines
 
+    check_run_arguments(args)
     archive, manifest = _load(args)
     target = target_from_args(args)
     options = PushOptions(staging_dir=args.staging, verify_only=True, stall_s=args.stall_timeout,

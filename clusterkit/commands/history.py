@@ -80,5 +80,6 @@ def run_show(args: argparse.Namespace) -> int:
     console.print(f"hosts: {compress(run.hosts) or '(none)'}; facts from {len(run.facts)}; "
                   f"{c['error']} errors, {c['warning']} warnings, {c['pass']} passed", highlight=False)
     for figure in run.figures:
-        console.print(f"  {figure.subject}: {figure.metric} {figure.value:.4g} {figure.unit}", highlight=False)
+        value = f"not measured ({figure.failed})" if figure.failed else f"{figure.value:.4g} {figure.unit}"
+        console.print(f"  {figure.subject}: {figure.metric} {value}", highlight=False)
     return 0

@@ -12,7 +12,7 @@ from clusterkit.core.findings import Finding
 from clusterkit.core.run_diff import DEFAULT_TOLERANCE, compare_runs
 from clusterkit.core.saved_run import SavedRun
 from clusterkit.errors import UsageError
-from clusterkit.history import History
+from clusterkit.history import History, is_run_file
 
 
 def _share(text: str) -> float:
@@ -49,7 +49,8 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     history = History()
     if getattr(args, "name", None):
         history.check_name(args.name)
-    if not getattr(args, "no_save_run", False) or getattr(args, "compare", None) is not None:
+    compare = getattr(args, "compare", None)
+    if not getattr(args, "no_save_run", False) or (compare is not None and not is_run_file(compare)):
         history.names()  # a broken names.json stops the run here, not after it
 
 

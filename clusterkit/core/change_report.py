@@ -70,16 +70,17 @@ def comparison_findings(comparison: Comparison, against: str) -> list[Finding]:
                                 "a node without facts cannot be compared", "rerun once the node answers"))
     compared = len(comparison.fact_hosts)
     figures = sum(len(s) for s in comparison.figure_subjects.values())
-    if not findings and not compared and not figures:
-        saved, now = comparison.figure_counts
+    saved, now = comparison.figure_counts
+    figures_changed = any(c.kind == FIGURE for c in comparison.changes)
+    if not figures and not figures_changed and (any(comparison.figure_counts) or not compared):
+        what = "no figure" if compared else "no node's facts and no figure"
         findings.append(Finding(
             NOTHING_COMPARED, Severity.WARNING, Outcome.FAIL, CLUSTER_HOST, "",
-            f"nothing compared with {against}: no node's facts and no figure in both runs (figures: {saved} "
-            f"saved, {now} in this run)",
+            f"nothing compared with {against}: {what} in both runs (figures: {saved} saved, {now} in this run)",
             "a comparison of nothing is no evidence that nothing changed",
             "a run without figures measured nothing (its findings say why): rerun it; compare runs of the same "
             "workload, sizes and hosts"))
-    elif not findings:
+    if not findings:
         findings.append(Finding(NOTHING_CHANGED, Severity.INFO, Outcome.PASS, CLUSTER_HOST, "",
                                 f"nothing changed since {against} ({compared} node(s), {figures} figure(s) "
                                 "compared)", "", ""))
@@ -117,10 +118,14 @@ def _figure_groups(comparison: Comparison) -> list[tuple[bool, int, str, Finding
         surprising = bool(held)
         if len(changes) == 1:
             (c,) = changes
-            detail = f"{c.before} -> {c.after}" + ("" if c.after == NOT_MEASURED else f" ({c.fell_by:.0%} lower)")
+            lost = c.after.startswith(NOT_MEASURED)
+            detail = f"{c.before} -> {c.after}" + ("" if lost else f" ({c.fell_by:.0%} lower)")
         else:
-            shares = sorted(c.fell_by for c in changes)
-            detail = f"{shares[0]:.0%}-{shares[-1]:.0%} lower on {len(changes)} of {len(changes) + len(held)}"
+            shares = sorted(c.fell_by for c in changes if not c.after.startswith(NOT_MEASURED))
+            lost_count = len(changes) - len(shares)
+            parts = [f"{shares[0]:.0%}-{shares[-1]:.0%} lower on {len(shares)}"] if shares else []
+            parts += [f"{NOT_MEASURED} on {lost_count}"] if lost_count else []
+            detail = f"{', '.join(parts)} of {len(changes) + len(held)}"
         message = f"{metric} fell: {detail}"
         host = _hosts(subjects)
         suspects = _common_node(subjects, held)

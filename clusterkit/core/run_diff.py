@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from clusterkit.core.hostlist import expand
 from clusterkit.core.saved_run import SavedRun
 from clusterkit.node.facts import (
     GpuFacts,
@@ -36,8 +35,8 @@ DEFAULT_TOLERANCE = 0.75
 #: Reading value of a fact that could not be read (its reason varies from run to run; the fact did not).
 UNREADABLE = "unavailable"
 ABSENT = "(none)"
-#: A figure's value in this run when the saved run has it and this run measured the same metric on
-#: other subjects only (a pair that failed this time): the worst fall there is, never "unchanged".
+#: A figure's value in this run when the saved run has it and this run tried it and measured nothing
+#: (a pair that failed this time, :attr:`Figure.failed`): the worst fall there is, never "unchanged".
 NOT_MEASURED = "not measured"
 
 Value = str | int | float
@@ -267,25 +266,12 @@ def _figure_changes(before: SavedRun, after: SavedRun, tolerance: float,
     changes = []
     for figure in after.figures:
         saved = old.get((figure.subject, figure.metric))
-        if saved is None or saved.value <= 0:
+        if saved is None or saved.value <= 0 or saved.failed:
             continue
         compared.setdefault(figure.metric, []).append(figure.subject)
         fell_by = 1.0 - figure.value / saved.value
         if fell_by > tolerance:
+            now = f"{NOT_MEASURED} ({figure.failed})" if figure.failed else f"{figure.value:.4g} {figure.unit}".strip()
             changes.append(Change(figure.subject, FIGURE, figure.metric, f"{saved.value:.4g} {saved.unit}".strip(),
-                                  f"{figure.value:.4g} {figure.unit}".strip(), fell_by))
-    measured = {(f.subject, f.metric) for f in after.figures}
-    metrics = {f.metric for f in after.figures}
-    for (subject, metric), saved in old.items():
-        if (subject, metric) not in measured and metric in metrics and _measured_on(subject, after.hosts):
-            changes.append(Change(subject, FIGURE, metric, f"{saved.value:.4g} {saved.unit}".strip(), NOT_MEASURED,
-                                  1.0))
+                                  now, fell_by))
     return changes
-
-
-def _measured_on(subject: str, hosts: list[str]) -> bool:
-    """Whether a figure's subject (a host, a pair, a host list) is made of this run's hosts only."""
-    try:
-        return set(expand(subject)) <= set(hosts)
-    except ValueError:
-        return False

@@ -40,6 +40,9 @@ class Figure:
     metric: str
     value: float
     unit: str
+    #: Why a figure that was tried was not measured (a pair that failed; its value 0): a later run
+    #: that measures it is no news, one that had it and now does not is a change.
+    failed: str = ""
 
 
 @dataclass
@@ -68,8 +71,8 @@ def run_to_json(run: SavedRun) -> dict[str, Any]:
             "clusterkit_version": run.clusterkit_version, "started_at": run.started_at, "hosts": list(run.hosts),
             "facts": {host: to_jsonable(facts) for host, facts in run.facts.items()},
             "findings": [finding_to_json(f) for f in run.findings],
-            "figures": [{"subject": f.subject, "metric": f.metric, "value": f.value, "unit": f.unit}
-                        for f in run.figures]}
+            "figures": [{"subject": f.subject, "metric": f.metric, "value": f.value, "unit": f.unit,
+                         **({"failed": f.failed} if f.failed else {})} for f in run.figures]}
 
 
 def run_from_json(data: Any) -> SavedRun:
@@ -94,8 +97,8 @@ def run_from_json(data: Any) -> SavedRun:
                     facts[host] = Unavailable(f"its saved facts do not decode: {exc}")
         findings = [Finding(f["check"], Severity(f["severity"]), Outcome(f["outcome"]), f["host"], f["where"],
                             f["message"], f["why"], f["fix"]) for f in data.get("findings", [])]
-        figures = [Figure(str(f["subject"]), str(f["metric"]), float(f["value"]), str(f["unit"]))
-                   for f in data.get("figures", [])]
+        figures = [Figure(str(f["subject"]), str(f["metric"]), float(f["value"]), str(f["unit"]),
+                          str(f.get("failed") or "")) for f in data.get("figures", [])]
         return SavedRun(kind=str(data["kind"]), workload=str(data.get("workload", "")),
                         clusterkit_version=str(data["clusterkit_version"]), started_at=float(data["started_at"]),
                         hosts=[str(h) for h in data["hosts"]], facts=facts, findings=findings, figures=figures)
@@ -140,13 +143,19 @@ def _collective_figures(doc: Mapping[str, Any]) -> list[Figure]:
 
 
 def _pair_figures(search: Mapping[str, Any]) -> list[Figure]:
+    """Each pair's best busbw; a pair that was tried and never measured is a figure of 0 that says why."""
     best: dict[str, float] = {}
+    failed: dict[str, str] = {}
     for round_ in search.get("rounds", []):
         for pair in round_:
+            subject = compress(pair["nodes"])
             if pair.get("busbw_gbs") is not None:
-                subject = compress(pair["nodes"])
                 best[subject] = max(best.get(subject, 0.0), float(pair["busbw_gbs"]))
-    return [Figure(subject, "all_reduce busbw of the pair", value, "GB/s") for subject, value in best.items()]
+            else:
+                failed.setdefault(subject, str(pair.get("detail") or "failed"))
+    metric = "all_reduce busbw of the pair"
+    return ([Figure(subject, metric, value, "GB/s") for subject, value in best.items()]
+            + [Figure(subject, metric, 0.0, "GB/s", why) for subject, why in failed.items() if subject not in best])
 
 
 _GPU_METRICS = {"memory_gbs": ("memory bandwidth", "GB/s"), "matmul_bfloat16": ("bf16 matmul", "TFLOPS"),

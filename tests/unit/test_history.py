@@ -157,14 +157,28 @@ def test_a_name_held_by_runs_of_two_kinds_asks_for_the_id_and_says_which(tmp_pat
     assert history.find("good", "bench gpu").id == bench.id
 
 
-def test_a_name_that_reads_as_a_run_id_is_refused(tmp_path: Path) -> None:
+def test_a_name_that_could_read_as_a_run_id_is_refused_before_a_run_is_written(tmp_path: Path) -> None:
     history = History(tmp_path)
+    for name in ("2", "2026", "19700101"):  # on an empty history too: the run's own id would start so
+        with pytest.raises(UsageError, match="could read as a run id"):
+            history.save(a_run(started_at=1.0), name)
+    assert history.entries() == []
     first = history.save(a_run(started_at=1.0))
-    second = history.save(a_run(started_at=2.0))
-    for name in (first.id, "19700101", second.id[:10]):
-        with pytest.raises(UsageError, match="reads as a run id"):
+    second = history.save(a_run(started_at=2.0), name="good2")
+    for name in (first.id, second.id[:10]):
+        with pytest.raises(UsageError, match="could read as a run id"):
             history.mark(name, second.id)
-    assert history.find(first.id).id == first.id
+    assert history.find(first.id).id == first.id and history.find("good2").id == second.id
+
+
+def test_a_name_whose_run_of_one_kind_is_gone_still_finds_the_other_and_says_what_went(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    doctor = history.save(a_run(started_at=1.0), name="good")
+    bench = history.save(a_run("bench", started_at=2.0, workload="gpu"), name="good")
+    doctor.path.unlink()
+    assert history.find("good").id == bench.id
+    with pytest.raises(UsageError, match=f"'good' named doctor run {doctor.id}, which is no longer saved"):
+        history.find("good", "doctor")
 
 
 def test_an_unknown_run_says_no_saved_run_matches(tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ def test_an_unchanged_cluster_compared_with_itself_reports_nothing() -> None:
 
 def test_a_saved_run_reads_back_as_it_was_written() -> None:
     run = SavedRun("bench", hosts=["node1"], facts={"node1": h100_node("node1")},
-                   figures=[Figure("node1", "GPU 0 memory bandwidth", 2900.0, "GB/s")], workload="gpu")
+                   figures=[Figure("node1", "GPU 0 memory bandwidth", 2900.0, "GB/s"),
+                            Figure("node1", "GPU 1 memory bandwidth", 0.0, "GB/s", "rank exited 1")], workload="gpu")
     back = run_from_json(run_to_json(run))
     assert back == run
     assert run_to_json(back)["schema"] == "clusterkit.run/v1"
@@ -217,23 +218,43 @@ def test_a_figure_within_the_noise_is_no_change_and_one_past_it_is() -> None:
     assert fell.message == "all_reduce busbw at 1M fell: 1 GB/s -> 0.2 GB/s (80% lower)"
 
 
-def test_a_pair_measured_before_and_not_now_is_a_figure_not_measured_never_unchanged() -> None:
+def test_a_pair_measured_before_and_tried_and_failed_now_is_not_measured_never_unchanged() -> None:
     metric = "all_reduce busbw of the pair"
     good = bench_run([Figure("node[1-2]", metric, 1.1, "GB/s"), Figure("node[1,3]", metric, 1.2, "GB/s")])
-    (gone,) = changes(good, bench_run([Figure("node[1,3]", metric, 1.1, "GB/s")]))
+    now = bench_run([Figure("node[1-2]", metric, 0.0, "GB/s", "timed out"), Figure("node[1,3]", metric, 1.1, "GB/s")])
+    (gone,) = changes(good, now)
     assert (gone.check_id, gone.host) == ("figure-fell", "node2")
-    assert gone.message.startswith(f"{metric} fell: 1.1 GB/s -> not measured on node[1-2]; node2 is in every")
+    assert gone.message.startswith(f"{metric} fell: 1.1 GB/s -> not measured (timed out) on node[1-2]; node2 is")
+    # a pair this run did not try (a node left out, another order, no second round) is no change
+    assert changes(good, bench_run([Figure("node[1,3]", metric, 1.1, "GB/s")])) == []
 
 
-def test_runs_with_no_figure_and_no_facts_in_common_say_nothing_was_compared() -> None:
+def test_pairs_that_fell_and_pairs_not_measured_are_counted_apart() -> None:
+    metric = "all_reduce busbw of the pair"
+    subjects = ["node[1-2]", "node[3-4]", "node[5-6]"]
+    good = bench_run([Figure(s, metric, 1.0, "GB/s") for s in subjects])
+    now = bench_run([Figure("node[1-2]", metric, 0.1, "GB/s"), Figure("node[3-4]", metric, 0.0, "GB/s", "exit 1"),
+                     Figure("node[5-6]", metric, 1.0, "GB/s")])
+    (fell,) = changes(good, now)
+    assert "fell: 90%-90% lower on 1, not measured on 1 of 3" in fell.message
+
+
+def test_runs_with_no_figure_in_common_say_nothing_was_compared_whatever_else_was() -> None:
     good = bench_run([Figure("node[1-2]", "all_reduce busbw of the pair", 1.1, "GB/s")])
     findings = comparison_findings(compare_runs(good, bench_run([])), "run good")
     assert [(f.check_id, f.outcome) for f in findings] == [("nothing-compared", Outcome.FAIL)]
-    assert "figures: 1 saved, 0 in this run" in findings[0].message
-    other_sizes = bench_run([Figure("node[1-3]", "all_reduce busbw at 64M", 1.0, "GB/s")], "collectives")
-    at_1m = bench_run([Figure("node[1-3]", "all_reduce busbw at 1M", 1.0, "GB/s")], "collectives")
-    assert [f.check_id for f in comparison_findings(compare_runs(other_sizes, at_1m), "run good")] == [
-        "nothing-compared"]
+    assert "no node's facts and no figure in both runs (figures: 1 saved, 0 in this run)" in findings[0].message
+    # collectives keep the nodes' facts: those compared, the figures at other sizes are still said not to be
+    at_64m = SavedRun("bench", hosts=list(three_h100s()), facts=dict(three_h100s()), workload="collectives",
+                      figures=[Figure("node[1-3]", "all_reduce busbw at 64M", 1.0, "GB/s")])
+    at_1m = SavedRun("bench", hosts=list(three_h100s()), facts=dict(three_h100s()), workload="collectives",
+                     figures=[Figure("node[1-3]", "all_reduce busbw at 1M", 1.0, "GB/s")])
+    (only,) = comparison_findings(compare_runs(at_64m, at_1m), "run good")
+    assert only.check_id == "nothing-compared" and ": no figure in both runs" in only.message
+    # a host added does not hide it
+    more = SavedRun("bench", hosts=["node1", "node2", "node3", "node4"], workload="find-slow")
+    assert {f.check_id for f in comparison_findings(compare_runs(good, more), "run good")} == {
+        "nothing-compared", "hosts-changed"}
 
 
 def test_the_node_in_every_pair_that_fell_and_none_that_held_is_named() -> None:
@@ -252,9 +273,11 @@ def test_bench_documents_give_their_figures() -> None:
     assert figures_from_bench("collectives", collectives) == [
         Figure("node[1-2]", "all_reduce busbw at 1M", 1.3, "GB/s")]
     search = {"slow_node_search": {"rounds": [[{"nodes": ["node1", "node2"], "busbw_gbs": 0.9},
-                                               {"nodes": ["node3", "node4"], "busbw_gbs": None}]]}}
-    assert figures_from_bench("find-slow", search) == [Figure("node[1-2]", "all_reduce busbw of the pair", 0.9,
-                                                              "GB/s")]
+                                               {"nodes": ["node3", "node4"], "busbw_gbs": None,
+                                                "detail": "timed out after 60 s"}]]}}
+    assert figures_from_bench("find-slow", search) == [
+        Figure("node[1-2]", "all_reduce busbw of the pair", 0.9, "GB/s"),
+        Figure("node[3-4]", "all_reduce busbw of the pair", 0.0, "GB/s", "timed out after 60 s")]
     gpu = {"readings": [{"host": "node1", "rank": 0, "device": {"index": 0}, "values": {"memory_gbs": 2900.0}}]}
     assert figures_from_bench("gpu", gpu) == [Figure("node1", "GPU 0 memory bandwidth", 2900.0, "GB/s")]
 
