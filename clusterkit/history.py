@@ -62,6 +62,11 @@ class Entry:
     names: tuple[str, ...] = ()
 
     @property
+    def title(self) -> str:
+        """Its id and the names it holds: ``20261204-181500-3fa2 (good)``."""
+        return f"{self.id} ({', '.join(self.names)})" if self.names else self.id
+
+    @property
     def size(self) -> int:
         """Its size in bytes; 0 once another clusterkit has dropped it."""
         try:
@@ -185,9 +190,9 @@ class History:
                         skipped.append(str(exc))
                         continue
                     note = f"; skipped {len(skipped)} newer unreadable: {skipped[0]}" if skipped else ""
-                    return run, f"run {entry.id}{_names_of(entry)}{note}"
+                    return run, f"run {entry.title}{note}"
                 raise UsageError(skipped[0])
-        return load(entry.path), f"run {entry.id}{_names_of(entry)}"
+        return load(entry.path), f"run {entry.title}"
 
     # ------------------------------------------------------------------------------------ writing
 
@@ -265,10 +270,6 @@ class History:
 def is_run_file(ref: str) -> bool:
     """Whether a run reference names a file (a path, or ``*.json``) rather than a saved run."""
     return os.sep in ref or ref.endswith(".json")
-
-
-def _names_of(entry: Entry) -> str:
-    return f" ({', '.join(entry.names)})" if entry.names else ""
 
 
 def load(path: Path) -> SavedRun:

@@ -69,7 +69,7 @@ def run_show(args: argparse.Namespace) -> int:
         run, title = load(Path(ref)), ref
     else:
         entry = History().find(ref)
-        run, title = load(entry.path), f"{entry.id}" + (f" ({', '.join(entry.names)})" if entry.names else "")
+        run, title = load(entry.path), entry.title
     if args.json:
         print(json.dumps(run_to_json(run), indent=2))
         return 0

@@ -118,10 +118,9 @@ def _figure_groups(comparison: Comparison) -> list[tuple[bool, int, str, Finding
         surprising = bool(held)
         if len(changes) == 1:
             (c,) = changes
-            lost = c.after.startswith(NOT_MEASURED)
-            detail = f"{c.before} -> {c.after}" + ("" if lost else f" ({c.fell_by:.0%} lower)")
+            detail = f"{c.before} -> {c.after}" + ("" if c.not_measured else f" ({c.fell_by:.0%} lower)")
         else:
-            shares = sorted(c.fell_by for c in changes if not c.after.startswith(NOT_MEASURED))
+            shares = sorted(c.fell_by for c in changes if not c.not_measured)
             lost_count = len(changes) - len(shares)
             parts = [f"{shares[0]:.0%}-{shares[-1]:.0%} lower on {len(shares)}"] if shares else []
             parts += [f"{NOT_MEASURED} on {lost_count}"] if lost_count else []

@@ -63,6 +63,11 @@ class Change:
     #: For figures: the share it fell (0.3 = 30% lower).
     fell_by: float = 0.0
 
+    @property
+    def not_measured(self) -> bool:
+        """A figure this run tried and could not measure (its ``after`` says why)."""
+        return self.after.startswith(NOT_MEASURED)
+
 
 @dataclass
 class Comparison:
