@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 RANK_TAG = "[ck:rank={rank}] "
 PROGRESS = "@@ck-progress@@"
@@ -119,6 +119,15 @@ def result(kind: str, payload: dict[str, Any]) -> None:
 
 def done() -> None:
     emit(DONE)
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code`` without C++ teardown: after ``destroy_process_group`` a rank that finished cleanly
+    can still abort in torch's destructors ("terminate called without an active exception"), which the
+    launcher reports as a failed rank."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def expand_path(template: str) -> str:

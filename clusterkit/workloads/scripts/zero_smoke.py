@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -82,3 +83,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Even after the teardown above a rank that finished cleanly can abort in C++ destructors at exit
+    # (seen on a 3-node CPU run, 1 launch in ~30): leave without them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
