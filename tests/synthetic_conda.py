@@ -23,6 +23,7 @@ Index the channel by writing ``repodata.json`` here (rattler's index_fs can cras
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -295,16 +296,26 @@ def install_env(channel: Channel, prefix: Path, *, as_prefix: str | None = None,
     return prefix
 
 
+def _package_caches_present(prefix: Path) -> bool:
+    """The env is there and so is each package's extracted cache, which packing reads (a cache root
+    emptied since the env was made leaves it pointing at nothing)."""
+    records = list((prefix / "conda-meta").glob("*.json"))
+    return bool(records) and all(Path(json.loads(r.read_text()).get("extracted_package_dir", "/")).is_dir()
+                                 for r in records)
+
+
 def cached_env(payload_mb: int = 0) -> Path:
     """A conda env on this machine at a fixed path under CACHE_ROOT (made once); do not modify it."""
     channel = build_channel(payload_mb)
     prefix = ENV_ROOT / _key(str(payload_mb), channel.path.name)[:8]
     assert len(str(prefix)) <= MAX_TEST_PREFIX, prefix
     complete = prefix.with_name(prefix.name + ".complete")
-    if (prefix / "conda-meta").is_dir() and complete.exists():
-        return prefix
-    shutil.rmtree(prefix, ignore_errors=True)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    install_env(channel, prefix, specs=("python", "ckdemo", *(("ckpayload",) if payload_mb else ())))
-    complete.write_text("")
+    with open(prefix.with_name(prefix.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process (an xdist worker) may be making it now
+        if complete.exists() and _package_caches_present(prefix):
+            return prefix
+        shutil.rmtree(prefix, ignore_errors=True)
+        install_env(channel, prefix, specs=("python", "ckdemo", *(("ckpayload",) if payload_mb else ())))
+        complete.write_text("")
     return prefix
