@@ -33,10 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
     # Tests that need no cluster first: meanwhile DeepSpeed's ops build on the core they leave idle
-    # (pytest_collection_finish). Then the clone's pytest: it needs the machine's run lock, which this
-    # session holds from its first cluster (the shared one lives until the package ends). Then the proofs
-    # of the newest features, then the rest; the planted workload faults last. Under a time budget
-    # (tests/conftest.py) what gives way is what has been proven longest.
+    # (pytest_collection_finish). Then the proofs of the newest features, then the rest; the planted workload
+    # faults last. Under a time budget (tests/conftest.py) what gives way is what has been proven longest.
+    # This is the order of a one-process run; scripts/test's xdist workers take the files with the most
+    # tests first, which also lets the short ones fill in at the end.
     items.sort(key=lambda item: (_HERE in item.path.parents, _module_rank(item.path.name)))
 
 
@@ -57,6 +57,7 @@ _OPS_BUILDER = pytest.StashKey[subprocess.Popen[bytes] | None]()
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Ops missing from the machine's cache start building now, at the lowest priority (pyenv.py)."""
     if (os.geteuid() == 0 and os.environ.get(pyenv.NO_OPS_BUILD_ENV) != "1"
+            and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0"  # one builder for the run's workers
             and any(_HERE in item.path.parents for item in session.items)):
         session.config.stash[_OPS_BUILDER] = pyenv.build_ops_in_background(pyenv.OPTIMIZER_OPS)
 

@@ -45,7 +45,6 @@ class Cluster:
 
     user: ClassVar[str] = TEST_USER
     password: ClassVar[str] = TEST_PASSWORD
-    _indexes_in_use: ClassVar[set[int]] = set()
 
     def __init__(self, index: int, n: int, name_prefix: str, shared_home: bool = False,
                  shared_tmp: bool = False) -> None:
@@ -86,17 +85,13 @@ class Cluster:
         if not 1 <= n <= 200:
             raise ValueError(f"a cluster has 1 to 200 nodes, not {n}")
         system.check_host()
-        system.RUN_LOCK.acquire(lock_timeout)
-        index = min(set(range(256)) - cls._indexes_in_use)
-        cls._indexes_in_use.add(index)
+        system.remove_leftovers()
+        index = system.CLAIMS.claim(lock_timeout)
         cluster = cls(index, n, name_prefix, shared_home, shared_tmp)
         try:
-            # Holding the lock, anything of ours that no live cluster of this process owns is a
-            # leftover of a run that crashed before it could clean up.
-            system.remove_leftovers(keep={name for live in _ACTIVE for name in live._owned_names()})
+            system.remove_index_leftovers(index)  # a crashed run's, left under the index just claimed
         except BaseException:
-            cls._indexes_in_use.discard(index)
-            system.RUN_LOCK.release()
+            system.CLAIMS.release(index)
             raise
         _ACTIVE.add(cluster)
         try:
@@ -178,15 +173,10 @@ class Cluster:
             except ClusterError as exc:
                 problems.append(str(exc))
         finally:
-            self._indexes_in_use.discard(self.index)
             _ACTIVE.discard(self)
-            system.RUN_LOCK.release()
+            system.CLAIMS.release(self.index)
         if problems:
             raise ClusterError("cluster cleanup incomplete: " + "; ".join(problems))
-
-    def _owned_names(self) -> set[str]:
-        return {self.bridge, str(self.state_dir), *(n.netns for n in self.nodes),
-                *(n.veth for n in self.nodes)}
 
     def _boot_all(self, timeout: float) -> None:
         started = time.monotonic()

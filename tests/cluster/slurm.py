@@ -139,7 +139,7 @@ class SlurmCluster:
         check_slurm_host()
         if conf_dir is not None and not conf_dir.startswith("/opt/"):
             raise ValueError(f"conf_dir must be under the nodes' private /opt, not {conf_dir}")
-        remove_leftover_daemons()
+        remove_leftover_daemons(cluster.index)
         slurm = cls(cluster, gpus_per_node, conf_dir, extra_conf)
         try:
             slurm._start_daemons(timeout)
@@ -398,11 +398,11 @@ def _tail(path: Path, chars: int = 1500) -> str:
     return ""
 
 
-def remove_leftover_daemons() -> None:
-    """munged and slurmctld of a run that crashed before stopping them (call holding the run lock)."""
-    for directory in RUN_ROOT.glob(RUN_DIR_PREFIX + "*"):
-        if directory.name.startswith(f"{RUN_DIR_PREFIX}{os.getpid()}-"):
-            continue  # this process's own Slurm, on another live cluster
+def remove_leftover_daemons(index: int) -> None:
+    """munged and slurmctld that a crashed run left on cluster ``index`` (call holding the index)."""
+    for directory in RUN_ROOT.glob(f"{RUN_DIR_PREFIX}*-{index}"):
+        if directory.name == f"{RUN_DIR_PREFIX}{os.getpid()}-{index}" or system.index_of(directory.name) != index:
+            continue
         for pidfile, name in (("slurmctld.pid", "slurmctld"), ("munged.pid", "munged")):
             with suppress(OSError, ValueError):
                 pid = int((directory / pidfile).read_text().split()[0])

@@ -1,4 +1,4 @@
-"""Host-side plumbing for the namespace cluster: prerequisites, the run lock, node processes, leftovers.
+"""Host-side plumbing for the namespace cluster: prerequisites, index claims, node processes, leftovers.
 
 Everything the harness creates on the host carries the ``ckt`` prefix (network namespaces, the bridge,
 veth ends) or lives in a state directory ``/tmp/clusterkit-cluster-*``, so a later run can find and
@@ -12,18 +12,20 @@ import errno
 import fcntl
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 NAME_PREFIX = "ckt"
 STATE_ROOT = Path("/tmp")
 STATE_DIR_PREFIX = "clusterkit-cluster-"
-LOCK_PATH = Path("/tmp/clusterkit-cluster.lock")
+#: Each cluster index's lock file (and the host-wide locks): outside STATE_DIR_PREFIX's glob.
+LOCK_DIR = Path("/tmp/clusterkit-locks")
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client pdsh rsync"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
@@ -105,13 +107,14 @@ def ensure_user(name: str, password: str) -> tuple[int, int]:
     The account lives in the shared /etc/passwd and /etc/shadow. A private /etc/shadow per node
     would not hold: replacing the host's file (as chpasswd and useradd do) detaches such mounts.
     """
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        sh([tool("useradd"), "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-            "--user-group", name])
-        entry = pwd.getpwnam(name)
-    sh([tool("chpasswd")], input=f"{name}:{password}\n")
+    with host_lock("test-user"):  # useradd and chpasswd of two test processes at once would collide
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            sh([tool("useradd"), "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
+                "--user-group", name])
+            entry = pwd.getpwnam(name)
+        sh([tool("chpasswd")], input=f"{name}:{password}\n")
     return entry.pw_uid, entry.pw_gid
 
 
@@ -181,7 +184,7 @@ def is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-# --- leftovers and the run lock --------------------------------------------------------------------
+# --- leftovers and index claims --------------------------------------------------------------------
 
 def mounts_under(directory: Path) -> list[str]:
     """Mount points at or below ``directory`` in the host's mount namespace."""
@@ -204,84 +207,140 @@ def remove_state_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def remove_leftovers(keep: Collection[str] = ()) -> list[str]:
-    """Remove every ``ckt`` netns, link and state dir not named in ``keep``; return what went.
+#: Where a harness's cluster index is named once a leftover: netns ``ckt{i}n{k}``, veth ``ckt{i}v{k}``, bridge
+#: ``cktbr{i}``, state dir ``clusterkit-cluster-{pid}-{i}`` (Slurm's run dir, tests/cluster/slurm.py, likewise).
+_INDEXED = re.compile(rf"^{NAME_PREFIX}(?:(\d+)[nv]\d+|br(\d+))$")
+_PROBE = re.compile(rf"^{NAME_PREFIX}probe(\d+)$")
+MAX_INDEX = 255
 
-    Call only while holding the run lock: then nothing else on the machine is using them.
-    """
-    removed = []
-    ip = tool("ip")
-    for line in sh([ip, "netns", "list"], check=False).stdout.splitlines():
-        netns = line.split()[0] if line.split() else ""
-        if netns.startswith(NAME_PREFIX) and netns not in keep:
-            kill_netns_processes(netns)
-            sh([ip, "netns", "del", netns], check=False)
-            removed.append(f"netns {netns}")
-    for line in sh([ip, "-o", "link", "show"], check=False).stdout.splitlines():
+
+def index_of(name: str) -> int | None:
+    """The cluster index a harness netns, link or ``...-{pid}-{index}`` directory name carries, if any."""
+    if (named := _INDEXED.match(name)) is not None:
+        return int(named.group(1) or named.group(2))
+    if (owned := re.match(r"^.*-\d+-(\d+)$", name)) is not None:
+        return int(owned.group(1))
+    return None
+
+
+def _host_netns() -> list[str]:
+    return [line.split()[0] for line in sh([tool("ip"), "netns", "list"], check=False).stdout.splitlines()
+            if line.split()]
+
+
+def _host_links() -> list[str]:
+    links = []
+    for line in sh([tool("ip"), "-o", "link", "show"], check=False).stdout.splitlines():
         fields = line.split(":")
         if len(fields) > 1:
-            link = fields[1].strip().split("@")[0]
-            if link.startswith(NAME_PREFIX) and link not in keep:
-                sh([ip, "link", "del", link], check=False)
-                removed.append(f"link {link}")
-    for directory in STATE_ROOT.glob(STATE_DIR_PREFIX + "*"):
-        if str(directory) in keep:
-            continue
-        remove_state_dir(directory)
-        removed.append(f"dir {directory}")
+            links.append(fields[1].strip().split("@")[0])
+    return links
+
+
+def remove_index_leftovers(index: int, keep: Collection[str] = ()) -> list[str]:
+    """Remove every netns, link and state dir of cluster ``index`` not named in ``keep``; return what went.
+
+    Call only holding ``index`` (:data:`CLAIMS`): then no live cluster uses them.
+    """
+    removed = []
+    for netns in _host_netns():
+        if netns.startswith(NAME_PREFIX) and index_of(netns) == index and netns not in keep:
+            kill_netns_processes(netns)
+            sh([tool("ip"), "netns", "del", netns], check=False)
+            removed.append(f"netns {netns}")
+    for link in _host_links():
+        if link.startswith(NAME_PREFIX) and index_of(link) == index and link not in keep:
+            sh([tool("ip"), "link", "del", link], check=False)
+            removed.append(f"link {link}")
+    for directory in STATE_ROOT.glob(f"{STATE_DIR_PREFIX}*-{index}"):
+        if str(directory) not in keep and index_of(directory.name) == index:
+            remove_state_dir(directory)
+            removed.append(f"dir {directory}")
     return removed
 
 
-class RunLock:
-    """One namespace-cluster run per machine at a time; clusters inside one process share the hold.
+def remove_leftovers() -> list[str]:
+    """Remove what crashed runs left: every index's netns, links and state dirs that no live process holds.
 
-    The first cluster of a process takes the file lock (waiting for another session to finish); the
-    last one to stop releases it.
+    Each index is claimed while its leftovers go, so a cluster another process starts meanwhile is safe.
+    """
+    names = [*_host_netns(), *_host_links()]
+    removed = []
+    for name in names:
+        probe = _PROBE.match(name)
+        if probe is not None and not is_running(int(probe.group(1))):
+            sh([tool("ip"), "netns", "del", name], check=False)
+            removed.append(f"netns {name}")
+    indexes = {index_of(name) for name in names if name.startswith(NAME_PREFIX)}
+    indexes |= {index_of(d.name) for d in STATE_ROOT.glob(STATE_DIR_PREFIX + "*")}
+    for index in sorted(i for i in indexes if i is not None):
+        if CLAIMS.try_claim(index):
+            try:
+                removed += remove_index_leftovers(index)
+            finally:
+                CLAIMS.release(index)
+    return removed
+
+
+class IndexClaims:
+    """Cluster indexes (a subnet, a bridge, namespace names, Slurm ports) held by live processes.
+
+    Each index is an flock on its own file, so clusters of several test processes (pytest-xdist's
+    workers, a clone's pytest inside the suite) run side by side, and an index whose holder died is
+    free again: what it left is a leftover.
     """
 
-    def __init__(self, path: Path = LOCK_PATH) -> None:
-        self._path = path
-        self._fd: int | None = None
-        self._holders = 0
+    def __init__(self, directory: Path = LOCK_DIR) -> None:
+        self._directory = directory
+        self._held: dict[int, int] = {}
         self._mutex = threading.Lock()
 
-    def acquire(self, timeout: float) -> None:
-        """Take (or share) the hold; raise ClusterError naming the holder if it stays busy."""
+    def try_claim(self, index: int) -> bool:
+        """Hold ``index`` if nothing (this process included) holds it."""
         with self._mutex:
-            if self._holders == 0:
-                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except OSError as exc:
-                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                            os.close(fd)
-                            raise
-                        if time.monotonic() > deadline:
-                            holder = Path(self._path).read_text().strip() or "unknown"
-                            os.close(fd)
-                            raise ClusterError(f"another namespace cluster run (pid {holder}) held "
-                                               f"{self._path} for {timeout}s") from exc
-                        time.sleep(0.2)
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._fd = fd
-            self._holders += 1
+            if index in self._held:
+                return False
+            self._directory.mkdir(mode=0o755, exist_ok=True)
+            fd = os.open(self._directory / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return False
+                raise
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._held[index] = fd
+            return True
 
-    def release(self) -> None:
-        """Drop one hold; the last one unlocks the file."""
+    def claim(self, timeout: float) -> int:
+        """The lowest free index, held; ClusterError if every one stays busy for ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(MAX_INDEX + 1):
+                if self.try_claim(index):
+                    return index
+            if time.monotonic() > deadline:
+                raise ClusterError(f"every cluster index 0-{MAX_INDEX} stayed held for {timeout}s "
+                                   f"(locks in {self._directory})")
+            time.sleep(0.5)
+
+    def release(self, index: int) -> None:
         with self._mutex:
-            self._holders -= 1
-            if self._holders == 0:
-                self._release_fd()
-
-    def _release_fd(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fd = self._held.pop(index, None)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
 
-RUN_LOCK = RunLock()
+CLAIMS = IndexClaims()
+
+
+@contextlib.contextmanager
+def host_lock(name: str) -> Iterator[None]:
+    """An flock for a host-wide change several test processes may make at once (the test user)."""
+    LOCK_DIR.mkdir(mode=0o755, exist_ok=True)
+    with open(LOCK_DIR / f"{name}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield

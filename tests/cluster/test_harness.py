@@ -37,14 +37,17 @@ def remote_stdout(client: paramiko.SSHClient, command: str, timeout: float = 10)
     return str(stdout.read().decode())
 
 
-def host_leftovers() -> list[str]:
+def host_leftovers(index: int | None = None) -> list[str]:
+    """Harness netns, links and state dirs on the host (of cluster ``index`` only, when given: another
+    test process's clusters may come and go meanwhile)."""
     ip = system.tool("ip")
     netns = subprocess.run([ip, "netns", "list"], capture_output=True, text=True).stdout.split()
     links = subprocess.run([ip, "-o", "link", "show"], capture_output=True, text=True).stdout
     names = [n for n in netns if n.startswith("ckt")]
     names += [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
     dirs = [str(p) for p in system.STATE_ROOT.glob(system.STATE_DIR_PREFIX + "*")]
-    return [name for name in names if name.startswith("ckt")] + dirs
+    found = [name for name in names if name.startswith("ckt")] + dirs
+    return [name for name in found if index is None or system.index_of(Path(name).name) == index]
 
 
 def live(pids: list[int]) -> list[int]:
@@ -111,7 +114,7 @@ def test_node1_reaches_node2_sshd_by_name(clean_cluster: Cluster) -> None:
 def test_sshd_listens_on_the_node_address_and_on_loopback(clean_cluster: Cluster) -> None:
     rc, out, _ = clean_cluster.nodes[1].run("ss -Hltn 'sport = :22' | awk '{print $4}' | sort", user="root")
     assert rc == 0
-    assert out.split() == ["10.77.0.12:22", "127.0.0.1:22"]
+    assert out.split() == [f"{clean_cluster.nodes[1].ip}:22", "127.0.0.1:22"]
 
 
 def test_every_node_has_its_own_host_key(clean_cluster: Cluster) -> None:
@@ -413,7 +416,6 @@ def skip_unless_host_can_run_clusters() -> None:
 
 def test_cleanup_leaves_nothing_behind_even_when_the_body_raises() -> None:
     skip_unless_host_can_run_clusters()
-    before = host_leftovers()
     pids: list[int] = []
     with pytest.raises(RuntimeError, match="test body failed"), Cluster.start(2, "gone") as cluster:
         cluster.nodes[0].freeze()
@@ -421,7 +423,7 @@ def test_cleanup_leaves_nothing_behind_even_when_the_body_raises() -> None:
         raise RuntimeError("test body failed")
     assert pids
     assert not live(pids)
-    assert host_leftovers() == before
+    assert host_leftovers(cluster.index) == []
 
 
 @pytest.fixture
@@ -430,14 +432,14 @@ def crashed_run_leftovers() -> Iterator[subprocess.Popen[bytes]]:
     ip = system.tool("ip")
     subprocess.run([ip, "netns", "add", "ckt250n1"], check=True)
     sleeper = subprocess.Popen([ip, "netns", "exec", "ckt250n1", "sleep", "300"])
-    subprocess.run([ip, "link", "add", "ckt250br", "type", "bridge"], check=True)
+    subprocess.run([ip, "link", "add", "cktbr250", "type", "bridge"], check=True)
     stale = system.STATE_ROOT / f"{system.STATE_DIR_PREFIX}999999-250"
     (stale / "node1").mkdir(parents=True)
     yield sleeper
     sleeper.kill()
     sleeper.wait()
     subprocess.run([ip, "netns", "del", "ckt250n1"], capture_output=True)
-    subprocess.run([ip, "link", "del", "ckt250br"], capture_output=True)
+    subprocess.run([ip, "link", "del", "cktbr250"], capture_output=True)
     system.remove_state_dir(stale)
 
 
@@ -446,7 +448,7 @@ def test_leftovers_of_a_crashed_run_are_removed_when_a_cluster_starts(
     start_cluster(1)
     assert crashed_run_leftovers.wait(timeout=5) != 0  # killed
     leftovers = host_leftovers()
-    assert "ckt250n1" not in leftovers and "ckt250br" not in leftovers
+    assert "ckt250n1" not in leftovers and "cktbr250" not in leftovers
     assert not any("999999-250" in name for name in leftovers)
 
 

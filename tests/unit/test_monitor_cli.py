@@ -86,7 +86,9 @@ def test_a_recording_cut_mid_line_is_played_up_to_the_cut_and_says_where(tmp_pat
     assert doc["notice"] == (f"{cut}:{len(lines)}: the recording ends in the middle of this line (its writer "
                              f"stopped mid-line): played up to line {len(lines) - 1}")
     table = clusterkit("monitor", "--replay", str(cut), "--once")
-    assert f"{cut}:{len(lines)}: the recording ends in the middle" in " ".join(table.stdout.split())
+    # The table folds a path longer than the terminal (an xdist worker's tmp_path is) where it likes.
+    said = f"{cut}:{len(lines)}: the recording ends in the middle"
+    assert "".join(said.split()) in "".join(table.stdout.split())
 
 
 def agents_of(pid: int) -> list[int]:
