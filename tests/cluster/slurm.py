@@ -30,7 +30,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -44,8 +43,8 @@ from tests.cluster.system import ClusterError, ClusterUnavailable, tool
 
 INSTALL_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
 NEEDED = ("slurmctld", "slurmd", "srun", "sbcast", "salloc", "sinfo", "scontrol", "scancel", "munged")
-RUN_ROOT = Path("/run")
-RUN_DIR_PREFIX = "ckt-slurm-"
+RUN_ROOT = system.SLURM_RUN_ROOT
+RUN_DIR_PREFIX = system.SLURM_RUN_DIR_PREFIX
 PARTITION = "debug"
 #: Seconds without an answer from a slurmd before slurmctld marks its node DOWN (short, for tests).
 SLURMD_TIMEOUT_S = 10
@@ -139,7 +138,7 @@ class SlurmCluster:
         check_slurm_host()
         if conf_dir is not None and not conf_dir.startswith("/opt/"):
             raise ValueError(f"conf_dir must be under the nodes' private /opt, not {conf_dir}")
-        remove_leftover_daemons(cluster.index)
+        system.remove_slurm_leftovers(cluster.index)  # a crashed run's daemons on this index
         slurm = cls(cluster, gpus_per_node, conf_dir, extra_conf)
         try:
             slurm._start_daemons(timeout)
@@ -396,16 +395,3 @@ def _tail(path: Path, chars: int = 1500) -> str:
     with suppress(OSError):
         return f"[{path.name}: {path.read_text(errors='replace')[-chars:]}]"
     return ""
-
-
-def remove_leftover_daemons(index: int) -> None:
-    """munged and slurmctld that a crashed run left on cluster ``index`` (call holding the index)."""
-    for directory in RUN_ROOT.glob(f"{RUN_DIR_PREFIX}*-{index}"):
-        if directory.name == f"{RUN_DIR_PREFIX}{os.getpid()}-{index}" or system.index_of(directory.name) != index:
-            continue
-        for pidfile, name in (("slurmctld.pid", "slurmctld"), ("munged.pid", "munged")):
-            with suppress(OSError, ValueError):
-                pid = int((directory / pidfile).read_text().split()[0])
-                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                    system.signal_pids([pid], signal.SIGKILL)
-        shutil.rmtree(directory, ignore_errors=True)

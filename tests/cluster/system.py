@@ -26,6 +26,9 @@ STATE_ROOT = Path("/tmp")
 STATE_DIR_PREFIX = "clusterkit-cluster-"
 #: Each cluster index's lock file (and the host-wide locks): outside STATE_DIR_PREFIX's glob.
 LOCK_DIR = Path("/tmp/clusterkit-locks")
+#: tests/cluster/slurm.py's munge socket and pid files, one directory ``{prefix}{pid}-{index}`` per Slurm.
+SLURM_RUN_ROOT = Path("/run")
+SLURM_RUN_DIR_PREFIX = "ckt-slurm-"
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client pdsh rsync"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # what Debian's sshd gives a non-root session
@@ -256,6 +259,26 @@ def remove_index_leftovers(index: int, keep: Collection[str] = ()) -> list[str]:
         if str(directory) not in keep and index_of(directory.name) == index:
             remove_state_dir(directory)
             removed.append(f"dir {directory}")
+    return removed + remove_slurm_leftovers(index)
+
+
+def remove_slurm_leftovers(index: int) -> list[str]:
+    """Slurm daemons (munged, slurmctld: host processes) and run dirs left on cluster ``index``; call holding
+    it, before its own Slurm starts. A pid is killed only if its command line names that run's dirs (pids
+    are reused, and other test processes run Slurms of their own)."""
+    removed = []
+    for directory in SLURM_RUN_ROOT.glob(f"{SLURM_RUN_DIR_PREFIX}*-{index}"):
+        if index_of(directory.name) != index:
+            continue
+        owner = directory.name.removeprefix(SLURM_RUN_DIR_PREFIX)  # "{pid}-{index}", in both daemons' argv
+        for pidfile, name in (("slurmctld.pid", "slurmctld"), ("munged.pid", "munged")):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((directory / pidfile).read_text().split()[0])
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name and f"-{owner}/" in argv:
+                    signal_pids([pid], signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(f"dir {directory}")
     return removed
 
 
@@ -273,6 +296,7 @@ def remove_leftovers() -> list[str]:
             removed.append(f"netns {name}")
     indexes = {index_of(name) for name in names if name.startswith(NAME_PREFIX)}
     indexes |= {index_of(d.name) for d in STATE_ROOT.glob(STATE_DIR_PREFIX + "*")}
+    indexes |= {index_of(d.name) for d in SLURM_RUN_ROOT.glob(SLURM_RUN_DIR_PREFIX + "*")}
     for index in sorted(i for i in indexes if i is not None):
         if CLAIMS.try_claim(index):
             try:

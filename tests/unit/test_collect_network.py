@@ -230,7 +230,9 @@ def test_the_proc_fallback_agrees_with_ip_on_this_machine() -> None:
     with_ip = collect_network(CollectOptions())
     without = collect_network(CollectOptions(), ip_command=["/nonexistent/ip"])
     assert known(with_ip.nics) and known(without.nics)
-    for a, b in zip(with_ip.nics, without.nics, strict=True):
+    # A namespace cluster's links come and go between the two reads while another test process runs one.
+    for a, b in zip(*([nic for nic in nics if not nic.name.startswith("ckt")]
+                      for nics in (with_ip.nics, without.nics)), strict=True):
         assert sorted(a.ipv6) == sorted(b.ipv6), a.name
         assert set(b.ipv4) <= set(a.ipv4), a.name
 

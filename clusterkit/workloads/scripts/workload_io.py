@@ -12,6 +12,8 @@ imported before torch. Nothing here imports clusterkit; clusterkit reads what th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -127,6 +129,8 @@ def exit_process(code: int) -> NoReturn:
     launcher reports as a failed rank."""
     sys.stdout.flush()
     sys.stderr.flush()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)  # C extensions' printf (DeepSpeed's CPUAdam), buffered on a pipe
     os._exit(code)
 
 

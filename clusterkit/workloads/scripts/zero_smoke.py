@@ -11,6 +11,8 @@ nothing from clusterkit. Rank 0 prints ``ZERO SMOKE OK`` last on success.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -87,4 +89,6 @@ if __name__ == "__main__":
     # (seen on a 3-node CPU run, 1 launch in ~30): leave without them.
     sys.stdout.flush()
     sys.stderr.flush()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)  # what C extensions printed, still in libc's buffer
     os._exit(0)
