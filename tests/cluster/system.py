@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 NAME_PREFIX = "ckt"
@@ -226,12 +226,14 @@ def index_of(name: str) -> int | None:
     return None
 
 
-def _host_netns() -> list[str]:
+def host_netns() -> list[str]:
+    """Every named network namespace on the host."""
     return [line.split()[0] for line in sh([tool("ip"), "netns", "list"], check=False).stdout.splitlines()
             if line.split()]
 
 
-def _host_links() -> list[str]:
+def host_links() -> list[str]:
+    """Every network link on the host, by name (a veth without its ``@peer``)."""
     links = []
     for line in sh([tool("ip"), "-o", "link", "show"], check=False).stdout.splitlines():
         fields = line.split(":")
@@ -240,23 +242,23 @@ def _host_links() -> list[str]:
     return links
 
 
-def remove_index_leftovers(index: int, keep: Collection[str] = ()) -> list[str]:
-    """Remove every netns, link and state dir of cluster ``index`` not named in ``keep``; return what went.
+def remove_index_leftovers(index: int) -> list[str]:
+    """Remove every netns, link, state dir and Slurm run of cluster ``index``; return what went.
 
     Call only holding ``index`` (:data:`CLAIMS`): then no live cluster uses them.
     """
     removed = []
-    for netns in _host_netns():
-        if netns.startswith(NAME_PREFIX) and index_of(netns) == index and netns not in keep:
+    for netns in host_netns():
+        if netns.startswith(NAME_PREFIX) and index_of(netns) == index:
             kill_netns_processes(netns)
             sh([tool("ip"), "netns", "del", netns], check=False)
             removed.append(f"netns {netns}")
-    for link in _host_links():
-        if link.startswith(NAME_PREFIX) and index_of(link) == index and link not in keep:
+    for link in host_links():
+        if link.startswith(NAME_PREFIX) and index_of(link) == index:
             sh([tool("ip"), "link", "del", link], check=False)
             removed.append(f"link {link}")
     for directory in STATE_ROOT.glob(f"{STATE_DIR_PREFIX}*-{index}"):
-        if str(directory) not in keep and index_of(directory.name) == index:
+        if index_of(directory.name) == index:
             remove_state_dir(directory)
             removed.append(f"dir {directory}")
     return removed + remove_slurm_leftovers(index)
@@ -287,7 +289,7 @@ def remove_leftovers() -> list[str]:
 
     Each index is claimed while its leftovers go, so a cluster another process starts meanwhile is safe.
     """
-    names = [*_host_netns(), *_host_links()]
+    names = [*host_netns(), *host_links()]
     removed = []
     for name in names:
         probe = _PROBE.match(name)

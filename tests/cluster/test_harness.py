@@ -40,11 +40,7 @@ def remote_stdout(client: paramiko.SSHClient, command: str, timeout: float = 10)
 def host_leftovers(index: int | None = None) -> list[str]:
     """Harness netns, links and state dirs on the host (of cluster ``index`` only, when given: another
     test process's clusters may come and go meanwhile)."""
-    ip = system.tool("ip")
-    netns = subprocess.run([ip, "netns", "list"], capture_output=True, text=True).stdout.split()
-    links = subprocess.run([ip, "-o", "link", "show"], capture_output=True, text=True).stdout
-    names = [n for n in netns if n.startswith("ckt")]
-    names += [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
+    names = [*system.host_netns(), *system.host_links()]
     dirs = [str(p) for p in system.STATE_ROOT.glob(system.STATE_DIR_PREFIX + "*")]
     found = [name for name in names if name.startswith("ckt")] + dirs
     return [name for name in found if index is None or system.index_of(Path(name).name) == index]
